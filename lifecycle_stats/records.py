@@ -1,0 +1,149 @@
+"""Plain data passed between listeners, the core and emitters.
+
+Nothing here holds a libvirt or oslo.messaging object, so each side can be built and tested
+alone. Timestamps are timezone-aware UTC datetimes; they are formatted only at the edges.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any, Mapping
+
+UTC = datetime.timezone.utc
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+def isotime(moment: datetime.datetime) -> str:
+    """UTC with microseconds, the form Ceilometer and nova notifications use."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+
+
+@dataclasses.dataclass(frozen=True)
+class Flavor:
+    name: str
+    memory_mb: int
+    root_gb: int
+    swap_mb: int
+    ephemeral_gb: int
+    vcpus: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceInfo:
+    """What nova wrote into a domain's <metadata>: who owns it and what it is."""
+
+    instance_id: str  # libvirt domain uuid == nova instance uuid
+    domain_name: str  # libvirt name, e.g. instance-0000002a
+    display_name: str
+    flavor: Flavor
+    user_id: str
+    user_name: str
+    project_id: str
+    project_name: str
+    image_ref: str | None
+    root_type: str | None  # "image" or "volume"
+    creation_time: str | None
+    metadata_version: str  # "1.1", or "1.0" from older hosts
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskStats:
+    device: str  # target dev, e.g. vda
+    read_requests: int
+    read_bytes: int
+    write_requests: int
+    write_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VnicStats:
+    device: str  # host-side tap, e.g. tap1a2b3c4d-5e
+    rx_bytes: int
+    rx_packets: int
+    rx_errors: int
+    rx_drops: int
+    tx_bytes: int
+    tx_packets: int
+    tx_errors: int
+    tx_drops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainReading:
+    """One read of one domain's counters.
+
+    cpu_time_ns and the device lists are only meaningful for an active domain: a shut-off
+    domain's cpu figure is the daemon's own CPU time, so inactive readings carry None / ().
+    """
+
+    instance_id: str
+    domain_name: str
+    state: str  # running, paused, shutoff, ... (see inspector.STATE_NAMES)
+    active: bool
+    cpu_time_ns: int | None
+    vcpus: int | None
+    memory_kib: int | None  # current balloon size
+    memory_max_kib: int | None
+    disks: tuple[DiskStats, ...]
+    vnics: tuple[VnicStats, ...]
+    read_at: datetime.datetime
+    path: str  # how it was read: "bulk", "single" or "fallback"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One meter value, shaped as Ceilometer samples are (plus the historical keys)."""
+
+    name: str
+    type: str  # cumulative | gauge | delta
+    unit: str
+    volume: int | float
+    resource_id: str
+    timestamp: str
+    user_id: str | None
+    project_id: str | None
+    message_id: str
+    source: str
+    resource_metadata: Mapping[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["resource_metadata"] = dict(self.resource_metadata)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteTrigger:
+    """Someone announced that an instance is about to be deleted."""
+
+    instance_id: str
+    event_type: str  # compute.instance.delete.start | instance.delete.start | ...
+    host: str | None
+    received_at: datetime.datetime
+    identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # from the payload
+
+
+@dataclasses.dataclass(frozen=True)
+class LifecycleEvent:
+    """A libvirt domain lifecycle or metadata event, translated to names."""
+
+    instance_id: str
+    domain_name: str
+    event: str  # defined, undefined, started, suspended, resumed, stopped, shutdown, ...
+    detail: str  # e.g. destroyed, migrated, finished
+    received_at: datetime.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class Notification:
+    """What emitters publish: one oslo.messaging-style notification."""
+
+    event_type: str
+    priority: str  # INFO, ...
+    publisher_id: str
+    payload: Mapping[str, Any]
+    message_id: str  # deterministic: consumers drop redeliveries by it
+    timestamp: str

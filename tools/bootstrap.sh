@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build-time set-up shared by run_demo.sh and run_tests.sh: the system headers libvirt-python
+# compiles against, and a virtualenv (.venv) holding the package with its test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for p in libvirt-dev pkg-config gcc; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' || need+=(python3-dev)
+if ((${#need[@]})); then
+  echo "bootstrap: installing ${need[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+
+stamp=.venv/.installed-$(cat setup.cfg | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+fi
