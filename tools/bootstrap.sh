@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Build-time set-up shared by run_demo.sh and run_tests.sh: the system headers libvirt-python
 # compiles against, and a virtualenv (.venv) holding the package with its test extras.
+# VENV overrides the location (default .venv). To time a fresh bootstrap while others use the
+# shared .venv, run `VENV=/tmp/fresh-venv bash tools/bootstrap.sh` -- never move .venv aside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
 
 need=()
 for p in libvirt-dev pkg-config gcc; do
@@ -16,11 +19,11 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 
-stamp=.venv/.installed-$(cat setup.cfg | sha1sum | cut -c1-12)
+stamp=$VENV/.installed-$(cat setup.cfg | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
-  rm -f .venv/.installed-*
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e '.[test]'
+  rm -f "$VENV"/.installed-*
   touch "$stamp"
 fi

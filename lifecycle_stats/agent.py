@@ -1,0 +1,129 @@
+"""The agent: listeners → core → spool → emitters, on native threads.
+
+Threads: libvirt's event loop; the lifecycle listener's worker and reconnect threads; the
+bulk poller; oslo.messaging's threading executor for the bus listener (each delete.start is
+flushed on the thread that received it and acknowledged once spooled); one sender per
+conduit; the status writer. Flush, poller and events each own a libvirt connection, so a
+flush never waits behind a bulk poll.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from oslo_config import cfg
+
+from emitters import loader
+from lifecycle_stats import counters as counters_mod
+from lifecycle_stats import domain_events, flush, hypervisor, inspector, last_readings
+from lifecycle_stats import poller, registry, sender, spool, status
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
+               help="This hypervisor's name. Must equal nova-compute's `host`: delete "
+                    "announcements for other hosts are ignored by it."),
+    cfg.StrOpt("state_path", default="/var/lib/lifecycle-stats",
+               help="Directory for the agent's local state: the delivery spool and the "
+                    "status file read by lifecycle-stats-status."),
+    cfg.StrOpt("publisher_id", default="lifecycle-stats.$host",
+               help="publisher_id of the notifications the agent publishes."),
+    cfg.StrOpt("sample_source", default="openstack",
+               help="`source` field of every sample (Ceilometer's default source name)."),
+    cfg.FloatOpt("status_interval", default=10.0, min=0.5,
+                 help="Seconds between writes of the status file."),
+]
+
+
+class Agent:
+    def __init__(self, conf: cfg.ConfigOpts, *, emitters=None, listen_transport=None) -> None:
+        from listeners import bus, libvirt_events  # listeners import oslo.messaging lazily
+
+        libvirt_events.ensure_event_loop()  # before any libvirt connection opens
+        self.conf = conf
+        self.counters = counters_mod.Counters()
+        self.registry = registry.DomainRegistry(self.counters)
+        self.readings = last_readings.LastReadings()
+        self.flush_hv = hypervisor.Hypervisor.from_conf(conf)
+        self.poll_hv = hypervisor.Hypervisor.from_conf(conf)
+        self.emitters = emitters if emitters is not None else loader.load(
+            conf, loader.driver_names(conf))
+        os.makedirs(conf.state_path, mode=0o700, exist_ok=True)
+        self.spool = spool.Spool(os.path.join(conf.state_path, "spool.sqlite"),
+                                 conduits=list(self.emitters), counters=self.counters,
+                                 max_records=conf.spool.max_records)
+        self.senders = [
+            sender.Sender(self.spool, name, emitter, counters=self.counters,
+                          wait_initial=conf.spool.retry_initial_wait,
+                          wait_max=conf.spool.retry_max_wait)
+            for name, emitter in self.emitters.items()]
+        flush_inspector = inspector.Inspector(self.flush_hv, counters=self.counters)
+        self.flusher = flush.Flusher(
+            inspector=flush_inspector, registry=self.registry, hypervisor=self.flush_hv,
+            last_readings=self.readings, spool=self.spool, host=conf.host,
+            publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
+            counters=self.counters)
+        self.poller = poller.Poller(
+            inspector=inspector.Inspector(self.poll_hv, counters=self.counters),
+            registry=self.registry, hypervisor=self.poll_hv, last_readings=self.readings,
+            interval=conf.poller.interval, counters=self.counters)
+        handler = domain_events.DomainEventHandler(
+            inspector=flush_inspector, registry=self.registry, hypervisor=self.flush_hv,
+            last_readings=self.readings, counters=self.counters)
+        self.lifecycle = libvirt_events.LifecycleListener.from_conf(
+            conf, handler, self._resync, self.counters)
+        self.bus = bus.NotificationListener.from_conf(
+            conf, conf.host, self.flusher.handle, self.counters, transport=listen_transport)
+        self.status = status.StatusWriter(
+            os.path.join(conf.state_path, "status.json"), self.snapshot,
+            conf.status_interval)
+
+    def start(self) -> None:
+        for s in self.senders:
+            s.start()
+        self._resync()
+        self.lifecycle.start()
+        self.poller.start()
+        self.bus.start()
+        self.status.start()
+        LOG.info("lifecycle-stats agent started on host %s (%d domains known, conduits %s)",
+                 self.conf.host, len(self.registry.instances()), ", ".join(self.emitters))
+
+    def stop(self, drain_timeout: float = 5.0) -> None:
+        """Stop taking triggers, finish flushes in flight, give senders a moment to drain."""
+        self.bus.stop()
+        self.lifecycle.stop()
+        self.poller.stop()
+        for s in self.senders:
+            s.drain(drain_timeout)
+            s.stop()
+        self.status.stop()
+        for emitter in self.emitters.values():
+            emitter.close()
+        self.spool.close()
+        self.flush_hv.close()
+        self.poll_hv.close()
+        LOG.info("lifecycle-stats agent stopped")
+
+    def snapshot(self) -> dict:
+        return {
+            "host": self.conf.host,
+            "connections": {
+                "libvirt_flush": "connected" if self.flush_hv.is_alive() else "disconnected",
+                "libvirt_poll": "connected" if self.poll_hv.is_alive() else "disconnected",
+                "libvirt_events": "connected" if self.lifecycle.is_connected else "disconnected",
+            },
+            "counters": self.counters.snapshot(),
+            "spool": {"depth": self.spool.depth(),
+                      "oldest_age_seconds": self.spool.oldest_age_seconds()},
+            "instances": len(self.registry.instances()),
+        }
+
+    def _resync(self) -> None:
+        self.flush_hv.call(self.registry.sync)
+
+    def _wake_senders(self) -> None:
+        for s in self.senders:
+            s.wake()

@@ -1,0 +1,179 @@
+"""Reads libvirt domain counters into records.DomainReading.
+
+poll(): one bulk getAllDomainStats over the active domains. read(): one domain, one
+domainListGetStats. Drivers whose stats records lack the cpu/block/interface groups (libvirt's
+test driver returns only state.*) are read per call instead (path "fallback"); once a connection
+has shown that, later reads on it go straight to the fallback. No libvirt object leaves here.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+from typing import Any, Callable, Mapping
+
+import libvirt
+
+from lifecycle_stats import nova_metadata, records
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
+from lifecycle_stats.hypervisor import Hypervisor, translate
+
+LOG = logging.getLogger(__name__)
+
+STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+                | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
+ACTIVE_ONLY = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
+
+# Indexed by virDomainState.
+STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+               "pmsuspended")
+# A shut-off domain has no QEMU process; its cpu figure is the daemon's own CPU time.
+INACTIVE_STATES = frozenset({libvirt.VIR_DOMAIN_SHUTOFF})
+# Keys whose absence from an active domain's record means the driver lacks the bulk groups.
+_GROUP_MARKERS = ("cpu.time", "block.count", "net.count")
+
+VANISHED = "inspector.vanished"
+UNREADABLE = "inspector.unreadable"
+
+Stats = Mapping[str, Any]
+
+
+def state_name(state: int | None) -> str:
+    if state is None or not 0 <= state < len(STATE_NAMES):
+        return "unknown"
+    return STATE_NAMES[state]
+
+
+class Inspector:
+    def __init__(self, hypervisor: Hypervisor,
+                 clock: Callable[[], datetime.datetime] = records.utcnow,
+                 counters: Counters | None = None):
+        self._hv = hypervisor
+        self._clock = clock
+        self._counters = counters or Counters()
+        self._no_bulk_conn: libvirt.virConnect | None = None  # connection known to lack groups
+
+    def poll(self) -> dict[str, records.DomainReading]:
+        """Every active domain's reading, keyed by uuid. Domains that vanish are left out."""
+        return self._hv.call(self._poll)
+
+    def read(self, instance_id: str) -> records.DomainReading:
+        """One domain's reading; raises DomainGone when the domain no longer exists."""
+        return self._hv.call(functools.partial(self._read, instance_id=instance_id), instance_id)
+
+    def _poll(self, conn: libvirt.virConnect) -> dict[str, records.DomainReading]:
+        fallback = conn is self._no_bulk_conn
+        stats = conn.getAllDomainStats(
+            libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
+        read_at = self._clock()
+        readings = (self._poll_one(conn, dom, record, read_at) for dom, record in stats)
+        return {reading.instance_id: reading for reading in readings if reading is not None}
+
+    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
+                  read_at: datetime.datetime) -> records.DomainReading | None:
+        instance_id = dom.UUIDString()
+        try:
+            try:
+                return self._reading(conn, dom, stats, "bulk", read_at)
+            except libvirt.libvirtError as exc:
+                raise translate(exc, instance_id) from exc
+        except DomainGone:
+            self._counters.incr(VANISHED)
+            return None
+        except ConnectionLost:
+            raise
+        except (HypervisorError, MetadataError) as exc:
+            LOG.warning("cannot read domain %s, left out of this poll: %s", instance_id, exc)
+            self._counters.incr(UNREADABLE)
+            return None
+
+    def _read(self, conn: libvirt.virConnect, instance_id: str) -> records.DomainReading:
+        dom = conn.lookupByUUIDString(instance_id)
+        if conn is self._no_bulk_conn:
+            return _fallback_reading(dom, self._clock)
+        stats = conn.domainListGetStats([dom], STATS_GROUPS)
+        read_at = self._clock()
+        if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
+            raise DomainGone(instance_id)
+        return self._reading(conn, dom, stats[0][1], "single", read_at)
+
+    def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
+                 path: str, read_at: datetime.datetime) -> records.DomainReading:
+        state = stats.get("state.state")
+        if state in INACTIVE_STATES:
+            return _inactive(dom, state, stats.get("vcpu.current"),
+                             stats.get("balloon.current"), stats.get("balloon.maximum"),
+                             path, read_at)
+        if _lacks_groups(stats):
+            reading = _fallback_reading(dom, self._clock)
+            if reading.active:  # confirmed: an active domain, yet no bulk groups came back
+                self._no_bulk_conn = conn
+            return reading
+        return records.DomainReading(
+            instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
+            active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
+            memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
+            disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
+            read_at=read_at, path=path)
+
+
+def _lacks_groups(stats: Stats) -> bool:
+    """An active domain's record with none of the cpu/block/interface groups."""
+    if stats.get("state.state") in INACTIVE_STATES:
+        return False
+    return not any(key in stats for key in _GROUP_MARKERS)
+
+
+def disks_from_stats(stats: Stats) -> tuple[records.DiskStats, ...]:
+    """Top-level disks of a stats record; backing-chain entries (same name) are dropped, and
+    so are entries without I/O counters (an empty cdrom)."""
+    disks: dict[str, records.DiskStats] = {}
+    for i in range(stats.get("block.count", 0)):
+        name = stats.get(f"block.{i}.name")
+        if name is None or name in disks or f"block.{i}.rd.reqs" not in stats:
+            continue
+        disks[name] = records.DiskStats(
+            device=name,
+            read_requests=stats[f"block.{i}.rd.reqs"], read_bytes=stats[f"block.{i}.rd.bytes"],
+            write_requests=stats[f"block.{i}.wr.reqs"], write_bytes=stats[f"block.{i}.wr.bytes"])
+    return tuple(disks.values())
+
+
+def vnics_from_stats(stats: Stats) -> tuple[records.VnicStats, ...]:
+    vnics: dict[str, records.VnicStats] = {}
+    for i in range(stats.get("net.count", 0)):
+        name = stats.get(f"net.{i}.name")
+        if name is None or name in vnics or f"net.{i}.rx.bytes" not in stats:
+            continue
+        vnics[name] = records.VnicStats(name, *(
+            stats[f"net.{i}.{key}"] for key in (
+                "rx.bytes", "rx.pkts", "rx.errs", "rx.drop",
+                "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")))
+    return tuple(vnics.values())
+
+
+def _fallback_reading(dom: libvirt.virDomain,
+                      clock: Callable[[], datetime.datetime]) -> records.DomainReading:
+    """Per-call read for drivers without bulk groups: info, XML, blockStats, interfaceStats."""
+    state, max_kib, memory_kib, vcpus, cpu_ns = dom.info()
+    if state in INACTIVE_STATES:
+        return _inactive(dom, state, vcpus, memory_kib, max_kib, "fallback", clock())
+    disk_names, vnic_names = nova_metadata.device_names(dom.XMLDesc(0))
+    disks = tuple(records.DiskStats(dev, *dom.blockStats(dev)[:4]) for dev in disk_names)
+    vnics = tuple(records.VnicStats(dev, *dom.interfaceStats(dev)) for dev in vnic_names)
+    balloon = dom.memoryStats().get("actual", memory_kib)
+    return records.DomainReading(
+        instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
+        active=True, cpu_time_ns=cpu_ns, vcpus=vcpus, memory_kib=balloon,
+        memory_max_kib=max_kib, disks=disks, vnics=vnics, read_at=clock(), path="fallback")
+
+
+def _inactive(dom: libvirt.virDomain, state: int, vcpus: int | None, memory_kib: int | None,
+              max_kib: int | None, path: str,
+              read_at: datetime.datetime) -> records.DomainReading:
+    return records.DomainReading(
+        instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
+        active=False, cpu_time_ns=None, vcpus=vcpus, memory_kib=memory_kib,
+        memory_max_kib=max_kib, disks=(), vnics=(), read_at=read_at, path=path)

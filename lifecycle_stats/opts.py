@@ -1,0 +1,27 @@
+"""Every option the agent defines, for oslo-config-generator (entry point oslo.config.opts)
+and for registering them all on one ConfigOpts."""
+from __future__ import annotations
+
+import itertools
+
+from oslo_config import cfg
+
+
+def list_opts():
+    from emitters import messaging
+    from lifecycle_stats import agent, hypervisor, poller, spool
+    from listeners import bus, libvirt_events
+
+    return [
+        ("DEFAULT", agent.OPTS),
+        ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
+        ("poller", poller.OPTS),
+        ("spool", spool.OPTS),
+        ("notification_listener", bus.OPTS),
+        ("messaging_emitter", messaging.OPTS),
+    ]
+
+
+def register_all(conf: cfg.ConfigOpts) -> None:
+    for group, opts in list_opts():
+        conf.register_opts(opts, group=None if group == "DEFAULT" else group)

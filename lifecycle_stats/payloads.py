@@ -1,0 +1,94 @@
+"""Build the notifications the agent publishes, per the contracts in the README.
+
+`compute.instance.delete.samples`: who the instance was (nova metadata, completed from the
+trigger), how its figures were captured (`capture`), and one sample per meter and device.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from lifecycle_stats import samples
+from lifecycle_stats.records import (
+    DeleteTrigger, DomainReading, InstanceInfo, Notification, isotime,
+)
+
+DELETE_SAMPLES = "compute.instance.delete.samples"
+FINAL = "final"  # read from the live domain after the delete was announced
+LAST_KNOWN = "last_known"  # the domain was already gone: newest cached reading, with its age
+UNAVAILABLE = "unavailable"  # nothing was ever read: identity only, no samples
+
+
+def delete_message_id(instance_id: str) -> str:
+    """One delete.samples per instance, whatever number of triggers: the id says which."""
+    return samples.deterministic_id(instance_id, DELETE_SAMPLES)
+
+
+def identity(info: InstanceInfo | None, trigger: DeleteTrigger, host: str) -> dict[str, Any]:
+    """Nova's legacy identity fields; the domain's metadata wins, the trigger fills gaps."""
+    known = dict(trigger.identity)
+    if info is not None:
+        flavor = info.flavor
+        known.update(
+            tenant_id=info.project_id, user_id=info.user_id, display_name=info.display_name,
+            instance_type=flavor.name, vcpus=flavor.vcpus, memory_mb=flavor.memory_mb,
+            root_gb=flavor.root_gb, ephemeral_gb=flavor.ephemeral_gb,
+            domain_name=info.domain_name, image_ref=info.image_ref,
+        )
+    fields = ("tenant_id", "user_id", "display_name", "instance_type", "vcpus", "memory_mb",
+              "root_gb", "ephemeral_gb", "domain_name", "image_ref")
+    return {"instance_id": trigger.instance_id, "host": host,
+            **{name: known.get(name) for name in fields}}
+
+
+def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
+            now: datetime.datetime) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "kind": kind,
+        "trigger": trigger.event_type,
+        "captured_at": isotime(reading.read_at if reading else now),
+    }
+    if reading is not None:
+        out["read_path"] = reading.path
+        out["domain_state"] = reading.state
+    if kind == LAST_KNOWN and reading is not None:
+        out["age_ms"] = max(0, round((now - reading.read_at).total_seconds() * 1000))
+    return out
+
+
+def delete_samples(
+    *, kind: str, trigger: DeleteTrigger, info: InstanceInfo | None,
+    reading: DomainReading | None, host: str, publisher_id: str, now: datetime.datetime,
+    source: str = "openstack",
+) -> Notification:
+    message_id = delete_message_id(trigger.instance_id)
+    built = []
+    if info is not None and reading is not None:
+        built = samples.build_samples(info, reading, host=host, capture_id=DELETE_SAMPLES,
+                                      source=source)
+    payload = {
+        **identity(info, trigger, host),
+        "message_id": message_id,
+        "capture": capture(kind, trigger, reading, now),
+        "samples": [s.as_dict() for s in built],
+    }
+    return Notification(event_type=DELETE_SAMPLES, priority="INFO", publisher_id=publisher_id,
+                        payload=payload, message_id=message_id, timestamp=isotime(now))
+
+
+@functools.cache
+def schema(event_type: str) -> dict[str, Any]:
+    """The shipped JSON Schema of an event's payload."""
+    name = event_type.replace("compute.instance.", "").replace(".", "_") + ".schema.json"
+    text = resources.files("lifecycle_stats").joinpath("schemas", name).read_text()
+    return json.loads(text)
+
+
+def validate(notification: Notification) -> None:
+    """Raise jsonschema.ValidationError when a payload breaks its published contract."""
+    jsonschema.validate(dict(notification.payload), schema(notification.event_type))

@@ -1,0 +1,188 @@
+"""Which libvirt domains belong to nova, and what nova wrote about them.
+
+One metadata read per domain, cached by domain uuid. A domain without nova metadata is
+remembered as such (it is not re-read every poll) and never reported; a domain whose metadata
+is hostile or broken is remembered as unusable, counted and logged once per read.
+
+libvirt calls are made without holding the lock, so a slow read never blocks get(). A read
+that races with forget() (the domain was undefined meanwhile) is not cached: every read holds a
+ticket, and forget() cancels the tickets of reads in flight for that uuid.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+import libvirt
+
+from lifecycle_stats import nova_metadata
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import (
+    ConnectionLost,
+    DomainGone,
+    HypervisorError,
+    MetadataError,
+    MetadataRejected,
+)
+from lifecycle_stats.records import InstanceInfo
+
+NOT_NOVA = "not-nova"  # cache value: the domain has no nova metadata
+REJECTED = "metadata.rejected"  # counter names, also cache values for unusable metadata
+MALFORMED = "metadata.malformed"
+READ_ERRORS = "metadata.read_errors"  # counter: libvirt failed a read (not a lost connection)
+
+_CONNECTION_ERRORS = frozenset(
+    code
+    for code in (
+        getattr(libvirt, "VIR_ERR_NO_CONNECT", None),
+        getattr(libvirt, "VIR_ERR_INVALID_CONN", None),
+        getattr(libvirt, "VIR_ERR_RPC", None),
+    )
+    if code is not None
+)
+_TRANSPORT_DOMAINS = frozenset((libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC))
+
+
+def translate(exc: libvirt.libvirtError, instance_id: str | None = None) -> HypervisorError:
+    """The project's exception for a libvirtError (returned, for the caller to raise)."""
+    code = exc.get_error_code()
+    if code == libvirt.VIR_ERR_NO_DOMAIN and instance_id is not None:
+        return DomainGone(instance_id)
+    if code in _CONNECTION_ERRORS or (
+        code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR)
+        and exc.get_error_domain() in _TRANSPORT_DOMAINS
+    ):
+        return ConnectionLost(f"libvirt connection lost: {exc}")
+    return HypervisorError(f"libvirt error {code}: {exc}")
+
+
+class DomainRegistry:
+    def __init__(self, counters: Counters, log: logging.Logger | None = None):
+        self._counters = counters
+        self._log = log or logging.getLogger(__name__)
+        self._lock = threading.Lock()
+        self._entries: dict[str, InstanceInfo | str] = {}
+        self._tickets: dict[str, set[object]] = {}
+
+    def observe(self, dom) -> InstanceInfo | None:
+        """The cached answer for dom if there is one, else a fresh read."""
+        uuid = dom.UUIDString()
+        with self._lock:
+            if uuid in self._entries:
+                return _as_info(self._entries[uuid])
+        return self.refresh(dom)
+
+    def refresh(self, dom) -> InstanceInfo | None:
+        """Re-read dom's metadata. None: not nova's, unusable, or the domain is gone.
+
+        Raises ConnectionLost / HypervisorError for libvirt failures other than those.
+        """
+        uuid = dom.UUIDString()
+        ticket = self._take_ticket(uuid)
+        try:
+            entry = self._read(dom, uuid)
+        except DomainGone:
+            self.forget(uuid)
+            return None
+        except BaseException:
+            self._settle(uuid, ticket, None)
+            raise
+        self._settle(uuid, ticket, entry)
+        return _as_info(entry)
+
+    def sync(self, conn) -> None:
+        """Read every domain not yet known; forget the uuids libvirt no longer has."""
+        try:
+            domains = conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise translate(exc) from exc
+        present = set()
+        for dom in domains:
+            present.add(dom.UUIDString())
+            self._observe_one(dom)
+        # a domain defined after the listing may be forgotten here too: it is re-read on use
+        with self._lock:
+            vanished = [uuid for uuid in self._entries if uuid not in present]
+        for uuid in vanished:
+            self.forget(uuid)
+
+    def get(self, instance_id: str) -> InstanceInfo | None:
+        with self._lock:
+            return _as_info(self._entries.get(instance_id))
+
+    def forget(self, instance_id: str) -> None:
+        with self._lock:
+            self._entries.pop(instance_id, None)
+            self._tickets.pop(instance_id, None)  # reads in flight will not be cached
+
+    def instances(self) -> dict[str, InstanceInfo]:
+        """Nova-owned domains only, by instance uuid."""
+        with self._lock:
+            return {
+                uuid: entry
+                for uuid, entry in self._entries.items()
+                if isinstance(entry, InstanceInfo)
+            }
+
+    def is_known(self, instance_id: str) -> bool:
+        """True when the uuid has been read (nova's, not nova's or unusable) and not forgotten."""
+        with self._lock:
+            return instance_id in self._entries
+
+    def _observe_one(self, dom) -> None:
+        """observe() for sync: one domain's failure must not hide all the others."""
+        try:
+            self.observe(dom)
+        except ConnectionLost:
+            raise
+        except HypervisorError as exc:
+            self._counters.incr(READ_ERRORS)
+            self._log.warning("domain %s: metadata not readable: %s", dom.UUIDString(), exc)
+
+    def _read(self, dom, uuid: str) -> InstanceInfo | str:
+        for namespace in nova_metadata.NAMESPACES:
+            xml = self._fetch(dom, uuid, namespace)
+            if xml is None:
+                continue
+            try:
+                return nova_metadata.parse(xml, dom.name(), uuid, namespace=namespace)
+            except MetadataError as exc:
+                return self._unusable(uuid, exc)
+        return NOT_NOVA
+
+    @staticmethod
+    def _fetch(dom, uuid: str, namespace: str) -> str | None:
+        try:
+            return dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, namespace)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+                return None
+            raise translate(exc, uuid) from exc
+
+    def _unusable(self, uuid: str, exc: MetadataError) -> str:
+        kind = REJECTED if isinstance(exc, MetadataRejected) else MALFORMED
+        self._counters.incr(kind)
+        self._log.warning("domain %s: nova metadata unusable (%s): %s", uuid, kind, exc)
+        return kind
+
+    def _take_ticket(self, uuid: str) -> object:
+        ticket = object()
+        with self._lock:
+            self._tickets.setdefault(uuid, set()).add(ticket)
+        return ticket
+
+    def _settle(self, uuid: str, ticket: object, entry: InstanceInfo | str | None) -> None:
+        """Drop the ticket; cache entry only if no forget() cancelled the ticket meanwhile."""
+        with self._lock:
+            live = self._tickets.get(uuid)
+            if live is None or ticket not in live:
+                return
+            live.discard(ticket)
+            if not live:
+                del self._tickets[uuid]
+            if entry is not None:
+                self._entries[uuid] = entry
+
+
+def _as_info(entry: InstanceInfo | str | None) -> InstanceInfo | None:
+    return entry if isinstance(entry, InstanceInfo) else None

@@ -1,0 +1,157 @@
+"""One thread per conduit draining the spool in order: emit, then confirm.
+
+A record that fails is retried (exponential backoff, forever) before any later record is
+tried, so a conduit sees notifications in the order they were captured. Stopping wakes a
+backoff sleep at once; a record being sent when stop() is called was either confirmed or
+stays spooled for the next start.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import tenacity
+from oslo_config import cfg
+
+from emitters.base import Emitter
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import EmitError
+from lifecycle_stats.records import Notification
+from lifecycle_stats.spool import Spool
+
+LOG = logging.getLogger(__name__)
+
+GROUP = "spool"
+OPTS = [
+    cfg.IntOpt("max_records", default=100000, min=1,
+               help="Bound of the on-disk spool (<state_path>/spool.sqlite). Over it, periodic "
+                    "records are shed oldest-first; final samples are never shed."),
+    cfg.FloatOpt("retry_initial_wait", default=0.5, min=0.001,
+                 help="Seconds before the first retry of a notification a conduit refused; "
+                      "doubles with each failure."),
+    cfg.FloatOpt("retry_max_wait", default=30.0, min=0.001,
+                 help="Longest wait between retries of one notification."),
+]
+
+
+class _Stopped(Exception):
+    """stop() was called before the next attempt."""
+
+
+class Sender:
+    def __init__(self, spool: Spool, conduit_name: str, emitter: Emitter, *,
+                 counters: Counters | None = None, wait_initial: float = 0.5,
+                 wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
+                 batch: int = 100, poll_interval: float = 1.0):
+        if not 0 < wait_initial <= wait_max:
+            raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if conduit_name not in spool.conduits:
+            raise ValueError(f"conduit {conduit_name!r} is not one of the spool's "
+                             f"{spool.conduits}")
+        self.conduit = conduit_name
+        self._spool = spool
+        self._emitter = emitter
+        self._counters = counters if counters is not None else Counters()
+        self._batch = batch
+        self._poll = poll_interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._progress = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._retrying = tenacity.Retrying(
+            sleep=sleep if sleep is not None else self._stop.wait,
+            wait=tenacity.wait_exponential(multiplier=wait_initial, min=wait_initial,
+                                           max=wait_max),
+            stop=tenacity.stop_when_event_set(self._stop),
+            retry=tenacity.retry_if_exception_type(EmitError),
+            before_sleep=self._before_sleep,
+        )
+
+    # -- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"sender {self.conduit} already started")
+        self._thread = threading.Thread(target=self._run, name=f"sender-{self.conduit}",
+                                        daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """New records were put: look now instead of at the next poll."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop after the current attempt; True when the thread has ended."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until this conduit has nothing pending; False on timeout."""
+        self.wake()
+        with self._progress:
+            return self._progress.wait_for(lambda: self._spool.pending_count(self.conduit) == 0,
+                                           timeout)
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                busy = self._send_batch()
+            except Exception:  # the spool itself failed: keep the thread, try again later
+                LOG.exception("sender %s: spool error; retrying in %.1f s", self.conduit,
+                              self._poll)
+                busy = False
+            if not busy:
+                self._notify_progress()
+                self._wake.wait(self._poll)
+
+    def _send_batch(self) -> bool:
+        """Send what is pending; True if there may be more to do right away."""
+        items = self._spool.pending(self.conduit, self._batch)
+        for seq, notification in items:
+            if not self._send(notification):
+                return False
+            self._spool.confirm(seq, self.conduit)
+            self._counters.incr(f"sender.{self.conduit}.sent")
+            self._notify_progress()
+        return bool(items)
+
+    def _send(self, notification: Notification) -> bool:
+        """Emit with retries until confirmed (True) or stopped (False)."""
+        try:
+            self._retrying(self._attempt, notification)
+        except (_Stopped, tenacity.RetryError):
+            return False
+        return True
+
+    def _attempt(self, notification: Notification) -> None:
+        if self._stop.is_set():
+            raise _Stopped()
+        try:
+            self._emitter.emit(notification)
+        except EmitError:
+            raise
+        except Exception as exc:
+            LOG.error("sender %s: emitter raised %s instead of EmitError for %s",
+                      self.conduit, type(exc).__name__, notification.message_id, exc_info=True)
+            raise EmitError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        self._counters.incr(f"sender.{self.conduit}.retries")
+        notification = state.args[0]
+        LOG.warning("sender %s: %s not delivered (attempt %d: %s); retrying in %.2f s",
+                    self.conduit, notification.message_id, state.attempt_number,
+                    state.outcome.exception(), state.next_action.sleep)
+
+    def _notify_progress(self) -> None:
+        with self._progress:
+            self._progress.notify_all()

@@ -1,0 +1,223 @@
+"""Hear nova's delete.start notifications on the message bus (oslo.messaging listener).
+
+One agent runs per hypervisor and must see every delete.start nova publishes, then keep
+those for its own host (nova_notifications.parse decides by the payload's ``host``).
+
+Pools and queues: with a ``pool`` the rabbit driver consumes from ONE queue NAMED AFTER THE
+POOL, bound to ``<topic>.info`` of every target. Listeners sharing a pool share that queue and
+compete for its messages: each message goes to one of them. So the default pool is per host,
+``lifecycle-stats.<host>``: each agent has its own queue and hears every notification. A name
+shared by several hosts would hand a host's delete.start to another agent, which would drop it
+as "not mine", and the final sample would be lost. (Without any pool the listener would
+consume from nova's own ``notifications.info`` queue and steal messages from Ceilometer.)
+
+Costs of that choice an operator should know: every agent receives every INFO notification of
+the ``nova`` exchange (routing keys cannot filter by host), and while an agent is down its
+queue keeps filling; a RabbitMQ policy (message TTL / max-length) on ``lifecycle-stats.*``
+bounds that.
+
+Only the INFO priority is subscribed (nova sends delete.start at INFO): other priorities are
+then never routed to our queues at all, instead of being received and thrown away.
+
+Delivery is at-least-once: ``on_trigger`` runs synchronously in the executor's thread and the
+message is acknowledged only after it returns (the flush behind it returns once the result is
+durably spooled). ``on_trigger`` may run concurrently on the threading executor's workers.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import reprlib
+from typing import Any, Callable
+
+import oslo_messaging
+from oslo_config import cfg
+
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import ConfigError, RejectedMessage
+from lifecycle_stats.records import DeleteTrigger, utcnow
+from listeners import nova_notifications
+
+LOG = logging.getLogger(__name__)
+GROUP = "notification_listener"
+POOL_PREFIX = "lifecycle-stats."
+STOP_TIMEOUT = 10.0
+
+OPTS = [
+    cfg.StrOpt("transport_url", secret=True, default=None,
+               help="Bus to hear nova's notifications on. Unset: "
+                    "[oslo_messaging_notifications] transport_url, then [DEFAULT] "
+                    "transport_url."),
+    cfg.StrOpt("exchange", default="nova",
+               help="Exchange nova publishes to (nova's control_exchange)."),
+    cfg.StrOpt("legacy_topic", default="notifications",
+               help="Topic of nova's legacy (unversioned) notifications."),
+    cfg.StrOpt("versioned_topic", default="versioned_notifications",
+               help="Topic of nova's versioned notifications."),
+    cfg.BoolOpt("listen_legacy", default=True,
+                help="Hear legacy compute.instance.delete.start."),
+    cfg.BoolOpt("listen_versioned", default=True,
+                help="Hear versioned instance.delete.start."),
+    cfg.StrOpt("pool", default=None,
+               help="Listener pool, i.e. the queue name. Unset: lifecycle-stats.<host>. "
+                    "Must differ per host, or agents steal each other's messages."),
+    cfg.BoolOpt("allow_requeue", default=False,
+                help="Requeue a message whose handling failed instead of acknowledging it."),
+]
+
+_PAYLOAD_REPR = reprlib.Repr()
+_PAYLOAD_REPR.maxlevel = 3
+_PAYLOAD_REPR.maxdict = 12
+_PAYLOAD_REPR.maxstring = 80
+_PAYLOAD_REPR.maxother = 80
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return [(GROUP, list(OPTS))]
+
+
+def default_pool(host: str) -> str:
+    return POOL_PREFIX + host
+
+
+class DeleteStartEndpoint:
+    """oslo.messaging endpoint: parse, count, hand triggers on; never raises."""
+
+    def __init__(self, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+                 counters: Counters, clock: Callable[[], datetime.datetime],
+                 allow_requeue: bool):
+        self._host = host
+        self._on_trigger = on_trigger
+        self._counters = counters
+        self._clock = clock
+        self._allow_requeue = allow_requeue
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        received_at = self._clock()
+        try:
+            trigger = nova_notifications.parse(event_type, publisher_id, payload,
+                                               host=self._host, received_at=received_at)
+        except RejectedMessage as exc:
+            self._counters.incr("bus.rejected")
+            LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),
+                        _short(publisher_id), exc, _PAYLOAD_REPR.repr(payload))
+            return oslo_messaging.NotificationResult.HANDLED
+        except Exception:  # a bug in parse must not kill the listener or loop on requeue
+            self._counters.incr("bus.handler_errors")
+            LOG.exception("could not parse %s from %s", _short(event_type), _short(publisher_id))
+            return oslo_messaging.NotificationResult.HANDLED
+        if trigger is None:
+            self._counters.incr("bus.ignored")
+            LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
+            return oslo_messaging.NotificationResult.HANDLED
+        return self._deliver(trigger)
+
+    def _deliver(self, trigger: DeleteTrigger):
+        self._counters.incr("bus.triggers." + nova_notifications.classify(trigger.event_type))
+        try:
+            self._on_trigger(trigger)
+        except Exception:
+            self._counters.incr("bus.handler_errors")
+            LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
+            return self.failure_outcome()
+        return oslo_messaging.NotificationResult.HANDLED
+
+    def failure_outcome(self):
+        """REQUEUE (redeliver later) only when allowed; else HANDLED (acknowledge, drop)."""
+        if self._allow_requeue:
+            return oslo_messaging.NotificationResult.REQUEUE
+        return oslo_messaging.NotificationResult.HANDLED
+
+
+class NotificationListener:
+    """Listens on nova's legacy and/or versioned topics with a per-host pool."""
+
+    def __init__(self, transport, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+                 exchange: str = "nova", legacy_topic: str = "notifications",
+                 versioned_topic: str = "versioned_notifications", pool: str | None = None,
+                 counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow,
+                 listen_legacy: bool = True, listen_versioned: bool = True,
+                 allow_requeue: bool = False, stop_timeout: float = STOP_TIMEOUT,
+                 own_transport: bool = False):
+        _check_name("host", host)
+        _check_name(f"[{GROUP}] exchange", exchange)
+        _check_name(f"[{GROUP}] pool", pool if pool is not None else default_pool(host))
+        self.host = host
+        self.pool = pool if pool is not None else default_pool(host)
+        self.counters = counters if counters is not None else Counters()
+        self.targets = _targets(exchange, legacy_topic if listen_legacy else None,
+                                versioned_topic if listen_versioned else None)
+        self.endpoint = DeleteStartEndpoint(host=host, on_trigger=on_trigger,
+                                            counters=self.counters, clock=clock,
+                                            allow_requeue=allow_requeue)
+        self._transport = transport
+        self._own_transport = own_transport
+        self._stop_timeout = stop_timeout
+        self._started = False
+        self._server = oslo_messaging.get_notification_listener(
+            transport, self.targets, [self.endpoint], executor="threading",
+            allow_requeue=allow_requeue, pool=self.pool)
+
+    def start(self) -> None:
+        self._server.start()
+        self._started = True
+        LOG.info("listening for nova delete.start on %s with pool %s",
+                 ", ".join(f"{t.exchange}/{t.topic}" for t in self.targets), self.pool)
+
+    def stop(self) -> bool:
+        """Stop hearing and wait for messages in hand; False when that took too long."""
+        try:
+            if self._started:
+                self._server.stop(timeout=self._stop_timeout)
+                self._server.wait(timeout=self._stop_timeout)
+                self._started = False
+        except oslo_messaging.server.TaskTimeout:
+            LOG.warning("listener did not stop within %.1fs", self._stop_timeout)
+            return False
+        finally:
+            if self._own_transport:
+                self._transport.cleanup()
+        return True
+
+
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+              counters: Counters | None = None) -> NotificationListener:
+    """A listener configured by ``[notification_listener]``, owning its own transport."""
+    register_opts(conf)
+    opts = conf[GROUP]
+    transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
+    try:
+        return NotificationListener(
+            transport, host=host, on_trigger=on_trigger, exchange=opts.exchange,
+            legacy_topic=opts.legacy_topic, versioned_topic=opts.versioned_topic,
+            pool=opts.pool, counters=counters, listen_legacy=opts.listen_legacy,
+            listen_versioned=opts.listen_versioned, allow_requeue=opts.allow_requeue,
+            own_transport=True)
+    except Exception:
+        transport.cleanup()
+        raise
+
+
+def _targets(exchange: str, legacy_topic: str | None,
+             versioned_topic: str | None) -> list[oslo_messaging.Target]:
+    topics = [topic for topic in (legacy_topic, versioned_topic) if topic is not None]
+    if not topics:
+        raise ConfigError(f"[{GROUP}] listen_legacy/listen_versioned", False,
+                          "at least one of the two must be enabled")
+    for topic in topics:
+        _check_name(f"[{GROUP}] topic", topic)
+    return [oslo_messaging.Target(exchange=exchange, topic=topic) for topic in topics]
+
+
+def _check_name(option: str, value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(option, value, "must be a non-empty string")
+
+
+def _short(value: object) -> str:
+    return _PAYLOAD_REPR.repr(value)

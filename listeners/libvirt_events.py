@@ -1,0 +1,335 @@
+"""libvirt domain lifecycle and metadata events, translated to records.LifecycleEvent.
+
+The listener keeps its own connection to libvirtd. libvirt delivers events (and the
+connection's close notice) on the process-wide event-loop thread started by
+ensure_event_loop(); the callbacks here only translate and enqueue, a worker thread of the
+listener calls on_event in order, and a reconnect thread of the listener re-opens a lost
+connection with exponential backoff, so the event-loop thread never blocks.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable
+
+import libvirt
+import tenacity
+from oslo_config import cfg
+
+from lifecycle_stats import exceptions, records
+from lifecycle_stats.counters import Counters
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.IntOpt("keepalive_interval", default=5, min=1,
+               help="Seconds between keepalive probes on the event connection."),
+    cfg.IntOpt("keepalive_count", default=3, min=1,
+               help="Unanswered keepalive probes before the connection counts as dead."),
+    cfg.FloatOpt("reconnect_max_wait", default=10.0, min=0.1,
+                 help="Longest wait, in seconds, between two reconnect attempts."),
+]
+
+_EVENTS = ("defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
+           "pmsuspended", "crashed")
+# Index = libvirt's VIR_DOMAIN_EVENT_<EVENT>_<DETAIL> value; name = <DETAIL> lower-cased.
+_DETAILS = {
+    "defined": ("added", "updated", "renamed", "from_snapshot"),
+    "undefined": ("removed", "renamed"),
+    "started": ("booted", "migrated", "restored", "from_snapshot", "wakeup"),
+    "suspended": ("paused", "migrated", "ioerror", "watchdog", "restored", "from_snapshot",
+                  "api_error", "postcopy", "postcopy_failed"),
+    "resumed": ("unpaused", "migrated", "from_snapshot", "postcopy", "postcopy_failed"),
+    "stopped": ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+                "from_snapshot"),
+    "shutdown": ("finished", "guest", "host"),
+    "pmsuspended": ("memory", "disk"),
+    "crashed": ("panicked", "crashloaded"),
+}
+_METADATA_TYPES = ("description", "title", "element")  # VIR_DOMAIN_METADATA_*
+METADATA_CHANGED = "metadata_changed"
+_NO_SUPPORT = 3  # VIR_ERR_NO_SUPPORT: local drivers (test://) have no keepalive
+
+_loop_lock = threading.Lock()
+_loop_started = False  # libvirt's event implementation is process-wide, so is this flag
+
+
+def _name(names: tuple[str, ...], code: int) -> str:
+    return names[code] if 0 <= code < len(names) else f"unknown-{code}"
+
+
+def translate_lifecycle(event: int, detail: int) -> tuple[str, str]:
+    """(event, detail) names for a VIR_DOMAIN_EVENT_* code and its detail code."""
+    name = _name(_EVENTS, event)
+    return name, _name(_DETAILS.get(name, ()), detail)
+
+
+def translate_metadata(mtype: int) -> tuple[str, str]:
+    """(event, detail) names for a metadata change of VIR_DOMAIN_METADATA_<TYPE> mtype."""
+    return METADATA_CHANGED, _name(_METADATA_TYPES, mtype)
+
+
+def ensure_event_loop() -> None:
+    """Register libvirt's default event implementation and run it on a daemon thread.
+
+    Idempotent and thread-safe. It MUST be called before the process opens any libvirt
+    connection: keepalive and close callbacks only work on connections opened after the
+    event implementation was registered. The agent calls it first thing.
+    """
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True).start()
+        _loop_started = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception:  # keep the process's only event loop alive whatever happens
+            LOG.exception("libvirt event loop iteration failed")
+            time.sleep(0.1)
+
+
+class LifecycleListener:
+    """Delivers LifecycleEvents of every domain on `uri` to on_event, in order, on one thread.
+
+    on_reconnect() runs on the same worker thread after a lost connection was re-opened and
+    its callbacks registered again (the agent re-syncs its registry there), so on_event and
+    on_reconnect never run concurrently. `sleep` waits between reconnect attempts; by default
+    it waits on the stop signal, so stop() interrupts a backoff. open_connection is
+    libvirt.open unless a test passes a fake.
+    """
+
+    JOIN_TIMEOUT = 10.0
+
+    def __init__(self, uri: str, on_event: Callable[[records.LifecycleEvent], None], *,
+                 on_reconnect: Callable[[], None] | None = None, counters: Counters | None = None,
+                 clock: Callable[[], object] = records.utcnow, keepalive_interval: int = 5,
+                 keepalive_count: int = 3, reconnect_max_wait: float = 10.0,
+                 sleep: Callable[[float], None] | None = None,
+                 open_connection: Callable[[str], libvirt.virConnect] = libvirt.open):
+        if keepalive_interval < 1 or keepalive_count < 1:
+            raise ValueError("keepalive_interval and keepalive_count must be >= 1, got "
+                             f"{keepalive_interval} and {keepalive_count}")
+        if reconnect_max_wait <= 0:
+            raise ValueError(f"reconnect_max_wait must be > 0, got {reconnect_max_wait}")
+        self.uri = uri
+        self.counters = counters if counters is not None else Counters()
+        self._on_event = on_event
+        self._on_reconnect = on_reconnect
+        self._clock = clock
+        self._keepalive = (keepalive_interval, keepalive_count)
+        self._max_wait = reconnect_max_wait
+        self._stopping = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stopping.wait
+        self._open = open_connection
+        self._lock = threading.Lock()  # guards _conn/_callback_ids/_generation swaps only
+        self._conn = None
+        self._callback_ids: list[int] = []
+        self._generation = 0
+        self._connected = threading.Event()
+        self._lost = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def from_conf(cls, conf, on_event, on_reconnect=None, counters=None,
+                  **kwargs) -> "LifecycleListener":
+        """Built from [libvirt] uri (defined elsewhere) and this module's OPTS.
+
+        kwargs (clock, sleep, open_connection) pass through to the constructor.
+        """
+        conf.register_opts(OPTS, group="libvirt")
+        group = conf.libvirt
+        return cls(group.uri, on_event, on_reconnect=on_reconnect, counters=counters,
+                   keepalive_interval=group.keepalive_interval,
+                   keepalive_count=group.keepalive_count,
+                   reconnect_max_wait=group.reconnect_max_wait, **kwargs)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected.is_set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Open the connection, register callbacks, start the worker and reconnect threads.
+
+        Raises exceptions.ConnectionLost when libvirtd cannot be reached.
+        """
+        if self._threads:
+            raise RuntimeError("LifecycleListener already started")
+        self._install(self._connect())
+        suffix = f"{id(self):x}"
+        self._threads = [
+            threading.Thread(target=self._work, name=f"libvirt-events-worker-{suffix}",
+                             daemon=True),
+            threading.Thread(target=self._supervise, name=f"libvirt-reconnect-{suffix}",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Deregister, close the connection and join this listener's threads (bounded).
+
+        Events already queued are still delivered before the worker ends.
+        """
+        self._stopping.set()
+        self._lost.set()  # wake the reconnect thread so it sees _stopping
+        worker, supervisor = self._threads or (None, None)
+        self._join(supervisor)
+        with self._lock:
+            conn, ids, self._conn, self._callback_ids = self._conn, self._callback_ids, None, []
+        self._connected.clear()
+        if conn is not None:
+            _discard(conn, ids)
+        self._queue.put(_STOP)
+        self._join(worker)
+
+    def _join(self, thread: threading.Thread | None) -> None:
+        if thread is None:
+            return
+        thread.join(self.JOIN_TIMEOUT)
+        if thread.is_alive():
+            LOG.warning("thread %s did not end within %.0f s", thread.name, self.JOIN_TIMEOUT)
+
+    # ------------------------------------------------------------------ connection
+    def _connect(self):
+        """A new connection with keepalive and every callback registered, as a tuple."""
+        try:
+            conn = self._open(self.uri)
+        except libvirt.libvirtError as exc:
+            raise exceptions.ConnectionLost(f"cannot connect to {self.uri}: {exc}") from exc
+        generation = self._generation + 1
+        try:
+            self._set_keepalive(conn)
+            conn.registerCloseCallback(self._on_close, generation)
+            ids = self._register_events(conn)
+        except libvirt.libvirtError as exc:
+            _discard(conn, [])
+            raise exceptions.ConnectionLost(f"cannot listen on {self.uri}: {exc}") from exc
+        return conn, ids, generation
+
+    def _install(self, connection) -> None:
+        conn, ids, generation = connection
+        with self._lock:
+            self._conn, self._callback_ids, self._generation = conn, ids, generation
+        self._connected.set()
+        LOG.info("listening for libvirt domain events on %s", self.uri)
+
+    def _set_keepalive(self, conn) -> None:
+        try:
+            conn.setKeepAlive(*self._keepalive)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != _NO_SUPPORT:
+                raise
+            LOG.debug("%s has no keepalive (local driver)", self.uri)
+
+    def _register_events(self, conn) -> list[int]:
+        ids = [conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)]
+        if hasattr(libvirt, "VIR_DOMAIN_EVENT_ID_METADATA_CHANGE"):  # libvirt >= 3.0
+            ids.append(conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata, None))
+        return ids
+
+    def _supervise(self) -> None:
+        """Reconnect thread: waits for a lost connection and re-opens it."""
+        while True:
+            self._lost.wait()
+            if self._stopping.is_set():
+                return
+            self._lost.clear()
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        self._connected.clear()
+        with self._lock:
+            conn, ids, self._conn, self._callback_ids = self._conn, self._callback_ids, None, []
+        if conn is not None:
+            _discard(conn, ids)
+        try:
+            connection = self._retrying()(self._connect)
+        except exceptions.ConnectionLost:  # only when stopping
+            return
+        if self._stopping.is_set():
+            _discard(*connection[:2])
+            return
+        self._install(connection)
+        self.counters.incr("libvirt.reconnects")
+        LOG.warning("reconnected to %s", self.uri)
+        self._queue.put(_RESYNC)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
+            wait=tenacity.wait_exponential(multiplier=0.2, max=self._max_wait),
+            stop=lambda _state: self._stopping.is_set(),
+            sleep=self._sleep,
+            before_sleep=lambda state: LOG.warning(
+                "reconnect to %s failed (attempt %d): %s", self.uri, state.attempt_number,
+                state.outcome.exception()),
+            reraise=True,
+        )
+
+    # ------------------------------------------------------------------ event-loop callbacks
+    def _on_close(self, _conn, reason: int, generation: int) -> None:
+        if generation < self._generation or self._stopping.is_set():
+            return  # an older connection, already replaced, or our own stop()
+        self._connected.clear()
+        self.counters.incr("libvirt.disconnects")
+        LOG.warning("connection to %s lost (close reason %d); reconnecting", self.uri, reason)
+        self._lost.set()
+
+    def _on_lifecycle(self, _conn, dom, event: int, detail: int, _opaque) -> None:
+        self._enqueue(dom, *translate_lifecycle(event, detail))
+
+    def _on_metadata(self, _conn, dom, mtype: int, _nsuri, _opaque) -> None:
+        self._enqueue(dom, *translate_metadata(mtype))
+
+    def _enqueue(self, dom, event: str, detail: str) -> None:
+        self._queue.put(records.LifecycleEvent(
+            instance_id=dom.UUIDString(), domain_name=dom.name(), event=event, detail=detail,
+            received_at=self._clock()))
+
+    # ------------------------------------------------------------------ worker
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            if item is _RESYNC:
+                self._call(self._on_reconnect, "libvirt.resync_errors")
+            else:
+                self._call(lambda: self._on_event(item), "events.handler_errors")
+
+    def _call(self, handler: Callable[[], None] | None, error_counter: str) -> None:
+        if handler is None:
+            return
+        try:
+            handler()
+        except Exception:  # one bad event must never stop the ones after it
+            self.counters.incr(error_counter)
+            LOG.exception("libvirt event handler failed (%s)", error_counter)
+
+
+_STOP = object()
+_RESYNC = object()
+
+
+def _discard(conn, callback_ids: list[int]) -> None:
+    """Deregister, drop the close callback and close; a dead connection may refuse all three."""
+    for callback_id in callback_ids:
+        _quietly(conn.domainEventDeregisterAny, callback_id)
+    _quietly(conn.unregisterCloseCallback)
+    _quietly(conn.close)
+
+
+def _quietly(call, *args) -> None:
+    try:
+        call(*args)
+    except libvirt.libvirtError as exc:
+        LOG.debug("ignored while closing a libvirt connection: %s", exc)

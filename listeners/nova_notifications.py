@@ -1,0 +1,189 @@
+"""Nova's delete announcements → DeleteTrigger records (pure: no oslo.messaging here).
+
+Nova announces a delete twice, in two formats (``[notifications] notification_format``):
+
+- legacy ``compute.instance.delete.start`` on topic ``notifications``, publisher_id
+  ``compute.<host>``; the payload is a flat dict (``instance_id``, ``host``, ``tenant_id``,
+  ``user_id``, ``display_name``, ``instance_type`` (the flavor name), ``memory_mb``, ...).
+- versioned ``instance.delete.start`` on topic ``versioned_notifications``, publisher_id
+  ``nova-compute:<host>``; the payload is a serialized ``InstanceActionPayload`` nova object
+  whose ``nova_object.data`` holds ``uuid``, ``host``, ``tenant_id``, ``user_id``,
+  ``display_name`` and a ``FlavorPayload`` under ``flavor``.
+
+``parse`` turns either into one ``DeleteTrigger`` whose identity uses the legacy names, or
+returns None when the message is not a delete.start of an instance on this host. Input it
+cannot trust raises ``RejectedMessage`` naming what is wrong. The work is bounded: only a
+fixed path of at most three nested dicts is looked at, dict sizes and kept strings are capped.
+"""
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any, Mapping
+
+from lifecycle_stats.exceptions import RejectedMessage
+from lifecycle_stats.records import DeleteTrigger
+
+LEGACY_DELETE_START = "compute.instance.delete.start"
+VERSIONED_DELETE_START = "instance.delete.start"
+VERSIONED_OBJECTS = frozenset({"InstanceActionPayload"})
+VERSIONED_MAJOR = "1"
+
+LEGACY_PUBLISHER_PREFIX = "compute."
+VERSIONED_PUBLISHER_PREFIX = "nova-compute:"
+
+MAX_KEYS = 1024  # nova's payloads have ~40 keys; more is not nova
+MAX_STRING = 255  # nova's own column limit for display_name, host, flavor name
+INT_FIELDS = ("memory_mb", "vcpus", "root_gb", "ephemeral_gb")
+IDENTITY_FIELDS = ("tenant_id", "user_id", "display_name", "instance_type") + INT_FIELDS
+MAX_COUNT = 2**63 - 1
+
+
+def classify(event_type: object) -> str:
+    """"legacy" / "versioned" for nova's two delete.start forms, "other" for anything else."""
+    if event_type == LEGACY_DELETE_START:
+        return "legacy"
+    if event_type == VERSIONED_DELETE_START:
+        return "versioned"
+    return "other"
+
+
+def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
+          received_at: datetime.datetime) -> DeleteTrigger | None:
+    """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
+
+    Raises RejectedMessage when a delete.start's payload is malformed.
+    """
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty string, got {host!r}")
+    kind = classify(event_type)
+    if kind == "other":
+        return None
+    if kind == "legacy":
+        fields = _mapping(payload, "payload")
+        instance_id = _instance_uuid(fields, "instance_id")
+        identity = _identity(fields, fields)
+    else:
+        fields = _versioned_data(payload)
+        instance_id = _instance_uuid(fields, "uuid")
+        identity = _identity(fields, _flavor_data(fields))
+    origin = _origin_host(fields, publisher_id)
+    if origin != host:
+        return None
+    return DeleteTrigger(instance_id=instance_id, event_type=event_type, host=origin,
+                         received_at=received_at, identity=identity)
+
+
+def _mapping(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise RejectedMessage(f"{where} must be a dict, got {type(value).__name__}")
+    if len(value) > MAX_KEYS:
+        raise RejectedMessage(f"{where} has {len(value)} keys, more than {MAX_KEYS}")
+    return value
+
+
+def _versioned_data(payload: object) -> Mapping[str, Any]:
+    envelope = _mapping(payload, "payload")
+    name = envelope.get("nova_object.name")
+    if name not in VERSIONED_OBJECTS:
+        raise RejectedMessage(
+            f"payload nova_object.name {_short(name)} is not one of {sorted(VERSIONED_OBJECTS)}")
+    namespace = envelope.get("nova_object.namespace", "nova")
+    if namespace != "nova":
+        raise RejectedMessage(f"payload nova_object.namespace {_short(namespace)} is not 'nova'")
+    version = envelope.get("nova_object.version", VERSIONED_MAJOR + ".0")
+    if not isinstance(version, str) or version.split(".", 1)[0] != VERSIONED_MAJOR:
+        raise RejectedMessage(
+            f"payload nova_object.version {_short(version)} is not a {VERSIONED_MAJOR}.x version")
+    return _mapping(envelope.get("nova_object.data"), "payload nova_object.data")
+
+
+def _flavor_data(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The versioned FlavorPayload's data, renamed to the legacy keys; {} if there is none."""
+    flavor = fields.get("flavor")
+    if flavor is None:
+        return {}
+    data = _mapping(_mapping(flavor, "flavor").get("nova_object.data"),
+                    "flavor nova_object.data")
+    renamed = {key: data[key] for key in INT_FIELDS if key in data}
+    if "name" in data:
+        renamed["instance_type"] = data["name"]
+    return renamed
+
+
+def _instance_uuid(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    if not isinstance(value, str):
+        raise RejectedMessage(f"{key} must be a UUID string, got {_short(value)}")
+    if len(value) > 45:
+        raise RejectedMessage(f"{key} is not a UUID: {len(value)} characters")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise RejectedMessage(f"{key} is not a UUID: {_short(value)}") from None
+
+
+def _identity(fields: Mapping[str, Any], flavor: Mapping[str, Any]) -> dict[str, Any]:
+    """tenant/user/name from the instance fields, flavor figures from ``flavor``; None or
+    absent fields are left out, wrongly typed ones reject the message."""
+    found: dict[str, Any] = {}
+    for key in ("tenant_id", "user_id"):
+        _put(found, key, _string(fields.get(key), key, truncate=False))
+    _put(found, "display_name", _string(fields.get("display_name"), "display_name", truncate=True))
+    _put(found, "instance_type", _string(flavor.get("instance_type"), "instance_type",
+                                          truncate=False))
+    for key in INT_FIELDS:
+        _put(found, key, _count(flavor.get(key), key))
+    return found
+
+
+def _put(found: dict[str, Any], key: str, value: object) -> None:
+    if value is not None:
+        found[key] = value
+
+
+def _string(value: object, key: str, *, truncate: bool) -> str | None:
+    if value is None or (isinstance(value, str) and len(value) <= MAX_STRING):
+        return value
+    if not isinstance(value, str):
+        raise RejectedMessage(f"{key} must be a string, got {type(value).__name__}")
+    if truncate:
+        return value[:MAX_STRING]
+    raise RejectedMessage(f"{key} is {len(value)} characters, more than {MAX_STRING}")
+
+
+def _count(value: object, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RejectedMessage(f"{key} must be an integer, got {type(value).__name__}")
+    if not 0 <= value <= MAX_COUNT:
+        raise RejectedMessage(f"{key} must be between 0 and {MAX_COUNT}, got {_short(value)}")
+    return value
+
+
+def _origin_host(fields: Mapping[str, Any], publisher_id: object) -> str | None:
+    """The payload's ``host``; when absent or null, the host part of nova's publisher_id."""
+    value = fields.get("host")
+    if value is not None:
+        host = _string(value, "host", truncate=False)
+        if not host:
+            raise RejectedMessage("host must not be empty")
+        return host
+    if not isinstance(publisher_id, str) or len(publisher_id) > 2 * MAX_STRING:
+        return None
+    for prefix in (LEGACY_PUBLISHER_PREFIX, VERSIONED_PUBLISHER_PREFIX):
+        if publisher_id.startswith(prefix) and len(publisher_id) > len(prefix):
+            return publisher_id[len(prefix):]
+    return None
+
+
+def _short(value: object) -> str:
+    """A bounded repr for error messages (the value came from the bus)."""
+    if isinstance(value, str):
+        return repr(value[:60]) + ("..." if len(value) > 60 else "")
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<int of {value.bit_length()} bits>"
+    if isinstance(value, (int, float, bool, type(None))):
+        return repr(value)
+    return f"<{type(value).__name__}>"
