@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 
 from oslo_config import cfg
 
@@ -37,10 +38,20 @@ OPTS = [
 ]
 
 
+def refuse_green_threads() -> None:
+    """oslo.messaging imports eventlet (through oslo.service) but must not patch anything:
+    the agent's concurrency is native threads, and a patched process would block in libvirt."""
+    patcher = sys.modules.get("eventlet.patcher")
+    if patcher is not None and patcher.is_monkey_patched("thread"):
+        raise RuntimeError("eventlet has monkey-patched this process; lifecycle-stats runs on "
+                           "native threads and must not be loaded into a patched process")
+
+
 class Agent:
     def __init__(self, conf: cfg.ConfigOpts, *, emitters=None, listen_transport=None) -> None:
-        from listeners import bus, libvirt_events  # listeners import oslo.messaging lazily
+        from listeners import bus, libvirt_events
 
+        refuse_green_threads()
         libvirt_events.ensure_event_loop()  # before any libvirt connection opens
         self.conf = conf
         self.counters = counters_mod.Counters()
@@ -51,7 +62,7 @@ class Agent:
         self.emitters = emitters if emitters is not None else loader.load(
             conf, loader.driver_names(conf))
         os.makedirs(conf.state_path, mode=0o700, exist_ok=True)
-        self.spool = spool.Spool(os.path.join(conf.state_path, "spool.sqlite"),
+        self.spool = spool.Spool(spool.spool_path(conf.state_path),
                                  conduits=list(self.emitters), counters=self.counters,
                                  max_records=conf.spool.max_records)
         self.senders = [
@@ -74,17 +85,16 @@ class Agent:
             last_readings=self.readings, counters=self.counters)
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
             conf, handler, self._resync, self.counters)
-        self.bus = bus.NotificationListener.from_conf(
-            conf, conf.host, self.flusher.handle, self.counters, transport=listen_transport)
-        self.status = status.StatusWriter(
-            os.path.join(conf.state_path, "status.json"), self.snapshot,
-            conf.status_interval)
+        self.bus = bus.from_conf(conf, conf.host, self.flusher.handle, self.counters,
+                                 transport=listen_transport)
+        self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
+                                          conf.status_interval, host=conf.host)
 
     def start(self) -> None:
         for s in self.senders:
             s.start()
+        self.lifecycle.start()  # before the resync, so no domain change falls in between
         self._resync()
-        self.lifecycle.start()
         self.poller.start()
         self.bus.start()
         self.status.start()

@@ -69,7 +69,8 @@ class Inspector:
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
         read_at = self._clock()
         readings = (self._poll_one(conn, dom, record, read_at) for dom, record in stats)
-        return {reading.instance_id: reading for reading in readings if reading is not None}
+        # A domain that stopped while the fallback read it comes back inactive: not polled.
+        return {r.instance_id: r for r in readings if r is not None and r.active}
 
     def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
                   read_at: datetime.datetime) -> records.DomainReading | None:

@@ -9,14 +9,14 @@ from oslo_config import cfg
 
 def list_opts():
     from emitters import messaging
-    from lifecycle_stats import agent, hypervisor, poller, spool
+    from lifecycle_stats import agent, hypervisor, poller, sender
     from listeners import bus, libvirt_events
 
     return [
         ("DEFAULT", agent.OPTS),
         ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
         ("poller", poller.OPTS),
-        ("spool", spool.OPTS),
+        ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),
     ]

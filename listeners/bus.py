@@ -28,6 +28,7 @@ from __future__ import annotations
 import datetime
 import logging
 import reprlib
+import threading
 from typing import Any, Callable
 
 import oslo_messaging
@@ -146,9 +147,9 @@ class NotificationListener:
                  own_transport: bool = False):
         _check_name("host", host)
         _check_name(f"[{GROUP}] exchange", exchange)
-        _check_name(f"[{GROUP}] pool", pool if pool is not None else default_pool(host))
         self.host = host
         self.pool = pool if pool is not None else default_pool(host)
+        _check_name(f"[{GROUP}] pool", self.pool)
         self.counters = counters if counters is not None else Counters()
         self.targets = _targets(exchange, legacy_topic if listen_legacy else None,
                                 versioned_topic if listen_versioned else None)
@@ -170,36 +171,52 @@ class NotificationListener:
                  ", ".join(f"{t.exchange}/{t.topic}" for t in self.targets), self.pool)
 
     def stop(self) -> bool:
-        """Stop hearing and wait for messages in hand; False when that took too long."""
-        try:
-            if self._started:
-                self._server.stop(timeout=self._stop_timeout)
-                self._server.wait(timeout=self._stop_timeout)
-                self._started = False
-        except oslo_messaging.server.TaskTimeout:
-            LOG.warning("listener did not stop within %.1fs", self._stop_timeout)
-            return False
-        finally:
-            if self._own_transport:
-                self._transport.cleanup()
+        """Stop hearing and wait (bounded) for messages in hand; False when that took too
+        long: the handlers still running then finish in the background."""
+        if self._started:
+            self._server.stop()
+            self._started = False
+            if not self._wait_bounded():
+                LOG.warning("listener did not stop within %.1fs", self._stop_timeout)
+                return False
+        if self._own_transport:
+            self._transport.cleanup()
         return True
+
+    def _wait_bounded(self) -> bool:
+        # MessageHandlingServer.wait(timeout=) bounds only its wait for stop(), not the
+        # executor shutdown that waits for running handlers: bound that with a thread.
+        waiter = threading.Thread(target=self._wait, name=f"stop-{self.pool}", daemon=True)
+        waiter.start()
+        waiter.join(self._stop_timeout)
+        return not waiter.is_alive()
+
+    def _wait(self) -> None:
+        try:
+            self._server.wait()
+        except Exception:
+            LOG.exception("listener %s failed while stopping", self.pool)
 
 
 def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
-              counters: Counters | None = None) -> NotificationListener:
-    """A listener configured by ``[notification_listener]``, owning its own transport."""
+              counters: Counters | None = None, transport=None) -> NotificationListener:
+    """A listener configured by ``[notification_listener]``; it owns (and cleans up) the
+    transport it builds, not one passed in (the embedded demo shares its fake:// bus)."""
     register_opts(conf)
     opts = conf[GROUP]
-    transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
+    own_transport = transport is None
+    if own_transport:
+        transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
     try:
         return NotificationListener(
             transport, host=host, on_trigger=on_trigger, exchange=opts.exchange,
             legacy_topic=opts.legacy_topic, versioned_topic=opts.versioned_topic,
             pool=opts.pool, counters=counters, listen_legacy=opts.listen_legacy,
             listen_versioned=opts.listen_versioned, allow_requeue=opts.allow_requeue,
-            own_transport=True)
+            own_transport=own_transport)
     except Exception:
-        transport.cleanup()
+        if own_transport:
+            transport.cleanup()
         raise
 
 

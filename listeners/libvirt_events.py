@@ -193,8 +193,8 @@ class LifecycleListener:
         self._join(worker)
 
     def _join(self, thread: threading.Thread | None) -> None:
-        if thread is None:
-            return
+        if thread is None or thread is threading.current_thread():
+            return  # stop() called from on_event/on_reconnect: the worker ends after it
         thread.join(self.JOIN_TIMEOUT)
         if thread.is_alive():
             LOG.warning("thread %s did not end within %.0f s", thread.name, self.JOIN_TIMEOUT)

@@ -7,8 +7,6 @@ checked to lie between two direct reads taken just before and just after it.
 from __future__ import annotations
 
 import datetime
-import uuid
-
 import libvirt
 import pytest
 
@@ -51,29 +49,22 @@ def conn():
 
 
 @pytest.fixture
-def make_domain(conn):
-    made = []
+def factory(conn, tmp_path):
+    guests = novalike.GuestFactory(conn, str(tmp_path), hypervisor="test", prefix="lsf")
+    yield guests
+    guests.cleanup()
 
-    def make(running=True, vnics=None, **fields):
-        tag = uuid.uuid4().hex[:8]
-        guest = novalike.NovaGuest(domain_name=f"instance-{tag}", disks=("vda", "vdb"),
-                                   vnics=vnics or (f"tap{tag}",), **fields)
-        xml = novalike.domain_xml(guest, "test")
-        dom = conn.createXML(xml, 0) if running else conn.defineXML(xml)
-        made.append(guest.instance_id)
+
+@pytest.fixture
+def make_domain(factory):
+    """make(running=True, persistent=False): a test-driver nova guest with disks vda, vdb."""
+    def make(running=True, persistent=False):
+        guest, dom = factory.create(paused=False, persistent=persistent or not running,
+                                    disks=("vda", "vdb"))
+        if not running:
+            factory.destroy(guest, undefine=False)  # defined, shut off
         return guest, dom
-
-    yield make
-    for instance_id in made:
-        try:
-            dom = conn.lookupByUUIDString(instance_id)
-        except libvirt.libvirtError:
-            continue
-        persistent = dom.isPersistent()
-        if dom.isActive():
-            dom.destroy()  # a transient domain is gone after this
-        if persistent:
-            dom.undefine()
+    return make
 
 
 def inspector(counters=None, log=None, after_bulk=None, clock=lambda: FIXED):
@@ -180,6 +171,14 @@ def test_domain_vanishing_mid_poll_is_dropped_and_counted(conn, make_domain):
     assert leaving.instance_id not in readings
     assert staying.instance_id in readings
     assert counters.get(VANISHED) == 1
+
+
+def test_domain_stopping_mid_poll_is_left_out(make_domain):
+    staying, _ = make_domain()
+    stopping, stopping_dom = make_domain(persistent=True)
+    readings = inspector(after_bulk=stopping_dom.destroy).poll()
+    assert stopping.instance_id not in readings
+    assert staying.instance_id in readings
 
 
 def test_memory_is_the_balloon_size(conn):

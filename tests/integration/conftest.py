@@ -1,16 +1,20 @@
 """Fixtures for the integration tier: the real libvirtd (qemu:///system) and RabbitMQ.
 
-tools/run_tests.sh starts both. When one does not answer, the fixtures fail in CI and skip
-elsewhere (tests/conftest.py: service_unavailable).
+tools/run_tests.sh starts both. When one does not answer, the fixtures fail in CI (and under
+run_tests.sh) and skip elsewhere (tests/conftest.py: service_unavailable). Environment
+overrides: LIFECYCLE_STATS_LIBVIRT_URI, LIFECYCLE_STATS_RABBIT_URL.
 """
 from __future__ import annotations
+
+import os
 
 import pytest
 
 from lifecycle_stats import novalike
 
-LIBVIRT_URI = "qemu:///system"
-RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+# Overridable for a broker/daemon elsewhere on this machine (and to try the failure path).
+LIBVIRT_URI = os.environ.get("LIFECYCLE_STATS_LIBVIRT_URI", "qemu:///system")
+RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 GUEST_PREFIX = "lst"
 
 

@@ -1,7 +1,8 @@
 """Inspector and Hypervisor against the real libvirtd + QEMU (qemu:///system).
 
-Guests are nova-like (novalike.domain_xml(..., "qemu")) with a qcow2 overlay on a backing
-image, so the backing chain is real, and a unique tap. A missing daemon fails these tests.
+Guests come from the shared guest_factory (tests/integration/conftest.py): nova-like, paused,
+a unique tap; the main one's disk is a qcow2 overlay on a backing image, so the backing chain
+is real. A missing daemon fails these tests in CI (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -9,98 +10,36 @@ import os
 import re
 import subprocess
 import time
-import uuid
 
 import libvirt
 import pytest
 
-from lifecycle_stats import novalike
 from lifecycle_stats.exceptions import DomainGone
 from lifecycle_stats.hypervisor import Hypervisor
 from lifecycle_stats.inspector import Inspector, disks_from_stats
 
 pytestmark = pytest.mark.integration
 
-URI = "qemu:///system"
 
-
-class Guests:
-    """Creates nova-like guests on the real daemon and removes every one of them."""
-
-    def __init__(self, conn, workdir):
-        self.conn = conn
-        self.workdir = workdir
-        self.made = []  # (instance_id, image paths)
-
-    def guest(self):
-        tag = uuid.uuid4().hex[:10]
-        base = os.path.join(self.workdir, f"{tag}-base.qcow2")
-        top = os.path.join(self.workdir, f"{tag}.qcow2")
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
-                        top], check=True)
-        guest = novalike.NovaGuest(domain_name=f"lsi-{tag}", display_name=f"lsi-{tag}",
-                                   disk_paths=(top,), vnics=(f"lsi{tag}",))
-        self.made.append((guest.instance_id, (top, base)))
-        return guest, novalike.domain_xml(guest, "qemu")
-
-    def start_paused(self):
-        guest, xml = self.guest()
-        return guest, self.conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
-
-    def define(self):
-        guest, xml = self.guest()
-        return guest, self.conn.defineXML(xml)
-
-    def remove_all(self):
-        for instance_id, images in self.made:
-            _remove_domain(self.conn, instance_id)
-            for path in images:
-                if os.path.exists(path):
-                    os.unlink(path)
-
-
-def _remove_domain(conn, instance_id):
-    try:
-        dom = conn.lookupByUUIDString(instance_id)
-    except libvirt.libvirtError:
-        return
-    persistent = dom.isPersistent()
-    if dom.isActive():
-        dom.destroy()
-    if persistent:
-        dom.undefine()
-
-
-@pytest.fixture(scope="module")
-def conn():
-    connection = libvirt.open(URI)  # no daemon: this errors, loudly
-    yield connection
-    connection.close()
-
-
-@pytest.fixture(scope="module")
-def guests(conn, tmp_path_factory):
-    made = Guests(conn, str(tmp_path_factory.mktemp("guests")))
-    try:
-        yield made
-    finally:
-        made.remove_all()
-
-
-@pytest.fixture(scope="module")
-def running(guests):
-    """A paused guest that ran for a moment, so its cpu counter has grown."""
-    guest, dom = guests.start_paused()
+@pytest.fixture
+def running(guest_factory):
+    """A paused guest on a qcow2 overlay with a backing image, that ran for a moment so its
+    cpu counter has grown."""
+    workdir = guest_factory.workdir
+    base, top = os.path.join(workdir, "base.qcow2"), os.path.join(workdir, "top.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, "16M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top],
+                   check=True)
+    guest, dom = guest_factory.create(disk_paths=(top,))
     dom.resume()
     time.sleep(0.3)
     dom.suspend()
     return guest, dom
 
 
-def test_bulk_poll_and_single_read_agree(running):
+def test_bulk_poll_and_single_read_agree(libvirt_uri, running):
     guest, _ = running
-    inspector = Inspector(Hypervisor(URI))
+    inspector = Inspector(Hypervisor(libvirt_uri))
     bulk = inspector.poll()[guest.instance_id]
     single = inspector.read(guest.instance_id)
 
@@ -116,29 +55,31 @@ def test_bulk_poll_and_single_read_agree(running):
     assert single.memory_kib == guest.memory_mb * 1024 and single.vcpus == guest.vcpus
 
 
-def test_backing_chain_entries_are_not_disks(conn, running):
-    guest, dom = running
+def test_backing_chain_entries_are_not_disks(guest_factory, running):
+    _, dom = running
     flags = (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING
              | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
-    ((_, record),) = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_BLOCK, flags)
+    ((_, record),) = guest_factory.conn.domainListGetStats(
+        [dom], libvirt.VIR_DOMAIN_STATS_BLOCK, flags)
     names = [record[f"block.{i}.name"] for i in range(record["block.count"])]
     assert names == ["vda", "vda"]  # the overlay and its backing image
     (disk,) = disks_from_stats(record)
     assert disk.read_requests == record["block.0.rd.reqs"]
 
 
-def test_shut_off_domain_is_not_polled_and_reads_as_inactive(guests):
-    guest, _ = guests.define()
-    inspector = Inspector(Hypervisor(URI))
+def test_shut_off_domain_is_not_polled_and_reads_as_inactive(libvirt_uri, guest_factory):
+    guest, _ = guest_factory.create()
+    guest_factory.destroy(guest, undefine=False)  # defined, shut off
+    inspector = Inspector(Hypervisor(libvirt_uri))
     assert guest.instance_id not in inspector.poll()
     reading = inspector.read(guest.instance_id)
     assert (reading.state, reading.active, reading.cpu_time_ns) == ("shutoff", False, None)
     assert reading.disks == () and reading.vnics == ()
 
 
-def test_read_of_destroyed_transient_domain_raises_domain_gone(guests):
-    guest, dom = guests.start_paused()
-    inspector = Inspector(Hypervisor(URI))
+def test_read_of_destroyed_transient_domain_raises_domain_gone(libvirt_uri, guest_factory):
+    guest, dom = guest_factory.create(persistent=False)
+    inspector = Inspector(Hypervisor(libvirt_uri))
     assert inspector.read(guest.instance_id).active
     dom.destroy()
     with pytest.raises(DomainGone) as info:
@@ -166,11 +107,11 @@ def _open_new_client(hypervisor):
     return client
 
 
-def test_poll_survives_libvirtd_dropping_the_connection(running):
+def test_poll_survives_libvirtd_dropping_the_connection(libvirt_uri, running):
     guest, _ = running
     sleeps = []
-    poller = Hypervisor(URI, sleep=sleeps.append)
-    flusher = Hypervisor(URI)  # the flush path's own connection
+    poller = Hypervisor(libvirt_uri, sleep=sleeps.append)
+    flusher = Hypervisor(libvirt_uri)  # the flush path's own connection
     poller_client = _open_new_client(poller)
     flusher_client = _open_new_client(flusher)
     assert poller_client != flusher_client

@@ -1,0 +1,298 @@
+"""listeners.bus on oslo.messaging's in-memory fake:// transport, published to by a Notifier."""
+from __future__ import annotations
+
+import datetime
+import logging
+import queue
+import threading
+import time
+import uuid
+
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+from oslo_messaging import opts as messaging_opts
+
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import ConfigError
+from listeners import bus
+
+HOST = "compute-1"
+NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
+WAIT = 5.0
+HANDLED = oslo_messaging.NotificationResult.HANDLED
+REQUEUE = oslo_messaging.NotificationResult.REQUEUE
+
+
+def make_conf(exchange: str) -> cfg.ConfigOpts:
+    """A private ConfigOpts whose control_exchange (where Notifiers publish) is ``exchange``."""
+    conf = cfg.ConfigOpts()
+    for group, opts in messaging_opts.list_opts():
+        conf.register_opts(opts, group=group)
+    conf([], project="lifecycle-stats-test", default_config_files=[])
+    conf.set_override("control_exchange", exchange)
+    return conf
+
+
+def legacy_payload(instance_id, host):
+    return {"instance_id": instance_id, "host": host, "tenant_id": "t1", "user_id": "u1",
+            "display_name": "vm", "instance_type": "m1.tiny", "memory_mb": 512, "vcpus": 1,
+            "root_gb": 1, "ephemeral_gb": 0, "state": "active"}
+
+
+def versioned_payload(instance_id, host):
+    return {"nova_object.name": "InstanceActionPayload", "nova_object.namespace": "nova",
+            "nova_object.version": "1.8",
+            "nova_object.data": {"uuid": instance_id, "host": host, "tenant_id": "t1",
+                                 "user_id": "u1", "display_name": "vm",
+                                 "flavor": {"nova_object.data": {"name": "m1.tiny",
+                                                                 "memory_mb": 512}}}}
+
+
+class Bus:
+    """A fake:// transport in a fresh exchange, with nova-like notifiers and listeners."""
+
+    def __init__(self):
+        self.exchange = "nova-" + uuid.uuid4().hex[:8]  # fake exchanges are process-global
+        self.conf = make_conf(self.exchange)
+        self.transport = oslo_messaging.get_notification_transport(self.conf, url="fake://")
+        self.listeners = []
+
+    def legacy(self, host, instance_id=None, payload=None):
+        instance_id = instance_id or str(uuid.uuid4())
+        notifier = oslo_messaging.Notifier(self.transport, publisher_id=f"compute.{host}",
+                                           driver="messaging", topics=["notifications"])
+        notifier.info({}, "compute.instance.delete.start",
+                      payload if payload is not None else legacy_payload(instance_id, host))
+        return instance_id
+
+    def versioned(self, host, instance_id=None):
+        instance_id = instance_id or str(uuid.uuid4())
+        notifier = oslo_messaging.Notifier(self.transport, publisher_id=f"nova-compute:{host}",
+                                           driver="messagingv2",
+                                           topics=["versioned_notifications"])
+        notifier.info({}, "instance.delete.start", versioned_payload(instance_id, host))
+        return instance_id
+
+    def listen(self, host=HOST, on_trigger=None, **kwargs):
+        received: queue.Queue = queue.Queue()
+        listener = bus.NotificationListener(
+            self.transport, host=host, on_trigger=on_trigger or received.put,
+            exchange=self.exchange, clock=lambda: NOW, **kwargs)
+        listener.received = received
+        listener.start()
+        self.listeners.append(listener)
+        return listener
+
+    def close(self):
+        for listener in self.listeners:
+            assert listener.stop()
+        self.transport.cleanup()
+
+
+@pytest.fixture
+def fake_bus():
+    fake = Bus()
+    yield fake
+    fake.close()
+
+
+def wait_for(condition, timeout=WAIT):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_legacy_and_versioned_delete_start_reach_on_trigger(fake_bus):
+    listener = fake_bus.listen()
+    legacy_id = fake_bus.legacy(HOST)
+    versioned_id = fake_bus.versioned(HOST)
+    got = {t.instance_id: t for t in (listener.received.get(timeout=WAIT) for _ in range(2))}
+    assert set(got) == {legacy_id, versioned_id}
+    assert got[legacy_id].event_type == "compute.instance.delete.start"
+    assert got[versioned_id].event_type == "instance.delete.start"
+    assert got[versioned_id].identity["instance_type"] == "m1.tiny"
+    assert all(t.host == HOST and t.received_at == NOW for t in got.values())
+    counts = listener.counters.snapshot()
+    assert counts["bus.triggers.legacy"] == 1 and counts["bus.triggers.versioned"] == 1
+
+
+def test_other_hosts_and_other_events_are_ignored(fake_bus):
+    listener = fake_bus.listen()
+    fake_bus.legacy("compute-2")
+    fake_bus.versioned("compute-2")
+    notifier = oslo_messaging.Notifier(fake_bus.transport, publisher_id=f"compute.{HOST}",
+                                       driver="messaging", topics=["notifications"])
+    notifier.info({}, "compute.instance.update", {"instance_id": "x"})
+    mine = fake_bus.legacy(HOST)
+    assert listener.received.get(timeout=WAIT).instance_id == mine
+    wait_for(lambda: listener.counters.get("bus.ignored") == 3)
+    assert listener.received.empty()
+
+
+def test_each_host_hears_everything_in_its_own_pool_and_keeps_its_own(fake_bus):
+    one = fake_bus.listen("compute-1")
+    two = fake_bus.listen("compute-2")
+    assert (one.pool, two.pool) == ("lifecycle-stats.compute-1", "lifecycle-stats.compute-2")
+    first = fake_bus.legacy("compute-1")
+    second = fake_bus.versioned("compute-2")
+    assert one.received.get(timeout=WAIT).instance_id == first
+    assert two.received.get(timeout=WAIT).instance_id == second
+    wait_for(lambda: one.counters.get("bus.ignored") == 1 and two.counters.get("bus.ignored") == 1)
+
+
+def test_rejects_are_counted_and_logged_with_a_truncated_payload(fake_bus, caplog):
+    listener = fake_bus.listen()
+    caplog.set_level(logging.WARNING, logger="listeners.bus")
+    fake_bus.legacy(HOST, payload={"instance_id": "not-a-uuid", "blob": "z" * 100_000})
+    wait_for(lambda: listener.counters.get("bus.rejected") == 1)
+    warning = next(r for r in caplog.records if r.name == "listeners.bus"
+                   and r.levelno == logging.WARNING)
+    assert "instance_id is not a UUID: 'not-a-uuid'" in warning.getMessage()
+    assert len(warning.getMessage()) < 600
+    mine = fake_bus.legacy(HOST)
+    assert listener.received.get(timeout=WAIT).instance_id == mine
+
+
+@pytest.mark.allow_error_logs
+def test_a_failing_handler_does_not_stop_the_next_message(fake_bus, caplog):
+    received = []
+
+    def on_trigger(trigger):
+        received.append(trigger.instance_id)
+        if len(received) == 1:
+            raise RuntimeError("spool full")
+
+    listener = fake_bus.listen(on_trigger=on_trigger)
+    first = fake_bus.legacy(HOST)
+    wait_for(lambda: listener.counters.get("bus.handler_errors") == 1)
+    second = fake_bus.legacy(HOST)
+    wait_for(lambda: len(received) == 2)
+    time.sleep(0.2)  # without requeue the failed message must not come back
+    assert received == [first, second]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "spool full" in str(errors[0].exc_info[1])
+
+
+@pytest.mark.allow_error_logs
+def test_allow_requeue_redelivers_a_failed_message(fake_bus):
+    received = []
+
+    def on_trigger(trigger):
+        received.append(trigger.instance_id)
+        if len(received) == 1:
+            raise RuntimeError("emitter down")
+
+    listener = fake_bus.listen(on_trigger=on_trigger, allow_requeue=True)
+    first = fake_bus.legacy(HOST)
+    wait_for(lambda: len(received) == 2)
+    assert received == [first, first]
+    assert listener.counters.get("bus.handler_errors") == 1
+    assert listener.counters.get("bus.triggers.legacy") == 2
+
+
+def test_listen_flags_choose_the_topics(fake_bus):
+    listener = fake_bus.listen(listen_legacy=False)
+    assert [t.topic for t in listener.targets] == ["versioned_notifications"]
+    fake_bus.legacy(HOST)
+    versioned_id = fake_bus.versioned(HOST)
+    assert listener.received.get(timeout=WAIT).instance_id == versioned_id
+    time.sleep(0.2)
+    assert listener.received.empty() and listener.counters.get("bus.triggers.legacy") == 0
+
+
+def test_stop_is_bounded_when_a_handler_hangs(fake_bus, caplog):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def on_trigger(trigger):
+        entered.set()
+        release.wait(WAIT)
+
+    listener = bus.NotificationListener(fake_bus.transport, host=HOST, on_trigger=on_trigger,
+                                        exchange=fake_bus.exchange, stop_timeout=0.3)
+    listener.start()
+    fake_bus.legacy(HOST)
+    assert entered.wait(WAIT)
+    started = time.monotonic()
+    try:
+        assert listener.stop() is False
+        assert time.monotonic() - started < 2.0
+        assert any("did not stop within" in r.getMessage() for r in caplog.records)
+    finally:
+        release.set()
+
+
+class _Exploding(dict):
+    def get(self, key, default=None):
+        raise KeyError("broken mapping")
+
+
+@pytest.mark.allow_error_logs
+@pytest.mark.parametrize("allow_requeue,outcome", [(False, HANDLED), (True, REQUEUE)])
+def test_endpoint_outcomes(allow_requeue, outcome):
+    counters = Counters()
+
+    def on_trigger(trigger):
+        raise RuntimeError("boom")
+
+    endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=on_trigger, counters=counters,
+                                       clock=lambda: NOW, allow_requeue=allow_requeue)
+    assert endpoint.failure_outcome() == outcome
+    legacy = legacy_payload(str(uuid.uuid4()), HOST)
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start", legacy,
+                         {}) == outcome
+    # an unexpected parse failure is acknowledged: requeueing it would only loop
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start",
+                         _Exploding(legacy), {}) == HANDLED
+    assert endpoint.info({}, "x", "compute.instance.update", {}, {}) == HANDLED
+    assert counters.snapshot() == {"bus.triggers.legacy": 1, "bus.handler_errors": 2,
+                                   "bus.ignored": 1}
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    ({"host": ""}, "host"),
+    ({"host": None}, "host"),
+    ({"pool": " "}, "[notification_listener] pool"),
+    ({"exchange": ""}, "[notification_listener] exchange"),
+    ({"listen_legacy": False, "listen_versioned": False}, "listen_legacy/listen_versioned"),
+    ({"legacy_topic": ""}, "[notification_listener] topic"),
+])
+def test_bad_configuration_fails_in_the_constructor(fake_bus, kwargs, option):
+    kwargs = {"host": HOST, **kwargs}
+    with pytest.raises(ConfigError) as info:
+        bus.NotificationListener(fake_bus.transport, on_trigger=print, **kwargs)
+    assert option in str(info.value)
+
+
+def test_from_conf_defaults_and_notifications_transport_fallback():
+    exchange = "nova-" + uuid.uuid4().hex[:8]
+    conf = make_conf(exchange)
+    bus.register_opts(conf)
+    conf.set_override("transport_url", "fake://", group="oslo_messaging_notifications")
+    conf.set_override("exchange", exchange, group="notification_listener")
+    received: queue.Queue = queue.Queue()
+    listener = bus.from_conf(conf, HOST, received.put, Counters())
+    assert listener.pool == "lifecycle-stats." + HOST
+    assert [(t.exchange, t.topic) for t in listener.targets] == [
+        (exchange, "notifications"), (exchange, "versioned_notifications")]
+    listener.start()
+    try:
+        publisher = oslo_messaging.get_notification_transport(conf, url="fake://")
+        oslo_messaging.Notifier(publisher, publisher_id=f"compute.{HOST}", driver="messaging",
+                                topics=["notifications"]).info(
+            {}, "compute.instance.delete.start", legacy_payload(str(uuid.uuid4()), HOST))
+        assert received.get(timeout=WAIT).host == HOST
+    finally:
+        assert listener.stop()
+
+
+def test_options_are_listed_for_the_sample_config():
+    [(group, opts)] = bus.list_opts()
+    assert group == "notification_listener"
+    names = {opt.name: opt for opt in opts}
+    assert set(names) == {"transport_url", "exchange", "legacy_topic", "versioned_topic",
+                          "listen_legacy", "listen_versioned", "pool", "allow_requeue"}
+    assert names["transport_url"].secret and names["pool"].default is None
+    assert names["allow_requeue"].default is False

@@ -1,0 +1,57 @@
+"""The shipped sample config is generated, never hand-edited: fail when it is stale."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from oslo_config import cfg
+
+from lifecycle_stats import opts
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats.conf.sample"
+
+
+def test_sample_config_is_up_to_date(tmp_path):
+    fresh = tmp_path / "fresh.conf"
+    generator = pathlib.Path(sys.executable).with_name("oslo-config-generator")
+    subprocess.run([str(generator), "--config-file",
+                    str(ROOT / "etc" / "oslo-config-generator" / "lifecycle-stats.conf"),
+                    "--output-file", str(fresh)], check=True, cwd=ROOT, capture_output=True)
+    assert fresh.read_text() == SAMPLE.read_text(), (
+        "etc/lifecycle-stats/lifecycle-stats.conf.sample is stale: regenerate it with "
+        "`.venv/bin/oslo-config-generator --config-file "
+        "etc/oslo-config-generator/lifecycle-stats.conf`")
+
+
+@pytest.mark.parametrize("group,name,default", [
+    ("DEFAULT", "state_path", "/var/lib/lifecycle-stats"),
+    ("libvirt", "uri", "qemu:///system"),
+    ("notification_listener", "exchange", "nova"),
+    ("poller", "interval", 60.0),
+])
+def test_operator_facing_option_names_are_stable(group, name, default):
+    conf = cfg.ConfigOpts()
+    opts.register_all(conf)
+    conf([])
+    section = conf if group == "DEFAULT" else conf[group]
+    assert section[name] == default
+
+
+def test_host_defaults_to_this_machines_hostname():
+    import socket
+
+    conf = cfg.ConfigOpts()
+    opts.register_all(conf)
+    conf([])
+    assert conf.host == socket.gethostname()
+
+
+def test_a_bad_value_names_the_option_and_the_value(tmp_path):
+    bad = tmp_path / "bad.conf"
+    bad.write_text("[poller]\ninterval = soon\n")
+    conf = cfg.ConfigOpts()
+    opts.register_all(conf)
+    conf(["--config-file", str(bad)])
+    with pytest.raises(cfg.ConfigFileValueError, match="soon"):
+        conf.poller.interval

@@ -1,0 +1,224 @@
+"""listeners.nova_notifications: nova's two delete.start formats → DeleteTrigger."""
+from __future__ import annotations
+
+import copy
+import datetime
+
+import pytest
+
+from lifecycle_stats.exceptions import RejectedMessage
+from listeners import nova_notifications as nn
+
+HOST = "compute-1"
+UUID = "178b0921-8f85-4257-88b6-2e743b5a975c"
+NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
+IDENTITY = {
+    "tenant_id": "6f70656e737461636b20342065766572", "user_id": "fake",
+    "display_name": "some-server", "instance_type": "m1.tiny", "memory_mb": 512,
+    "vcpus": 1, "root_gb": 1, "ephemeral_gb": 0,
+}
+
+
+def legacy(**changes):
+    """A compute.instance.delete.start payload shaped as nova's info_from_instance."""
+    payload = {
+        "instance_id": UUID, "host": HOST, "node": "fake-mini", "state": "active",
+        "state_description": "deleting", "tenant_id": IDENTITY["tenant_id"], "user_id": "fake",
+        "display_name": "some-server", "instance_type": "m1.tiny", "instance_type_id": 1,
+        "instance_flavor_id": "1", "memory_mb": 512, "disk_gb": 1, "vcpus": 1, "root_gb": 1,
+        "ephemeral_gb": 0, "image_ref_url": "http://glance/images/x", "metadata": {},
+        "launched_at": "2012-10-29T13:42:11.000000", "reservation_id": "r-npxv0e40",
+    }
+    return _changed(payload, changes)
+
+
+def versioned(**changes):
+    """An instance.delete.start payload shaped as nova's InstanceActionPayload 1.x."""
+    flavor = {"nova_object.name": "FlavorPayload", "nova_object.namespace": "nova",
+              "nova_object.version": "1.4",
+              "nova_object.data": {"flavorid": "a22d", "name": "m1.tiny", "root_gb": 1,
+                                   "vcpus": 1, "ephemeral_gb": 0, "memory_mb": 512, "swap": 0,
+                                   "extra_specs": {}, "is_public": True}}
+    data = {"uuid": UUID, "host": HOST, "node": "fake-mini", "state": "active",
+            "task_state": "deleting", "tenant_id": IDENTITY["tenant_id"], "user_id": "fake",
+            "display_name": "some-server", "flavor": flavor, "ip_addresses": [],
+            "metadata": {}, "fault": None, "block_devices": []}
+    return {"nova_object.name": "InstanceActionPayload", "nova_object.namespace": "nova",
+            "nova_object.version": "1.8", "nova_object.data": _changed(data, changes)}
+
+
+def _changed(payload, changes):
+    payload = copy.deepcopy(payload)
+    for key, value in changes.items():
+        if value is DROP:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return payload
+
+
+DROP = object()
+LEGACY = ("compute.instance.delete.start", f"compute.{HOST}")
+VERSIONED = ("instance.delete.start", f"nova-compute:{HOST}")
+
+
+def run(event, payload, host=HOST):
+    event_type, publisher_id = event
+    return nn.parse(event_type, publisher_id, payload, host=host, received_at=NOW)
+
+
+@pytest.mark.parametrize("event,payload", [(LEGACY, legacy()), (VERSIONED, versioned())],
+                         ids=["legacy", "versioned"])
+def test_delete_start_on_this_host_is_a_trigger_with_legacy_identity(event, payload):
+    trigger = run(event, payload)
+    assert trigger.instance_id == UUID
+    assert trigger.event_type == event[0]
+    assert trigger.host == HOST
+    assert trigger.received_at == NOW
+    assert dict(trigger.identity) == IDENTITY
+    assert tuple(trigger.identity) == nn.IDENTITY_FIELDS
+
+
+@pytest.mark.parametrize("event,payload,expected", [
+    (LEGACY, legacy(display_name=None, memory_mb=DROP), {"display_name", "memory_mb"}),
+    (VERSIONED, versioned(flavor=DROP), {"instance_type", "memory_mb", "vcpus", "root_gb",
+                                         "ephemeral_gb"}),
+    (VERSIONED, versioned(flavor={"nova_object.data": {"vcpus": 2}}),
+     {"instance_type", "memory_mb", "root_gb", "ephemeral_gb"}),
+], ids=["legacy-null-and-missing", "versioned-no-flavor", "versioned-partial-flavor"])
+def test_identity_holds_only_the_fields_found(event, payload, expected):
+    identity = run(event, payload).identity
+    assert set(identity) == set(IDENTITY) - expected
+
+
+def test_uuid_is_normalized_to_libvirts_form():
+    trigger = run(LEGACY, legacy(instance_id=UUID.upper().replace("-", "")))
+    assert trigger.instance_id == UUID
+
+
+def test_overlong_display_name_is_truncated_not_rejected():
+    trigger = run(VERSIONED, versioned(display_name="x" * 10_000))
+    assert trigger.identity["display_name"] == "x" * nn.MAX_STRING
+
+
+@pytest.mark.parametrize("event,payload", [
+    (LEGACY, legacy(host="compute-2")),
+    (VERSIONED, versioned(host="compute-2")),
+    (("compute.instance.delete.start", "compute.compute-2"), legacy(host=DROP)),
+    (("instance.delete.start", "nova-compute:compute-2"), versioned(host=None)),
+    (("compute.instance.delete.start", f"compute.{HOST}"), legacy(host="compute-2")),
+    (("compute.instance.delete.start", "api.controller"), legacy(host=None)),
+    (("compute.instance.delete.start", None), legacy(host=DROP)),
+], ids=["legacy-payload", "versioned-payload", "legacy-publisher", "versioned-publisher",
+        "payload-beats-publisher", "api-local-delete", "no-host-at-all"])
+def test_other_host_is_ignored(event, payload):
+    assert run(event, payload) is None
+
+
+@pytest.mark.parametrize("event,payload", [
+    (("compute.instance.delete.start", f"compute.{HOST}"), legacy(host=DROP)),
+    (("instance.delete.start", f"nova-compute:{HOST}"), versioned(host=None)),
+], ids=["legacy", "versioned"])
+def test_host_falls_back_to_publisher_id(event, payload):
+    assert run(event, payload).host == HOST
+
+
+@pytest.mark.parametrize("event_type", [
+    "compute.instance.delete.end", "instance.delete.end", "compute.instance.update",
+    "instance.shutdown.start", "compute.instance.exists", "", None, 42])
+def test_other_event_types_are_ignored_even_when_malformed(event_type):
+    assert nn.parse(event_type, f"compute.{HOST}", "not even a dict", host=HOST,
+                    received_at=NOW) is None
+    assert nn.classify(event_type) == "other"
+
+
+def test_classify():
+    assert nn.classify("compute.instance.delete.start") == "legacy"
+    assert nn.classify("instance.delete.start") == "versioned"
+
+
+def _versioned_envelope(**changes):
+    return _changed(versioned(), changes)
+
+
+MALFORMED = [
+    ("legacy-not-dict", LEGACY, ["instance_id", UUID], "payload must be a dict, got list"),
+    ("legacy-none", LEGACY, None, "payload must be a dict, got NoneType"),
+    ("legacy-no-uuid", LEGACY, legacy(instance_id=DROP), "instance_id must be a UUID string"),
+    ("legacy-uuid-int", LEGACY, legacy(instance_id=7),
+     "instance_id must be a UUID string, got 7"),
+    ("legacy-uuid-bad", LEGACY, legacy(instance_id="instance-0000002a"),
+     "instance_id is not a UUID: 'instance-0000002a'"),
+    ("legacy-uuid-huge", LEGACY, legacy(instance_id="a" * 1_000_000),
+     "instance_id is not a UUID: 1000000 characters"),
+    ("legacy-memory-str", LEGACY, legacy(memory_mb="512"),
+     "memory_mb must be an integer, got str"),
+    ("legacy-vcpus-bool", LEGACY, legacy(vcpus=True), "vcpus must be an integer, got bool"),
+    ("legacy-root-negative", LEGACY, legacy(root_gb=-1), "root_gb must be between 0 and"),
+    ("legacy-huge-int", LEGACY, legacy(ephemeral_gb=10 ** 5000), "<int of 16610 bits>"),
+    ("legacy-tenant-dict", LEGACY, legacy(tenant_id={"a": 1}),
+     "tenant_id must be a string, got dict"),
+    ("legacy-user-long", LEGACY, legacy(user_id="u" * 300), "user_id is 300 characters"),
+    ("legacy-flavor-long", LEGACY, legacy(instance_type="f" * 300),
+     "instance_type is 300 characters"),
+    ("legacy-host-int", LEGACY, legacy(host=5), "host must be a string, got int"),
+    ("legacy-host-empty", LEGACY, legacy(host=""), "host must not be empty"),
+    ("legacy-too-many-keys", LEGACY, {**legacy(), **{f"k{i}": i for i in range(2000)}},
+     "payload has 2020 keys, more than 1024"),
+    ("versioned-not-dict", VERSIONED, "instance.delete.start", "payload must be a dict, got str"),
+    ("versioned-unknown-object", VERSIONED,
+     _versioned_envelope(**{"nova_object.name": "InstanceUpdatePayload"}),
+     "nova_object.name 'InstanceUpdatePayload' is not one of ['InstanceActionPayload']"),
+    ("versioned-no-object-name", VERSIONED, _versioned_envelope(**{"nova_object.name": DROP}),
+     "nova_object.name None is not one of"),
+    ("versioned-namespace", VERSIONED,
+     _versioned_envelope(**{"nova_object.namespace": "cinder"}),
+     "nova_object.namespace 'cinder' is not 'nova'"),
+    ("versioned-major-2", VERSIONED, _versioned_envelope(**{"nova_object.version": "2.0"}),
+     "nova_object.version '2.0' is not a 1.x version"),
+    ("versioned-data-list", VERSIONED, _versioned_envelope(**{"nova_object.data": []}),
+     "payload nova_object.data must be a dict, got list"),
+    ("versioned-data-missing", VERSIONED, _versioned_envelope(**{"nova_object.data": DROP}),
+     "payload nova_object.data must be a dict, got NoneType"),
+    ("versioned-no-uuid", VERSIONED, versioned(uuid=DROP), "uuid must be a UUID string, got None"),
+    ("versioned-flavor-str", VERSIONED, versioned(flavor="m1.tiny"),
+     "flavor must be a dict, got str"),
+    ("versioned-flavor-data-missing", VERSIONED, versioned(flavor={"nova_object.name": "F"}),
+     "flavor nova_object.data must be a dict, got NoneType"),
+    ("versioned-flavor-memory-float", VERSIONED,
+     versioned(flavor={"nova_object.data": {"memory_mb": 1.5}}),
+     "memory_mb must be an integer, got float"),
+    ("versioned-flavor-name-int", VERSIONED, versioned(flavor={"nova_object.data": {"name": 1}}),
+     "instance_type must be a string, got int"),
+]
+
+
+@pytest.mark.parametrize("event,payload,reason", [m[1:] for m in MALFORMED],
+                         ids=[m[0] for m in MALFORMED])
+def test_malformed_delete_start_is_rejected_with_the_reason(event, payload, reason):
+    with pytest.raises(RejectedMessage) as info:
+        run(event, payload)
+    assert reason in str(info.value)
+    assert len(str(info.value)) < 200
+
+
+def test_malformed_message_for_another_host_is_still_rejected():
+    """The uuid is checked before the host: a broken message is never silently ignored."""
+    with pytest.raises(RejectedMessage):
+        run(LEGACY, legacy(host="compute-2", instance_id="nope"))
+
+
+def test_deeply_nested_input_is_not_walked():
+    deep: object = {}
+    for _ in range(100_000):  # far past the recursion limit: only bounded look-ups may happen
+        deep = {"nova_object.data": deep}
+    trigger = run(LEGACY, legacy(metadata=deep, display_name="ok"))
+    assert trigger.identity["display_name"] == "ok"
+    trigger = run(VERSIONED, versioned(flavor=deep))
+    assert "memory_mb" not in trigger.identity
+
+
+@pytest.mark.parametrize("host", ["", None, 3])
+def test_bad_own_host_is_a_programming_error(host):
+    with pytest.raises(ValueError, match="host must be a non-empty string"):
+        nn.parse(*LEGACY, legacy(), host=host, received_at=NOW)

@@ -1,0 +1,160 @@
+import datetime
+import json
+import os
+import stat
+
+import pytest
+from oslo_config import cfg
+
+from lifecycle_stats import status
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.records import Notification
+from lifecycle_stats.spool import Spool
+
+T0 = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.timezone.utc)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += datetime.timedelta(seconds=seconds)
+
+
+def note(n):
+    return Notification("compute.instance.delete.samples", "INFO", "p", {"n": n}, f"msg-{n}",
+                        "t")
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def agent(tmp_path, clock):
+    """A spool with two records and a writer whose snapshot is what an agent would report."""
+    counters = Counters()
+    sp = Spool(str(tmp_path / "spool.sqlite"), conduits=["bus", "file"], clock=clock,
+               counters=counters)
+    sp.put(note(1), "final")
+    clock.advance(10)
+    sp.put(note(2), "periodic")
+    sp.confirm(1, "file")
+
+    def snapshot():
+        return {"connections": {"libvirt": "connected", "bus": "disconnected"},
+                "counters": counters.snapshot(), "spool": status.spool_snapshot(sp)}
+
+    writer = status.StatusWriter(str(tmp_path / "status.json"), snapshot, interval=5,
+                                 clock=clock, host="h1")
+    yield writer, sp
+    sp.close()
+
+
+def test_writer_writes_private_json_atomically(agent, tmp_path):
+    writer, _ = agent
+    writer.write()
+    path = tmp_path / "status.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["pid"] == os.getpid() and doc["host"] == "h1"
+    assert doc["written_at"] == "2026-11-21T12:00:10.000000+00:00"
+    assert doc["spool"] == {"depth": 2, "oldest_age_seconds": 10.0}
+    assert doc["counters"]["spool.put"] == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_round_trip_running(agent, tmp_path, clock):
+    writer, _ = agent
+    writer.write()
+    clock.advance(2)
+    got = status.read_status(str(tmp_path), clock=clock)
+    assert got["agent"] == "running"
+    assert got["status_age_seconds"] == 2.0
+    assert got["connections"] == {"libvirt": "connected", "bus": "disconnected"}
+    assert got["spool"]["depth"] == 2
+    assert got["spool"]["oldest_age_seconds"] == 12.0  # live, not the written 10.0
+    assert got["spool"]["pending_by_conduit"] == {"libvirt": 2, "bus": 2}
+    assert got["problems"] == []
+
+
+def test_stale_status_means_not_running(agent, tmp_path, clock):
+    writer, _ = agent
+    writer.write()
+    clock.advance(16)  # > 3 intervals of 5 s
+    got = status.read_status(str(tmp_path), clock=clock)
+    assert got["agent"] == "not running"
+    assert "not written for 16.0 s" in got["problems"][0]
+
+
+def test_dead_pid_means_not_running_but_spool_is_live(agent, tmp_path, clock):
+    writer, sp = agent
+    writer.write()
+    sp.close()
+    clock.advance(60)
+    got = status.read_status(str(tmp_path), clock=clock, pid_alive=lambda pid: False)
+    assert got["agent"] == "not running"
+    assert f"pid {os.getpid()} is gone" in got["problems"][0]
+    assert got["spool"]["depth"] == 2
+    assert got["spool"]["oldest_age_seconds"] == 70.0
+    assert got["spool"]["by_kind"] == {"final": 1, "periodic": 1}
+
+
+def test_nothing_there(tmp_path, clock):
+    got = status.read_status(str(tmp_path), clock=clock)
+    assert got["agent"] == "not running"
+    assert got["spool"]["depth"] is None
+    assert len(got["problems"]) == 2
+
+
+def test_thread_writes_and_writes_once_more_at_stop(tmp_path, clock):
+    calls = []
+
+    def snapshot():
+        calls.append(1)
+        return {"connections": {}, "n": len(calls)}
+
+    writer = status.StatusWriter(str(tmp_path / "status.json"), snapshot, interval=3600,
+                                 clock=clock)
+    writer.start()
+    writer.stop(timeout=10)
+    doc = json.loads((tmp_path / "status.json").read_text())
+    assert doc["n"] == len(calls) == 2
+
+
+@pytest.mark.allow_error_logs
+def test_failing_snapshot_is_logged_not_fatal(tmp_path, caplog):
+    def snapshot():
+        raise RuntimeError("boom")
+
+    writer = status.StatusWriter(str(tmp_path / "status.json"), snapshot, interval=1)
+    writer.stop()
+    assert "could not write the status file" in caplog.text
+    assert not (tmp_path / "status.json").exists()
+
+
+def test_main_prints_json_and_table(agent, tmp_path, capsys):
+    writer, _ = agent
+    writer.write()
+    conf_file = tmp_path / "ls.conf"
+    conf_file.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n")
+    rc = status.main(["--config-file", str(conf_file), "--json"], conf=cfg.ConfigOpts())
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["spool"]["depth"] == 2 and doc["host"] == "h1"
+    assert rc == (0 if doc["agent"] == "running" else 1)
+    status.main(["--config-file", str(conf_file)], conf=cfg.ConfigOpts())
+    table = capsys.readouterr().out
+    assert "spool:       depth 2" in table
+    assert "connection:  bus" in table and "disconnected" in table
+
+
+def test_main_keeps_an_already_registered_state_path(tmp_path, capsys):
+    conf = cfg.ConfigOpts()
+    conf.register_opt(cfg.StrOpt("state_path", default=str(tmp_path), help="the agent's"))
+    assert status.main(["--json"], conf=conf) == 1
+    assert json.loads(capsys.readouterr().out)["agent"] == "not running"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# THE test command (README, CI): set up everything on a fresh Debian machine as root, then run
+# the whole suite (unit, functional, integration). Idempotent. Extra arguments go to pytest;
+# the exit code is pytest's. Integration tests never skip here: a missing service fails them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { echo "== run_tests: $* ($(date +%T))"; }
+
+step "1/4 bootstrap: system headers + .venv with lifecycle-stats[test]"
+bash tools/bootstrap.sh
+step "2/4 hypervisor: libvirtd + QEMU (qemu:///system)"
+bash tools/setup_hypervisor.sh
+step "3/4 broker: RabbitMQ on 127.0.0.1:5672"
+bash tools/start_rabbitmq.sh
+step "4/4 pytest (unit, functional, integration)"
+export LIFECYCLE_STATS_REQUIRE_SERVICES=${LIFECYCLE_STATS_REQUIRE_SERVICES:-1}
+set +e
+.venv/bin/python -m pytest -ra "$@"
+rc=$?
+set -e
+step "pytest exit code $rc"
+exit "$rc"
