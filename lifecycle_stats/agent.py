@@ -47,11 +47,21 @@ def refuse_green_threads() -> None:
                            "native threads and must not be loaded into a patched process")
 
 
+def quiet_libvirt_stderr() -> None:
+    """libvirt's default handler prints every error to stderr, including the expected ones
+    (a domain gone mid-read, no nova metadata); each still raises libvirtError, which is
+    translated and logged where it happens, so the duplicate print is switched off."""
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
 class Agent:
     def __init__(self, conf: cfg.ConfigOpts, *, emitters=None, listen_transport=None) -> None:
         from listeners import bus, libvirt_events
 
         refuse_green_threads()
+        quiet_libvirt_stderr()
         libvirt_events.ensure_event_loop()  # before any libvirt connection opens
         self.conf = conf
         self.counters = counters_mod.Counters()

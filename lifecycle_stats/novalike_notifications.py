@@ -50,16 +50,19 @@ def versioned_payload(guest: NovaGuest, host: str) -> dict:
 
 
 def publish_delete_start(transport, guest: NovaGuest, host: str, *, versioned: bool = False,
-                         exchange: str = "nova") -> None:
-    """Send one delete.start for guest on host, as nova-compute on that host would."""
+                         exchange: str = "nova", topic: str | None = None) -> None:
+    """Send one delete.start for guest on host, as nova-compute on that host would.
+    topic defaults to nova's (notifications / versioned_notifications)."""
     import oslo_messaging
 
     if versioned:
-        topic, event_type, publisher = "versioned_notifications", VERSIONED, f"nova-compute:{host}"
+        default_topic, event_type, publisher = ("versioned_notifications", VERSIONED,
+                                                f"nova-compute:{host}")
         payload = versioned_payload(guest, host)
     else:
-        topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
+        default_topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
         payload = legacy_payload(guest, host)
+    topic = topic or default_topic
     message = {"message_id": str(uuid.uuid4()), "publisher_id": publisher,
                "event_type": event_type, "priority": "INFO", "payload": payload,
                "timestamp": isotime(utcnow())}

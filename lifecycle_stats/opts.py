@@ -23,5 +23,9 @@ def list_opts():
 
 
 def register_all(conf: cfg.ConfigOpts) -> None:
-    for group, opts in list_opts():
-        conf.register_opts(opts, group=None if group == "DEFAULT" else group)
+    """Ours, and oslo.messaging's (transport_url, control_exchange,
+    [oslo_messaging_notifications]) which it would otherwise register only on first use."""
+    import oslo_messaging.opts
+
+    for group, opts in itertools.chain(list_opts(), oslo_messaging.opts.list_opts()):
+        conf.register_opts(opts, group=None if group in (None, "DEFAULT") else group)

@@ -1,0 +1,187 @@
+"""Drive the real agent as nova and billing see it: a separate `lifecycle-stats-agent` process
+with a config file, nova's delete.start published on the real broker, and a billing consumer
+reading compute.instance.delete.samples from it.
+
+Every run uses its own exchange, topic and pool names, so nothing here can reach queues that a
+real Ceilometer on the same broker reads, and delete_queues() removes what a run declared.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from lifecycle_stats.novalike_notifications import publish_delete_start
+
+AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
+
+
+class BusNames:
+    """Unique exchange/topic/pool names for one test run."""
+
+    def __init__(self) -> None:
+        run = uuid.uuid4().hex[:8]
+        self.nova_exchange = f"lst-nova-{run}"
+        self.legacy_topic = f"lst-notifications-{run}"
+        self.versioned_topic = f"lst-versioned-{run}"
+        self.control_exchange = f"lst-billing-{run}"
+        self.samples_topic = f"lst-samples-{run}"
+        self.billing_pool = f"lst-billing-pool-{run}"
+
+    def queues(self, hosts) -> list[str]:
+        return ([f"lifecycle-stats.{h}" for h in hosts] + [self.billing_pool]
+                + [f"{t}.info" for t in (self.legacy_topic, self.versioned_topic,
+                                         self.samples_topic)])
+
+
+class AgentProcess:
+    """One lifecycle-stats-agent process, configured through a real config file."""
+
+    def __init__(self, workdir: pathlib.Path, *, host: str, transport_url: str,
+                 names: BusNames, libvirt_uri: str = "qemu:///system",
+                 poll_interval: float = 2.0, extra: dict[str, dict[str, str]] | None = None):
+        self.workdir = workdir
+        self.host = host
+        self.state_path = workdir / f"state-{host}"
+        self.log_file = workdir / f"agent-{host}.log"
+        self.config_file = workdir / f"agent-{host}.conf"
+        sections: dict[str, dict[str, str]] = {
+            "DEFAULT": {"host": host, "state_path": str(self.state_path),
+                        "control_exchange": names.control_exchange, "debug": "true",
+                        "log_file": str(self.log_file), "status_interval": "0.5"},
+            "libvirt": {"uri": libvirt_uri},
+            "poller": {"interval": str(poll_interval)},
+            "spool": {"retry_initial_wait": "0.2", "retry_max_wait": "2.0"},
+            "notification_listener": {
+                "transport_url": transport_url, "exchange": names.nova_exchange,
+                "legacy_topic": names.legacy_topic, "versioned_topic": names.versioned_topic},
+            "oslo_messaging_notifications": {
+                "transport_url": transport_url, "driver": "messagingv2",
+                "topics": names.samples_topic},
+        }
+        for section, values in (extra or {}).items():
+            sections.setdefault(section, {}).update(values)
+        self.config_file.write_text("".join(
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+            for name, values in sections.items()))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.proc = subprocess.Popen([str(AGENT), "--config-file", str(self.config_file)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.wait_for(lambda s: s.get("pid") == self.proc.pid, timeout, "agent status")
+
+    def status(self) -> dict:
+        try:
+            return json.loads((self.state_path / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def wait_for(self, predicate, timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"agent exited with {self.proc.returncode}: "
+                                     f"{self.proc.stderr.read().decode()[-2000:]}\n"
+                                     f"{self.log_tail()}")
+            status = self.status()
+            if status and predicate(status):
+                return status
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; last status {self.status()}\n"
+                             f"{self.log_tail()}")
+
+    def counter(self, name: str) -> int:
+        return self.status().get("counters", {}).get(name, 0)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as an init system stops it; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush, drain or close anything."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no agent log)"
+
+
+class BillingConsumer:
+    """Reads delete.samples from the broker the way a billing pipeline does."""
+
+    def __init__(self, transport, names: BusNames):
+        import oslo_messaging
+
+        self.events: list[dict] = []
+        self._cond = threading.Condition()
+        target = oslo_messaging.Target(exchange=names.control_exchange, topic=names.samples_topic)
+        self._server = oslo_messaging.get_notification_listener(
+            transport, [target], [self], executor="threading", pool=names.billing_pool)
+        self._server.start()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self._cond:
+            self.events.append({"event_type": event_type, "publisher_id": publisher_id,
+                                "payload": payload, "envelope_id": metadata.get("message_id"),
+                                "consumed_at": time.monotonic()})
+            self._cond.notify_all()
+
+    def wait_for(self, count: int, timeout: float) -> list[dict]:
+        with self._cond:
+            self._cond.wait_for(lambda: len(self.events) >= count, timeout)
+            return list(self.events)
+
+    def by_instance(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        with self._cond:
+            for event in self.events:
+                out.setdefault(event["payload"]["instance_id"], []).append(event)
+        return out
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._server.wait()
+
+
+class Nova:
+    """Publishes delete.start into the run's nova exchange, as nova-compute does."""
+
+    def __init__(self, transport, names: BusNames):
+        self.transport = transport
+        self.names = names
+
+    def delete_start(self, guest, host: str, *, versioned: bool = False) -> None:
+        topic = self.names.versioned_topic if versioned else self.names.legacy_topic
+        publish_delete_start(self.transport, guest, host, versioned=versioned,
+                             exchange=self.names.nova_exchange, topic=topic)
+
+
+def delete_queues(amqp_url: str, queues, exchanges=()) -> None:
+    import kombu
+
+    with kombu.Connection(amqp_url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for queue in queues:
+            try:
+                channel.queue_delete(queue)
+            except Exception:  # already gone: the channel is closed by the broker, reopen
+                channel = conn.channel()
+        for exchange in exchanges:
+            try:
+                channel.exchange_delete(exchange)
+            except Exception:
+                channel = conn.channel()
