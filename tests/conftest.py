@@ -21,6 +21,14 @@ import pytest
 WATCHED_LOGGERS = ("lifecycle_stats", "listeners", "emitters")
 
 
+def pytest_configure(config):
+    # libvirt's event loop must be registered before the first connection of the process
+    # opens (keepalive and close callbacks depend on it), whichever test opens one first.
+    from listeners import libvirt_events
+
+    libvirt_events.ensure_event_loop()
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--integration-required", action="store_true", default=False,

@@ -9,7 +9,7 @@ from oslo_config import cfg
 from oslo_log import log
 
 from lifecycle_stats import opts
-from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.exceptions import ConfigError, HypervisorError
 
 LOG = log.getLogger(__name__)
 
@@ -36,7 +36,13 @@ def main(argv=None) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    agent.start()
+    try:
+        agent.start()
+    except HypervisorError as exc:
+        print(f"lifecycle-stats-agent: cannot reach libvirt at {conf.libvirt.uri}: {exc}",
+              file=sys.stderr)
+        agent.stop()
+        return 1
     stopping.wait()
     LOG.info("signal received: finishing flushes in flight")
     agent.stop()

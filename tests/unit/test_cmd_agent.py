@@ -1,0 +1,48 @@
+"""The console script: help, and configuration errors that name the option and the value."""
+import pathlib
+import subprocess
+import sys
+
+AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
+
+
+def run(*args, timeout=60):
+    return subprocess.run([str(AGENT), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_lists_the_config_file_option():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "--config-file" in result.stdout
+
+
+def test_a_bad_option_value_fails_at_start_naming_option_and_value(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n[spool]\nmax_records = plenty\n")
+    result = run("--config-file", str(conf))
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr
+    assert "max_records" in result.stderr and "plenty" in result.stderr
+
+
+def test_an_unknown_conduit_fails_at_start(tmp_path):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n[libvirt]\nuri = test:///default\n"
+                    "[oslo_messaging_notifications]\ndriver = carrier-pigeon\n")
+    result = run("--config-file", str(conf))
+    assert result.returncode == 2
+    assert "[oslo_messaging_notifications] driver" in result.stderr
+    assert "carrier-pigeon" in result.stderr
+
+
+def test_an_unreachable_libvirt_is_a_clear_error_not_a_traceback(tmp_path):
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
+                    "[libvirt]\nuri = qemu+tcp://127.0.0.1:1/system\n"
+                    "connection_retry_attempts = 1\n"
+                    "[oslo_messaging_notifications]\ndriver = log\n"
+                    "[notification_listener]\ntransport_url = fake://\n")
+    result = run("--config-file", str(conf))
+    assert result.returncode == 1
+    assert "cannot reach libvirt at qemu+tcp://127.0.0.1:1/system" in result.stderr
+    assert "Traceback" not in result.stderr
