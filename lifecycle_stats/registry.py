@@ -17,6 +17,7 @@ import libvirt
 
 from lifecycle_stats import nova_metadata
 from lifecycle_stats.counters import Counters
+from lifecycle_stats.hypervisor import translate
 from lifecycle_stats.exceptions import (
     ConnectionLost,
     DomainGone,
@@ -30,30 +31,6 @@ NOT_NOVA = "not-nova"  # cache value: the domain has no nova metadata
 REJECTED = "metadata.rejected"  # counter names, also cache values for unusable metadata
 MALFORMED = "metadata.malformed"
 READ_ERRORS = "metadata.read_errors"  # counter: libvirt failed a read (not a lost connection)
-
-_CONNECTION_ERRORS = frozenset(
-    code
-    for code in (
-        getattr(libvirt, "VIR_ERR_NO_CONNECT", None),
-        getattr(libvirt, "VIR_ERR_INVALID_CONN", None),
-        getattr(libvirt, "VIR_ERR_RPC", None),
-    )
-    if code is not None
-)
-_TRANSPORT_DOMAINS = frozenset((libvirt.VIR_FROM_REMOTE, libvirt.VIR_FROM_RPC))
-
-
-def translate(exc: libvirt.libvirtError, instance_id: str | None = None) -> HypervisorError:
-    """The project's exception for a libvirtError (returned, for the caller to raise)."""
-    code = exc.get_error_code()
-    if code == libvirt.VIR_ERR_NO_DOMAIN and instance_id is not None:
-        return DomainGone(instance_id)
-    if code in _CONNECTION_ERRORS or (
-        code in (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_ERR_INTERNAL_ERROR)
-        and exc.get_error_domain() in _TRANSPORT_DOMAINS
-    ):
-        return ConnectionLost(f"libvirt connection lost: {exc}")
-    return HypervisorError(f"libvirt error {code}: {exc}")
 
 
 class DomainRegistry:

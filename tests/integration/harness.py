@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -123,20 +124,26 @@ class AgentProcess:
 class BillingConsumer:
     """Reads delete.samples from the broker the way a billing pipeline does."""
 
-    def __init__(self, transport, names: BusNames):
+    def __init__(self, transport, names: BusNames, *, shared_queue: bool = False):
+        """shared_queue: consume from `<samples_topic>.info`, the queue the publisher itself
+        declares (as Ceilometer does), instead of a pool queue of our own; messages published
+        before this consumer (re)declared its queue, e.g. right after a broker restart, then
+        still reach it."""
         import oslo_messaging
 
         self.events: list[dict] = []
         self._cond = threading.Condition()
         target = oslo_messaging.Target(exchange=names.control_exchange, topic=names.samples_topic)
         self._server = oslo_messaging.get_notification_listener(
-            transport, [target], [self], executor="threading", pool=names.billing_pool)
+            transport, [target], [self], executor="threading",
+            pool=None if shared_queue else names.billing_pool)
         self._server.start()
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         with self._cond:
             self.events.append({"event_type": event_type, "publisher_id": publisher_id,
                                 "payload": payload, "envelope_id": metadata.get("message_id"),
+                                "timestamp": metadata.get("timestamp"),
                                 "consumed_at": time.monotonic()})
             self._cond.notify_all()
 
@@ -144,6 +151,17 @@ class BillingConsumer:
         with self._cond:
             self._cond.wait_for(lambda: len(self.events) >= count, timeout)
             return list(self.events)
+
+    def wait_for_instances(self, instance_ids, timeout: float) -> dict[str, list[dict]]:
+        """Events per instance once every one of instance_ids has at least one (or timeout)."""
+        wanted = set(instance_ids)
+
+        def arrived() -> bool:
+            return wanted <= {e["payload"]["instance_id"] for e in self.events}
+
+        with self._cond:
+            self._cond.wait_for(arrived, timeout)
+        return self.by_instance()
 
     def by_instance(self) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {}
@@ -185,3 +203,78 @@ def delete_queues(amqp_url: str, queues, exchanges=()) -> None:
                 channel.exchange_delete(exchange)
             except Exception:
                 channel = conn.channel()
+
+
+class TcpGate:
+    """A TCP relay to `upstream` that a test opens and shuts: the network path between one
+    client (e.g. the agent's emitter) and the broker. Shut, it accepts every connection and
+    closes it at once (the client sees the broker hang up); open, it relays bytes both ways
+    (and hangs up when upstream refuses). shut() also cuts the relayed connections."""
+
+    def __init__(self, upstream: tuple[str, int] = ("127.0.0.1", 5672)) -> None:
+        self.upstream = upstream
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self._live: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"tcp-gate-{self.port}", daemon=True).start()
+
+    def open(self) -> None:
+        self._open.set()
+
+    def shut(self) -> None:
+        self._open.clear()
+        self._cut()
+
+    def close(self) -> None:
+        self._closed = True
+        self._open.clear()
+        self._server.close()
+        self._cut()
+
+    def _cut(self) -> None:
+        with self._lock:
+            live, self._live = self._live, set()
+        for sock in live:
+            _close_socket(sock)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self._open.is_set():
+                _close_socket(client)
+                continue
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                _close_socket(client)
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._live.update((client, server))
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        _close_socket(src)
+        _close_socket(dst)
+
+
+def _close_socket(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

@@ -1,0 +1,128 @@
+"""Helpers shared by the final-sample benchmarks (flush_latency.py, e2e_latency.py).
+
+Percentiles, a plain-text table, real QEMU guests made and removed through
+novalike.GuestFactory (names "lst-<pid>-<n>", so novalike.sweep_leftovers removes a killed
+run's guests), and the core parts wired exactly as lifecycle_stats.agent.Agent wires them.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from lifecycle_stats import novalike  # noqa: E402
+from lifecycle_stats.records import DeleteTrigger  # noqa: E402
+
+PREFIX = "lst"  # the tests' prefix too: their session fixture sweeps a killed run's guests
+LEGACY_DELETE = "compute.instance.delete.start"
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n*q/100), at least 1
+    return ordered[int(min(rank, len(ordered))) - 1]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"n": len(values),
+            "p50": statistics.median(values) if values else float("nan"),
+            "p99": percentile(values, 99), "max": max(values) if values else float("nan")}
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1e3
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], first_width: int = 0) -> str:
+    """Right-aligned columns (the first left-aligned); floats with one decimal."""
+    def cell(value: object) -> str:
+        return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths[0] = max(widths[0], first_width)
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                       for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    return "\n".join(lines)
+
+
+# -- process hygiene ---------------------------------------------------------------------------
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so the benchmark's `finally` removes what it made."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@contextlib.contextmanager
+def workdir(prefix: str) -> Iterator[str]:
+    """A scratch directory on disk (not tmpfs: the spool's fsync is part of a flush)."""
+    path = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- guests ------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def guests(uri: str, directory: str, *, paused: int, running: int,
+           workers: int = 4) -> Iterator[tuple[novalike.GuestFactory, list]]:
+    """`paused` + `running` real QEMU guests (created in parallel), removed on exit.
+
+    Yields (factory, [(NovaGuest, virDomain), ...]), running guests last.
+    """
+    import libvirt
+
+    conn = libvirt.open(uri)
+    factory = novalike.GuestFactory(conn, directory, hypervisor="qemu", prefix=PREFIX)
+    try:
+        novalike.sweep_leftovers(conn, PREFIX)
+        started = time.perf_counter()
+        states = [True] * paused + [False] * running
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            made = list(pool.map(lambda p: factory.create(paused=p), states))
+        print(f"created {paused} paused + {running} running guests in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        yield factory, made
+    finally:
+        started = time.perf_counter()
+        try:
+            factory.cleanup()
+        finally:
+            conn.close()
+        print(f"removed guests in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def trigger(guest: novalike.NovaGuest, host: str) -> DeleteTrigger:
+    """The trigger the bus listener makes of nova's legacy delete.start for guest."""
+    from listeners import nova_notifications
+    from lifecycle_stats.novalike_notifications import legacy_payload
+
+    received_at = datetime.datetime.now(datetime.timezone.utc)
+    made = nova_notifications.parse(LEGACY_DELETE, f"compute.{host}",
+                                    legacy_payload(guest, host), host=host,
+                                    received_at=received_at)
+    assert made is not None, "delete.start for this host was not recognised"
+    return made

@@ -1,0 +1,259 @@
+"""Flush latency: delete trigger received → final samples built and durably spooled.
+
+Real QEMU guests (most paused, a few running) and an in-process core wired as
+lifecycle_stats.agent.Agent wires it: DomainRegistry, LastReadings, a Flusher reading through
+its own Hypervisor (libvirt connection), a Poller on another, and a Spool on disk. Timed is
+Flusher.handle(trigger); every measured flush gets a fresh spool, so dedupe never
+short-circuits it. Scenarios, interleaved in rotating order within each round:
+
+  (a) idle      one delete at a time, nothing else running (the baseline)
+  (b) poll      one delete at a time while the poller's bulk poll of every guest runs in a
+                loop on the poller's connection (the design point)
+  (c) burst     one delete per guest, all at once (threads released by a barrier), while
+                the bulk poll loop runs; per-flush latency and the burst's wall time
+  (d) shared    as (b), but the flush reads through the poller's Hypervisor/connection: the
+                counterfactual that shows what the separate connection buys
+
+    .venv/bin/python benchmarks/flush_latency.py [--guests 20] [--running 3] [--rounds 10]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _common  # noqa: E402
+from lifecycle_stats import agent, counters, flush, last_readings, poller, registry  # noqa: E402
+from lifecycle_stats import spool  # noqa: E402
+from lifecycle_stats.hypervisor import Hypervisor  # noqa: E402
+from lifecycle_stats.inspector import Inspector  # noqa: E402
+
+HOST = "bench-host"
+SCENARIOS = ("a idle", "b poll", "c burst", "d shared")
+
+
+class TimedSpool:
+    """The Spool, with the time of each put() recorded (the fsynced commit inside a flush)."""
+
+    def __init__(self, real: spool.Spool, put_ms: list[float]):
+        self._real = real
+        self._put_ms = put_ms
+
+    def seen(self, message_id: str) -> bool:
+        return self._real.seen(message_id)
+
+    def put(self, notification, kind: str) -> bool:
+        start = time.perf_counter()
+        try:
+            return self._real.put(notification, kind)
+        finally:
+            self._put_ms.append(_common.ms_since(start))
+
+
+class Core:
+    """The agent's core parts, wired as Agent.__init__ wires them (no bus, no senders)."""
+
+    def __init__(self, uri: str, directory: str):
+        self.directory = directory
+        self.counters = counters.Counters()
+        self.registry = registry.DomainRegistry(self.counters)
+        self.readings = last_readings.LastReadings()
+        self.flush_hv, self.poll_hv = Hypervisor(uri), Hypervisor(uri)
+        self.flush_inspector = Inspector(self.flush_hv, counters=self.counters)
+        self.poll_inspector = Inspector(self.poll_hv, counters=self.counters)
+        self.poller = poller.Poller(
+            inspector=self.poll_inspector, registry=self.registry, hypervisor=self.poll_hv,
+            last_readings=self.readings, interval=60.0, counters=self.counters)
+        self.put_ms: list[float] = []
+        self._spools = 0
+        self.flush_hv.call(self.registry.sync)
+
+    def flusher(self, *, shared: bool) -> tuple[flush.Flusher, spool.Spool]:
+        """A Flusher over a fresh spool; shared=True reads through the poller's connection."""
+        self._spools += 1
+        store = spool.Spool(os.path.join(self.directory, f"spool-{self._spools}.sqlite"),
+                            conduits=["bench"], counters=self.counters)
+        hv, insp = ((self.poll_hv, self.poll_inspector) if shared
+                    else (self.flush_hv, self.flush_inspector))
+        flusher = flush.Flusher(
+            inspector=insp, registry=self.registry, hypervisor=hv, last_readings=self.readings,
+            spool=TimedSpool(store, self.put_ms), host=HOST,
+            publisher_id=f"lifecycle-stats.{HOST}", counters=self.counters)
+        return flusher, store
+
+    def close(self) -> None:
+        self.flush_hv.close()
+        self.poll_hv.close()
+
+
+class BulkPollLoop:
+    """Poller.poll_once() back to back on the poller's connection, while the block runs."""
+
+    def __init__(self, core: Core, poll_ms: list[float]):
+        self._core = core
+        self._poll_ms = poll_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bulk-poll-loop", daemon=True)
+
+    def __enter__(self) -> "BulkPollLoop":
+        self._thread.start()
+        time.sleep(0.02)  # the first bulk call is under way
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            self._core.poller.poll_once()
+            self._poll_ms.append(_common.ms_since(start))
+
+
+class Results:
+    def __init__(self) -> None:
+        self.flush_ms = {name: [] for name in SCENARIOS}
+        self.outcomes = {name: {} for name in SCENARIOS}
+        self.burst_wall_ms: list[float] = []
+        self.idle_poll_ms: list[float] = []
+        self.loaded_poll_ms: list[float] = []
+
+    def record(self, scenario: str, ms: float, outcome: flush.Outcome) -> None:
+        self.flush_ms[scenario].append(ms)
+        counts = self.outcomes[scenario]
+        counts[outcome.value] = counts.get(outcome.value, 0) + 1
+
+
+def one_at_a_time(core: Core, made: list, results: Results, scenario: str, *,
+                  shared: bool = False, jitter_s: float = 0.0) -> None:
+    flusher, store = core.flusher(shared=shared)
+    try:
+        for guest, _ in random.sample(made, len(made)):
+            trigger = _common.trigger(guest, HOST)
+            start = time.perf_counter()
+            outcome = flusher.handle(trigger)
+            results.record(scenario, _common.ms_since(start), outcome)
+            if jitter_s:
+                time.sleep(random.uniform(0, jitter_s))  # land at varying points of a poll
+    finally:
+        store.close()
+
+
+def burst(core: Core, made: list, results: Results) -> None:
+    flusher, store = core.flusher(shared=False)
+    barrier = threading.Barrier(len(made))
+    spans: list[tuple[float, float]] = []
+
+    def delete(guest) -> None:
+        trigger = _common.trigger(guest, HOST)
+        barrier.wait()
+        start = time.perf_counter()
+        outcome = flusher.handle(trigger)
+        end = time.perf_counter()
+        spans.append((start, end))
+        results.record("c burst", (end - start) * 1e3, outcome)
+
+    threads = [threading.Thread(target=delete, args=(guest,)) for guest, _ in made]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        store.close()
+    results.burst_wall_ms.append((max(e for _, e in spans) - min(s for s, _ in spans)) * 1e3)
+
+
+def run_round(core: Core, made: list, results: Results, n: int, jitter_s: float) -> None:
+    steps = {
+        "a idle": lambda: one_at_a_time(core, made, results, "a idle"),
+        "b poll": lambda: one_at_a_time(core, made, results, "b poll", jitter_s=jitter_s),
+        "c burst": lambda: burst(core, made, results),
+        "d shared": lambda: one_at_a_time(core, made, results, "d shared", shared=True,
+                                          jitter_s=jitter_s),
+    }
+    order = SCENARIOS[n % 4:] + SCENARIOS[:n % 4]
+    for name in order:
+        if name == "a idle":
+            steps[name]()
+            for _ in range(2):
+                start = time.perf_counter()
+                core.poller.poll_once()
+                results.idle_poll_ms.append(_common.ms_since(start))
+        else:
+            with BulkPollLoop(core, results.loaded_poll_ms):
+                steps[name]()
+
+
+def report(results: Results, guests: int, rounds: int, put_ms: list[float]) -> None:
+    base = _common.summary(results.flush_ms["a idle"])
+    rows = []
+    for name in SCENARIOS:
+        s = _common.summary(results.flush_ms[name])
+        outcomes = " ".join(f"{k}={v}" for k, v in sorted(results.outcomes[name].items()))
+        rows.append([name, s["n"], s["p50"], s["p99"], s["max"],
+                     f"{s['p50'] / base['p50']:.2f}x", f"{s['p99'] / base['p99']:.2f}x",
+                     outcomes])
+    print(f"\nflush latency (Flusher.handle, ms), {guests} guests, {rounds} rounds")
+    print(_common.table(["scenario", "n", "p50", "p99", "max", "p50/a", "p99/a", "outcomes"],
+                        rows))
+    b, d = (_common.summary(results.flush_ms[k]) for k in ("b poll", "d shared"))
+    print(f"separate vs shared connection under the bulk poll (b/d): "
+          f"p50 {b['p50'] / d['p50']:.2f}x, p99 {b['p99'] / d['p99']:.2f}x")
+    w = _common.summary(results.burst_wall_ms)
+    print(f"burst of {guests} concurrent deletes: wall p50 {w['p50']:.1f} ms, "
+          f"max {w['max']:.1f} ms ({w['n']} bursts)")
+    s = _common.summary(put_ms)
+    print(f"spool.put inside the flushes (fsynced commit): p50 {s['p50']:.1f} ms, "
+          f"p99 {s['p99']:.1f} ms")
+    for label, values in (("idle", results.idle_poll_ms),
+                          ("during (b)-(d)", results.loaded_poll_ms)):
+        print(f"bulk poll of {guests} guests, {label}: median "
+              f"{statistics.median(values):.1f} ms, p99 {_common.percentile(values, 99):.1f} ms"
+              f" (n={len(values)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guests", type=int, default=20)
+    parser.add_argument("--running", type=int, default=3, help="of --guests, how many run")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--uri", default="qemu:///system")
+    args = parser.parse_args()
+    if not 0 <= args.running <= args.guests:
+        parser.error("--running must be between 0 and --guests")
+    _common.exit_on_sigterm()
+    agent.quiet_libvirt_stderr()
+    with _common.workdir("lifecycle-stats-flush-") as directory, _common.guests(
+            args.uri, directory, paused=args.guests - args.running,
+            running=args.running) as (_, made):
+        core = Core(args.uri, directory)
+        try:
+            core.poller.poll_once()  # warm both connections and the cache
+            one_at_a_time(core, made, Results(), "a idle")
+            poll_ms = statistics.median(
+                [_timed(core.poller.poll_once) for _ in range(3)])
+            results = Results()
+            core.put_ms.clear()
+            for n in range(args.rounds):
+                run_round(core, made, results, n, jitter_s=poll_ms / 1e3)
+            report(results, len(made), args.rounds, core.put_ms)
+        finally:
+            core.close()
+    return 0
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return _common.ms_since(start)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

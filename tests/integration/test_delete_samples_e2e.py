@@ -1,0 +1,355 @@
+"""End to end: nova's delete.start on the real broker → the real `lifecycle-stats-agent` reads
+the real QEMU guest → `compute.instance.delete.samples` consumed from the broker as billing
+would, while the guest is destroyed and undefined Δ ms after the announcement (as nova does).
+
+One agent serves the module (start ≈ 2 s); the SIGTERM-in-flight test runs its own agent on a
+second host name. Bus names are unique per run (harness.BusNames) and removed afterwards.
+Other engineers' domains may be on the same daemon: only our own instances are asserted on.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import time
+import uuid
+
+import jsonschema
+import libvirt
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+
+from lifecycle_stats import meters, novalike, payloads, samples
+from tests.integration import harness
+from tests.integration.conftest import GUEST_PREFIX, amqp_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+RUN = uuid.uuid4().hex[:8]
+HOST = f"lst-e2e-{RUN}"
+TERM_HOST = f"lst-e2e-{RUN}-term"
+EVENT_WAIT = 15.0  # seconds for a delete.samples to reach billing (measured: ~55 ms)
+QUIET = 1.5  # seconds without a second event before "exactly one" is believed
+PRE_READ_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_INTERFACE
+                   | libvirt.VIR_DOMAIN_STATS_BLOCK)
+OUTCOMES = ("flush.final", "flush.last_known", "flush.unavailable")
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def names():
+    return harness.BusNames()
+
+
+@pytest.fixture(scope="module")
+def bus(rabbit_url, names):
+    """(transport, billing consumer, nova); queues and exchanges removed afterwards."""
+    conf = cfg.ConfigOpts()
+    conf([], project="lifecycle-stats-e2e", default_config_files=[])
+    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+    billing = None
+    try:
+        billing = harness.BillingConsumer(transport, names)
+        yield transport, billing, harness.Nova(transport, names)
+    finally:
+        try:
+            if billing is not None:
+                billing.stop()
+            transport.cleanup()
+        finally:
+            harness.delete_queues(amqp_url(rabbit_url), names.queues([HOST, TERM_HOST]),
+                                  [names.nova_exchange, names.control_exchange])
+
+
+@pytest.fixture(scope="module")
+def billing(bus):
+    return bus[1]
+
+
+@pytest.fixture(scope="module")
+def nova(bus):
+    return bus[2]
+
+
+@pytest.fixture(scope="module")
+def agent(bus, names, libvirt_uri, rabbit_url, tmp_path_factory):
+    """The module's agent; the last test stops it and checks the exit code."""
+    process = harness.AgentProcess(tmp_path_factory.mktemp("agent"), host=HOST,
+                                   transport_url=rabbit_url, names=names,
+                                   libvirt_uri=libvirt_uri, poll_interval=1.0)
+    try:
+        process.start()
+        yield process
+    finally:
+        try:
+            process.stop(timeout=20)
+        finally:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def factory(libvirt_uri, tmp_path_factory):
+    conn = libvirt.open(libvirt_uri)
+    made = novalike.GuestFactory(conn, str(tmp_path_factory.mktemp("guests")),
+                                 hypervisor="qemu", prefix=GUEST_PREFIX)
+    try:
+        yield made
+    finally:
+        try:
+            made.cleanup()
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def reader(libvirt_uri):
+    """A libvirt connection of our own, to read counters just before nova's announcement."""
+    conn = libvirt.open(libvirt_uri)
+    yield conn
+    conn.close()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def counters_now(agent) -> dict[str, int]:
+    return dict(agent.status().get("counters", {}))
+
+
+def wait_counter(agent, name: str, at_least: int, timeout: float = 10.0) -> int:
+    status = agent.wait_for(lambda s: s.get("counters", {}).get(name, 0) >= at_least,
+                            timeout, f"{name} >= {at_least}")
+    return status["counters"][name]
+
+
+def wait_outcomes(agent, at_least: int, timeout: float = 10.0) -> None:
+    agent.wait_for(lambda s: sum(s.get("counters", {}).get(n, 0) for n in OUTCOMES) >= at_least,
+                   timeout, f"flush outcomes >= {at_least}")
+
+
+def warm_cache(agent) -> None:
+    """Wait for a bulk poll that started after our guest existed, so a `last_known` has a
+    cached reading to report (a poll already running may predate the guest: wait for two)."""
+    wait_counter(agent, "poller.polls", agent.counter("poller.polls") + 2)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text)
+
+
+def read_counters(conn, guest) -> tuple[dict[tuple[str, str], int], datetime.datetime]:
+    """Cumulative counters as (meter, resource id) → value, read just before the announcement,
+    and the moment the read began."""
+    dom = conn.lookupByUUIDString(guest.instance_id)
+    began = datetime.datetime.now(datetime.timezone.utc)
+    [(_, stats)] = conn.domainListGetStats([dom], PRE_READ_GROUPS)
+    uid, out = guest.instance_id, {("cpu", guest.instance_id): stats["cpu.time"]}
+    for i in range(stats.get("block.count", 0)):
+        resource = f"{uid}-{stats[f'block.{i}.name']}"
+        for meter, key in (("read.requests", "rd.reqs"), ("read.bytes", "rd.bytes"),
+                           ("write.requests", "wr.reqs"), ("write.bytes", "wr.bytes")):
+            value = stats.get(f"block.{i}.{key}", 0)
+            out[(f"disk.device.{meter}", resource)] = value
+            out[(f"disk.{meter}", uid)] = out.get((f"disk.{meter}", uid), 0) + value
+    for i in range(stats.get("net.count", 0)):
+        resource = f"{guest.domain_name}-{uid}-{stats[f'net.{i}.name']}"
+        for direction, side in (("incoming", "rx"), ("outgoing", "tx")):
+            for meter, key in (("bytes", "bytes"), ("packets", "pkts"),
+                               ("packets.drop", "drop"), ("packets.error", "errs")):
+                out[(f"network.{direction}.{meter}", resource)] = stats[f"net.{i}.{side}.{key}"]
+    return out, began
+
+
+def volumes(event) -> dict[tuple[str, str], float]:
+    return {(s["name"], s["resource_id"]): s["volume"] for s in event["payload"]["samples"]}
+
+
+def first_events(billing, instance_ids, timeout: float = EVENT_WAIT) -> dict[str, list[dict]]:
+    got = billing.wait_for_instances(instance_ids, timeout)
+    missing = set(instance_ids) - set(got)
+    assert not missing, f"no delete.samples for {sorted(missing)} within {timeout} s"
+    return got
+
+
+def assert_exactly_one(billing, instance_id: str, since_first: float = QUIET) -> dict:
+    """Wait until `since_first` seconds have passed since the first event, then expect one."""
+    [first, *_] = billing.by_instance()[instance_id]
+    time.sleep(max(0.0, first["consumed_at"] + since_first - time.monotonic()))
+    events = billing.by_instance()[instance_id]
+    assert len(events) == 1, [e["payload"]["capture"] for e in events]
+    return events[0]
+
+
+def assert_contract(event, guest, host: str) -> None:
+    """The shipped schema, envelope, identity from nova's metadata, ids as Ceilometer's."""
+    payload = event["payload"]
+    jsonschema.validate(payload, payloads.schema(payloads.DELETE_SAMPLES))
+    assert event["event_type"] == payloads.DELETE_SAMPLES
+    assert event["publisher_id"] == f"lifecycle-stats.{host}"
+    message_id = payloads.delete_message_id(guest.instance_id)
+    assert event["envelope_id"] == payload["message_id"] == message_id
+    assert parse_time(event["timestamp"]).tzinfo is not None
+    assert {k: payload[k] for k in ("instance_id", "host", "tenant_id", "user_id",
+                                    "display_name", "instance_type", "vcpus", "memory_mb",
+                                    "root_gb", "ephemeral_gb")} == {
+        "instance_id": guest.instance_id, "host": host, "tenant_id": guest.project_id,
+        "user_id": guest.user_id, "display_name": guest.display_name,
+        "instance_type": guest.flavor_name, "vcpus": guest.vcpus,
+        "memory_mb": guest.memory_mb, "root_gb": guest.root_gb,
+        "ephemeral_gb": guest.ephemeral_gb}
+    if payload["capture"]["kind"] != payloads.UNAVAILABLE:
+        assert_samples(payload, guest)
+
+
+def assert_samples(payload, guest) -> None:
+    uid, [tap], [disk] = guest.instance_id, guest.vnics, guest.disks
+    names = {s["name"] for s in payload["samples"]}
+    if payload["capture"]["kind"] == payloads.FINAL:
+        assert meters.REQUIRED_FOR_ACTIVE | {f"instance:{guest.flavor_name}"} <= names
+    for s in payload["samples"]:
+        if s["name"].startswith("disk.device."):
+            expected = f"{uid}-{disk}"
+        elif s["name"].startswith("network."):
+            expected = f"{guest.domain_name}-{uid}-{tap}"
+        else:
+            expected = uid
+        assert s["resource_id"] == expected, s
+        assert s["message_id"] == samples.deterministic_id(
+            uid, payloads.DELETE_SAMPLES, s["name"], s["resource_id"])
+        assert (s["user_id"], s["project_id"]) == (guest.user_id, guest.project_id)
+        assert s["timestamp"] == payload["capture"]["captured_at"]
+
+
+def assert_not_behind(event, before: dict, read_began: datetime.datetime) -> str:
+    """Counters only grow within one QEMU process: a reading taken after our pre-read must be
+    ≥ it, one completed before our pre-read began must be ≤ it. Returns what was compared."""
+    capture = event["payload"]["capture"]
+    got = volumes(event)
+    # final / single / fallback reads all start after the announcement, i.e. after our read
+    after = capture["kind"] == payloads.FINAL or capture["read_path"] != "bulk"
+    if not after and parse_time(capture["captured_at"]) >= read_began:
+        return "not compared: a bulk poll that overlapped the pre-read"
+    for key, value in before.items():
+        assert key in got, f"{key} missing from {sorted(got)}"
+        if after:
+            assert got[key] >= value, f"{key}: event {got[key]} < pre-read {value}"
+        else:
+            assert got[key] <= value, f"{key}: older event {got[key]} > pre-read {value}"
+    cpu = ("cpu", event["payload"]["instance_id"])
+    return f"{'>=' if after else '<='} pre-read; cpu advanced {got[cpu] - before[cpu]} ns"
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("delta_ms", [0, 20, 100])
+@pytest.mark.parametrize("versioned", [False, True], ids=["legacy", "versioned"])
+def test_delete_then_destroy_gives_one_event_never_behind(
+        agent, billing, nova, factory, reader, versioned, delta_ms):
+    guest, _ = factory.create(paused=False)
+    warm_cache(agent)
+    outcomes = sum(agent.counter(n) for n in OUTCOMES)
+    before, read_began = read_counters(reader, guest)
+    published = time.monotonic()
+    nova.delete_start(guest, HOST, versioned=versioned)
+    time.sleep(delta_ms / 1000)
+    factory.destroy(guest)  # destroy + undefine, as nova's driver.destroy does
+
+    first_events(billing, [guest.instance_id])
+    event = assert_exactly_one(billing, guest.instance_id)
+    capture = event["payload"]["capture"]
+    compared = assert_not_behind(event, before, read_began)
+    print(f"\nΔ={delta_ms} ms {'versioned' if versioned else 'legacy'}: kind={capture['kind']} "
+          f"path={capture.get('read_path')} age_ms={capture.get('age_ms')} "
+          f"consumed {1000 * (event['consumed_at'] - published):.0f} ms after publish; "
+          f"{compared}")
+    assert capture["trigger"] == ("instance.delete.start" if versioned
+                                  else "compute.instance.delete.start")
+    if delta_ms >= 100:
+        assert capture["kind"] == payloads.FINAL
+    else:
+        assert capture["kind"] in (payloads.FINAL, payloads.LAST_KNOWN)
+    assert_contract(event, guest, HOST)
+    wait_outcomes(agent, outcomes + 1)
+    assert sum(agent.counter(n) for n in OUTCOMES) == outcomes + 1
+
+
+@pytest.mark.parametrize("second", ["versioned", "legacy"],
+                         ids=["legacy-then-versioned", "legacy-redelivered"])
+def test_two_triggers_for_one_instance_give_one_event(agent, billing, nova, factory, second):
+    guest, _ = factory.create(paused=False)
+    duplicates = agent.counter("flush.duplicates")
+    nova.delete_start(guest, HOST)
+    nova.delete_start(guest, HOST, versioned=second == "versioned")
+    time.sleep(0.1)
+    factory.destroy(guest)
+
+    first_events(billing, [guest.instance_id])
+    wait_counter(agent, "flush.duplicates", duplicates + 1)  # the second one was handled
+    event = assert_exactly_one(billing, guest.instance_id, since_first=2.0)
+    assert event["payload"]["capture"]["kind"] == payloads.FINAL
+    assert event["payload"]["capture"]["trigger"] == "compute.instance.delete.start"
+    assert_contract(event, guest, HOST)
+    assert agent.counter("flush.duplicates") == duplicates + 1
+
+
+def test_nothing_for_a_non_nova_domain_or_another_hosts_instance(agent, billing, nova, factory):
+    foreign, _ = factory.create(paused=False, metadata=None)
+    elsewhere, _ = factory.create(paused=False)
+    before = counters_now(agent)
+    nova.delete_start(foreign, HOST)
+    nova.delete_start(elsewhere, "other-host")
+    nova.delete_start(elsewhere, "other-host", versioned=True)
+
+    wait_counter(agent, "flush.not_nova", before.get("flush.not_nova", 0) + 1)
+    wait_counter(agent, "bus.ignored", before.get("bus.ignored", 0) + 2)
+    factory.destroy(foreign)
+    factory.destroy(elsewhere)
+    time.sleep(QUIET)
+    after = counters_now(agent)
+    got = billing.by_instance()
+    assert foreign.instance_id not in got and elsewhere.instance_id not in got
+    assert after.get("bus.triggers.legacy", 0) == before.get("bus.triggers.legacy", 0) + 1
+    assert after.get("bus.ignored", 0) == before.get("bus.ignored", 0) + 2
+    assert after.get("flush.not_nova", 0) == before.get("flush.not_nova", 0) + 1
+    assert sum(after.get(n, 0) for n in OUTCOMES) == sum(before.get(n, 0) for n in OUTCOMES)
+
+
+def test_sigterm_with_deletes_in_flight_still_delivers_all(
+        billing, nova, factory, names, libvirt_uri, rabbit_url, tmp_path):
+    guests = [g for g, _ in factory.create_many(5, paused=False)]
+    ids = [g.instance_id for g in guests]
+    term = harness.AgentProcess(tmp_path, host=TERM_HOST, transport_url=rabbit_url,
+                                names=names, libvirt_uri=libvirt_uri, poll_interval=1.0)
+    try:
+        term.start()
+        for guest in guests:
+            nova.delete_start(guest, TERM_HOST)
+        signalled = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+            stopping = pool.submit(term.stop)
+            time.sleep(0.1)  # nova destroys regardless of the agent
+            list(pool.map(factory.destroy, guests))
+            assert stopping.result() == 0
+        stopped_in = time.monotonic() - signalled
+        got = billing.wait_for_instances(ids, 3.0)
+        by_first = {i: got[i][0]["payload"]["capture"]["kind"] for i in ids if i in got}
+        restarted = len(by_first) < len(ids)
+        if restarted:  # not everything drained: the next agent delivers the rest
+            term.start()
+            got = first_events(billing, ids)
+            assert term.stop() == 0
+        print(f"\nSIGTERM with 5 deletes in flight: stopped in {stopped_in:.2f} s, "
+              f"{len(by_first)} delivered by it ({sorted(by_first.values())}), "
+              f"restart needed: {restarted}")
+        for guest in guests:
+            event = assert_exactly_one(billing, guest.instance_id, since_first=0.5)
+            assert_contract(event, guest, TERM_HOST)
+    finally:
+        term.kill()
+
+
+def test_agent_stops_cleanly_on_sigterm(agent):
+    assert agent.stop() == 0
+    log = agent.log_file.read_text()
+    assert "Traceback" not in log and " ERROR " not in log, agent.log_tail()
+    assert "lifecycle-stats agent stopped" in log
