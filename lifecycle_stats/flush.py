@@ -95,12 +95,8 @@ class Flusher:
             return None
 
     def _identify(self, instance_id: str) -> InstanceInfo | None:
-        info = self._registry.get(instance_id)
-        if info is not None or self._registry.is_known(instance_id):
-            return info
-        try:  # a domain the registry has not met yet (created since the last sync)
-            return self._hypervisor.call(
-                lambda conn: self._registry.refresh(conn.lookupByUUIDString(instance_id)))
+        try:
+            return self._registry.identify(instance_id, self._hypervisor)
         except HypervisorError:
             return None
 

@@ -10,7 +10,7 @@ import threading
 
 from oslo_config import cfg
 
-from lifecycle_stats.exceptions import HypervisorError
+from lifecycle_stats.exceptions import DomainGone, HypervisorError
 
 LOG = logging.getLogger(__name__)
 
@@ -37,10 +37,10 @@ class Poller:
         readings = self._inspector.poll()
         updated = 0
         for instance_id, reading in readings.items():
-            info = self._registry.get(instance_id)
-            if info is None and not self._registry.is_known(instance_id):
-                info = self._hypervisor.call(
-                    lambda conn, i=instance_id: self._registry.refresh(conn.lookupByUUIDString(i)))
+            try:
+                info = self._registry.identify(instance_id, self._hypervisor)
+            except DomainGone:  # deleted since the poll read it
+                continue
             if info is not None:
                 self._readings.update(info, reading)
                 updated += 1

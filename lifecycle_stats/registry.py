@@ -87,6 +87,15 @@ class DomainRegistry:
         with self._lock:
             return _as_info(self._entries.get(instance_id))
 
+    def identify(self, instance_id: str, hypervisor) -> InstanceInfo | None:
+        """get(), but a domain never seen before (created since the last sync) is looked up
+        through hypervisor and read first. Raises HypervisorError (DomainGone if it is gone)."""
+        info = self.get(instance_id)
+        if info is not None or self.is_known(instance_id):
+            return info
+        return hypervisor.call(lambda conn: self.refresh(conn.lookupByUUIDString(instance_id)),
+                               instance_id)
+
     def forget(self, instance_id: str) -> None:
         with self._lock:
             self._entries.pop(instance_id, None)

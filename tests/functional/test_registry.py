@@ -268,3 +268,22 @@ def test_one_unreadable_domain_does_not_stop_sync(define, registry, counters, ca
         registry.refresh(_Unreadable(bad_dom))  # refresh itself reports, translated
     assert not isinstance(got.value, ConnectionLost)
     assert got.value.__cause__.get_error_code() == libvirt.VIR_ERR_INVALID_ARG
+
+
+def test_identify_reads_a_domain_it_has_never_seen_and_then_uses_the_cache(define, registry):
+    from lifecycle_stats.exceptions import DomainGone
+    from lifecycle_stats.hypervisor import Hypervisor
+
+    hv = Hypervisor("test:///default")
+    dom, guest = define(flavor_name="m1.identify")
+    foreign, other = define(metadata=None)
+    try:
+        assert registry.identify(guest.instance_id, hv).flavor.name == "m1.identify"
+        assert registry.identify(other.instance_id, hv) is None  # read once: not nova's
+        dom.undefine()  # from now on only the cache can answer
+        assert registry.identify(guest.instance_id, hv).flavor.name == "m1.identify"
+        registry.forget(guest.instance_id)
+        with pytest.raises(DomainGone):
+            registry.identify(guest.instance_id, hv)
+    finally:
+        hv.close()

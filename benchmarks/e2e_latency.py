@@ -1,0 +1,218 @@
+"""End to end: nova's delete.start on RabbitMQ → delete.samples consumed by billing.
+
+The real `lifecycle-stats-agent` process (tests/integration/harness.AgentProcess) on the real
+broker and libvirtd, real QEMU guests, nova's legacy delete.start published as nova-compute
+publishes it, and a billing consumer (harness.BillingConsumer) reading delete.samples.
+
+  (i)  latency: delete.start published → delete.samples consumed, one delete at a time, for
+       guests that stay alive meanwhile (some running, most paused); split at the capture's
+       `captured_at` into publish → read and read → consumed (same clock, same machine).
+  (ii) the race: delete.start published, the domain hard-stopped (virDomainDestroy, then
+       undefine, as nova's driver does) Δ ms later; per Δ the share of `final` captures.
+       Sequential by default: one guest at a time, Δ values interleaved, so each race runs
+       alone on the machine. --concurrent runs each Δ's guests at once (threads released
+       by a barrier): the agent then flushes several deletes together, which changes the race.
+
+    .venv/bin/python benchmarks/e2e_latency.py [--deletes 30] [--deltas 0,20,100]
+                                               [--guests-per-delta 10] [--running 5]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import random
+import statistics
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _common  # noqa: E402
+from tests.integration import harness  # noqa: E402
+
+RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+KINDS = ("final", "last_known", "unavailable")
+WAIT_S = 30.0
+
+
+class Bench:
+    """The agent, nova and billing on one broker, with the run's own exchange/topic names."""
+
+    def __init__(self, directory: str, uri: str, poll_interval: float):
+        import oslo_messaging
+        from oslo_config import cfg
+
+        self.names = harness.BusNames()
+        self.host = f"bench-{uuid.uuid4().hex[:8]}"
+        conf = cfg.ConfigOpts()
+        conf([], project="lifecycle-stats-bench", default_config_files=[])
+        self.transport = oslo_messaging.get_notification_transport(conf, url=RABBIT_URL)
+        self.agent = harness.AgentProcess(
+            pathlib.Path(directory), host=self.host, transport_url=RABBIT_URL,
+            names=self.names, libvirt_uri=uri, poll_interval=poll_interval,
+            extra={"DEFAULT": {"debug": "false"}})
+        self.nova = harness.Nova(self.transport, self.names)
+        self.billing: harness.BillingConsumer | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.billing = harness.BillingConsumer(self.transport, self.names)
+        self.agent.start()
+        # every guest has a cached reading (what a `last_known` capture would report)
+        self.agent.wait_for(lambda s: s.get("counters", {}).get("poller.polls", 0) >= 1,
+                            WAIT_S, "first bulk poll")
+
+    def delete_start(self, guest) -> tuple[float, float]:
+        """Publish nova's delete.start; (monotonic, wall-clock epoch) just before it."""
+        mono, wall = time.monotonic(), time.time()
+        self.nova.delete_start(guest, self.host)
+        return mono, wall
+
+    def samples_of(self, instance_id: str, timeout: float = WAIT_S) -> dict | None:
+        """The delete.samples event billing consumed for instance_id (None: none came)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.billing.by_instance().get(instance_id)
+            if events:
+                return events[0]
+            time.sleep(0.002)
+        return None
+
+    def close(self) -> None:
+        try:
+            if self.billing is not None:
+                self.billing.stop()
+        finally:
+            try:
+                code = self.agent.stop()
+                if code != 0:
+                    print(f"agent exited with {code}:\n{self.agent.log_tail()}", file=sys.stderr)
+            finally:
+                self.transport.cleanup()
+                harness.delete_queues(
+                    "amqp://" + RABBIT_URL.split("://", 1)[1], self.names.queues([self.host]),
+                    exchanges=[self.names.nova_exchange, self.names.control_exchange])
+
+
+def captured_epoch(event: dict) -> float:
+    return datetime.datetime.fromisoformat(event["payload"]["capture"]["captured_at"]).timestamp()
+
+
+# -- (i) latency -------------------------------------------------------------------------------
+
+def latency(bench: Bench, made: list) -> None:
+    e2e, to_read, to_billing, kinds = [], [], [], {}
+    for guest, dom in made:
+        mono, wall = bench.delete_start(guest)
+        event = bench.samples_of(guest.instance_id)
+        if event is None:
+            kinds["missing"] = kinds.get("missing", 0) + 1
+            continue
+        kind = event["payload"]["capture"]["kind"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+        e2e.append((event["consumed_at"] - mono) * 1e3)
+        read_ms = (captured_epoch(event) - wall) * 1e3
+        to_read.append(read_ms)
+        to_billing.append(e2e[-1] - read_ms)
+    rows = [[label, *(_common.summary(v)[k] for k in ("n", "p50", "p99", "max"))]
+            for label, v in (("published → consumed (e2e)", e2e),
+                             ("published → read (captured_at)", to_read),
+                             ("read → consumed", to_billing))]
+    running = sum(1 for _, dom in made if dom.state()[0] == 1)  # VIR_DOMAIN_RUNNING
+    print(f"\n(i) end-to-end latency, {len(made)} deletes one at a time "
+          f"({running} running, {len(made) - running} paused guests), ms")
+    print(_common.table(["", "n", "p50", "p99", "max"], rows))
+    print("captures: " + " ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+
+
+# -- (ii) final share vs Δ ---------------------------------------------------------------------
+
+def race_one(bench: Bench, guest, dom, delta_ms: float, barrier=None) -> dict:
+    if barrier is not None:
+        barrier.wait()
+    mono, _ = bench.delete_start(guest)
+    time.sleep(max(0.0, mono + delta_ms / 1e3 - time.monotonic()))
+    actual_ms = (time.monotonic() - mono) * 1e3
+    dom.destroy()  # nova's driver.destroy: hard stop, then undefine
+    dom.undefine()
+    event = bench.samples_of(guest.instance_id)
+    capture = event["payload"]["capture"] if event else {"kind": "missing"}
+    return {"delta": delta_ms, "actual_ms": actual_ms, "kind": capture["kind"],
+            "age_ms": capture.get("age_ms")}
+
+
+def race(bench: Bench, made: list, deltas: list[float], concurrent: bool) -> list[dict]:
+    if not concurrent:  # Δ values interleaved, so drift over the run hits every Δ alike
+        return [race_one(bench, guest, dom, deltas[i % len(deltas)])
+                for i, (guest, dom) in enumerate(made)]
+    results: list[dict] = []
+    per = len(made) // len(deltas)
+    for i, delta in enumerate(deltas):
+        group = made[i * per:(i + 1) * per]
+        barrier = threading.Barrier(len(group))
+        threads = [threading.Thread(
+            target=lambda g=g, d=d: results.append(race_one(bench, g, d, delta, barrier)))
+            for g, d in group]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return results
+
+
+def report_race(results: list[dict], deltas: list[float], concurrent: bool) -> None:
+    mode = "concurrent within each Δ" if concurrent else "sequential, one race at a time"
+    print(f"\n(ii) capture kind vs Δ (delete.start published → virDomainDestroy), {mode}")
+    rows = []
+    for delta in deltas:
+        group = [r for r in results if r["delta"] == delta]
+        counts = {k: sum(1 for r in group if r["kind"] == k) for k in (*KINDS, "missing")}
+        ages = [r["age_ms"] for r in group if r["age_ms"] is not None]
+        rows.append([f"{delta:g}", len(group),
+                     statistics.median(r["actual_ms"] for r in group),
+                     *(counts[k] for k in (*KINDS, "missing")),
+                     f"{100 * counts['final'] / len(group):.0f}%",
+                     statistics.median(ages) if ages else "-"])
+    print(_common.table(["Δ ms", "n", "actual Δ med", *KINDS, "missing", "final %",
+                         "last_known age med ms"], rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deletes", type=int, default=30)
+    parser.add_argument("--deltas", default="0,20,100",
+                        help="comma-separated ms between delete.start and the destroy")
+    parser.add_argument("--guests-per-delta", type=int, default=10)
+    parser.add_argument("--running", type=int, default=5,
+                        help="of the --deletes latency guests, how many run (others paused)")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="race each Δ's guests at once instead of one at a time")
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--uri", default="qemu:///system")
+    args = parser.parse_args()
+    deltas = [float(d) for d in args.deltas.split(",")]
+    racers = len(deltas) * args.guests_per_delta
+    if not 0 <= args.running <= args.deletes:
+        parser.error("--running must be between 0 and --deletes")
+    _common.exit_on_sigterm()
+    with _common.workdir("lifecycle-stats-e2e-") as directory, _common.guests(
+            args.uri, directory, paused=args.deletes - args.running + racers,
+            running=args.running) as (_, made):
+        paused, running = made[:len(made) - args.running], made[len(made) - args.running:]
+        racing, steady = paused[:racers], paused[racers:] + running
+        random.shuffle(steady)
+        bench = Bench(directory, args.uri, args.poll_interval)
+        try:
+            bench.start()
+            latency(bench, steady)
+            report_race(race(bench, racing, deltas, args.concurrent), deltas, args.concurrent)
+        finally:
+            bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

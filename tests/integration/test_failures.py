@@ -1,0 +1,364 @@
+"""Nothing lost: the real agent process through a broker outage, a SIGKILL between capture and
+send, and libvirtd restarts, on the real RabbitMQ and the real libvirtd/QEMU.
+
+These tests stop and start shared services (RabbitMQ, libvirtd). Every one brings them back
+in a finally block and waits until they answer again; the outages are kept as short as the
+scenarios need.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import jsonschema
+import kombu
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+from oslo_messaging import opts as messaging_opts
+
+from lifecycle_stats import novalike, payloads
+from tests.integration import harness
+from tests.integration.conftest import GUEST_PREFIX, amqp_url
+
+pytestmark = pytest.mark.integration
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STATUS_CMD = pathlib.Path(sys.executable).with_name("lifecycle-stats-status")
+OUTAGE_SECONDS = 30.0  # the issue's broker outage
+DEAD_URL = "rabbit://guest:guest@127.0.0.1:1/"  # nothing listens on port 1
+LIBVIRTD_PID_FILE = pathlib.Path("/run/libvirtd.pid")
+# Allowed growth of the agent's threads / open fds across libvirtd restarts: executor and
+# sender threads come and go; a leaked connection per restart would show as +2 per restart.
+LEAK_SLACK = 2
+
+
+# -- services ---------------------------------------------------------------------------------
+
+def _rabbitmqctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    node = os.environ.get("RABBITMQ_NODENAME")
+    if node is None:
+        try:
+            socket.gethostbyname(socket.gethostname())
+        except OSError:  # tools/start_rabbitmq.sh names the node rabbit@localhost then
+            node = "rabbit@localhost"
+    cmd = ["rabbitmqctl", *(["-n", node] if node else []), "-q", *args]
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=120)
+
+
+def _broker_back() -> None:
+    """Start the RabbitMQ app again (idempotent) and wait until it accepts AMQP logins."""
+    _rabbitmqctl("start_app", check=False)
+    subprocess.run(["bash", "tools/start_rabbitmq.sh"], cwd=ROOT, check=True,
+                   capture_output=True, timeout=180)
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie nobody reaped has ended too
+
+
+def _virsh_ok() -> bool:
+    return subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def _libvirtd_down() -> None:
+    pid = int(LIBVIRTD_PID_FILE.read_text().strip())
+    os.kill(pid, signal.SIGTERM)
+    _wait(lambda: not _pid_running(pid), 30, f"libvirtd {pid} to end")
+
+
+def _libvirtd_up() -> None:
+    if _virsh_ok():
+        return
+    subprocess.run(["libvirtd", "-d"], check=False, capture_output=True, timeout=30)
+    if not _wait(_virsh_ok, 30, "libvirtd to answer", fail=False):
+        subprocess.run(["bash", "tools/setup_hypervisor.sh"], cwd=ROOT, check=True,
+                       capture_output=True, timeout=300)
+
+
+def _wait(predicate, timeout: float, what: str, *, step: float = 0.2, fail: bool = True):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            if fail:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            return value
+        time.sleep(step)
+
+
+# -- the bus seen from nova and billing ---------------------------------------------------------
+
+def _transport(rabbit_url: str):
+    conf = cfg.ConfigOpts()
+    for group, opts in messaging_opts.list_opts():
+        conf.register_opts(opts, group=group)
+    conf([], project="lifecycle-stats-test", default_config_files=[])
+    # reconnect within ~2 s of the broker's return instead of up to 30 s
+    conf.set_override("rabbit_interval_max", 2, group="oslo_messaging_rabbit")
+    return oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+
+
+class Bus:
+    def __init__(self, rabbit_url: str):
+        self.url = rabbit_url
+        self.names = harness.BusNames()
+        self.transport = _transport(rabbit_url)
+        self.nova = harness.Nova(self.transport, self.names)
+        self.hosts: list[str] = []
+        self.consumers: list[harness.BillingConsumer] = []
+
+    def host(self) -> str:
+        self.hosts.append(f"lst-fail-{self.names.nova_exchange[-8:]}-{len(self.hosts)}")
+        return self.hosts[-1]
+
+    def billing(self) -> harness.BillingConsumer:
+        consumer = harness.BillingConsumer(self.transport, self.names, shared_queue=True)
+        self.consumers.append(consumer)
+        return consumer
+
+    def consumers_of(self, queue: str) -> int:
+        with kombu.Connection(amqp_url(self.url), connect_timeout=5) as conn:
+            try:
+                return conn.channel().queue_declare(queue=queue, passive=True)[2]
+            except Exception:  # not declared (yet)
+                return 0
+
+    def close(self) -> None:
+        try:
+            for consumer in self.consumers:
+                consumer.stop()
+        finally:
+            self.transport.cleanup()
+            harness.delete_queues(amqp_url(self.url), self.names.queues(self.hosts),
+                                  [self.names.nova_exchange, self.names.control_exchange])
+
+
+@pytest.fixture
+def bus(rabbit_url):
+    made = Bus(rabbit_url)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def agents():
+    """agents(AgentProcess) registers one to be killed at teardown, whatever happened."""
+    made: list[harness.AgentProcess] = []
+
+    def register(agent: harness.AgentProcess) -> harness.AgentProcess:
+        made.append(agent)
+        return agent
+
+    yield register
+    for agent in made:
+        agent.kill()
+
+
+def _assert_finals(events: list[dict], guests) -> None:
+    """Exactly the guests' delete.samples, one per instance, each final and schema-valid."""
+    schema = payloads.schema(payloads.DELETE_SAMPLES)
+    by_id: dict[str, list[dict]] = {}
+    for event in events:
+        assert event["event_type"] == payloads.DELETE_SAMPLES
+        jsonschema.validate(event["payload"], schema)
+        by_id.setdefault(event["payload"]["instance_id"], []).append(event)
+    assert set(by_id) == {g.instance_id for g in guests}
+    for guest in guests:
+        [event] = {e["envelope_id"]: e for e in by_id[guest.instance_id]}.values()
+        assert event["envelope_id"] == payloads.delete_message_id(guest.instance_id)
+        assert event["payload"]["capture"]["kind"] == payloads.FINAL
+        assert event["payload"]["display_name"] == guest.display_name
+        assert {s["name"] for s in event["payload"]["samples"]} >= {"cpu", "disk.read.bytes",
+                                                                     "network.incoming.bytes"}
+
+
+def _spool_depth(status: dict):
+    return (status.get("spool") or {}).get("depth")
+
+
+# -- a. broker down with a full spool -------------------------------------------------------------
+
+def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
+    """20 delete.samples are spooled, RabbitMQ stops for 30 s, then returns: all 20 arrive,
+    once per instance, schema-valid; the agent survives and its listener hears nova again.
+
+    The agent's emitter reaches the broker through a TcpGate, shut until the broker stops:
+    otherwise the agent would publish the samples within milliseconds of taking the triggers,
+    before any outage could begin. Once RabbitMQ is stopped the gate opens, so for the 30 s
+    the emitter's only obstacle is the stopped broker itself."""
+    guests = [g for g, _ in guest_factory.create_many(21, paused=True)]
+    burst, late = guests[:20], guests[20]
+    gate = harness.TcpGate()
+    host = bus.host()
+    agent = agents(harness.AgentProcess(
+        tmp_path, host=host, transport_url=bus.url, names=bus.names, extra={
+            "oslo_messaging_notifications": {
+                "transport_url": f"rabbit://guest:guest@127.0.0.1:{gate.port}/"},
+            "oslo_messaging_rabbit": {"rabbit_interval_max": "2"}}))
+    billing = bus.billing()
+    broker_stopped = False
+    try:
+        agent.start()
+        for guest in burst:
+            bus.nova.delete_start(guest, host)
+        agent.wait_for(lambda s: s["counters"].get("flush.final") == 20
+                       and _spool_depth(s) == 20, 60, "20 final captures spooled")
+
+        _rabbitmqctl("stop_app")
+        broker_stopped = True
+        gate.open()
+        retries = agent.counter("sender.messagingv2.retries")
+        for _ in range(3):  # the whole outage, looked at three times
+            time.sleep(OUTAGE_SECONDS / 3)
+            status = agent.wait_for(lambda s: True, 5, "a status")
+            assert agent.proc.poll() is None
+            assert _spool_depth(status) == 20
+            assert status["counters"].get("sender.messagingv2.sent", 0) == 0
+            assert status["counters"]["sender.messagingv2.retries"] > retries
+            retries = status["counters"]["sender.messagingv2.retries"]
+        assert billing.events == []
+
+        _broker_back()
+        broker_stopped = False
+        events = billing.wait_for(20, 90)
+        agent.wait_for(lambda s: _spool_depth(s) == 0, 30, "an empty spool")
+        _assert_finals(events, burst)
+        assert agent.counter("sender.messagingv2.sent") == 20
+
+        # the listener side recovered too: its queue has a consumer again and hears nova
+        queue = f"lifecycle-stats.{host}"
+        _wait(lambda: bus.consumers_of(queue) == 1, 60, "the agent to re-listen on " + queue)
+        bus.nova.delete_start(late, host)
+        events = billing.wait_for(21, 30)
+        _assert_finals(events, guests)
+        assert agent.proc.poll() is None
+    finally:
+        if broker_stopped:
+            _broker_back()
+        gate.close()
+
+
+# -- b. SIGKILL between capture and send ----------------------------------------------------------
+
+def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_factory, tmp_path):
+    guests = [g for g, _ in guest_factory.create_many(3, paused=True)]
+    host = bus.host()
+    dead = agents(harness.AgentProcess(
+        tmp_path, host=host, transport_url=bus.url, names=bus.names,
+        extra={"oslo_messaging_notifications": {"transport_url": DEAD_URL}}))
+    dead.start()
+    for guest in guests:
+        bus.nova.delete_start(guest, host)
+    dead.wait_for(lambda s: s["counters"].get("flush.final") == 3 and _spool_depth(s) == 3,
+                  30, "3 final captures spooled")
+    assert dead.counter("sender.messagingv2.sent") == 0
+    dead.kill()
+    for guest in guests:  # nova destroys them: the counters exist nowhere but in the spool
+        guest_factory.destroy(guest)
+
+    spool_file = dead.state_path / "spool.sqlite"
+    assert stat.S_IMODE(spool_file.stat().st_mode) == 0o600
+    shown = subprocess.run([str(STATUS_CMD), "--config-file", str(dead.config_file)],
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "agent:       not running" in shown.stdout
+    assert "spool:       depth 3," in shown.stdout
+    assert f"pid {dead.proc.pid} is gone" in shown.stdout
+
+    billing = bus.billing()
+    revived = agents(harness.AgentProcess(tmp_path, host=host, transport_url=bus.url,
+                                          names=bus.names))
+    assert revived.state_path == dead.state_path
+    revived.start()
+    events = billing.wait_for(3, 30)
+    revived.wait_for(lambda s: _spool_depth(s) == 0, 30, "an empty spool")
+    _assert_finals(events, guests)
+    assert revived.stop() == 0
+
+
+# -- c. libvirtd restarts -------------------------------------------------------------------------
+
+def _threads(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for {pid}")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _restart_libvirtd(agent: harness.AgentProcess, factory: novalike.GuestFactory,
+                      uri: str, restarts: int) -> None:
+    """Restart libvirtd; return once the agent's events connection is back and its poller
+    has polled on a new connection. The factory gets a fresh connection too."""
+    import libvirt
+
+    _libvirtd_down()
+    _libvirtd_up()
+    old, factory.conn = factory.conn, libvirt.open(uri)
+    try:
+        old.close()
+    except libvirt.libvirtError:
+        pass
+    agent.wait_for(lambda s: s["connections"]["libvirt_events"] == "connected"
+                   and s["counters"].get("libvirt.reconnects", 0) >= restarts, 60,
+                   f"libvirt events reconnected ({restarts})")
+    polls = agent.counter("poller.polls")
+    agent.wait_for(lambda s: s["counters"].get("poller.polls", 0) > polls + 1
+                   and s["connections"]["libvirt_poll"] == "connected", 30,
+                   "the poller polling again")
+
+
+def test_libvirtd_restarts_lose_nothing_and_leak_nothing(bus, agents, libvirt_uri, tmp_path):
+    import libvirt
+
+    factory = novalike.GuestFactory(libvirt.open(libvirt_uri), str(tmp_path),
+                                    hypervisor="qemu", prefix=GUEST_PREFIX)
+    host = bus.host()
+    agent = agents(harness.AgentProcess(
+        tmp_path, host=host, transport_url=bus.url, names=bus.names, libvirt_uri=libvirt_uri,
+        poll_interval=1.0, extra={"libvirt": {"reconnect_max_wait": "1.0"}}))
+    billing = bus.billing()
+    try:
+        old, _ = factory.create(paused=True)
+        agent.start()
+        pid = agent.proc.pid
+        agent.wait_for(lambda s: s["counters"].get("poller.polls", 0) >= 2, 30, "two polls")
+        threads, fds = _threads(pid), _fds(pid)
+
+        _restart_libvirtd(agent, factory, libvirt_uri, restarts=1)
+        new, _ = factory.create(paused=True)  # defined after the restart
+        bus.nova.delete_start(new, host)
+        bus.nova.delete_start(old, host, versioned=True)
+        events = billing.wait_for(2, 30)
+        _assert_finals(events, [old, new])
+        assert agent.status()["connections"]["libvirt_flush"] == "connected"
+
+        _restart_libvirtd(agent, factory, libvirt_uri, restarts=2)
+        assert agent.proc.poll() is None
+        assert agent.counter("libvirt.disconnects") == 2
+        after_threads, after_fds = _threads(pid), _fds(pid)
+        assert after_threads <= threads + LEAK_SLACK, (threads, after_threads)
+        assert after_fds <= fds + LEAK_SLACK, (fds, after_fds)
+    finally:
+        _libvirtd_up()
+        try:
+            factory.conn = libvirt.open(libvirt_uri)
+        finally:
+            factory.cleanup()
