@@ -36,6 +36,7 @@ _GROUP_MARKERS = ("cpu.time", "block.count", "net.count")
 
 VANISHED = "inspector.vanished"
 UNREADABLE = "inspector.unreadable"
+TORN = "inspector.torn_reads"  # a read that raced virDomainDestroy: not a usable reading
 
 Stats = Mapping[str, Any]
 
@@ -112,12 +113,28 @@ class Inspector:
             if reading.active:  # confirmed: an active domain, yet no bulk groups came back
                 self._no_bulk_conn = conn
             return reading
+        if is_torn(stats):
+            self._counters.incr(TORN)
+            raise DomainGone(dom.UUIDString())
         return records.DomainReading(
             instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
             active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
             disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
             read_at=read_at, path=path)
+
+
+def is_torn(stats: Stats) -> bool:
+    """A record read while the domain was being destroyed (measured: a read that starts 1-4
+    ms before virDomainDestroy blocks until it ends, then reports state "running", cpu.time
+    and the device names, but no block or net counters). Publishing it as a final reading
+    would bill zero disk and network use, so it counts as the domain being gone. An image-backed
+    disk (it has a path) or a vNIC without counters is the sign; an empty cdrom has no path."""
+    for i in range(stats.get("block.count", 0)):
+        if f"block.{i}.path" in stats and f"block.{i}.rd.reqs" not in stats:
+            return True
+    return any(f"net.{i}.name" in stats and f"net.{i}.rx.bytes" not in stats
+               for i in range(stats.get("net.count", 0)))
 
 
 def _lacks_groups(stats: Stats) -> bool:
