@@ -1,8 +1,9 @@
 """Helpers shared by the final-sample benchmarks (flush_latency.py, e2e_latency.py).
 
-Percentiles, a plain-text table, real QEMU guests made and removed through
-novalike.GuestFactory (names "lst-<pid>-<n>", so novalike.sweep_leftovers removes a killed
-run's guests), and the core parts wired exactly as lifecycle_stats.agent.Agent wires them.
+Percentiles, a plain-text table, a scratch directory on disk, the trigger the bus listener
+makes of nova's delete.start, and real QEMU guests made through novalike.GuestFactory (names
+"lst-<pid>-<n>", so novalike.sweep_leftovers removes a killed run's guests) and removed even
+when libvirtd restarted meanwhile (other test runs on this machine restart it).
 """
 from __future__ import annotations
 
@@ -97,12 +98,19 @@ def guests(uri: str, directory: str, *, paused: int, running: int,
 
     conn = libvirt.open(uri)
     factory = novalike.GuestFactory(conn, directory, hypervisor="qemu", prefix=PREFIX)
+    mine: list[novalike.NovaGuest] = []  # cleanup() forgets its list before it may fail
+
+    def create(paused: bool) -> tuple:
+        made = factory.create(paused=paused)  # a failed create removes its own half-guest
+        mine.append(made[0])
+        return made
+
     try:
         novalike.sweep_leftovers(conn, PREFIX)
         started = time.perf_counter()
         states = [True] * paused + [False] * running
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            made = list(pool.map(lambda p: factory.create(paused=p), states))
+            made = list(pool.map(create, states))
         print(f"created {paused} paused + {running} running guests in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
         yield factory, made
@@ -110,9 +118,48 @@ def guests(uri: str, directory: str, *, paused: int, running: int,
         started = time.perf_counter()
         try:
             factory.cleanup()
+        except Exception as exc:  # e.g. libvirtd restarted by another run: reconnect, retry
+            print(f"guest cleanup failed ({exc}); retrying on a new connection", flush=True)
+            remove_guests(uri, mine)
         finally:
-            conn.close()
+            _close_quietly(conn)
         print(f"removed guests in {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def remove_guests(uri: str, made: Sequence[novalike.NovaGuest]) -> None:
+    """Destroy and undefine each guest through a Hypervisor, which reconnects and retries
+    when the connection drops; a guest already gone is fine. Images go with the workdir."""
+    from lifecycle_stats.exceptions import DomainGone
+    from lifecycle_stats.hypervisor import Hypervisor
+
+    hv = Hypervisor(uri, retry_attempts=20)
+
+    def remove(conn, instance_id: str) -> None:
+        dom = conn.lookupByUUIDString(instance_id)
+        persistent = dom.isPersistent()
+        if dom.isActive():
+            dom.destroy()
+        if persistent:
+            dom.undefine()
+
+    def remove_one(guest: novalike.NovaGuest) -> None:
+        try:
+            hv.call(lambda conn: remove(conn, guest.instance_id), guest.instance_id)
+        except DomainGone:
+            pass
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(remove_one, made))
+    finally:
+        hv.close()
+
+
+def _close_quietly(conn) -> None:
+    try:
+        conn.close()
+    except Exception:  # a connection broken by a daemon restart may fail to close
+        pass
 
 
 def trigger(guest: novalike.NovaGuest, host: str) -> DeleteTrigger:

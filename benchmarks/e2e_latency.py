@@ -28,12 +28,20 @@ import sys
 import threading
 import time
 import uuid
+import warnings
+
+import kombu.exceptions
+import tenacity
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
+from lifecycle_stats import agent  # noqa: E402
 from tests.integration import harness  # noqa: E402
 
+# oslo.messaging imports eventlet, which warns on import; the agent runs on native threads
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+BROKER_DOWN = (OSError, kombu.exceptions.OperationalError)
 KINDS = ("final", "last_known", "unavailable")
 WAIT_S = 30.0
 
@@ -92,9 +100,15 @@ class Bench:
                     print(f"agent exited with {code}:\n{self.agent.log_tail()}", file=sys.stderr)
             finally:
                 self.transport.cleanup()
-                harness.delete_queues(
-                    "amqp://" + RABBIT_URL.split("://", 1)[1], self.names.queues([self.host]),
-                    exchanges=[self.names.nova_exchange, self.names.control_exchange])
+                self._delete_queues()
+
+    @tenacity.retry(stop=tenacity.stop_after_delay(60), wait=tenacity.wait_fixed(2),
+                    retry=tenacity.retry_if_exception_type(BROKER_DOWN), reraise=True)
+    def _delete_queues(self) -> None:
+        """The run's queues and exchanges; waits out a broker restarted by another run."""
+        harness.delete_queues(
+            "amqp://" + RABBIT_URL.split("://", 1)[1], self.names.queues([self.host]),
+            exchanges=[self.names.nova_exchange, self.names.control_exchange])
 
 
 def captured_epoch(event: dict) -> float:
@@ -141,7 +155,8 @@ def race_one(bench: Bench, guest, dom, delta_ms: float, barrier=None) -> dict:
     event = bench.samples_of(guest.instance_id)
     capture = event["payload"]["capture"] if event else {"kind": "missing"}
     return {"delta": delta_ms, "actual_ms": actual_ms, "kind": capture["kind"],
-            "age_ms": capture.get("age_ms")}
+            "age_ms": capture.get("age_ms"),
+            "e2e_ms": (event["consumed_at"] - mono) * 1e3 if event else None}
 
 
 def race(bench: Bench, made: list, deltas: list[float], concurrent: bool) -> list[dict]:
@@ -171,13 +186,24 @@ def report_race(results: list[dict], deltas: list[float], concurrent: bool) -> N
         group = [r for r in results if r["delta"] == delta]
         counts = {k: sum(1 for r in group if r["kind"] == k) for k in (*KINDS, "missing")}
         ages = [r["age_ms"] for r in group if r["age_ms"] is not None]
+        e2e = {k: [r["e2e_ms"] for r in group if r["kind"] == k] for k in ("final", "last_known")}
         rows.append([f"{delta:g}", len(group),
                      statistics.median(r["actual_ms"] for r in group),
                      *(counts[k] for k in (*KINDS, "missing")),
                      f"{100 * counts['final'] / len(group):.0f}%",
-                     statistics.median(ages) if ages else "-"])
+                     statistics.median(ages) if ages else "-",
+                     *(statistics.median(v) if v else "-" for v in e2e.values())])
     print(_common.table(["Δ ms", "n", "actual Δ med", *KINDS, "missing", "final %",
-                         "last_known age med ms"], rows))
+                         "age med", "e2e med final", "e2e med last_known"], rows))
+    print("(ms; age: capture.age_ms of last_known; e2e: delete.start published → consumed)")
+
+
+def report_counters(bench: Bench) -> None:
+    time.sleep(1.0)  # the status file is rewritten every 0.5 s
+    counters = bench.agent.status().get("counters", {})
+    shown = {k: v for k, v in sorted(counters.items())
+             if k.split(".", 1)[0] in ("flush", "events", "poller", "inspector")}
+    print("agent counters: " + " ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def main() -> int:
@@ -198,6 +224,7 @@ def main() -> int:
     if not 0 <= args.running <= args.deletes:
         parser.error("--running must be between 0 and --deletes")
     _common.exit_on_sigterm()
+    agent.quiet_libvirt_stderr()
     with _common.workdir("lifecycle-stats-e2e-") as directory, _common.guests(
             args.uri, directory, paused=args.deletes - args.running + racers,
             running=args.running) as (_, made):
@@ -209,6 +236,7 @@ def main() -> int:
             bench.start()
             latency(bench, steady)
             report_race(race(bench, racing, deltas, args.concurrent), deltas, args.concurrent)
+            report_counters(bench)
         finally:
             bench.close()
     return 0

@@ -105,7 +105,7 @@ def _safe_root(xml: str, limit: int, what: str) -> ET.Element:
         )
     except defusedxml.DefusedXmlException as exc:
         raise MetadataRejected(f"{what}: hostile XML refused: {exc}") from exc
-    except ET.ParseError as exc:
+    except (ET.ParseError, UnicodeEncodeError) as exc:  # lone surrogates cannot reach expat
         raise MetadataMalformed(f"{what}: not well-formed XML: {exc}") from exc
 
 

@@ -128,7 +128,11 @@ def _stop_and_undefine(dom, undefine: bool = True) -> None:
     try:
         persistent = dom.isPersistent()  # asked first: a destroyed transient domain is gone
         if dom.isActive():
-            dom.destroy()
+            try:
+                dom.destroy()
+            except libvirt.libvirtError as exc:  # someone else stopped it in between
+                if exc.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                    raise
         if undefine and persistent:
             dom.undefine()
     except libvirt.libvirtError as exc:

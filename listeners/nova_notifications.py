@@ -85,7 +85,7 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
 def _versioned_data(payload: object) -> Mapping[str, Any]:
     envelope = _mapping(payload, "payload")
     name = envelope.get("nova_object.name")
-    if name not in VERSIONED_OBJECTS:
+    if not isinstance(name, str) or name not in VERSIONED_OBJECTS:  # a list is unhashable
         raise RejectedMessage(
             f"payload nova_object.name {_short(name)} is not one of {sorted(VERSIONED_OBJECTS)}")
     namespace = envelope.get("nova_object.namespace", "nova")
@@ -143,13 +143,27 @@ def _put(found: dict[str, Any], key: str, value: object) -> None:
 
 
 def _string(value: object, key: str, *, truncate: bool) -> str | None:
-    if value is None or (isinstance(value, str) and len(value) <= MAX_STRING):
-        return value
+    if value is None:
+        return None
     if not isinstance(value, str):
         raise RejectedMessage(f"{key} must be a string, got {type(value).__name__}")
-    if truncate:
-        return value[:MAX_STRING]
-    raise RejectedMessage(f"{key} is {len(value)} characters, more than {MAX_STRING}")
+    if len(value) > MAX_STRING:
+        if not truncate:
+            raise RejectedMessage(f"{key} is {len(value)} characters, more than {MAX_STRING}")
+        value = value[:MAX_STRING]
+    return _encodable(value, key, lenient=truncate)
+
+
+def _encodable(value: str, key: str, *, lenient: bool) -> str:
+    """JSON may carry lone surrogates ("\\ud800" escapes, kept by json.loads), which no UTF-8
+    spool, file or bus can encode: a lenient field gets U+FFFD for each, others reject."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        if not lenient:
+            raise RejectedMessage(f"{key} is not valid Unicode (lone surrogates)") from None
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return value
 
 
 def _count(value: object, key: str) -> int | None:
