@@ -71,18 +71,19 @@ class Flusher:
 
     def _capture(self, instance_id: str) -> tuple[str, InstanceInfo | None, DomainReading | None]:
         reading = self._read_live(instance_id)
-        info = self._identify(instance_id) if reading is not None else None
-        if reading is not None and info is None:
-            return Outcome.NOT_NOVA.value, None, None
         if reading is not None and reading.active:
-            self._readings.update(info, reading)
-            return payloads.FINAL, info, reading
+            info = self._identify(instance_id)
+            if info is not None:
+                self._readings.update(info, reading)
+                return payloads.FINAL, info, reading
+        # Gone, shut off, or unidentifiable now (a read that waited out nova's destroy finds
+        # the domain undefined and forgotten): the cache knows what it was.
         cached = self._readings.get(instance_id)
         if cached is not None:
             return payloads.LAST_KNOWN, cached[0], cached[1]
-        if info is None and self._registry.is_known(instance_id):
-            return Outcome.NOT_NOVA.value, None, None  # gone, and it was never nova's
-        return payloads.UNAVAILABLE, info, None
+        if self._registry.is_known(instance_id) and self._registry.get(instance_id) is None:
+            return Outcome.NOT_NOVA.value, None, None  # positively not nova's
+        return payloads.UNAVAILABLE, self._registry.get(instance_id), None
 
     def _read_live(self, instance_id: str) -> DomainReading | None:
         try:

@@ -168,3 +168,32 @@ def test_final_reading_refreshes_the_cache(box):
     flusher = box.make(FakeInspector({UUID: newer}), FakeRegistry({UUID: make_info()}))
     flusher.handle(trigger())
     assert box.readings.get(UUID)[1].cpu_time_ns == 9_000_000
+
+
+class ForgettingRegistry(FakeRegistry):
+    """The undefine event arrived while the live read waited out nova's destroy."""
+
+    def identify(self, instance_id, hypervisor):
+        return None
+
+
+@pytest.mark.parametrize("live", ["shut off", "running but unidentifiable"])
+def test_a_delete_racing_undefine_reports_last_known_not_nothing(box, live):
+    box.readings.update(make_info(), make_reading())
+    reading = make_reading(active=(live != "shut off"))
+    flusher = box.make(FakeInspector({UUID: reading}), ForgettingRegistry({}))
+    assert flusher.handle(trigger()) is flush.Outcome.LAST_KNOWN
+    [note] = spooled(box)
+    assert note.payload["capture"]["kind"] == "last_known"
+
+
+def test_validate_rejects_a_payload_that_breaks_the_contract():
+    import jsonschema
+
+    note = payloads.delete_samples(kind="final", trigger=trigger(), info=make_info(),
+                                   reading=make_reading(), host="cmp1", publisher_id="p",
+                                   now=NOW)
+    payloads.validate(note)
+    broken = dataclasses.replace(note, payload={**note.payload, "samples": []})
+    with pytest.raises(jsonschema.ValidationError):
+        payloads.validate(broken)  # a final capture must carry samples
