@@ -43,7 +43,10 @@ def main(argv=None) -> int:
               file=sys.stderr)
         agent.stop()
         return 1
-    stopping.wait()
+    # Wait in slices: a signal the kernel hands to another thread (libvirt's, oslo's) only
+    # sets a flag, and the handler runs when the main thread next executes Python code.
+    while not stopping.wait(0.5):
+        pass
     LOG.info("signal received: finishing flushes in flight")
     agent.stop()
     return 0

@@ -46,3 +46,30 @@ def test_an_unreachable_libvirt_is_a_clear_error_not_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "cannot reach libvirt at qemu+tcp://127.0.0.1:1/system" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
+    """Regression: the main thread waited on an Event without a timeout, so a SIGTERM the
+    kernel delivered to a libvirt or oslo thread was never acted on."""
+    import json
+    import signal
+    import time
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\nstatus_interval = 0.5\n"
+                    "[libvirt]\nuri = test:///default\n"
+                    "[oslo_messaging_notifications]\ndriver = log\n"
+                    "[notification_listener]\ntransport_url = fake://\n")
+    for _ in range(3):
+        proc = subprocess.Popen([str(AGENT), "--config-file", str(conf)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if json.loads((tmp_path / "status.json").read_text())["pid"] == proc.pid:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, proc.stderr.read()
