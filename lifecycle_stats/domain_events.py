@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.records import LifecycleEvent
 
@@ -23,7 +24,7 @@ class DomainEventHandler:
         self._registry = registry
         self._hypervisor = hypervisor
         self._readings = last_readings
-        self._counters = counters
+        self._counters = counters if counters is not None else Counters()
 
     def __call__(self, event: LifecycleEvent) -> None:
         if event.event in REFRESH_ON:
@@ -50,14 +51,10 @@ class DomainEventHandler:
         try:
             reading = self._inspector.read(instance_id)
         except HypervisorError:  # gone already: the cached reading stands
-            self._count("events.stop_read_missed")
+            self._counters.incr("events.stop_read_missed")
             return
         if reading.active:
             self._readings.update(info, reading)
-            self._count("events.stop_reads")
+            self._counters.incr("events.stop_reads")
         else:
-            self._count("events.stop_read_missed")
-
-    def _count(self, name: str) -> None:
-        if self._counters is not None:
-            self._counters.incr(name)
+            self._counters.incr("events.stop_read_missed")

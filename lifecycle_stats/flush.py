@@ -15,6 +15,7 @@ import threading
 from typing import Callable
 
 from lifecycle_stats import payloads
+from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.records import DeleteTrigger, DomainReading, InstanceInfo, utcnow
 
@@ -41,7 +42,7 @@ class Flusher:
         self._host = host
         self._publisher_id = publisher_id
         self._on_spooled = on_spooled
-        self._counters = counters
+        self._counters = counters if counters is not None else Counters()
         self._clock = clock
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
@@ -51,18 +52,18 @@ class Flusher:
         message_id = payloads.delete_message_id(trigger.instance_id)
         with self._instance_lock(trigger.instance_id):
             if self._spool.seen(message_id):
-                self._count("flush.duplicates")
+                self._counters.incr("flush.duplicates")
                 return Outcome.DUPLICATE
             kind, info, reading = self._capture(trigger.instance_id)
             if kind == Outcome.NOT_NOVA.value:
-                self._count("flush.not_nova")
+                self._counters.incr("flush.not_nova")
                 return Outcome.NOT_NOVA
             notification = payloads.delete_samples(
                 kind=kind, trigger=trigger, info=info, reading=reading, host=self._host,
                 publisher_id=self._publisher_id, now=self._clock())
             payloads.validate(notification)
             self._spool.put(notification, kind="final")
-        self._count(f"flush.{kind}")
+        self._counters.incr(f"flush.{kind}")
         self._on_spooled()
         if kind != payloads.FINAL:
             LOG.warning("delete of %s captured as %s (trigger %s)", trigger.instance_id, kind,
@@ -91,7 +92,7 @@ class Flusher:
         except DomainGone:
             return None
         except HypervisorError as exc:
-            self._count("flush.read_errors")
+            self._counters.incr("flush.read_errors")
             LOG.warning("live read of %s failed: %s", instance_id, exc)
             return None
 
@@ -113,7 +114,3 @@ class Flusher:
             finally:
                 with self._locks_guard:
                     self._locks.pop(instance_id, None)
-
-    def _count(self, name: str) -> None:
-        if self._counters is not None:
-            self._counters.incr(name)

@@ -10,6 +10,7 @@ import threading
 
 from oslo_config import cfg
 
+from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Poller:
         self._hypervisor = hypervisor
         self._readings = last_readings
         self._interval = interval
-        self._counters = counters
+        self._counters = counters if counters is not None else Counters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -61,12 +62,8 @@ class Poller:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-                self._count("poller.polls")
+                self._counters.incr("poller.polls")
             except HypervisorError as exc:
-                self._count("poller.errors")
+                self._counters.incr("poller.errors")
                 LOG.warning("bulk poll failed: %s", exc)
             self._stop.wait(self._interval)
-
-    def _count(self, name: str) -> None:
-        if self._counters is not None:
-            self._counters.incr(name)
