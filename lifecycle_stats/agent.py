@@ -136,8 +136,7 @@ class Agent:
                 "libvirt_events": "connected" if self.lifecycle.is_connected else "disconnected",
             },
             "counters": self.counters.snapshot(),
-            "spool": {"depth": self.spool.depth(),
-                      "oldest_age_seconds": self.spool.oldest_age_seconds()},
+            "spool": status.spool_snapshot(self.spool),
             "instances": len(self.registry.instances()),
         }
 
