@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from lifecycle_stats import novalike  # noqa: E402
+from lifecycle_stats.testing import guests as novalike  # noqa: E402
 from lifecycle_stats.records import DeleteTrigger  # noqa: E402
 
 PREFIX = "lst"  # the tests' prefix too: their session fixture sweeps a killed run's guests
@@ -130,7 +130,7 @@ def remove_guests(uri: str, made: Sequence[novalike.NovaGuest]) -> None:
     """Destroy and undefine each guest through a Hypervisor, which reconnects and retries
     when the connection drops; a guest already gone is fine. Images go with the workdir."""
     from lifecycle_stats.exceptions import DomainGone
-    from lifecycle_stats.hypervisor import Hypervisor
+    from lifecycle_stats.reading.hypervisor import Hypervisor
 
     hv = Hypervisor(uri, retry_attempts=20)
 
@@ -164,8 +164,8 @@ def _close_quietly(conn) -> None:
 
 def trigger(guest: novalike.NovaGuest, host: str) -> DeleteTrigger:
     """The trigger the bus listener makes of nova's legacy delete.start for guest."""
-    from listeners import nova_notifications
-    from lifecycle_stats.novalike_notifications import legacy_payload
+    from lifecycle_stats.listeners import nova_notifications
+    from lifecycle_stats.testing.nova import legacy_payload
 
     received_at = datetime.datetime.now(datetime.timezone.utc)
     made = nova_notifications.parse(LEGACY_DELETE, f"compute.{host}",

@@ -28,10 +28,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
-from lifecycle_stats import agent, counters, flush, last_readings, poller, registry  # noqa: E402
-from lifecycle_stats import spool  # noqa: E402
-from lifecycle_stats.hypervisor import Hypervisor  # noqa: E402
-from lifecycle_stats.inspector import Inspector  # noqa: E402
+from lifecycle_stats import agent, counters  # noqa: E402
+from lifecycle_stats.capture import flush, last_readings, poller  # noqa: E402
+from lifecycle_stats.reading import registry  # noqa: E402
+from lifecycle_stats.publishing import spool  # noqa: E402
+from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
+from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
 
 HOST = "bench-host"
 SCENARIOS = ("a idle", "b poll", "c burst", "d shared")
@@ -61,34 +63,33 @@ class Core:
     def __init__(self, uri: str, directory: str):
         self.directory = directory
         self.counters = counters.Counters()
-        self.registry = registry.DomainRegistry(self.counters)
+        self.flush_hv, self.poll_hv, self.meta_hv = Hypervisor(uri), Hypervisor(uri), Hypervisor(uri)
+        self.registry = registry.DomainRegistry(self.meta_hv, self.counters)
         self.readings = last_readings.LastReadings()
-        self.flush_hv, self.poll_hv = Hypervisor(uri), Hypervisor(uri)
         self.flush_inspector = Inspector(self.flush_hv, counters=self.counters)
         self.poll_inspector = Inspector(self.poll_hv, counters=self.counters)
         self.poller = poller.Poller(
-            inspector=self.poll_inspector, registry=self.registry, hypervisor=self.poll_hv,
+            inspector=self.poll_inspector, registry=self.registry,
             last_readings=self.readings, interval=60.0, counters=self.counters)
         self.put_ms: list[float] = []
         self._spools = 0
-        self.flush_hv.call(self.registry.sync)
+        self.registry.sync()
 
     def flusher(self, *, shared: bool) -> tuple[flush.Flusher, spool.Spool]:
         """A Flusher over a fresh spool; shared=True reads through the poller's connection."""
         self._spools += 1
         store = spool.Spool(os.path.join(self.directory, f"spool-{self._spools}.sqlite"),
                             conduits=["bench"], counters=self.counters)
-        hv, insp = ((self.poll_hv, self.poll_inspector) if shared
-                    else (self.flush_hv, self.flush_inspector))
+        insp = self.poll_inspector if shared else self.flush_inspector
         flusher = flush.Flusher(
-            inspector=insp, registry=self.registry, hypervisor=hv, last_readings=self.readings,
+            inspector=insp, registry=self.registry, last_readings=self.readings,
             spool=TimedSpool(store, self.put_ms), host=HOST,
             publisher_id=f"lifecycle-stats.{HOST}", counters=self.counters)
         return flusher, store
 
     def close(self) -> None:
-        self.flush_hv.close()
-        self.poll_hv.close()
+        for hv in (self.flush_hv, self.poll_hv, self.meta_hv):
+            hv.close()
 
 
 class BulkPollLoop:

@@ -28,10 +28,10 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lifecycle_stats import novalike  # noqa: E402
+from lifecycle_stats.testing import guests as novalike  # noqa: E402
 from lifecycle_stats.exceptions import DomainGone, HypervisorError  # noqa: E402
-from lifecycle_stats.hypervisor import Hypervisor  # noqa: E402
-from lifecycle_stats.inspector import Inspector  # noqa: E402
+from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
+from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
 
 CEILOMETER_GROUPS = {"all": 0,
                      "cpu": libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_VCPU}

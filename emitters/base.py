@@ -1,4 +1,5 @@
-"""The one interface every conduit implements."""
+"""A convenience base for conduits: the interface itself is lifecycle_stats.interfaces.Conduit
+(a core Protocol), so the core never imports this package."""
 from __future__ import annotations
 
 import abc
@@ -7,15 +8,7 @@ from lifecycle_stats.records import Notification
 
 
 class Emitter(abc.ABC):
-    """Publishes notifications through one conduit.
-
-    emit() returns only when the conduit has confirmed the notification (the broker's publisher
-    confirm, a flushed file, ...). On any failure it raises lifecycle_stats.exceptions.EmitError;
-    the caller keeps the notification spooled and retries, so an emitter never retries or
-    buffers on its own.
-    """
-
-    name = "base"
+    """emit() returns once the conduit confirmed, or raises EmitError (see Conduit)."""
 
     @abc.abstractmethod
     def emit(self, notification: Notification) -> None:

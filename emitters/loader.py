@@ -4,8 +4,8 @@ from __future__ import annotations
 from oslo_config import cfg
 from stevedore import driver
 
-from emitters.base import Emitter
 from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.interfaces import Conduit
 
 NAMESPACE = "lifecycle_stats.emitters"
 DEFAULT_DRIVERS = ["messagingv2"]
@@ -17,7 +17,7 @@ def driver_names(conf: cfg.ConfigOpts) -> list[str]:
     return list(conf.oslo_messaging_notifications.driver) or list(DEFAULT_DRIVERS)
 
 
-def load(conf: cfg.ConfigOpts, names: list[str]) -> dict[str, Emitter]:
+def load(conf: cfg.ConfigOpts, names: list[str]) -> dict[str, Conduit]:
     emitters = {}
     for name in names:
         try:

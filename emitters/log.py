@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import logging
 
-from emitters.base import Emitter
+from lifecycle_stats.emitters.base import Emitter
 from lifecycle_stats.records import Notification
 
 LOG = logging.getLogger(__name__)
 
 
 class LogEmitter(Emitter):
-    name = "log"
 
     def __init__(self, conf=None) -> None:
         pass

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import threading
 
-from emitters.base import Emitter
+from lifecycle_stats.emitters.base import Emitter
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.records import Notification
 
 
 class MemoryEmitter(Emitter):
-    name = "test"
 
     def __init__(self, conf=None) -> None:
         self.sent: list[Notification] = []

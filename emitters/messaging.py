@@ -13,7 +13,7 @@ import logging
 import oslo_messaging
 from oslo_config import cfg
 
-from emitters.base import Emitter
+from lifecycle_stats.emitters.base import Emitter
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.records import Notification
 
@@ -28,7 +28,6 @@ OPTS = [
 
 
 class MessagingEmitter(Emitter):
-    name = "messagingv2"
     envelope_version = 2.0
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:
@@ -65,5 +64,4 @@ class MessagingEmitter(Emitter):
 class MessagingV1Emitter(MessagingEmitter):
     """The 1.0 envelope (no oslo.message wrapper), as the `messaging` notifier driver sends."""
 
-    name = "messaging"
     envelope_version = 1.0

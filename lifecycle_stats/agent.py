@@ -15,10 +15,14 @@ import sys
 
 from oslo_config import cfg
 
-from emitters import loader
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import domain_events, flush, hypervisor, inspector, last_readings
-from lifecycle_stats import poller, registry, sender, spool, status
+from lifecycle_stats import status
+from lifecycle_stats.capture import domain_events, flush, last_readings, poller
+from lifecycle_stats.emitters import loader
+from lifecycle_stats.interfaces import Conduit
+from lifecycle_stats.listeners import bus, libvirt_events
+from lifecycle_stats.publishing import sender, spool
+from lifecycle_stats.reading import hypervisor, inspector, registry
 
 LOG = logging.getLogger(__name__)
 
@@ -57,18 +61,34 @@ def quiet_libvirt_stderr() -> None:
 
 
 class Agent:
-    def __init__(self, conf: cfg.ConfigOpts, *, emitters=None, listen_transport=None) -> None:
-        from listeners import bus, libvirt_events
+    """The composition root: the one place that picks every implementation and wires
+    listeners -> core -> spool -> conduits. Read build() top to bottom for the delete path."""
 
+    def __init__(self, conf: cfg.ConfigOpts, *, emitters: dict[str, Conduit] | None = None,
+                 listen_transport=None) -> None:
         refuse_green_threads()
         quiet_libvirt_stderr()
         libvirt_events.ensure_event_loop()  # before any libvirt connection opens
         self.conf = conf
         self.counters = counters_mod.Counters()
-        self.registry = registry.DomainRegistry(self.counters)
+        self._build_reading()
+        self._build_publishing(emitters)
+        self._build_capture()
+        self._build_listeners(listen_transport)
+        self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
+                                          conf.status_interval, host=conf.host)
+
+    def _build_reading(self) -> None:
+        """Three libvirt connections, so no reader waits behind another: the flush's, the bulk
+        poller's, and the event handler's (which the registry's metadata reads share)."""
+        self.flush_hv = hypervisor.Hypervisor.from_conf(self.conf)
+        self.poll_hv = hypervisor.Hypervisor.from_conf(self.conf)
+        self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
+        self.registry = registry.DomainRegistry(self.events_hv, self.counters)
         self.readings = last_readings.LastReadings()
-        self.flush_hv = hypervisor.Hypervisor.from_conf(conf)
-        self.poll_hv = hypervisor.Hypervisor.from_conf(conf)
+
+    def _build_publishing(self, emitters: dict[str, Conduit] | None) -> None:
+        conf = self.conf
         self.emitters = emitters if emitters is not None else loader.load(
             conf, loader.driver_names(conf))
         os.makedirs(conf.state_path, mode=0o700, exist_ok=True)
@@ -80,31 +100,36 @@ class Agent:
                           wait_initial=conf.spool.retry_initial_wait,
                           wait_max=conf.spool.retry_max_wait)
             for name, emitter in self.emitters.items()]
-        flush_inspector = inspector.Inspector(self.flush_hv, counters=self.counters)
+
+    def _build_capture(self) -> None:
+        conf = self.conf
         self.flusher = flush.Flusher(
-            inspector=flush_inspector, registry=self.registry, hypervisor=self.flush_hv,
+            inspector=self._inspector(self.flush_hv), registry=self.registry,
             last_readings=self.readings, spool=self.spool, host=conf.host,
             publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
             counters=self.counters)
         self.poller = poller.Poller(
-            inspector=inspector.Inspector(self.poll_hv, counters=self.counters),
-            registry=self.registry, hypervisor=self.poll_hv, last_readings=self.readings,
-            interval=conf.poller.interval, counters=self.counters)
-        handler = domain_events.DomainEventHandler(
-            inspector=flush_inspector, registry=self.registry, hypervisor=self.flush_hv,
+            inspector=self._inspector(self.poll_hv), registry=self.registry,
+            last_readings=self.readings, interval=conf.poller.interval, counters=self.counters)
+        self.event_handler = domain_events.DomainEventHandler(
+            inspector=self._inspector(self.events_hv), registry=self.registry,
             last_readings=self.readings, counters=self.counters)
+
+    def _build_listeners(self, listen_transport) -> None:
+        conf = self.conf
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
-            conf, handler, self._resync, self.counters)
+            conf, self.event_handler, self.registry.sync, self.counters)
         self.bus = bus.from_conf(conf, conf.host, self.flusher.handle, self.counters,
                                  transport=listen_transport)
-        self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
-                                          conf.status_interval, host=conf.host)
+
+    def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
+        return inspector.Inspector(connection, counters=self.counters)
 
     def start(self) -> None:
         for s in self.senders:
             s.start()
         self.lifecycle.start()  # before the resync, so no domain change falls in between
-        self._resync()
+        self.registry.sync()
         self.poller.start()
         self.bus.start()
         self.status.start()
@@ -123,8 +148,8 @@ class Agent:
         for emitter in self.emitters.values():
             emitter.close()
         self.spool.close()
-        self.flush_hv.close()
-        self.poll_hv.close()
+        for connection in (self.flush_hv, self.poll_hv, self.events_hv):
+            connection.close()
         LOG.info("lifecycle-stats agent stopped")
 
     def snapshot(self) -> dict:
@@ -133,15 +158,13 @@ class Agent:
             "connections": {
                 "libvirt_flush": "connected" if self.flush_hv.is_alive() else "disconnected",
                 "libvirt_poll": "connected" if self.poll_hv.is_alive() else "disconnected",
+                "libvirt_metadata": "connected" if self.events_hv.is_alive() else "disconnected",
                 "libvirt_events": "connected" if self.lifecycle.is_connected else "disconnected",
             },
             "counters": self.counters.snapshot(),
             "spool": status.spool_snapshot(self.spool),
             "instances": len(self.registry.instances()),
         }
-
-    def _resync(self) -> None:
-        self.flush_hv.call(self.registry.sync)
 
     def _wake_senders(self) -> None:
         for s in self.senders:

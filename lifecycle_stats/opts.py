@@ -8,9 +8,12 @@ from oslo_config import cfg
 
 
 def list_opts():
-    from emitters import messaging
-    from lifecycle_stats import agent, hypervisor, poller, sender
-    from listeners import bus, libvirt_events
+    from lifecycle_stats.emitters import messaging
+    from lifecycle_stats import agent
+    from lifecycle_stats.reading import hypervisor
+    from lifecycle_stats.capture import poller
+    from lifecycle_stats.publishing import sender
+    from lifecycle_stats.listeners import bus, libvirt_events
 
     return [
         ("DEFAULT", agent.OPTS),

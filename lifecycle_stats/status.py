@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from oslo_config import cfg
 
-from lifecycle_stats import spool as spool_mod
+from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import isotime, utcnow
 
 LOG = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from oslo_config import cfg
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError, RejectedMessage
 from lifecycle_stats.records import DeleteTrigger, utcnow
-from listeners import nova_notifications
+from lifecycle_stats.listeners import nova_notifications
 
 LOG = logging.getLogger(__name__)
 GROUP = "notification_listener"
@@ -75,10 +75,6 @@ _PAYLOAD_REPR.maxother = 80
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
-
-
-def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [(GROUP, list(OPTS))]
 
 
 def default_pool(host: str) -> str:

@@ -15,11 +15,11 @@ import time
 from typing import Callable
 
 import libvirt
-import tenacity
 from oslo_config import cfg
 
 from lifecycle_stats import exceptions, records
 from lifecycle_stats.counters import Counters
+from lifecycle_stats.reading import hypervisor
 
 LOG = logging.getLogger(__name__)
 
@@ -202,18 +202,16 @@ class LifecycleListener:
     # ------------------------------------------------------------------ connection
     def _connect(self):
         """A new connection with keepalive and every callback registered, as a tuple."""
-        try:
-            conn = self._open(self.uri)
-        except libvirt.libvirtError as exc:
-            raise exceptions.ConnectionLost(f"cannot connect to {self.uri}: {exc}") from exc
+        conn = hypervisor.open_connection(self.uri, self._open)
         generation = self._generation + 1
         try:
-            self._set_keepalive(conn)
-            conn.registerCloseCallback(self._on_close, generation)
-            ids = self._register_events(conn)
-        except libvirt.libvirtError as exc:
+            with hypervisor.translated():
+                self._set_keepalive(conn)
+                conn.registerCloseCallback(self._on_close, generation)
+                ids = self._register_events(conn)
+        except exceptions.HypervisorError:
             _discard(conn, [])
-            raise exceptions.ConnectionLost(f"cannot listen on {self.uri}: {exc}") from exc
+            raise
         return conn, ids, generation
 
     def _install(self, connection) -> None:
@@ -258,6 +256,13 @@ class LifecycleListener:
             connection = self._retrying()(self._connect)
         except exceptions.ConnectionLost:  # only when stopping
             return
+        except exceptions.HypervisorError as exc:  # retrying cannot help; try again later
+            self.counters.incr("libvirt.reconnect_errors")
+            LOG.error("cannot reconnect to %s: %s; next attempt in %.0f s", self.uri, exc,
+                      self._max_wait)
+            self._sleep(self._max_wait)
+            self._lost.set()
+            return
         if self._stopping.is_set():
             _discard(*connection[:2])
             return
@@ -266,17 +271,13 @@ class LifecycleListener:
         LOG.warning("reconnected to %s", self.uri)
         self._queue.put(_RESYNC)
 
-    def _retrying(self) -> tenacity.Retrying:
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=self._max_wait),
-            stop=lambda _state: self._stopping.is_set(),
+    def _retrying(self):
+        return hypervisor.reconnect_policy(
+            stop=lambda _state: self._stopping.is_set(), max_wait=self._max_wait,
             sleep=self._sleep,
             before_sleep=lambda state: LOG.warning(
                 "reconnect to %s failed (attempt %d): %s", self.uri, state.attempt_number,
-                state.outcome.exception()),
-            reraise=True,
-        )
+                state.outcome.exception()))
 
     # ------------------------------------------------------------------ event-loop callbacks
     def _on_close(self, _conn, reason: int, generation: int) -> None:

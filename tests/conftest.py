@@ -18,13 +18,13 @@ import os
 
 import pytest
 
-WATCHED_LOGGERS = ("lifecycle_stats", "listeners", "emitters")
+WATCHED_LOGGERS = ("lifecycle_stats",)
 
 
 def pytest_configure(config):
     # libvirt's event loop must be registered before the first connection of the process
     # opens (keepalive and close callbacks depend on it), whichever test opens one first.
-    from listeners import libvirt_events
+    from lifecycle_stats.listeners import libvirt_events
 
     libvirt_events.ensure_event_loop()
 

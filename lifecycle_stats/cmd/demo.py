@@ -62,10 +62,10 @@ def run(show_json: bool) -> int:
     import libvirt
     import oslo_messaging
 
-    from emitters.messaging import MessagingEmitter
+    from lifecycle_stats.emitters.messaging import MessagingEmitter
     from lifecycle_stats.agent import Agent
-    from lifecycle_stats.novalike import GuestFactory
-    from lifecycle_stats.novalike_notifications import publish_delete_start
+    from lifecycle_stats.testing.guests import GuestFactory
+    from lifecycle_stats.testing.nova import publish_delete_start
 
     state = tempfile.mkdtemp(prefix="lifecycle-stats-demo-")
     conf = build_conf(state)

@@ -10,11 +10,11 @@ import datetime
 import libvirt
 import pytest
 
-from lifecycle_stats import novalike
+from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone
-from lifecycle_stats.hypervisor import Hypervisor
-from lifecycle_stats.inspector import VANISHED, Inspector
+from lifecycle_stats.reading.hypervisor import Hypervisor
+from lifecycle_stats.reading.inspector import VANISHED, Inspector
 
 pytestmark = pytest.mark.libvirt_test_driver
 

@@ -11,11 +11,11 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from lifecycle_stats import novalike
+from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, HypervisorError
 from lifecycle_stats.records import Flavor
-from lifecycle_stats.registry import DomainRegistry
+from lifecycle_stats.reading.registry import DomainRegistry
 
 pytestmark = pytest.mark.libvirt_test_driver
 
@@ -55,9 +55,17 @@ def counters():
     return Counters()
 
 
+def registry_on(conn, counters):
+    """A registry whose metadata connection is conn (a real or a wrapped libvirt connection)."""
+    from lifecycle_stats.reading.hypervisor import Hypervisor
+
+    return DomainRegistry(Hypervisor("test:///default", open_fn=lambda _uri: conn,
+                                     retry_attempts=1), counters)
+
+
 @pytest.fixture
-def registry(counters):
-    return DomainRegistry(counters)
+def registry(conn, counters):
+    return registry_on(conn, counters)
 
 
 def _malformed(guest):
@@ -94,7 +102,7 @@ def test_sync_reports_only_nova_domains(conn, define, registry, counters):
     _, plain = define(metadata=None)
     _, broken = define(metadata=_malformed)
 
-    registry.sync(conn)
+    registry.sync()
 
     mine = {new.instance_id, old.instance_id, plain.instance_id, broken.instance_id}
     assert set(registry.instances()) & mine == {new.instance_id, old.instance_id}
@@ -127,7 +135,7 @@ def test_newest_namespace_wins_when_both_are_present(define, registry):
 
 def test_malformed_is_counted_once_per_refresh_and_logged(define, registry, counters, caplog):
     dom, guest = define(metadata=_malformed)
-    caplog.set_level(logging.WARNING, logger="lifecycle_stats.registry")
+    caplog.set_level(logging.WARNING, logger="lifecycle_stats.reading.registry")
 
     assert registry.observe(dom) is None
     assert registry.observe(dom) is None  # cached as unusable: not re-read, not re-counted
@@ -143,7 +151,7 @@ def test_malformed_is_counted_once_per_refresh_and_logged(define, registry, coun
 
 def test_oversize_metadata_is_rejected(define, registry, counters, caplog):
     dom, guest = define(metadata=_oversize)
-    caplog.set_level(logging.WARNING, logger="lifecycle_stats.registry")
+    caplog.set_level(logging.WARNING, logger="lifecycle_stats.reading.registry")
     assert registry.observe(dom) is None
     assert registry.is_known(guest.instance_id)
     assert counters.snapshot().get("metadata.rejected") == 1
@@ -174,10 +182,10 @@ def test_refresh_sees_metadata_changed_by_setmetadata(define, registry):
 
 def test_undefined_domain_is_forgotten_by_sync(conn, define, registry):
     dom, guest = define()
-    registry.sync(conn)
+    registry.sync()
     assert registry.get(guest.instance_id) is not None
     dom.undefine()
-    registry.sync(conn)
+    registry.sync()
     assert registry.get(guest.instance_id) is None
     assert not registry.is_known(guest.instance_id)
     assert guest.instance_id not in registry.instances()
@@ -225,11 +233,11 @@ def test_a_read_overtaken_by_forget_is_not_cached(define, registry):
     assert registry.get(guest.instance_id) is None
 
 
-def test_sync_on_a_closed_connection_raises_connection_lost(registry):
+def test_sync_on_a_closed_connection_raises_connection_lost(counters):
     closed = libvirt.open("test:///default")
     closed.close()
     with pytest.raises(ConnectionLost, match="invalid connection"):
-        registry.sync(closed)
+        registry_on(closed, counters).sync()
 
 
 class _Unreadable:
@@ -253,12 +261,13 @@ class _Listing:
         return self._domains
 
 
-def test_one_unreadable_domain_does_not_stop_sync(define, registry, counters, caplog):
+def test_one_unreadable_domain_does_not_stop_sync(define, counters, caplog):
     bad_dom, bad = define()
     good_dom, good = define()
-    caplog.set_level(logging.WARNING, logger="lifecycle_stats.registry")
+    caplog.set_level(logging.WARNING, logger="lifecycle_stats.reading.registry")
 
-    registry.sync(_Listing([_Unreadable(bad_dom), good_dom]))
+    registry = registry_on(_Listing([_Unreadable(bad_dom), good_dom]), counters)
+    registry.sync()
 
     assert registry.get(good.instance_id) is not None
     assert not registry.is_known(bad.instance_id)  # not cached: the next sync retries it
@@ -272,18 +281,13 @@ def test_one_unreadable_domain_does_not_stop_sync(define, registry, counters, ca
 
 def test_identify_reads_a_domain_it_has_never_seen_and_then_uses_the_cache(define, registry):
     from lifecycle_stats.exceptions import DomainGone
-    from lifecycle_stats.hypervisor import Hypervisor
 
-    hv = Hypervisor("test:///default")
     dom, guest = define(flavor_name="m1.identify")
     foreign, other = define(metadata=None)
-    try:
-        assert registry.identify(guest.instance_id, hv).flavor.name == "m1.identify"
-        assert registry.identify(other.instance_id, hv) is None  # read once: not nova's
-        dom.undefine()  # from now on only the cache can answer
-        assert registry.identify(guest.instance_id, hv).flavor.name == "m1.identify"
-        registry.forget(guest.instance_id)
-        with pytest.raises(DomainGone):
-            registry.identify(guest.instance_id, hv)
-    finally:
-        hv.close()
+    assert registry.identify(guest.instance_id).flavor.name == "m1.identify"
+    assert registry.identify(other.instance_id) is None  # read once: not nova's
+    dom.undefine()  # from now on only the cache can answer
+    assert registry.identify(guest.instance_id).flavor.name == "m1.identify"
+    registry.forget(guest.instance_id)
+    with pytest.raises(DomainGone):
+        registry.identify(guest.instance_id)

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from lifecycle_stats import novalike
+from lifecycle_stats.testing import guests as novalike
 
 # Overridable for a broker/daemon elsewhere on this machine (and to try the failure path).
 LIBVIRT_URI = os.environ.get("LIFECYCLE_STATS_LIBVIRT_URI", "qemu:///system")

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 
-from lifecycle_stats.novalike_notifications import publish_delete_start
+from lifecycle_stats.testing.nova import publish_delete_start
 
 AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
 

@@ -1,4 +1,4 @@
-"""listeners.bus on the real RabbitMQ, fed by oslo.messaging Notifiers configured as nova's.
+"""lifecycle_stats.listeners.bus on the real RabbitMQ, fed by oslo.messaging Notifiers configured as nova's.
 
 Every test uses its own exchange, topics and host names (so nothing here lands in a real
 ``notifications.info`` queue), and deletes the queues and the exchange it made.
@@ -16,7 +16,7 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging import opts as messaging_opts
 
-from listeners import bus
+from lifecycle_stats.listeners import bus
 from tests.integration.conftest import amqp_url
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats import meters, payloads, samples
+from lifecycle_stats.publishing import meters, payloads, samples
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
 

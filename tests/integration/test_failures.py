@@ -25,7 +25,8 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging import opts as messaging_opts
 
-from lifecycle_stats import novalike, payloads
+from lifecycle_stats.testing import guests as novalike
+from lifecycle_stats.publishing import payloads
 from tests.integration import harness
 from tests.integration.conftest import GUEST_PREFIX, amqp_url
 

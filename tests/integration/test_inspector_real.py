@@ -15,8 +15,8 @@ import libvirt
 import pytest
 
 from lifecycle_stats.exceptions import DomainGone
-from lifecycle_stats.hypervisor import Hypervisor
-from lifecycle_stats.inspector import Inspector, disks_from_stats
+from lifecycle_stats.reading.hypervisor import Hypervisor
+from lifecycle_stats.reading.inspector import Inspector, disks_from_stats
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import time
 import libvirt
 import pytest
 
-from lifecycle_stats import novalike
-from listeners import libvirt_events as le
+from lifecycle_stats.testing import guests as novalike
+from lifecycle_stats.listeners import libvirt_events as le
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle_stats import novalike
+from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Flavor
-from lifecycle_stats.registry import DomainRegistry
+from lifecycle_stats.reading.hypervisor import Hypervisor
+from lifecycle_stats.reading.registry import DomainRegistry
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +23,10 @@ def test_sync_reports_the_nova_guest_only_and_forgets_it_when_gone(guest_factory
     )
     legacy, _ = guest_factory.create(namespace=novalike.NOVA_NS_1_0, flavor_name="m1.old")
     plain, _ = guest_factory.create(metadata=None)
-    registry = DomainRegistry(Counters())
+    registry = DomainRegistry(Hypervisor("qemu:///system", open_fn=lambda _uri: guest_factory.conn),
+                              Counters())
 
-    registry.sync(guest_factory.conn)
+    registry.sync()
 
     mine = {nova.instance_id, legacy.instance_id, plain.instance_id}
     assert set(registry.instances()) & mine == {nova.instance_id, legacy.instance_id}
@@ -39,6 +41,6 @@ def test_sync_reports_the_nova_guest_only_and_forgets_it_when_gone(guest_factory
     assert registry.get(plain.instance_id) is None and registry.is_known(plain.instance_id)
 
     guest_factory.destroy(nova)  # destroy + undefine, as nova's delete does
-    registry.sync(guest_factory.conn)
+    registry.sync()
     assert not registry.is_known(nova.instance_id)
     assert registry.get(legacy.instance_id) is not None

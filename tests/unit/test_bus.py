@@ -1,4 +1,4 @@
-"""listeners.bus on oslo.messaging's in-memory fake:// transport, published to by a Notifier."""
+"""lifecycle_stats.listeners.bus on oslo.messaging's in-memory fake:// transport, published to by a Notifier."""
 from __future__ import annotations
 
 import datetime
@@ -15,7 +15,7 @@ from oslo_messaging import opts as messaging_opts
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError
-from listeners import bus
+from lifecycle_stats.listeners import bus
 
 HOST = "compute-1"
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
@@ -144,10 +144,10 @@ def test_each_host_hears_everything_in_its_own_pool_and_keeps_its_own(fake_bus):
 
 def test_rejects_are_counted_and_logged_with_a_truncated_payload(fake_bus, caplog):
     listener = fake_bus.listen()
-    caplog.set_level(logging.WARNING, logger="listeners.bus")
+    caplog.set_level(logging.WARNING, logger="lifecycle_stats.listeners.bus")
     fake_bus.legacy(HOST, payload={"instance_id": "not-a-uuid", "blob": "z" * 100_000})
     wait_for(lambda: listener.counters.get("bus.rejected") == 1)
-    warning = next(r for r in caplog.records if r.name == "listeners.bus"
+    warning = next(r for r in caplog.records if r.name == "lifecycle_stats.listeners.bus"
                    and r.levelno == logging.WARNING)
     assert "instance_id is not a UUID: 'not-a-uuid'" in warning.getMessage()
     assert len(warning.getMessage()) < 600
@@ -289,8 +289,9 @@ def test_from_conf_defaults_and_notifications_transport_fallback():
 
 
 def test_options_are_listed_for_the_sample_config():
-    [(group, opts)] = bus.list_opts()
-    assert group == "notification_listener"
+    from lifecycle_stats import opts as all_opts
+
+    [opts] = [o for group, o in all_opts.list_opts() if group == "notification_listener"]
     names = {opt.name: opt for opt in opts}
     assert set(names) == {"transport_url", "exchange", "legacy_topic", "versioned_topic",
                           "listen_legacy", "listen_versioned", "pool", "allow_requeue"}

@@ -6,7 +6,9 @@ import datetime
 
 import pytest
 
-from lifecycle_stats import counters, flush, last_readings, payloads, spool
+from lifecycle_stats import counters
+from lifecycle_stats.capture import flush, last_readings
+from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.records import DeleteTrigger
 from tests.unit.test_samples import AT, UUID, make_info, make_reading
@@ -40,15 +42,10 @@ class FakeRegistry:
     def is_known(self, instance_id):
         return instance_id in self.infos or instance_id in self.not_nova
 
-    def identify(self, instance_id, hypervisor):
+    def identify(self, instance_id):
         if self.is_known(instance_id):
             return self.get(instance_id)
-        return hypervisor.call(lambda conn: None, instance_id)
-
-
-class NoHypervisor:
-    def call(self, fn, instance_id=None):
-        raise HypervisorError("not connected")
+        raise HypervisorError("not connected")  # an unknown domain needs a libvirt read
 
 
 def trigger(event_type="compute.instance.delete.start", instance_id=UUID):
@@ -71,7 +68,7 @@ def box(tmp_path):
     def make(inspector, registry):
         def wake():
             b.woken += 1
-        return flush.Flusher(inspector=inspector, registry=registry, hypervisor=NoHypervisor(),
+        return flush.Flusher(inspector=inspector, registry=registry,
                              last_readings=b.readings, spool=b.spool, host="cmp1",
                              publisher_id="lifecycle-stats.cmp1", on_spooled=wake,
                              counters=b.counters, clock=lambda: NOW)
@@ -173,7 +170,7 @@ def test_final_reading_refreshes_the_cache(box):
 class ForgettingRegistry(FakeRegistry):
     """The undefine event arrived while the live read waited out nova's destroy."""
 
-    def identify(self, instance_id, hypervisor):
+    def identify(self, instance_id):
         return None
 
 

@@ -19,11 +19,12 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import flush, last_readings, payloads, spool
+from lifecycle_stats.capture import flush, last_readings
+from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.records import DeleteTrigger
-from listeners import bus, nova_notifications
-from tests.unit.test_flush import FakeInspector, FakeRegistry, NoHypervisor
+from lifecycle_stats.listeners import bus, nova_notifications
+from tests.unit.test_flush import FakeInspector, FakeRegistry
 from tests.unit.test_samples import make_info, make_reading
 
 HOST = "cmp1"
@@ -135,7 +136,7 @@ class Box:
         self.flusher = flush.Flusher(
             inspector=FakeInspector({LIVE: make_reading()}),
             registry=FakeRegistry({LIVE: make_info(instance_id=LIVE)}, not_nova={NOT_NOVA}),
-            hypervisor=NoHypervisor(), last_readings=readings, spool=self.spool, host=HOST,
+            last_readings=readings, spool=self.spool, host=HOST,
             publisher_id=f"lifecycle-stats.{HOST}", counters=self.counters, clock=lambda: NOW)
         self.triggers: list[DeleteTrigger] = []
         self.outcomes: list[flush.Outcome] = []

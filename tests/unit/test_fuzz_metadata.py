@@ -16,11 +16,12 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from lifecycle_stats import nova_metadata, novalike
+from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import MetadataMalformed, MetadataRejected
 from lifecycle_stats.records import InstanceInfo
-from lifecycle_stats.registry import MALFORMED, REJECTED, DomainRegistry
+from lifecycle_stats.reading.registry import MALFORMED, REJECTED, DomainRegistry
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -249,7 +250,7 @@ class FakeDom:
                 max_size=5))
 def test_registry_counts_every_unusable_document_and_never_raises(docs):
     counters = Counters()
-    registry = DomainRegistry(counters)
+    registry = DomainRegistry(None, counters)  # refresh() reads the dom it is given
     expected = {"info": 0, "rejected": 0, "malformed": 0}
     for xml, namespace in docs:
         dom = FakeDom(xml, namespace)

@@ -5,9 +5,9 @@ import libvirt
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats import hypervisor
+from lifecycle_stats.reading import hypervisor
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError
-from lifecycle_stats.hypervisor import Hypervisor, translate
+from lifecycle_stats.reading.hypervisor import Hypervisor, translate
 
 
 def lverror(code, domain, message="boom"):

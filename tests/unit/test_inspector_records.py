@@ -1,7 +1,7 @@
 """Turning libvirt stats records into readings: devices, backing chains, torn reads."""
 import pytest
 
-from lifecycle_stats import inspector
+from lifecycle_stats.reading import inspector
 
 COMPLETE = {
     "state.state": 1, "cpu.time": 5, "block.count": 2,

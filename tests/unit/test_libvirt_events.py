@@ -16,7 +16,7 @@ from oslo_config import cfg
 
 from lifecycle_stats import exceptions
 from lifecycle_stats.counters import Counters
-from listeners import libvirt_events as le
+from lifecycle_stats.listeners import libvirt_events as le
 
 T0 = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 EVENT_NAMES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
@@ -152,6 +152,15 @@ class FakeConnection:
         cb(self, reason, opaque)
 
 
+def daemon_down_error():
+    """What libvirt.open raises while libvirtd is down (measured: SYSTEM_ERROR from RPC)."""
+    libvirt.virResetLastError()
+    exc = libvirt.libvirtError("Failed to connect socket")
+    exc.err = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, str(exc),
+               libvirt.VIR_ERR_ERROR, None, None, None, -1, -1)
+    return exc
+
+
 class Opener:
     """open_connection fake: fails `failures` times, then hands out FakeConnections."""
 
@@ -164,7 +173,7 @@ class Opener:
         self.uris.append(uri)
         if self.failures:
             self.failures -= 1
-            raise libvirt.libvirtError("Failed to connect socket")
+            raise daemon_down_error()
         self.conns.append(FakeConnection())
         return self.conns[-1]
 
@@ -266,7 +275,7 @@ def test_failing_handler_is_logged_counted_and_later_events_still_arrive(make_li
     listener.stop()  # drains the queue: every handler call has returned
     assert listener.counters.get("events.handler_errors") == 2
     errors = [r for r in caplog.records
-              if r.name == "listeners.libvirt_events" and r.levelno == logging.ERROR]
+              if r.name == "lifecycle_stats.listeners.libvirt_events" and r.levelno == logging.ERROR]
     assert len(errors) == 2
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in errors)
 
@@ -325,7 +334,7 @@ def test_close_callback_reconnects_with_backoff_and_resyncs_once(make_listener):
     old.fire_close()
     wait_until(lambda: resyncs)
     assert listener.is_connected
-    assert sleeps == [0.2, 0.4, 0.5, 0.5]  # exponential, capped at reconnect_max_wait
+    assert sleeps == [0.1, 0.2, 0.4, 0.5]  # exponential, capped at reconnect_max_wait
     assert len(opener.conns) == 2
     assert old.closed and old.close_unregistered and sorted(old.deregistered) == [1, 2]
     assert listener.counters.snapshot() == {"libvirt.disconnects": 1, "libvirt.reconnects": 1}
@@ -406,7 +415,7 @@ def test_other_registration_failure_closes_connection_and_raises(make_listener):
 
     conns = []
     listener = make_listener(opener=lambda uri: conns.append(Refusing()) or conns[-1])
-    with pytest.raises(exceptions.ConnectionLost, match="cannot listen"):
+    with pytest.raises(exceptions.HypervisorError, match="refused"):
         listener.start()
     assert conns[0].closed and conns[0].close_unregistered
 

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from lifecycle_stats import nova_metadata, novalike
+from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.exceptions import MetadataMalformed, MetadataRejected
 from lifecycle_stats.records import Flavor
 

@@ -1,4 +1,4 @@
-"""listeners.nova_notifications: nova's two delete.start formats → DeleteTrigger."""
+"""lifecycle_stats.listeners.nova_notifications: nova's two delete.start formats → DeleteTrigger."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from lifecycle_stats.exceptions import RejectedMessage
-from listeners import nova_notifications as nn
+from lifecycle_stats.listeners import nova_notifications as nn
 
 HOST = "compute-1"
 UUID = "178b0921-8f85-4257-88b6-2e743b5a975c"

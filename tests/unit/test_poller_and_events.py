@@ -1,8 +1,8 @@
 """Poller and libvirt-event handling keep the registry and the last readings right."""
 import dataclasses
 
-from lifecycle_stats import counters, domain_events, last_readings, poller
-from lifecycle_stats.exceptions import DomainGone
+from lifecycle_stats import counters
+from lifecycle_stats.capture import domain_events, last_readings, poller
 from lifecycle_stats.records import LifecycleEvent
 from tests.unit.test_flush import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
 
@@ -15,29 +15,23 @@ class PollingInspector(FakeInspector):
 
 
 class RecordingRegistry(FakeRegistry):
-    def __init__(self, *a, **kw):
+    """refresh_by_uuid() records what was asked for; a uuid in `gone` is forgotten, as the
+    real registry does when libvirt says the domain no longer exists."""
+
+    def __init__(self, *a, gone=(), **kw):
         super().__init__(*a, **kw)
-        self.refreshed, self.forgotten = [], []
+        self.refreshed, self.forgotten, self.gone = [], [], set(gone)
 
     def forget(self, instance_id):
         self.forgotten.append(instance_id)
         self.infos.pop(instance_id, None)
 
-
-class LookupHypervisor:
-    """call(fn) with a connection whose lookups say which domain was asked for."""
-
-    def __init__(self, registry, gone=()):
-        self.registry, self.gone = registry, set(gone)
-
-    def call(self, fn, instance_id=None):
-        class Conn:
-            def lookupByUUIDString(conn, uuid):
-                if uuid in self.gone:
-                    raise DomainGone(uuid)
-                self.registry.refreshed.append(uuid)
-                return uuid
-        return fn(Conn())
+    def refresh_by_uuid(self, instance_id):
+        if instance_id in self.gone:
+            self.forget(instance_id)
+            return None
+        self.refreshed.append(instance_id)
+        return self.infos.get(instance_id)
 
 
 def test_poll_caches_nova_instances_only():
@@ -45,16 +39,15 @@ def test_poll_caches_nova_instances_only():
     readings = last_readings.LastReadings(clock=lambda: NOW)
     other = dataclasses.replace(make_reading(), instance_id=OTHER)
     p = poller.Poller(inspector=PollingInspector({UUID: make_reading(), OTHER: other}),
-                      registry=registry, hypervisor=LookupHypervisor(registry),
+                      registry=registry,
                       last_readings=readings, interval=60)
     assert p.poll_once() == 1
     assert readings.get(UUID)[1].cpu_time_ns == 5_000_000 and readings.get(OTHER) is None
 
 
-def handler(registry, inspector, readings, gone=()):
+def handler(registry, inspector, readings):
     c = counters.Counters()
     h = domain_events.DomainEventHandler(inspector=inspector, registry=registry,
-                                         hypervisor=LookupHypervisor(registry, gone),
                                          last_readings=readings, counters=c)
     return h, c
 
@@ -81,11 +74,10 @@ def test_shutdown_of_a_domain_already_gone_keeps_the_cached_reading():
 
 
 def test_defined_and_metadata_events_refresh_and_undefined_forgets():
-    registry = RecordingRegistry({UUID: make_info()})
+    registry = RecordingRegistry({UUID: make_info()}, gone=[OTHER])
     readings = last_readings.LastReadings(clock=lambda: NOW)
     readings.update(make_info(), make_reading())
-    h, _ = handler(registry, FakeInspector({}), readings, gone=[OTHER])
-    registry.refresh = lambda dom: None
+    h, _ = handler(registry, FakeInspector({}), readings)
     h(event("defined", "added"))
     h(event("metadata_changed", "element"))
     h(event("started", "booted", instance_id=OTHER))  # gone again by now: forgotten

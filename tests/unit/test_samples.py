@@ -2,7 +2,7 @@ import datetime
 
 import pytest
 
-from lifecycle_stats import meters, samples
+from lifecycle_stats.publishing import meters, samples
 from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
 
 UUID = "7a1e8d2c-3b4f-4e5a-9c6d-1f2e3d4c5b6a"

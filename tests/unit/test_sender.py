@@ -4,14 +4,14 @@ import time
 import pytest
 from oslo_config import cfg
 
-from emitters.base import Emitter
-from emitters.memory import MemoryEmitter
-from lifecycle_stats import sender as sender_mod
+from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.emitters.memory import MemoryEmitter
+from lifecycle_stats.publishing import sender as sender_mod
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.records import Notification
-from lifecycle_stats.sender import Sender
-from lifecycle_stats.spool import Spool
+from lifecycle_stats.publishing.sender import Sender
+from lifecycle_stats.publishing.spool import Spool
 
 
 def note(n):

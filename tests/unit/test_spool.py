@@ -10,12 +10,12 @@ import threading
 import msgpack
 import pytest
 
-from emitters.memory import MemoryEmitter
-from lifecycle_stats import spool as spool_mod
+from lifecycle_stats.emitters.memory import MemoryEmitter
+from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
-from lifecycle_stats.sender import Sender
-from lifecycle_stats.spool import Spool
+from lifecycle_stats.publishing.sender import Sender
+from lifecycle_stats.publishing.spool import Spool
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.timezone.utc)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -305,7 +305,7 @@ def test_read_only_stats_while_open(make_spool, clock):
 CHILD = textwrap.dedent("""
     import os, signal, sys
     from lifecycle_stats.records import Notification
-    from lifecycle_stats.spool import Spool
+    from lifecycle_stats.publishing.spool import Spool
     sp = Spool(sys.argv[1], conduits=["bus", "file"])
     for n in range(50):
         sp.put(Notification("compute.instance.delete.samples", "INFO", "p", {"n": n},

@@ -9,7 +9,7 @@ from oslo_config import cfg
 from lifecycle_stats import status
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
-from lifecycle_stats.spool import Spool
+from lifecycle_stats.publishing.spool import Spool
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.timezone.utc)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from lifecycle_stats import samples
+from lifecycle_stats.publishing import samples
 from lifecycle_stats.records import (
     DeleteTrigger, DomainReading, InstanceInfo, Notification, isotime,
 )
@@ -85,7 +85,7 @@ def delete_samples(
 def schema(event_type: str) -> dict[str, Any]:
     """The shipped JSON Schema of an event's payload."""
     name = event_type.replace("compute.instance.", "").replace(".", "_") + ".schema.json"
-    text = resources.files("lifecycle_stats").joinpath("schemas", name).read_text()
+    text = resources.files("lifecycle_stats.publishing").joinpath("schemas", name).read_text()
     return json.loads(text)
 
 

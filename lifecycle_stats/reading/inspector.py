@@ -14,10 +14,12 @@ from typing import Any, Callable, Mapping
 
 import libvirt
 
-from lifecycle_stats import nova_metadata, records
+from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats import records
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
-from lifecycle_stats.hypervisor import Hypervisor, translate
+from lifecycle_stats.interfaces import Connection
+from lifecycle_stats.reading.hypervisor import translated
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def state_name(state: int | None) -> str:
 
 
 class Inspector:
-    def __init__(self, hypervisor: Hypervisor,
+    def __init__(self, hypervisor: Connection,
                  clock: Callable[[], datetime.datetime] = records.utcnow,
                  counters: Counters | None = None):
         self._hv = hypervisor
@@ -77,10 +79,8 @@ class Inspector:
                   read_at: datetime.datetime) -> records.DomainReading | None:
         instance_id = dom.UUIDString()
         try:
-            try:
+            with translated(instance_id):
                 return self._reading(conn, dom, stats, "bulk", read_at)
-            except libvirt.libvirtError as exc:
-                raise translate(exc, instance_id) from exc
         except DomainGone:
             self._counters.incr(VANISHED)
             return None

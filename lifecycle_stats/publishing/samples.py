@@ -5,7 +5,7 @@ import dataclasses
 import uuid
 from typing import Any, Iterator
 
-from lifecycle_stats import meters
+from lifecycle_stats.publishing import meters
 from lifecycle_stats.records import DiskStats, DomainReading, InstanceInfo, Sample, isotime
 
 # Fixed namespace: the same capture of the same meter always gets the same message_id, so a

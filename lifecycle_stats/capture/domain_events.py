@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.exceptions import HypervisorError
+from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
 from lifecycle_stats.records import LifecycleEvent
 
 LOG = logging.getLogger(__name__)
@@ -19,10 +20,12 @@ REFRESH_ON = frozenset({"defined", "started", "resumed", "metadata_changed"})
 
 
 class DomainEventHandler:
-    def __init__(self, *, inspector, registry, hypervisor, last_readings, counters=None):
+    """Reads through its own connection (the inspector it is given), never the flush's."""
+
+    def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
+                 counters: Counters | None = None):
         self._inspector = inspector
         self._registry = registry
-        self._hypervisor = hypervisor
         self._readings = last_readings
         self._counters = counters if counters is not None else Counters()
 
@@ -37,10 +40,7 @@ class DomainEventHandler:
 
     def _refresh(self, instance_id: str) -> None:
         try:
-            self._hypervisor.call(
-                lambda conn: self._registry.refresh(conn.lookupByUUIDString(instance_id)))
-        except DomainGone:
-            self._registry.forget(instance_id)
+            self._registry.refresh_by_uuid(instance_id)
         except HypervisorError as exc:
             LOG.warning("could not refresh metadata of %s: %s", instance_id, exc)
 

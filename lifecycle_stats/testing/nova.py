@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import uuid
 
-from lifecycle_stats.novalike import NovaGuest
+from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
+from lifecycle_stats.listeners.nova_notifications import VERSIONED_DELETE_START as VERSIONED
 from lifecycle_stats.records import isotime, utcnow
-
-LEGACY = "compute.instance.delete.start"
-VERSIONED = "instance.delete.start"
+from lifecycle_stats.testing.guests import NovaGuest
 
 
 def legacy_payload(guest: NovaGuest, host: str) -> dict:

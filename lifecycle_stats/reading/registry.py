@@ -15,9 +15,10 @@ import threading
 
 import libvirt
 
-from lifecycle_stats import nova_metadata
+from lifecycle_stats.reading import nova_metadata
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.hypervisor import translate
+from lifecycle_stats.interfaces import Connection
+from lifecycle_stats.reading.hypervisor import translate, translated
 from lifecycle_stats.exceptions import (
     ConnectionLost,
     DomainGone,
@@ -34,7 +35,11 @@ READ_ERRORS = "metadata.read_errors"  # counter: libvirt failed a read (not a lo
 
 
 class DomainRegistry:
-    def __init__(self, counters: Counters, log: logging.Logger | None = None):
+    """Reads metadata through its own `connection` (the agent gives it the event handler's)."""
+
+    def __init__(self, connection: Connection, counters: Counters,
+                 log: logging.Logger | None = None):
+        self._connection = connection
         self._counters = counters
         self._log = log or logging.getLogger(__name__)
         self._lock = threading.Lock()
@@ -67,12 +72,22 @@ class DomainRegistry:
         self._settle(uuid, ticket, entry)
         return _as_info(entry)
 
-    def sync(self, conn) -> None:
-        """Read every domain not yet known; forget the uuids libvirt no longer has."""
+    def refresh_by_uuid(self, instance_id: str) -> InstanceInfo | None:
+        """refresh() of the domain with this uuid; a domain that is gone is forgotten."""
         try:
+            return self._connection.call(
+                lambda conn: self.refresh(conn.lookupByUUIDString(instance_id)), instance_id)
+        except DomainGone:
+            self.forget(instance_id)
+            return None
+
+    def sync(self) -> None:
+        """Read every domain not yet known; forget the uuids libvirt no longer has."""
+        self._connection.call(self._sync)
+
+    def _sync(self, conn) -> None:
+        with translated():
             domains = conn.listAllDomains(0)
-        except libvirt.libvirtError as exc:
-            raise translate(exc) from exc
         present = set()
         for dom in domains:
             present.add(dom.UUIDString())
@@ -87,14 +102,14 @@ class DomainRegistry:
         with self._lock:
             return _as_info(self._entries.get(instance_id))
 
-    def identify(self, instance_id: str, hypervisor) -> InstanceInfo | None:
+    def identify(self, instance_id: str) -> InstanceInfo | None:
         """get(), but a domain never seen before (created since the last sync) is looked up
-        through hypervisor and read first. Raises HypervisorError (DomainGone if it is gone)."""
+        and read first. Raises HypervisorError (DomainGone if it is gone)."""
         info = self.get(instance_id)
         if info is not None or self.is_known(instance_id):
             return info
-        return hypervisor.call(lambda conn: self.refresh(conn.lookupByUUIDString(instance_id)),
-                               instance_id)
+        return self._connection.call(
+            lambda conn: self.refresh(conn.lookupByUUIDString(instance_id)), instance_id)
 
     def forget(self, instance_id: str) -> None:
         with self._lock:

@@ -15,15 +15,14 @@ import xml.etree.ElementTree as ET
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from lifecycle_stats import novalike
 from lifecycle_stats.exceptions import MetadataMalformed, MetadataRejected
 from lifecycle_stats.records import Flavor, InstanceInfo
 
+# The namespaces nova's libvirt driver writes <nova:instance> in (nova/virt/libvirt/config.py).
+NOVA_NS_1_1 = "http://openstack.org/xmlns/libvirt/nova/1.1"
+NOVA_NS_1_0 = "http://openstack.org/xmlns/libvirt/nova/1.0"  # hosts before nova 2014.2
 # namespace -> metadata version, newest first (the order the registry asks libvirt in)
-NAMESPACES: dict[str, str] = {
-    novalike.NOVA_NS_1_1: "1.1",
-    novalike.NOVA_NS_1_0: "1.0",
-}
+NAMESPACES: dict[str, str] = {NOVA_NS_1_1: "1.1", NOVA_NS_1_0: "1.0"}
 MAX_METADATA_BYTES = 64 * 1024
 MAX_DOMAIN_XML_BYTES = 1024 * 1024
 

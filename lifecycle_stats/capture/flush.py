@@ -14,9 +14,10 @@ import logging
 import threading
 from typing import Callable
 
-from lifecycle_stats import payloads
+from lifecycle_stats.publishing import payloads
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
 from lifecycle_stats.records import DeleteTrigger, DomainReading, InstanceInfo, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -31,12 +32,14 @@ class Outcome(enum.Enum):
 
 
 class Flusher:
-    def __init__(self, *, inspector, registry, hypervisor, last_readings, spool, host: str,
-                 publisher_id: str, on_spooled: Callable[[], None] = lambda: None,
-                 counters=None, clock: Callable[[], datetime.datetime] = utcnow) -> None:
+    """Reads through its own connection (the inspector it is given), never the poller's."""
+
+    def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
+                 spool: NotificationStore, host: str, publisher_id: str,
+                 on_spooled: Callable[[], None] = lambda: None, counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self._inspector = inspector
         self._registry = registry
-        self._hypervisor = hypervisor
         self._readings = last_readings
         self._spool = spool
         self._host = host
@@ -98,7 +101,7 @@ class Flusher:
 
     def _identify(self, instance_id: str) -> InstanceInfo | None:
         try:
-            return self._registry.identify(instance_id, self._hypervisor)
+            return self._registry.identify(instance_id)
         except HypervisorError:
             return None
 

@@ -42,11 +42,6 @@ class LastReadings:
             if instance_id in self._entries:
                 self._gone_at.setdefault(instance_id, self._clock())
 
-    def forget(self, instance_id: str) -> None:
-        with self._lock:
-            self._entries.pop(instance_id, None)
-            self._gone_at.pop(instance_id, None)
-
     def prune(self) -> int:
         """Drop entries whose domain has been gone longer than the retention. Returns count."""
         now = self._clock()
@@ -56,7 +51,3 @@ class LastReadings:
                 self._entries.pop(instance_id, None)
                 self._gone_at.pop(instance_id, None)
             return len(expired)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)

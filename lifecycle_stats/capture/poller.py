@@ -12,6 +12,7 @@ from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
 
 LOG = logging.getLogger(__name__)
 
@@ -22,11 +23,10 @@ OPTS = [
 
 
 class Poller:
-    def __init__(self, *, inspector, registry, hypervisor, last_readings, interval: float,
-                 counters=None) -> None:
+    def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
+                 interval: float, counters: Counters | None = None) -> None:
         self._inspector = inspector
         self._registry = registry
-        self._hypervisor = hypervisor
         self._readings = last_readings
         self._interval = interval
         self._counters = counters if counters is not None else Counters()
@@ -39,7 +39,7 @@ class Poller:
         updated = 0
         for instance_id, reading in readings.items():
             try:
-                info = self._registry.identify(instance_id, self._hypervisor)
+                info = self._registry.identify(instance_id)
             except DomainGone:  # deleted since the poll read it
                 continue
             if info is not None:

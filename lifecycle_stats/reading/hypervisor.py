@@ -8,10 +8,11 @@ flush never queues behind a long bulk poll on a shared connection.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import libvirt
 import tenacity
@@ -55,6 +56,48 @@ def translate(exc: libvirt.libvirtError, instance_id: str | None = None) -> Hype
         error = HypervisorError(message)
     error.__cause__ = exc
     return error
+
+
+@contextlib.contextmanager
+def translated(instance_id: str | None = None) -> Iterator[None]:
+    """Run the block with any libvirtError re-raised as our exception (see translate())."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise translate(exc, instance_id) from exc
+
+
+def open_connection(uri: str,
+                    open_fn: Callable[[str], libvirt.virConnect] = libvirt.open
+                    ) -> libvirt.virConnect:
+    """A new connection to uri. ConnectionLost when the daemon is down or restarting (worth
+    retrying), HypervisorError when retrying cannot help (e.g. no driver for the URI)."""
+    try:
+        conn = open_fn(uri)
+    except libvirt.libvirtError as exc:
+        message = exc.get_error_message() or str(exc)
+        if _is_transport_failure(exc):
+            raise ConnectionLost(f"cannot connect to {uri}: {message}") from exc
+        raise HypervisorError(f"cannot connect to {uri}: {message}") from exc
+    if conn is None:
+        raise ConnectionLost(f"cannot connect to {uri}")
+    return conn
+
+
+def reconnect_policy(*, stop, max_wait: float, sleep: Callable[[float], None],
+                     before_sleep: Callable[[tenacity.RetryCallState], None]
+                     ) -> tenacity.Retrying:
+    """The one retry policy for lost libvirt connections, used by every connection the agent
+    holds (Hypervisor.call and the lifecycle listener's reconnect thread): only ConnectionLost
+    is retried, with exponential backoff from FIRST_WAIT_S capped at max_wait."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(ConnectionLost),
+        stop=stop,
+        wait=tenacity.wait_exponential(multiplier=FIRST_WAIT_S, max=max_wait),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 def _is_transport_failure(exc: libvirt.libvirtError) -> bool:
@@ -108,14 +151,9 @@ class Hypervisor:
 
     def call(self, fn: Callable[[libvirt.virConnect], T], instance_id: str | None = None) -> T:
         """fn(conn) with libvirtError translated; reconnects and retries on ConnectionLost."""
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(ConnectionLost),
-            stop=tenacity.stop_after_attempt(self._attempts),
-            wait=tenacity.wait_exponential(multiplier=FIRST_WAIT_S, max=self._max_wait),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
+        retrying = reconnect_policy(stop=tenacity.stop_after_attempt(self._attempts),
+                                    max_wait=self._max_wait, sleep=self._sleep,
+                                    before_sleep=self._log_retry)
         return retrying(self._attempt, fn, instance_id)
 
     def is_alive(self) -> bool:
@@ -136,26 +174,14 @@ class Hypervisor:
     def _attempt(self, fn: Callable[[libvirt.virConnect], T], instance_id: str | None) -> T:
         conn = self.connection()
         try:
-            try:
+            with translated(instance_id):
                 return fn(conn)
-            except libvirt.libvirtError as exc:
-                raise translate(exc, instance_id) from exc
         except ConnectionLost:
             self._discard(conn)
             raise
 
     def _open(self) -> libvirt.virConnect:
-        try:
-            conn = self._open_fn(self.uri)
-        except libvirt.libvirtError as exc:
-            message = exc.get_error_message() or str(exc)
-            if _is_transport_failure(exc):  # daemon down or restarting: worth retrying
-                raise ConnectionLost(f"cannot connect to {self.uri}: {message}") from exc
-            # e.g. "no connection driver available" (NO_CONNECT): retrying cannot help
-            raise HypervisorError(f"cannot connect to {self.uri}: {message}") from exc
-        if conn is None:
-            raise ConnectionLost(f"cannot connect to {self.uri}")
-        return conn
+        return open_connection(self.uri, self._open_fn)
 
     def _discard(self, conn: libvirt.virConnect) -> None:
         """Forget conn unless another thread has already replaced it."""

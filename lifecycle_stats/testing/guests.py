@@ -14,8 +14,7 @@ import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape, quoteattr
 
-NOVA_NS_1_1 = "http://openstack.org/xmlns/libvirt/nova/1.1"
-NOVA_NS_1_0 = "http://openstack.org/xmlns/libvirt/nova/1.0"
+from lifecycle_stats.reading.nova_metadata import NOVA_NS_1_0, NOVA_NS_1_1  # noqa: F401
 
 
 @dataclasses.dataclass

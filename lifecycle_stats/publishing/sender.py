@@ -14,11 +14,11 @@ from typing import Callable
 import tenacity
 from oslo_config import cfg
 
-from emitters.base import Emitter
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import EmitError
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.records import Notification
-from lifecycle_stats.spool import Spool
+from lifecycle_stats.publishing.spool import Spool
 
 LOG = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class _Stopped(Exception):
 
 
 class Sender:
-    def __init__(self, spool: Spool, conduit_name: str, emitter: Emitter, *,
+    def __init__(self, spool: Spool, conduit_name: str, emitter: Conduit, *,
                  counters: Counters | None = None, wait_initial: float = 0.5,
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
                  batch: int = 100, poll_interval: float = 1.0):

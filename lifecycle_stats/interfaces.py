@@ -1,0 +1,96 @@
+"""The seams of the core, as typing Protocols: what listeners call, what the core calls in
+emitters, and what the core's own services promise each other.
+
+Listeners import only these and records.py to hand triggers in; emitters implement Conduit.
+The agent (agent.py, the composition root) is the one place that picks the implementations.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping, Protocol, TypeVar
+
+from lifecycle_stats.records import (
+    DeleteTrigger,
+    DomainReading,
+    InstanceInfo,
+    LifecycleEvent,
+    Notification,
+)
+
+T = TypeVar("T")
+
+
+class Conduit(Protocol):
+    """Publishes notifications through one conduit (emitters/).
+
+    emit() returns only when the conduit has confirmed the notification (the broker's publisher
+    confirm, a flushed file, ...). On any failure it raises lifecycle_stats.exceptions.EmitError;
+    the caller keeps the notification spooled and retries, so a conduit never retries or buffers
+    on its own.
+    """
+
+    def emit(self, notification: Notification) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TriggerHandler(Protocol):
+    """What a listener hands a delete announcement to (capture.flush.Flusher.handle). It returns
+    once the capture is durably spooled; the returned outcome has a string `value`."""
+
+    def __call__(self, trigger: DeleteTrigger) -> object: ...
+
+
+LifecycleHandler = Callable[[LifecycleEvent], None]
+"""What the libvirt lifecycle listener hands each event to (capture.domain_events)."""
+
+
+class Connection(Protocol):
+    """One libvirt connection with errors translated (reading.hypervisor.Hypervisor)."""
+
+    def call(self, fn: Callable[..., T], instance_id: str | None = None) -> T: ...
+
+    def is_alive(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Reader(Protocol):
+    """Reads domain counters (reading.inspector.Inspector)."""
+
+    def poll(self) -> Mapping[str, DomainReading]: ...
+
+    def read(self, instance_id: str) -> DomainReading: ...
+
+
+class Registry(Protocol):
+    """Which domains are nova's (reading.registry.DomainRegistry)."""
+
+    def get(self, instance_id: str) -> InstanceInfo | None: ...
+
+    def identify(self, instance_id: str) -> InstanceInfo | None: ...
+
+    def is_known(self, instance_id: str) -> bool: ...
+
+    def refresh_by_uuid(self, instance_id: str) -> InstanceInfo | None: ...
+
+    def forget(self, instance_id: str) -> None: ...
+
+
+class ReadingCache(Protocol):
+    """The newest reading of every nova instance (capture.last_readings.LastReadings)."""
+
+    def update(self, info: InstanceInfo, reading: DomainReading) -> None: ...
+
+    def get(self, instance_id: str) -> tuple[InstanceInfo, DomainReading] | None: ...
+
+    def domain_gone(self, instance_id: str) -> None: ...
+
+    def prune(self) -> int: ...
+
+
+class NotificationStore(Protocol):
+    """The durable spool as the flush sees it (publishing.spool.Spool)."""
+
+    def seen(self, message_id: str) -> bool: ...
+
+    def put(self, notification: Notification, kind: str) -> None: ...
