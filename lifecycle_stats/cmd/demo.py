@@ -52,58 +52,31 @@ def build_conf(state_path: str):
     conf.set_override("uri", "test:///default", group="libvirt")
     conf.set_override("interval", 1.0, group="poller")
     conf.set_override("status_interval", 1.0)
-    log.set_defaults(default_log_levels=["lifecycle_stats=WARNING", "listeners=WARNING",
-                                         "emitters=WARNING", "oslo_messaging=WARNING"])
+    log.set_defaults(default_log_levels=["lifecycle_stats=WARNING", "oslo_messaging=WARNING"])
     log.setup(conf, "lifecycle-stats")
     return conf
 
 
 def run(show_json: bool) -> int:
-    import libvirt
     import oslo_messaging
 
-    from lifecycle_stats.emitters.messaging import MessagingEmitter
     from lifecycle_stats.agent import Agent
-    from lifecycle_stats.testing.guests import GuestFactory
-    from lifecycle_stats.testing.nova import publish_delete_start
+    from lifecycle_stats.emitters.messaging import MessagingEmitter
 
     state = tempfile.mkdtemp(prefix="lifecycle-stats-demo-")
     conf = build_conf(state)
     transport = oslo_messaging.get_notification_transport(conf, url="fake://")
-    consumer = BillingConsumer()
-    billing = oslo_messaging.get_notification_listener(
-        transport, [oslo_messaging.Target(exchange=conf.control_exchange, topic="notifications")],
-        [consumer], executor="threading", pool="billing")
-    billing.start()
-
+    consumer, billing = start_billing(conf, transport)
     agent = Agent(conf, emitters={"messagingv2": MessagingEmitter(conf, transport)},
                   listen_transport=transport)
-    factory = GuestFactory(libvirt.open("test:///default"), state, hypervisor="test",
-                           prefix="demo")
-    web, db, gone = (factory.create(paused=False, display_name=name, flavor_name=flavor)[0]
-                     for name, flavor in (("web-1", "m1.small"), ("db-1", "m1.large"),
-                                          ("batch-7", "m1.small")))
-    foreign, _ = factory.create(paused=False, metadata=None, display_name="not-nova")
+    factory, guests = make_guests(state)
     agent.start()
     try:
         time.sleep(1.5)  # one bulk poll caches every nova domain's reading
         print(f"agent on {DEMO_HOST}: nova domains {len(agent.registry.instances())}, "
               f"all domains {len(factory.conn.listAllDomains(0))}\n")
-        factory.destroy(gone)  # nova destroyed batch-7 before its delete.start reached us
-        say = lambda text: print(f"  nova  → {text}")  # noqa: E731
-        publish_delete_start(transport, web, DEMO_HOST)
-        say(f"compute.instance.delete.start  {web.display_name}")
-        publish_delete_start(transport, web, DEMO_HOST, versioned=True)
-        say(f"instance.delete.start          {web.display_name}  (same instance again)")
-        publish_delete_start(transport, db, DEMO_HOST, versioned=True)
-        say(f"instance.delete.start          {db.display_name}")
-        publish_delete_start(transport, gone, DEMO_HOST)
-        say(f"compute.instance.delete.start  {gone.display_name}  (domain already gone)")
-        publish_delete_start(transport, foreign, DEMO_HOST)
-        say(f"compute.instance.delete.start  {foreign.display_name}  (not nova's domain)")
-        publish_delete_start(transport, db, "another-host")
-        say(f"compute.instance.delete.start  {db.display_name} on another-host")
-        events = consumer.wait_for(3, timeout=10)
+        play_nova(transport, factory, guests)
+        consumer.wait_for(3, timeout=10)
         time.sleep(0.5)  # anything extra would show up now
         events = consumer.events
     finally:
@@ -112,6 +85,50 @@ def run(show_json: bool) -> int:
         billing.wait()
         factory.cleanup()
     return report(events, agent.counters.snapshot(), show_json)
+
+
+def start_billing(conf, transport):
+    """A billing consumer on the agent's exchange, in its own pool."""
+    import oslo_messaging
+
+    consumer = BillingConsumer()
+    billing = oslo_messaging.get_notification_listener(
+        transport, [oslo_messaging.Target(exchange=conf.control_exchange, topic="notifications")],
+        [consumer], executor="threading", pool="billing")
+    billing.start()
+    return consumer, billing
+
+
+def make_guests(state: str):
+    """Three nova domains (web-1, db-1, batch-7) and one that is not nova's, all running."""
+    import libvirt
+
+    from lifecycle_stats.testing.guests import GuestFactory
+
+    factory = GuestFactory(libvirt.open("test:///default"), state, hypervisor="test",
+                           prefix="demo")
+    nova = [factory.create(paused=False, display_name=name, flavor_name=flavor)[0]
+            for name, flavor in (("web-1", "m1.small"), ("db-1", "m1.large"),
+                                 ("batch-7", "m1.small"))]
+    foreign, _ = factory.create(paused=False, metadata=None, display_name="not-nova")
+    return factory, (*nova, foreign)
+
+
+def play_nova(transport, factory, guests) -> None:
+    """nova's side: delete.start in both formats, a domain destroyed before its delete.start
+    arrives, a domain that is not nova's, and a delete for another host."""
+    from lifecycle_stats.testing.nova import publish_delete_start
+
+    web, db, gone, foreign = guests
+    factory.destroy(gone)  # nova destroyed batch-7 before its delete.start reached us
+    plays = [(web, DEMO_HOST, False, ""), (web, DEMO_HOST, True, "  (same instance again)"),
+             (db, DEMO_HOST, True, ""), (gone, DEMO_HOST, False, "  (domain already gone)"),
+             (foreign, DEMO_HOST, False, "  (not nova's domain)"),
+             (db, "another-host", False, " on another-host")]
+    for guest, host, versioned, note in plays:
+        publish_delete_start(transport, guest, host, versioned=versioned)
+        event = "instance.delete.start         " if versioned else "compute.instance.delete.start "
+        print(f"  nova  → {event} {guest.display_name}{note}")
 
 
 def report(events: list[dict], counters: dict, show_json: bool) -> int:

@@ -95,19 +95,11 @@ def build_samples(
 ) -> list[Sample]:
     """All samples of one capture. capture_id names the capture (e.g. "delete"): with the meter
     and resource it seeds each sample's deterministic message_id."""
-    view = InstanceView(
-        cpu_time_ns=reading.cpu_time_ns if reading.active else None,
-        vcpus=reading.vcpus or info.flavor.vcpus,
-        memory_mb=info.flavor.memory_mb,
-    )
+    view = _instance_view(info, reading)
     base_meta = resource_metadata(info, host)
-    flavor_meter = meters.Meter(
-        meters.FLAVOR_METER_PREFIX + info.flavor.name, meters.GAUGE, "instance",
-        meters.INSTANCE, "one",
-    )
     timestamp = isotime(reading.read_at)
     out = []
-    for meter in (*meters.CATALOGUE, flavor_meter):
+    for meter in (*meters.CATALOGUE, _flavor_meter(info)):
         if meter.needs_active and not reading.active:
             continue
         for record, resource_id, extra in _targets(meter, info, reading, view):
@@ -122,3 +114,17 @@ def build_samples(
                 source=source, resource_metadata={**base_meta, **extra},
             ))
     return out
+
+
+def _instance_view(info: InstanceInfo, reading: DomainReading) -> InstanceView:
+    return InstanceView(
+        cpu_time_ns=reading.cpu_time_ns if reading.active else None,
+        vcpus=reading.vcpus or info.flavor.vcpus,
+        memory_mb=info.flavor.memory_mb,
+    )
+
+
+def _flavor_meter(info: InstanceInfo) -> meters.Meter:
+    """`instance:<flavor name>`: a meter whose name depends on the instance."""
+    return meters.Meter(meters.FLAVOR_METER_PREFIX + info.flavor.name, meters.GAUGE, "instance",
+                        meters.INSTANCE, "one")

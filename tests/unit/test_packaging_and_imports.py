@@ -1,0 +1,74 @@
+"""One installed namespace, and dependencies that point one way (listeners -> core <- emitters).
+
+The wheel is built from this checkout and unpacked the way pip lays it out in site-packages;
+import-linter then checks the contracts in setup.cfg against that installed tree (the repo's
+listeners/ and emitters/ folders only become lifecycle_stats.listeners / .emitters there).
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> pathlib.Path:
+    """site-packages as `pip install .` leaves it (our package only, no dependencies)."""
+    root = tmp_path_factory.mktemp("wheel")
+    subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(root / "dist"), str(REPO)], check=True, cwd=root)
+    [wheel] = (root / "dist").glob("lifecycle_stats-*.whl")
+    site = root / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    return site
+
+
+def lint_imports(site: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "lint-imports"), "--config", str(REPO / "setup.cfg")],
+                          cwd=site, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+
+
+def test_the_wheel_installs_only_the_lifecycle_stats_namespace(installed):
+    top = {p.name for p in installed.iterdir()}
+    assert top == {"lifecycle_stats", "lifecycle_stats-0.1.0.dist-info"}
+    package = installed / "lifecycle_stats"
+    for sub in ("listeners/bus.py", "emitters/messaging.py", "capture/flush.py",
+                "publishing/schemas/delete_samples.schema.json", "reading/inspector.py"):
+        assert (package / sub).is_file(), sub
+    entry_points = (installed / "lifecycle_stats-0.1.0.dist-info/entry_points.txt").read_text()
+    assert "lifecycle_stats.emitters.messaging:MessagingEmitter" in entry_points
+    assert "= emitters." not in entry_points and "= listeners." not in entry_points
+
+
+def test_the_editable_install_maps_the_folders_without_top_level_names(tmp_path):
+    probe = ("import importlib.util as u, lifecycle_stats.listeners.bus, "
+             "lifecycle_stats.emitters.messaging as m; "
+             "print(u.find_spec('listeners'), u.find_spec('emitters'), m.__name__)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["None", "None", "lifecycle_stats.emitters.messaging"]
+
+
+def test_dependency_contracts_hold(installed):
+    result = lint_imports(installed)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "6 kept, 0 broken" in result.stdout
+
+
+def test_a_core_module_importing_a_listener_breaks_the_contract(installed, tmp_path):
+    site = tmp_path / "site"
+    shutil.copytree(installed, site)
+    (site / "lifecycle_stats/capture/leak.py").write_text(
+        "from lifecycle_stats.listeners import bus  # noqa\n")
+    result = lint_imports(site)
+    assert result.returncode != 0
+    assert "lifecycle_stats.capture.leak -> lifecycle_stats.listeners.bus" in result.stdout
