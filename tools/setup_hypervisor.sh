@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bring up a real libvirtd + QEMU (TCG) on this machine for the integration tier and benchmarks.
-# Idempotent; needs root. Recipe: ../shared/DESIGN.md §4 (containers without systemd or KVM).
+# Idempotent; needs root. Works in containers without systemd or KVM (QEMU TCG).
 set -euo pipefail
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients

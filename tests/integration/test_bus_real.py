@@ -202,4 +202,4 @@ def test_publish_to_on_trigger_latency(broker):
           f"p95 {p95:.2f} ms, max {latencies[-1]:.2f} ms")
     assert listener.counters.get("bus.triggers.legacy") == 25
     assert listener.counters.get("bus.triggers.versioned") == 25
-    assert median < 250  # a delete's window is tens to hundreds of ms (DESIGN.md §2)
+    assert median < 250  # a delete's window is tens to hundreds of ms (doc/architecture.md §2)

@@ -17,7 +17,7 @@ def lverror(code, domain, message="boom"):
     return exc
 
 
-# Tuples measured on libvirt 9.0 (see DESIGN.md) plus libvirt-python's documented codes.
+# Tuples measured on libvirt 9.0 (see doc/architecture.md §2) plus libvirt-python's documented codes.
 BROKEN_PIPE = (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC,
                "Cannot write data: Broken pipe")
 SOCKET_CLOSED = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC,
