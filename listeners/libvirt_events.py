@@ -19,6 +19,11 @@ from oslo_config import cfg
 
 from lifecycle_stats import exceptions, records
 from lifecycle_stats.counters import Counters
+from lifecycle_stats.listeners.libvirt_event_names import (  # noqa: F401 (re-exported)
+    METADATA_CHANGED,
+    translate_lifecycle,
+    translate_metadata,
+)
 from lifecycle_stats.reading import hypervisor
 
 LOG = logging.getLogger(__name__)
@@ -32,43 +37,10 @@ OPTS = [
                  help="Longest wait, in seconds, between two reconnect attempts."),
 ]
 
-_EVENTS = ("defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
-           "pmsuspended", "crashed")
-# Index = libvirt's VIR_DOMAIN_EVENT_<EVENT>_<DETAIL> value; name = <DETAIL> lower-cased.
-_DETAILS = {
-    "defined": ("added", "updated", "renamed", "from_snapshot"),
-    "undefined": ("removed", "renamed"),
-    "started": ("booted", "migrated", "restored", "from_snapshot", "wakeup"),
-    "suspended": ("paused", "migrated", "ioerror", "watchdog", "restored", "from_snapshot",
-                  "api_error", "postcopy", "postcopy_failed"),
-    "resumed": ("unpaused", "migrated", "from_snapshot", "postcopy", "postcopy_failed"),
-    "stopped": ("shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
-                "from_snapshot"),
-    "shutdown": ("finished", "guest", "host"),
-    "pmsuspended": ("memory", "disk"),
-    "crashed": ("panicked", "crashloaded"),
-}
-_METADATA_TYPES = ("description", "title", "element")  # VIR_DOMAIN_METADATA_*
-METADATA_CHANGED = "metadata_changed"
 _NO_SUPPORT = 3  # VIR_ERR_NO_SUPPORT: local drivers (test://) have no keepalive
 
 _loop_lock = threading.Lock()
 _loop_started = False  # libvirt's event implementation is process-wide, so is this flag
-
-
-def _name(names: tuple[str, ...], code: int) -> str:
-    return names[code] if 0 <= code < len(names) else f"unknown-{code}"
-
-
-def translate_lifecycle(event: int, detail: int) -> tuple[str, str]:
-    """(event, detail) names for a VIR_DOMAIN_EVENT_* code and its detail code."""
-    name = _name(_EVENTS, event)
-    return name, _name(_DETAILS.get(name, ()), detail)
-
-
-def translate_metadata(mtype: int) -> tuple[str, str]:
-    """(event, detail) names for a metadata change of VIR_DOMAIN_METADATA_<TYPE> mtype."""
-    return METADATA_CHANGED, _name(_METADATA_TYPES, mtype)
 
 
 def ensure_event_loop() -> None:
