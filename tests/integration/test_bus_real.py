@@ -183,7 +183,7 @@ def test_a_shared_pool_would_lose_deletes(broker):
     assert first.counters.get("bus.triggers.legacy") < 10  # the rest went to the wrong host
 
 
-def test_publish_to_on_trigger_latency(broker):
+def test_fifty_alternating_delete_starts_each_reach_on_trigger(broker):
     host = broker.host("lat")
     arrivals: queue.Queue = queue.Queue()
     listener = broker.listen(host, on_trigger=lambda t: arrivals.put(
@@ -202,4 +202,4 @@ def test_publish_to_on_trigger_latency(broker):
           f"p95 {p95:.2f} ms, max {latencies[-1]:.2f} ms")
     assert listener.counters.get("bus.triggers.legacy") == 25
     assert listener.counters.get("bus.triggers.versioned") == 25
-    assert median < 250  # a delete's window is tens to hundreds of ms (doc/architecture.md §2)
+    # Speed is measured by benchmarks/e2e_latency.py, never asserted here.
