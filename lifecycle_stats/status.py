@@ -98,7 +98,10 @@ class StatusWriter:
 
 def spool_snapshot(spool: spool_mod.Spool) -> dict[str, Any]:
     """The `spool` part of a snapshot, for the agent's snapshot_fn."""
-    return {"depth": spool.depth(), "oldest_age_seconds": spool.oldest_age_seconds()}
+    by_conduit = {conduit: {"pending": pending, "oldest_age_seconds": age}
+                  for conduit, (pending, age) in spool.backlog().items()}
+    return {"depth": spool.depth(), "oldest_age_seconds": spool.oldest_age_seconds(),
+            "by_conduit": by_conduit}
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -293,6 +293,17 @@ class Spool:
                 "SELECT count(*) FROM records r WHERE NOT EXISTS (SELECT 1 FROM deliveries d "
                 "WHERE d.seq = r.seq AND d.conduit = ?)", (conduit,)).fetchone()[0]
 
+    def backlog(self) -> dict[str, tuple[int, float | None]]:
+        """Per conduit: how many records it has not confirmed, and the oldest one's age (s)."""
+        now = self._now()
+        with self._lock:
+            rows = {conduit: self._db.execute(
+                "SELECT count(*), min(created_at) FROM records r WHERE NOT EXISTS (SELECT 1 "
+                "FROM deliveries d WHERE d.seq = r.seq AND d.conduit = ?)", (conduit,)).fetchone()
+                for conduit in self.conduits}
+        return {conduit: (count, None if oldest is None else max(0.0, now - oldest))
+                for conduit, (count, oldest) in rows.items()}
+
     def depth(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM records").fetchone()[0]

@@ -64,7 +64,9 @@ def test_writer_writes_private_json_atomically(agent, tmp_path):
     doc = json.loads(path.read_text())
     assert doc["pid"] == os.getpid() and doc["host"] == "h1"
     assert doc["written_at"] == "2026-11-21T12:00:10.000000+00:00"
-    assert doc["spool"] == {"depth": 2, "oldest_age_seconds": 10.0}
+    assert doc["spool"] == {"depth": 2, "oldest_age_seconds": 10.0, "by_conduit": {
+        "bus": {"pending": 2, "oldest_age_seconds": 10.0},
+        "file": {"pending": 1, "oldest_age_seconds": 0.0}}}
     assert doc["counters"]["spool.put"] == 2
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 

@@ -1,0 +1,106 @@
+"""Where the metrics go: an HTTP endpoint for Prometheus and/or a textfile for node_exporter.
+
+`[metrics] port` 0 (the default) keeps the endpoint off: several agents, tests and demos may
+share a machine, and a fixed port would make the second one fail to start. Operators set a
+port (9891 in the shipped sample and README); the listener binds `[metrics] listen`,
+127.0.0.1 unless changed, because the figures describe the host's tenants' activity.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import prometheus_client
+from oslo_config import cfg
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.metrics import AgentCollector
+
+LOG = logging.getLogger(__name__)
+GROUP = "metrics"
+
+OPTS = [
+    cfg.HostAddressOpt("listen", default="127.0.0.1",
+                       help="Address the Prometheus endpoint binds. Keep it on loopback (or a "
+                            "management network): a scrape reveals this host's delete rate."),
+    cfg.PortOpt("port", default=0,
+                help="TCP port of the Prometheus endpoint (GET /metrics); 0 turns it off. "
+                     "9891 is the suggested value."),
+    cfg.StrOpt("textfile", default=None, mutable=True,
+               help="Also write the metrics to this file (node_exporter's textfile "
+                    "collector, e.g. /var/lib/node_exporter/textfile/lifecycle_stats.prom), "
+                    "at every status write. Unset: no file."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def make_registry(collector: AgentCollector, *, process: bool = True) -> CollectorRegistry:
+    """A registry of our own (not prometheus_client's global one): one per agent."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    if process:
+        ProcessCollector(namespace="lifecycle_stats", registry=registry)
+    return registry
+
+
+def write_textfile(path: str, registry: CollectorRegistry) -> None:
+    """Atomically replace path, mode 0644 so node_exporter (another user) can read it."""
+    data = prometheus_client.generate_latest(registry)
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)  # the unit's UMask=0077 would otherwise make it private
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class MetricsExporter:
+    """Serves the registry over HTTP when a port is set; writes the textfile on demand."""
+
+    def __init__(self, conf: cfg.ConfigOpts, registry: CollectorRegistry) -> None:
+        register_opts(conf)
+        self._conf = conf
+        self.registry = registry
+        self._server = None
+        self._thread = None
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) actually bound, None when the endpoint is off."""
+        return None if self._server is None else self._server.server_address[:2]
+
+    def start(self) -> None:
+        opts = self._conf[GROUP]
+        if not opts.port:
+            return
+        try:
+            self._server, self._thread = prometheus_client.start_http_server(
+                opts.port, addr=opts.listen, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"[{GROUP}] listen/port", f"{opts.listen}:{opts.port}",
+                              f"cannot listen: {exc}") from exc
+        LOG.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
+
+    def write_textfile(self) -> None:
+        path = self._conf[GROUP].textfile  # mutable: re-read at every write
+        if path:
+            write_textfile(path, self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(5)
+            self._server = None
