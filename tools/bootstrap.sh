@@ -11,6 +11,9 @@ need=()
 for p in libvirt-dev pkg-config gcc; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
+# systemd-analyze verifies the shipped unit (tests/unit/test_systemd_unit.py); it needs no
+# systemd running as PID 1.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' || need+=(python3-dev)
 if ((${#need[@]})); then

@@ -1,0 +1,82 @@
+"""The shipped systemd unit: `systemd-analyze verify` accepts it (no systemd as PID 1 needed)
+and its settings match what the agent does (readiness, reload, drain time, state path)."""
+import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from lifecycle_stats import agent
+from listeners import bus
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+UNIT = ROOT / "etc" / "systemd" / "lifecycle-stats-agent.service"
+SYSUSERS = ROOT / "etc" / "sysusers.d" / "lifecycle-stats.conf"
+AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
+
+
+def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:
+    """{(section, key): [values in order]}: systemd keys may repeat."""
+    settings: dict[tuple[str, str], list[str]] = {}
+    section = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault((section, key), []).append(value)
+    return settings
+
+
+def exec_start_argv(text: str) -> list[str]:
+    return shlex.split(unit_settings(text)[("Service", "ExecStart")][0])
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze missing: tools/bootstrap.sh installs the systemd package"
+    # verify checks that ExecStart's program exists: point it at this venv's agent.
+    text = UNIT.read_text()
+    shipped = exec_start_argv(text)[0]
+    unit = tmp_path / UNIT.name
+    unit.write_text(text.replace(shipped, str(AGENT)))
+    result = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    ours = [line for line in (result.stdout + result.stderr).splitlines() if UNIT.name in line]
+    assert result.returncode == 0 and ours == [], result.stdout + result.stderr
+
+
+def test_unit_matches_the_agent():
+    settings = unit_settings(UNIT.read_text())
+
+    def one(key):
+        return settings[("Service", key)][0]
+
+    argv = exec_start_argv(UNIT.read_text())
+    assert pathlib.Path(argv[0]).name == "lifecycle-stats-agent"
+    assert argv[1:] == ["--config-file", "/etc/lifecycle-stats/lifecycle-stats.conf"]
+    assert one("Type") == "notify"  # the agent sends READY=1 (sd_notify.py)
+    assert one("ExecReload") == "/bin/kill -HUP $MAINPID"
+    assert one("Restart") == "on-failure"
+    # StateDirectory= is the agent's default [DEFAULT] state_path.
+    state_opt = next(o for o in agent.OPTS if o.name == "state_path")
+    assert "/var/lib/" + one("StateDirectory") == state_opt.default
+    assert "libvirt" in one("SupplementaryGroups").split()
+    assert "AF_UNIX" in one("RestrictAddressFamilies").split()
+    # Stop = listener stop (waits for flushes in hand) + a drain per conduit; two conduits.
+    stop_seconds = float(one("TimeoutStopSec").rstrip("s"))
+    assert stop_seconds >= bus.STOP_TIMEOUT + 2 * agent.DRAIN_TIMEOUT + 10
+    assert "libvirtd.service" in " ".join(settings[("Unit", "After")])
+
+
+def test_sysusers_puts_the_unit_user_in_group_libvirt():
+    user = unit_settings(UNIT.read_text())[("Service", "User")][0]
+    lines = [line.split() for line in SYSUSERS.read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert ["u", user] == lines[0][:2]
+    assert ["m", user, "libvirt"] in lines
