@@ -16,7 +16,7 @@ import sys
 from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import status
+from lifecycle_stats import metrics, metrics_export, status
 from lifecycle_stats.capture import domain_events, flush, last_readings, poller
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
@@ -25,6 +25,7 @@ from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, registry
 
 LOG = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 5.0  # seconds per conduit at stop; the systemd unit's TimeoutStopSec covers it
 
 OPTS = [
     cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
@@ -37,7 +38,7 @@ OPTS = [
                help="publisher_id of the notifications the agent publishes."),
     cfg.StrOpt("sample_source", default="openstack",
                help="`source` field of every sample (Ceilometer's default source name)."),
-    cfg.FloatOpt("status_interval", default=10.0, min=0.5,
+    cfg.FloatOpt("status_interval", default=10.0, min=0.5, mutable=True,
                  help="Seconds between writes of the status file."),
 ]
 
@@ -75,8 +76,12 @@ class Agent:
         self._build_publishing(emitters)
         self._build_capture()
         self._build_listeners(listen_transport)
+        self.metrics = metrics_export.MetricsExporter(conf, metrics_export.make_registry(
+            metrics.AgentCollector(self.snapshot, self.counters)))
         self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
-                                          conf.status_interval, host=conf.host)
+                                          conf.status_interval, host=conf.host,
+                                          after_write=self.metrics.write_textfile)
+        conf.register_mutate_hook(self._apply_mutable_options)
 
     def _build_reading(self) -> None:
         """Three libvirt connections, so no reader waits behind another: the flush's, the bulk
@@ -119,13 +124,15 @@ class Agent:
         conf = self.conf
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
             conf, self.event_handler, self.registry.sync, self.counters)
-        self.bus = bus.from_conf(conf, conf.host, self.flusher.handle, self.counters,
+        on_trigger = metrics.timed(self.flusher.handle, self.counters)
+        self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
                                  transport=listen_transport)
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters)
 
     def start(self) -> None:
+        self.metrics.start()  # first: a taken port fails the start before anything runs
         for s in self.senders:
             s.start()
         self.lifecycle.start()  # before the resync, so no domain change falls in between
@@ -136,7 +143,7 @@ class Agent:
         LOG.info("lifecycle-stats agent started on host %s (%d domains known, conduits %s)",
                  self.conf.host, len(self.registry.instances()), ", ".join(self.emitters))
 
-    def stop(self, drain_timeout: float = 5.0) -> None:
+    def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop taking triggers, finish flushes in flight, give senders a moment to drain."""
         self.bus.stop()
         self.lifecycle.stop()
@@ -145,6 +152,7 @@ class Agent:
             s.drain(drain_timeout)
             s.stop()
         self.status.stop()
+        self.metrics.stop()
         for emitter in self.emitters.values():
             emitter.close()
         self.spool.close()
@@ -160,11 +168,18 @@ class Agent:
                 "libvirt_poll": "connected" if self.poll_hv.is_alive() else "disconnected",
                 "libvirt_metadata": "connected" if self.events_hv.is_alive() else "disconnected",
                 "libvirt_events": "connected" if self.lifecycle.is_connected else "disconnected",
+                "bus": {True: "connected", False: "disconnected"}.get(
+                    self.bus.is_connected(), "unknown"),
             },
             "counters": self.counters.snapshot(),
             "spool": status.spool_snapshot(self.spool),
             "instances": len(self.registry.instances()),
         }
+
+    def _apply_mutable_options(self, conf: cfg.ConfigOpts, _changed) -> None:
+        """oslo.config mutate hook (SIGHUP, reload.py): options marked mutable=True."""
+        self.poller.interval = conf.poller.interval
+        self.status.interval = conf.status_interval
 
     def _wake_senders(self) -> None:
         for s in self.senders:

@@ -142,7 +142,8 @@ def connection_families(connections: dict[str, str], conduits: list[str],
     family = GaugeMetricFamily(PREFIX + "connection_up",
                                "1 when a connection (libvirt, bus) is up", labels=["connection"])
     for name, state in sorted(connections.items()):
-        family.add_metric([name], 1.0 if state == "connected" else 0.0)
+        if state in ("connected", "disconnected"):  # "unknown": no sample rather than a guess
+            family.add_metric([name], 1.0 if state == "connected" else 0.0)
     yield family
     up = GaugeMetricFamily(PREFIX + "conduit_up",
                            "1 unless the conduit's latest delivery attempt failed",

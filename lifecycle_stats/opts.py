@@ -9,7 +9,7 @@ from oslo_config import cfg
 
 def list_opts():
     from lifecycle_stats.emitters import messaging
-    from lifecycle_stats import agent
+    from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import poller
     from lifecycle_stats.publishing import sender
@@ -22,6 +22,7 @@ def list_opts():
         ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),
+        ("metrics", metrics_export.OPTS),
     ]
 
 

@@ -53,25 +53,29 @@ def write_atomically(path: str, text: str) -> None:
 
 
 class StatusWriter:
-    """Writes snapshot_fn()'s dict (plus written_at, pid, host, interval) every interval."""
+    """Writes snapshot_fn()'s dict (plus written_at, pid, host, interval) every interval,
+    then calls after_write. interval may be changed while running (a mutable option)."""
 
     def __init__(self, path: str, snapshot_fn: Callable[[], dict[str, Any]], interval: float,
-                 clock: Clock = utcnow, host: str | None = None):
+                 clock: Clock = utcnow, host: str | None = None,
+                 after_write: Callable[[], None] = lambda: None):
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
         self.path = path
         self._snapshot = snapshot_fn
-        self._interval = interval
+        self.interval = interval
         self._clock = clock
         self._host = host or socket.gethostname()
+        self._after_write = after_write  # e.g. the node_exporter textfile, same cadence
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def write(self) -> None:
-        doc = {"pid": os.getpid(), "host": self._host, "interval": self._interval}
+        doc = {"pid": os.getpid(), "host": self._host, "interval": self.interval}
         doc.update(self._snapshot())
         doc["written_at"] = isotime(self._clock())
         write_atomically(self.path, json.dumps(doc, indent=2, sort_keys=True, default=str))
+        self._after_write()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
@@ -87,7 +91,7 @@ class StatusWriter:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._write_logged()
-            self._stop.wait(self._interval)
+            self._stop.wait(self.interval)
 
     def _write_logged(self) -> None:
         try:

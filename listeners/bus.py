@@ -166,6 +166,17 @@ class NotificationListener:
         LOG.info("listening for nova delete.start on %s with pool %s",
                  ", ".join(f"{t.exchange}/{t.topic}" for t in self.targets), self.pool)
 
+    def is_connected(self) -> bool | None:
+        """Best effort, from the rabbit driver's kombu connection (oslo.messaging internals,
+        read defensively); None when the driver does not tell (fake://, another driver)."""
+        if not self._started:
+            return False
+        try:
+            listener = self._server.listener._poll_style_listener
+            return bool(listener.conn.connection.connection.connected)
+        except AttributeError:
+            return None
+
     def stop(self) -> bool:
         """Stop hearing and wait (bounded) for messages in hand; False when that took too
         long: the handlers still running then finish in the background."""

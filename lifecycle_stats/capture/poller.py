@@ -17,7 +17,7 @@ from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
 LOG = logging.getLogger(__name__)
 
 OPTS = [
-    cfg.FloatOpt("interval", default=60.0, min=1.0,
+    cfg.FloatOpt("interval", default=60.0, min=1.0, mutable=True,
                  help="Seconds between bulk polls of all active nova domains."),
 ]
 
@@ -28,7 +28,7 @@ class Poller:
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
-        self._interval = interval
+        self.interval = interval
         self._counters = counters if counters is not None else Counters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,4 +66,4 @@ class Poller:
             except HypervisorError as exc:
                 self._counters.incr("poller.errors")
                 LOG.warning("bulk poll failed: %s", exc)
-            self._stop.wait(self._interval)
+            self._stop.wait(self.interval)

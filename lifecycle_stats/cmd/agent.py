@@ -1,4 +1,7 @@
-"""lifecycle-stats-agent: run the agent until SIGTERM or SIGINT."""
+"""lifecycle-stats-agent: run the agent until SIGTERM or SIGINT; SIGHUP reloads (reload.py).
+
+Under systemd (Type=notify) it reports READY=1 once listening and STOPPING=1 when it drains.
+"""
 from __future__ import annotations
 
 import signal
@@ -8,7 +11,7 @@ import threading
 from oslo_config import cfg
 from oslo_log import log
 
-from lifecycle_stats import opts
+from lifecycle_stats import opts, reload, sd_notify
 from lifecycle_stats.exceptions import ConfigError, HypervisorError
 
 LOG = log.getLogger(__name__)
@@ -33,23 +36,36 @@ def main(argv=None) -> int:
     except (cfg.Error, ConfigError, ValueError) as exc:
         print(f"lifecycle-stats-agent: configuration error: {exc}", file=sys.stderr)
         return 2
-    stopping = threading.Event()
+    stopping, reloading = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: reloading.set())  # before start: never fatal
     try:
         agent.start()
-    except HypervisorError as exc:
-        print(f"lifecycle-stats-agent: cannot reach libvirt at {conf.libvirt.uri}: {exc}",
-              file=sys.stderr)
+    except (HypervisorError, ConfigError) as exc:
+        what = (f"cannot reach libvirt at {conf.libvirt.uri}" if isinstance(exc, HypervisorError)
+                else "configuration error")
+        print(f"lifecycle-stats-agent: {what}: {exc}", file=sys.stderr)
         agent.stop()
-        return 1
-    # Wait in slices: a signal the kernel hands to another thread (libvirt's, oslo's) only
-    # sets a flag, and the handler runs when the main thread next executes Python code.
-    while not stopping.wait(0.5):
-        pass
+        return 1 if isinstance(exc, HypervisorError) else 2
+    sd_notify.notify("READY=1")
+    run_until(stopping, reloading, conf)
     LOG.info("signal received: finishing flushes in flight")
+    sd_notify.notify("STOPPING=1")
     agent.stop()
     return 0
+
+
+def run_until(stopping: threading.Event, reloading: threading.Event, conf) -> None:
+    """Wait in slices: a signal the kernel hands to another thread (libvirt's, oslo's) only
+    sets a flag, and the handler runs when the main thread next executes Python code.
+    A reload runs here, on the main thread, while every listener keeps working."""
+    while not stopping.wait(0.5):
+        if reloading.is_set():
+            reloading.clear()
+            sd_notify.notify("RELOADING=1")
+            reload.reload(conf)
+            sd_notify.notify("READY=1")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
-from listeners import bus
+from lifecycle_stats.listeners import bus
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
 

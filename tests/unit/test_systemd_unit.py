@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lifecycle_stats import agent
-from listeners import bus
+from lifecycle_stats.listeners import bus
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UNIT = ROOT / "etc" / "systemd" / "lifecycle-stats-agent.service"
