@@ -94,9 +94,14 @@ class MetricsExporter:
         LOG.info("Prometheus metrics on http://%s:%d/metrics", *self.address)
 
     def write_textfile(self) -> None:
+        """Never raises: a textfile that cannot be written must not stop the status file."""
         path = self._conf[GROUP].textfile  # mutable: re-read at every write
-        if path:
+        if not path:
+            return
+        try:
             write_textfile(path, self.registry)
+        except OSError as exc:
+            LOG.warning("[%s] textfile %s not written: %s", GROUP, path, exc)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -206,6 +206,15 @@ def test_textfile_is_atomic_and_readable_by_node_exporter(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["lifecycle_stats.prom"]
 
 
+def test_an_unwritable_textfile_only_warns(tmp_path, caplog):
+    path = tmp_path / "missing-dir" / "lifecycle_stats.prom"
+    exporter = metrics_export.MetricsExporter(conf_with(textfile=str(path)),
+                                              registry_for(Counters()))
+    exporter.write_textfile()
+    assert not path.exists()
+    assert f"[metrics] textfile {path} not written" in caplog.text
+
+
 def free_port():
     import socket
 
