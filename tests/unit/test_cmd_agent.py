@@ -73,3 +73,22 @@ def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, proc.stderr.read()
+
+
+def test_a_taken_metrics_port_fails_at_start_naming_the_option(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "c.conf"
+        conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
+                        "[libvirt]\nuri = test:///default\n"
+                        "[oslo_messaging_notifications]\ndriver = log\n"
+                        "[notification_listener]\ntransport_url = fake://\n"
+                        f"[metrics]\nport = {port}\n")
+        result = run("--config-file", str(conf))
+    assert result.returncode == 2
+    assert "[metrics] listen/port" in result.stderr and f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
