@@ -51,7 +51,9 @@ def idle_agent_queue(rabbit_url):
     listener.stop()
     transport.cleanup()
     queue = bus.default_pool(host)
-    conn = kombu.Connection(amqp_url(rabbit_url), connect_timeout=5)
+    # Publisher confirms: publish() returns once the broker enqueued (and capped) the message.
+    conn = kombu.Connection(amqp_url(rabbit_url), connect_timeout=5,
+                            transport_options={"confirm_publish": True})
     try:
         yield queue, names, conn
     finally:
