@@ -14,7 +14,8 @@ consume from nova's own ``notifications.info`` queue and steal messages from Cei
 Costs of that choice an operator should know: every agent receives every INFO notification of
 the ``nova`` exchange (routing keys cannot filter by host), and while an agent is down its
 queue keeps filling; a RabbitMQ policy (message TTL / max-length) on ``lifecycle-stats.*``
-bounds that.
+bounds that (etc/rabbitmq/lifecycle-stats-queue-policy.sh: oslo.messaging declares these
+queues without arguments, so the agent cannot).
 
 Only the INFO priority is subscribed (nova sends delete.start at INFO): other priorities are
 then never routed to our queues at all, instead of being received and thrown away.

@@ -10,7 +10,7 @@ import json
 import os
 import pathlib
 import re
-import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,16 +42,19 @@ def run(argv, **kw) -> str:
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory) -> pathlib.Path:
+def venv(tmp_path_factory):
     """`pip wheel --no-deps .`, then a fresh venv with that wheel (dependencies come from
     pip's cache / the configured indexes, as an operator's install would)."""
     root = tmp_path_factory.mktemp("deploy")
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "wheels"),
-         str(ROOT)])
-    [wheel] = (root / "wheels").glob("lifecycle_stats-*.whl")
-    run([sys.executable, "-m", "venv", str(root / "venv")])
-    run([str(root / "venv/bin/pip"), "install", "-q", str(wheel)], cwd=root)
-    return root / "venv"
+    try:
+        run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
+             str(root / "wheels"), str(ROOT)])
+        [wheel] = (root / "wheels").glob("lifecycle_stats-*.whl")
+        run([sys.executable, "-m", "venv", str(root / "venv")])
+        run([str(root / "venv/bin/pip"), "install", "-q", str(wheel)], cwd=root)
+        yield root / "venv"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # ~100 MB; pytest keeps old tmp dirs
 
 
 def set_option(text: str, section: str, key: str, value: str) -> str:
