@@ -11,109 +11,37 @@ a final put always succeeds, even over the bound (counted `spool.over_bound`). W
 is full of finals, a periodic put is refused: put() returns False (counted `spool.shed`).
 
 Recently delivered message ids are kept in `delivered` (bounded by age and rows, pruned on
-put) so that a redelivered trigger for an already-published notification is recognised.
+put) so that a redelivered trigger for an already-published notification is recognised, and
+the last capture id per instance in `captures` (same age bound), so that a later capture can
+say which one it supersedes. `rejects` keeps what can never be delivered as it is: corrupt
+bodies, captures that broke the contract, records a conduit gave up on (see sender.py).
+The file's layout and versions are in spool_schema.py.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import logging
 import os
 import sqlite3
 import threading
 import urllib.parse
-from typing import Any, Callable, Iterator, Mapping
-
-import msgpack
+from typing import Any, Callable, Iterator
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.records import Notification, isotime, utcnow
+from lifecycle_stats.publishing import spool_schema
+from lifecycle_stats.records import Notification, utcnow
 
 LOG = logging.getLogger(__name__)
 
 SPOOL_FILENAME = "spool.sqlite"
 KINDS = ("final", "periodic")
-_FIELDS = tuple(f.name for f in dataclasses.fields(Notification))
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL UNIQUE,
-    kind TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS records_kind_seq ON records (kind, seq);
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER NOT NULL,
-    conduit TEXT NOT NULL,
-    PRIMARY KEY (seq, conduit)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS delivered (
-    message_id TEXT PRIMARY KEY,
-    delivered_at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS delivered_at ON delivered (delivered_at);
-CREATE TABLE IF NOT EXISTS rejects (
-    seq INTEGER PRIMARY KEY, message_id TEXT, kind TEXT, created_at REAL, body BLOB,
-    reason TEXT NOT NULL, rejected_at REAL NOT NULL);
-"""
+encode = spool_schema.encode
+decode = spool_schema.decode
 
 
 def spool_path(state_path: str) -> str:
     return os.path.join(state_path, SPOOL_FILENAME)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if isinstance(obj, datetime.datetime):
-        return isotime(obj)
-    raise TypeError(f"cannot spool a {type(obj).__name__}: {obj!r}")
-
-
-def encode(notification: Notification, kind: str, created_at: float) -> bytes:
-    doc = {name: getattr(notification, name) for name in _FIELDS}
-    doc.update(kind=kind, created_at=created_at)
-    return msgpack.packb(doc, default=_plain, use_bin_type=True)
-
-
-def decode(body: bytes) -> Notification:
-    """The Notification in a stored body; ValueError if it is not one."""
-    try:
-        doc = msgpack.unpackb(body, raw=False)
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise ValueError(f"undecodable msgpack: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ValueError(f"body is a {type(doc).__name__}, not a map")
-    missing = [name for name in _FIELDS if name not in doc]
-    if missing:
-        raise ValueError(f"body lacks {', '.join(missing)}")
-    if not isinstance(doc["payload"], dict):
-        raise ValueError("payload is not a map")
-    return Notification(**{name: doc[name] for name in _FIELDS})
-
-
-def _prepare_file(path: str) -> None:
-    """Create the parent dir (0700) and the database file (0600) before sqlite touches it."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        os.makedirs(parent, mode=0o700)
-        os.chmod(parent, 0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    _restrict_sidecars(path)
-
-
-def _restrict_sidecars(path: str) -> None:
-    # sqlite creates -wal/-shm with the main file's mode; files left by an older run or by a
-    # read-only reader are tightened here too.
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(path + suffix, 0o600)
 
 
 class Spool:
@@ -132,25 +60,11 @@ class Spool:
         self._counters = counters if counters is not None else Counters()
         self._retention = (retention_seconds, retention_rows)
         self._lock = threading.RLock()
-        _prepare_file(path)
-        self._db = self._connect(path)
-        _restrict_sidecars(path)
+        spool_schema.prepare_file(path)
+        self._db = spool_schema.open_database(path, clock=clock, counters=self._counters)
+        spool_schema.restrict_sidecars(path)
         with self._tx() as db:
             self._retire_complete(db)
-
-    @staticmethod
-    def _connect(path: str) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            db.close()
-            raise sqlite3.OperationalError(f"{path}: cannot use WAL journal (got {mode})")
-        # FULL: the WAL is fsynced at every commit. A final sample must survive power loss,
-        # not only a process crash (NORMAL in WAL mode may lose the last commits on power
-        # loss). One fsync per capture is cheap: captures happen at instance-delete rates.
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SCHEMA)
-        return db
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -183,8 +97,40 @@ class Spool:
                 return False
             db.execute("INSERT INTO records (message_id, kind, created_at, body) "
                        "VALUES (?, ?, ?, ?)", (notification.message_id, kind, now, body))
+            self._remember_capture(db, notification, kind, now)
         self._counters.incr("spool.put")
         return True
+
+    @staticmethod
+    def _remember_capture(db: sqlite3.Connection, notification: Notification, kind: str,
+                          now: float) -> None:
+        instance_id = notification.payload.get("instance_id")
+        if kind == "final" and isinstance(instance_id, str):
+            db.execute("INSERT OR REPLACE INTO captures (instance_id, message_id, captured_at) "
+                       "VALUES (?, ?, ?)", (instance_id, notification.message_id, now))
+
+    def last_capture(self, instance_id: str) -> str | None:
+        """The message_id of the newest capture of this instance within the retention period."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT message_id FROM captures WHERE instance_id = ? AND captured_at >= ?",
+                (instance_id, self._now() - self._retention[0])).fetchone()
+        return None if row is None else row[0]
+
+    def keep_reject(self, notification: Notification, kind: str, reason: str,
+                    origin: str = "capture") -> None:
+        """Keep a notification that can never be published as it is, for an operator."""
+        now = self._now()
+        try:
+            body = encode(notification, kind, now)
+        except (TypeError, ValueError) as exc:  # unencodable: keep what can be said of it
+            body = repr(notification).encode("utf-8", "replace")
+            reason = f"{reason}; body not encodable ({exc}), kept as repr"
+        with self._tx() as db:
+            db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, "
+                       "rejected_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (notification.message_id, kind, now, body, reason, now, origin))
+        self._counters.incr(f"spool.rejects.{origin}")
 
     def _make_room(self, db: sqlite3.Connection, kind: str) -> bool:
         depth = db.execute("SELECT count(*) FROM records").fetchone()[0]
@@ -220,7 +166,30 @@ class Spool:
                        (seq, conduit))
             return bool(self._retire_complete(db, seq))
 
-    def _retire_complete(self, db: sqlite3.Connection, seq: int | None = None) -> int:
+    def note_failure(self, seq: int, error: str) -> tuple[int, float]:
+        """Count a failed delivery of seq; (attempts so far, record age in seconds)."""
+        with self._tx() as db:
+            db.execute("UPDATE records SET attempts = attempts + 1, last_error = ? "
+                       "WHERE seq = ?", (error[:1000], seq))
+            row = db.execute("SELECT attempts, created_at FROM records WHERE seq = ?",
+                             (seq,)).fetchone()
+        if row is None:
+            return 0, 0.0
+        return row[0], max(0.0, self._now() - row[1])
+
+    def reject(self, seq: int, conduit: str, reason: str) -> None:
+        """conduit gives up on seq: keep a copy in rejects and move that conduit past it
+        (other conduits still deliver it; it leaves the spool when all are done)."""
+        with self._tx() as db:
+            db.execute("INSERT INTO rejects (seq, message_id, kind, created_at, body, reason, "
+                       "rejected_at, origin) SELECT seq, message_id, kind, created_at, body, ?, "
+                       "?, ? FROM records WHERE seq = ?", (reason, self._now(), conduit, seq))
+            db.execute("INSERT OR IGNORE INTO deliveries (seq, conduit) VALUES (?, ?)",
+                       (seq, conduit))
+            self._retire_complete(db, seq, delivered=False)
+
+    def _retire_complete(self, db: sqlite3.Connection, seq: int | None = None, *,
+                         delivered: bool = True) -> int:
         """Remove records every configured conduit confirmed (one seq, or all at start-up)."""
         marks = ",".join("?" * len(self.conduits))
         where = "AND r.seq = ?" if seq is not None else ""
@@ -231,8 +200,9 @@ class Spool:
         now = self._now()
         for done_seq, message_id in rows:
             self._delete(db, done_seq)
-            db.execute("INSERT OR REPLACE INTO delivered (message_id, delivered_at) "
-                       "VALUES (?, ?)", (message_id, now))
+            if delivered:
+                db.execute("INSERT OR REPLACE INTO delivered (message_id, delivered_at) "
+                           "VALUES (?, ?)", (message_id, now))
         return len(rows)
 
     @staticmethod
@@ -243,6 +213,7 @@ class Spool:
     def _prune_delivered(self, db: sqlite3.Connection, now: float) -> None:
         seconds, rows = self._retention
         db.execute("DELETE FROM delivered WHERE delivered_at < ?", (now - seconds,))
+        db.execute("DELETE FROM captures WHERE captured_at < ?", (now - seconds,))
         # rowids grow with every insert: this keeps at most the newest `rows` (O(log n)).
         db.execute("DELETE FROM delivered WHERE rowid <= "
                    "(SELECT max(rowid) FROM delivered) - ?", (rows,))
@@ -280,8 +251,9 @@ class Spool:
             return out
 
     def _reject(self, db: sqlite3.Connection, seq: int, message_id: str, reason: str) -> None:
-        db.execute("INSERT OR REPLACE INTO rejects SELECT seq, message_id, kind, created_at, "
-                   "body, ?, ? FROM records WHERE seq = ?", (reason, self._now(), seq))
+        db.execute("INSERT INTO rejects (seq, message_id, kind, created_at, body, reason, "
+                   "rejected_at, origin) SELECT seq, message_id, kind, created_at, body, ?, ?, "
+                   "'spool' FROM records WHERE seq = ?", (reason, self._now(), seq))
         self._delete(db, seq)
         self._counters.incr("spool.corrupt")
         LOG.error("spool record %d (message_id %s) is corrupt (%s): moved to the rejects table",
