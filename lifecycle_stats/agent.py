@@ -103,7 +103,9 @@ class Agent:
         self.senders = [
             sender.Sender(self.spool, name, emitter, counters=self.counters,
                           wait_initial=conf.spool.retry_initial_wait,
-                          wait_max=conf.spool.retry_max_wait)
+                          wait_max=conf.spool.retry_max_wait,
+                          probe_after=conf.spool.poison_probe_attempts,
+                          max_age_seconds=conf.spool.max_age_seconds)
             for name, emitter in self.emitters.items()]
 
     def _build_capture(self) -> None:
@@ -112,7 +114,9 @@ class Agent:
             inspector=self._inspector(self.flush_hv), registry=self.registry,
             last_readings=self.readings, spool=self.spool, host=conf.host,
             publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
-            counters=self.counters)
+            counters=self.counters, max_attempts=conf.flush.max_attempts,
+            tries_per_attempt=conf.flush.tries_per_attempt, retry_wait=conf.flush.retry_wait,
+            retry_max_wait=conf.flush.retry_max_wait)
         self.poller = poller.Poller(
             inspector=self._inspector(self.poll_hv), registry=self.registry,
             last_readings=self.readings, interval=conf.poller.interval, counters=self.counters)
@@ -126,7 +130,7 @@ class Agent:
             conf, self.event_handler, self.registry.sync, self.counters)
         on_trigger = metrics.timed(self.flusher.handle, self.counters)
         self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
-                                 transport=listen_transport)
+                                 transport=listen_transport, holds=self.registry.is_known)
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters)

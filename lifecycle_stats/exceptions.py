@@ -49,3 +49,8 @@ class RejectedMessage(LifecycleStatsError):
 
 class EmitError(LifecycleStatsError):
     """A conduit did not confirm delivery; the notification must be kept and retried."""
+
+
+class CaptureDeferred(LifecycleStatsError):
+    """A capture failed for a reason that may pass (database locked, disk full, libvirt
+    unreachable): nothing was spooled, and the trigger must be delivered again."""

@@ -11,7 +11,7 @@ def list_opts():
     from lifecycle_stats.emitters import messaging
     from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
-    from lifecycle_stats.capture import poller
+    from lifecycle_stats.capture import flush, poller
     from lifecycle_stats.publishing import sender
     from lifecycle_stats.listeners import bus, libvirt_events
 
@@ -19,6 +19,7 @@ def list_opts():
         ("DEFAULT", agent.OPTS),
         ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
         ("poller", poller.OPTS),
+        ("flush", flush.OPTS),
         ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),

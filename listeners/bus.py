@@ -36,7 +36,7 @@ import oslo_messaging
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import ConfigError, RejectedMessage
+from lifecycle_stats.exceptions import CaptureDeferred, ConfigError, RejectedMessage
 from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications
 
@@ -64,7 +64,9 @@ OPTS = [
                help="Listener pool, i.e. the queue name. Unset: lifecycle-stats.<host>. "
                     "Must differ per host, or agents steal each other's messages."),
     cfg.BoolOpt("allow_requeue", default=False,
-                help="Requeue a message whose handling failed instead of acknowledging it."),
+                help="Requeue a message whose handling failed unexpectedly (a bug) instead of "
+                     "acknowledging it. A capture deferred by a failure that may pass (locked "
+                     "or full spool, libvirt read error) is always requeued."),
 ]
 
 _PAYLOAD_REPR = reprlib.Repr()
@@ -87,8 +89,9 @@ class DeleteStartEndpoint:
 
     def __init__(self, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
                  counters: Counters, clock: Callable[[], datetime.datetime],
-                 allow_requeue: bool):
+                 allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False):
         self._host = host
+        self._holds = holds
         self._on_trigger = on_trigger
         self._counters = counters
         self._clock = clock
@@ -97,8 +100,9 @@ class DeleteStartEndpoint:
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         received_at = self._clock()
         try:
-            trigger = nova_notifications.parse(event_type, publisher_id, payload,
-                                               host=self._host, received_at=received_at)
+            trigger = nova_notifications.parse_any(
+                event_type, publisher_id, payload, received_at=received_at, context=ctxt,
+                metadata=metadata)
         except RejectedMessage as exc:
             self._counters.incr("bus.rejected")
             LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),
@@ -108,16 +112,31 @@ class DeleteStartEndpoint:
             self._counters.incr("bus.handler_errors")
             LOG.exception("could not parse %s from %s", _short(event_type), _short(publisher_id))
             return oslo_messaging.NotificationResult.HANDLED
-        if trigger is None:
-            self._counters.incr("bus.ignored")
-            LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
+        if trigger is None or trigger.host != self._host:
+            self._not_mine(event_type, publisher_id, trigger)
             return oslo_messaging.NotificationResult.HANDLED
         return self._deliver(trigger)
+
+    def _not_mine(self, event_type, publisher_id, trigger: DeleteTrigger | None) -> None:
+        """Another host's (or, host null, nobody's) message. If this host holds the domain
+        nevertheless, [DEFAULT] host probably differs from nova-compute's: say so."""
+        self._counters.incr("bus.ignored")
+        if trigger is not None and trigger.host is not None and self._holds(trigger.instance_id):
+            self._counters.incr("bus.host_mismatch")
+            LOG.warning("%s of %s names host %s, but its domain is on this host (%s): is "
+                        "[DEFAULT] host the same as nova-compute's host?", trigger.event_type,
+                        trigger.instance_id, _short(trigger.host), self._host)
+            return
+        LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
 
     def _deliver(self, trigger: DeleteTrigger):
         self._counters.incr("bus.triggers." + nova_notifications.classify(trigger.event_type))
         try:
             self._on_trigger(trigger)
+        except CaptureDeferred as exc:  # nothing spooled yet: the message must come back
+            self._counters.incr("bus.requeued")
+            LOG.info("requeued %s of %s: %s", trigger.event_type, trigger.instance_id, exc)
+            return oslo_messaging.NotificationResult.REQUEUE
         except Exception:
             self._counters.incr("bus.handler_errors")
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
@@ -141,7 +160,8 @@ class NotificationListener:
                  clock: Callable[[], datetime.datetime] = utcnow,
                  listen_legacy: bool = True, listen_versioned: bool = True,
                  allow_requeue: bool = False, stop_timeout: float = STOP_TIMEOUT,
-                 own_transport: bool = False):
+                 own_transport: bool = False,
+                 holds: Callable[[str], bool] = lambda _uuid: False):
         _check_name("host", host)
         _check_name(f"[{GROUP}] exchange", exchange)
         self.host = host
@@ -152,14 +172,14 @@ class NotificationListener:
                                 versioned_topic if listen_versioned else None)
         self.endpoint = DeleteStartEndpoint(host=host, on_trigger=on_trigger,
                                             counters=self.counters, clock=clock,
-                                            allow_requeue=allow_requeue)
+                                            allow_requeue=allow_requeue, holds=holds)
         self._transport = transport
         self._own_transport = own_transport
         self._stop_timeout = stop_timeout
         self._started = False
         self._server = oslo_messaging.get_notification_listener(
             transport, self.targets, [self.endpoint], executor="threading",
-            allow_requeue=allow_requeue, pool=self.pool)
+            allow_requeue=True, pool=self.pool)  # deferred captures always requeue
 
     def start(self) -> None:
         self._server.start()
@@ -207,7 +227,8 @@ class NotificationListener:
 
 
 def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
-              counters: Counters | None = None, transport=None) -> NotificationListener:
+              counters: Counters | None = None, transport=None,
+              holds: Callable[[str], bool] = lambda _uuid: False) -> NotificationListener:
     """A listener configured by ``[notification_listener]``; it owns (and cleans up) the
     transport it builds, not one passed in (the embedded demo shares its fake:// bus)."""
     register_opts(conf)
@@ -221,7 +242,7 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigg
             legacy_topic=opts.legacy_topic, versioned_topic=opts.versioned_topic,
             pool=opts.pool, counters=counters, listen_legacy=opts.listen_legacy,
             listen_versioned=opts.listen_versioned, allow_requeue=opts.allow_requeue,
-            own_transport=own_transport)
+            own_transport=own_transport, holds=holds)
     except Exception:
         if own_transport:
             transport.cleanup()

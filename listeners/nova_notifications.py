@@ -49,13 +49,25 @@ def classify(event_type: object) -> str:
 
 
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
-          received_at: datetime.datetime) -> DeleteTrigger | None:
+          received_at: datetime.datetime, context: object = None,
+          metadata: object = None) -> DeleteTrigger | None:
     """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
 
     Raises RejectedMessage when a delete.start's payload is malformed.
     """
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty string, got {host!r}")
+    trigger = parse_any(event_type, publisher_id, payload, received_at=received_at,
+                        context=context, metadata=metadata)
+    if trigger is None or trigger.host != host:
+        return None
+    return trigger
+
+
+def parse_any(event_type: str, publisher_id: object, payload: object, *,
+              received_at: datetime.datetime, context: object = None,
+              metadata: object = None) -> DeleteTrigger | None:
+    """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
         return None
@@ -67,11 +79,26 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
         fields = _versioned_data(payload)
         instance_id = _instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
-    origin = _origin_host(fields, publisher_id)
-    if origin != host:
-        return None
-    return DeleteTrigger(instance_id=instance_id, event_type=event_type, host=origin,
-                         received_at=received_at, identity=identity)
+    return DeleteTrigger(instance_id=instance_id, event_type=event_type,
+                         host=_origin_host(fields, publisher_id), received_at=received_at,
+                         identity=identity, attempt_id=_attempt_id(fields, context, metadata))
+
+
+def _attempt_id(fields: Mapping[str, Any], context: object, metadata: object) -> str | None:
+    """nova's request id (versioned payload, else the message context), else the message id.
+
+    Not trusted for anything but telling delete attempts apart: unusable values are skipped.
+    """
+    candidates = (fields.get("request_id"),
+                  context.get("request_id") if isinstance(context, dict) else None,
+                  metadata.get("message_id") if isinstance(metadata, dict) else None)
+    for value in candidates:
+        if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
+            try:
+                return _encodable(value, "request_id", lenient=False)
+            except RejectedMessage:
+                continue
+    return None
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
@@ -177,9 +204,13 @@ def _count(value: object, key: str) -> int | None:
 
 
 def _origin_host(fields: Mapping[str, Any], publisher_id: object) -> str | None:
-    """The payload's ``host``; when absent or null, the host part of nova's publisher_id."""
-    value = fields.get("host")
-    if value is not None:
+    """The payload's ``host``. Null means no compute host holds the instance (nova-api sends
+    those for never-scheduled and shelved-offloaded instances): nobody's. Only a payload
+    without the key falls back to the host part of nova's publisher_id."""
+    if "host" in fields:
+        value = fields["host"]
+        if value is None:
+            return None
         host = _string(value, "host", truncate=False)
         if not host:
             raise RejectedMessage("host must not be empty")

@@ -3,6 +3,17 @@
 Runs on the thread that received the trigger and returns once the notification is durably
 spooled, so the bus message is acknowledged only after that (at-least-once). The read goes
 through the flush's own libvirt connection, never queued behind a running bulk poll.
+
+Failures never drop a delete:
+- transient (database locked or busy, disk full or any OSError under state_path, a libvirt
+  read error with nothing cached): retried in-process with backoff (tenacity), then
+  CaptureDeferred is raised and the bus requeues the message. Attempts are counted per capture
+  in memory: the failing part is often the spool itself, so it cannot keep the count; a
+  restart only restarts the count. After max_attempts a read error gives up to `unavailable`;
+  a spool that stays unwritable keeps the message on the bus (logged as ERROR each time).
+- permanent (the payload breaks its schema, a partial stats record raises KeyError, any other
+  bug): the capture is kept in the spool's rejects table and a flagged `unavailable` event
+  (`capture.flagged`, `capture.errors`) is published instead.
 """
 from __future__ import annotations
 
@@ -11,24 +22,79 @@ import contextlib
 import datetime
 import enum
 import logging
+import sqlite3
 import threading
+import time
 from typing import Callable
+
+import jsonschema
+import tenacity
+from oslo_config import cfg
 
 from lifecycle_stats.publishing import payloads
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
-from lifecycle_stats.records import DeleteTrigger, DomainReading, InstanceInfo, utcnow
+from lifecycle_stats.records import (
+    DeleteTrigger, DomainReading, InstanceInfo, Notification, utcnow,
+)
 
 LOG = logging.getLogger(__name__)
+
+# Failures that may pass: sqlite's "database is locked" / "database or disk is full" are
+# OperationalError; a full or read-only state_path is OSError; HypervisorError is a libvirt
+# read that failed other than by the domain being gone.
+TRANSIENT = (sqlite3.OperationalError, OSError, HypervisorError)
+MAX_TRACKED = 10_000  # captures whose attempts are counted at once (oldest forgotten first)
+
+GROUP = "flush"
+OPTS = [
+    cfg.IntOpt("max_attempts", default=10, min=1,
+               help="Deliveries of one delete.start a capture may fail transiently (locked or "
+                    "full spool, libvirt read error) before a read error gives up to "
+                    "`unavailable`; past it, a spool failure is logged as ERROR on every "
+                    "further redelivery (the message is never acknowledged unspooled)."),
+    cfg.IntOpt("tries_per_attempt", default=3, min=1,
+               help="In-process tries of one capture, with backoff, before its message is "
+                    "requeued."),
+    cfg.FloatOpt("retry_wait", default=0.2, min=0.001,
+                 help="Seconds before the second in-process try; doubles with each try."),
+    cfg.FloatOpt("retry_max_wait", default=2.0, min=0.001,
+                 help="Longest wait between in-process tries."),
+]
 
 
 class Outcome(enum.Enum):
     FINAL = payloads.FINAL
     LAST_KNOWN = payloads.LAST_KNOWN
     UNAVAILABLE = payloads.UNAVAILABLE
+    FLAGGED = "flagged"  # published as a flagged `unavailable`; the capture kept in rejects
     DUPLICATE = "duplicate"
     NOT_NOVA = "not_nova"  # a domain nova does not own: never reported
+
+
+class _Attempts:
+    """Failed attempts per capture id, in memory, bounded."""
+
+    def __init__(self) -> None:
+        self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, message_id: str) -> int:
+        with self._lock:
+            return self._counts.get(message_id, 0)
+
+    def bump(self, message_id: str) -> int:
+        with self._lock:
+            count = self._counts.pop(message_id, 0) + 1
+            self._counts[message_id] = count
+            while len(self._counts) > MAX_TRACKED:
+                self._counts.popitem(last=False)
+            return count
+
+    def forget(self, message_id: str) -> None:
+        with self._lock:
+            self._counts.pop(message_id, None)
 
 
 class Flusher:
@@ -37,7 +103,13 @@ class Flusher:
     def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
                  spool: NotificationStore, host: str, publisher_id: str,
                  on_spooled: Callable[[], None] = lambda: None, counters: Counters | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime.datetime] = utcnow, max_attempts: int = 10,
+                 tries_per_attempt: int = 3, retry_wait: float = 0.2,
+                 retry_max_wait: float = 2.0, sleep: Callable[[float], None] = time.sleep
+                 ) -> None:
+        if max_attempts < 1 or tries_per_attempt < 1:
+            raise ValueError(f"max_attempts and tries_per_attempt must be >= 1, got "
+                             f"{max_attempts}, {tries_per_attempt}")
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
@@ -47,34 +119,98 @@ class Flusher:
         self._on_spooled = on_spooled
         self._counters = counters if counters is not None else Counters()
         self._clock = clock
+        self._max_attempts = max_attempts
+        self._attempts = _Attempts()
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
+        self._retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(tries_per_attempt),
+            wait=tenacity.wait_exponential(multiplier=retry_wait, max=retry_max_wait),
+            retry=tenacity.retry_if_exception_type(TRANSIENT), sleep=sleep, reraise=True)
 
     def handle(self, trigger: DeleteTrigger) -> Outcome:
-        """Capture and spool one instance's delete.samples, once per instance."""
-        message_id = payloads.delete_message_id(trigger.instance_id)
+        """Capture and spool one delete attempt's delete.samples, once per attempt.
+
+        Raises CaptureDeferred when nothing could be spooled yet: redeliver the trigger.
+        """
+        message_id = payloads.delete_message_id(trigger)
         with self._instance_lock(trigger.instance_id):
-            if self._spool.seen(message_id):
-                self._counters.incr("flush.duplicates")
-                return Outcome.DUPLICATE
-            kind, info, reading = self._capture(trigger.instance_id)
+            try:
+                outcome = self._retrying(self._capture_and_spool, trigger, message_id)
+            except TRANSIENT as exc:
+                raise self._deferred(trigger, message_id, exc) from exc
+        self._attempts.forget(message_id)
+        self._counters.incr("flush.duplicates" if outcome is Outcome.DUPLICATE
+                            else f"flush.{outcome.value}")
+        if outcome in (Outcome.DUPLICATE, Outcome.NOT_NOVA):
+            return outcome
+        self._on_spooled()
+        if outcome is not Outcome.FINAL:
+            LOG.warning("delete of %s captured as %s (trigger %s)", trigger.instance_id,
+                        outcome.value, trigger.event_type)
+        return outcome
+
+    def _capture_and_spool(self, trigger: DeleteTrigger, message_id: str) -> Outcome:
+        if self._spool.seen(message_id):
+            return Outcome.DUPLICATE
+        supersedes = self._spool.last_capture(trigger.instance_id)
+        info, notification = None, None
+        try:
+            kind, info, reading = self._capture(trigger.instance_id, message_id)
             if kind == Outcome.NOT_NOVA.value:
-                self._counters.incr("flush.not_nova")
                 return Outcome.NOT_NOVA
             notification = payloads.delete_samples(
                 kind=kind, trigger=trigger, info=info, reading=reading, host=self._host,
-                publisher_id=self._publisher_id, now=self._clock())
+                publisher_id=self._publisher_id, now=self._clock(), supersedes=supersedes)
             payloads.validate(notification)
-            self._spool.put(notification, kind="final")
-        self._counters.incr(f"flush.{kind}")
-        self._on_spooled()
-        if kind != payloads.FINAL:
-            LOG.warning("delete of %s captured as %s (trigger %s)", trigger.instance_id, kind,
-                        trigger.event_type)
+        except TRANSIENT:
+            raise
+        except Exception as exc:  # this capture can never be published as it is
+            return self._flag(trigger, supersedes, info, notification, exc)
+        self._spool.put(notification, kind="final")
         return Outcome(kind)
 
-    def _capture(self, instance_id: str) -> tuple[str, InstanceInfo | None, DomainReading | None]:
-        reading = self._read_live(instance_id)
+    def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
+              rejected: Notification | None, exc: Exception) -> Outcome:
+        """Keep what was captured in rejects; publish identity-only, flagged, with the error."""
+        error = f"{type(exc).__name__}: {exc}"
+        flagged = None
+        info = info or self._registry.get(trigger.instance_id)
+        for identity in (info, None):  # nova's metadata may itself be what broke the schema
+            flagged = payloads.delete_samples(
+                kind=payloads.UNAVAILABLE, trigger=trigger, info=identity, reading=None,
+                host=self._host, publisher_id=self._publisher_id, now=self._clock(),
+                supersedes=supersedes, errors=[error])
+            with contextlib.suppress(Exception):
+                payloads.validate(flagged)
+                break
+        self._spool.keep_reject(rejected or flagged, "final", error)
+        self._spool.put(flagged, kind="final")
+        LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
+                  "rejects, published flagged", trigger.instance_id, error,
+                  exc_info=not isinstance(exc, jsonschema.ValidationError))
+        return Outcome.FLAGGED
+
+    def _deferred(self, trigger: DeleteTrigger, message_id: str,
+                  exc: BaseException) -> CaptureDeferred:
+        attempts = self._attempts.bump(message_id)
+        self._counters.incr("flush.deferred")
+        log = LOG.error if attempts >= self._max_attempts else LOG.warning
+        log("delete of %s not spooled (attempt %d of %d: %s: %s); the trigger will be "
+            "redelivered", trigger.instance_id, attempts, self._max_attempts,
+            type(exc).__name__, exc)
+        return CaptureDeferred(f"capture {message_id} of {trigger.instance_id} deferred "
+                               f"after attempt {attempts}: {exc}")
+
+    def _capture(self, instance_id: str,
+                 message_id: str) -> tuple[str, InstanceInfo | None, DomainReading | None]:
+        read_error = None
+        try:
+            reading = self._read_live(instance_id)
+        except HypervisorError as exc:
+            self._counters.incr("flush.read_errors")
+            LOG.warning("live read of %s failed: %s", instance_id, exc)
+            reading, read_error = None, exc
         if reading is not None and reading.active:
             info = self._identify(instance_id)
             if info is not None:
@@ -85,6 +221,12 @@ class Flusher:
         cached = self._readings.get(instance_id)
         if cached is not None:
             return payloads.LAST_KNOWN, cached[0], cached[1]
+        if read_error is not None and self._attempts.get(message_id) + 1 < self._max_attempts:
+            raise read_error  # nothing known yet: a later attempt may still read it
+        if self._registry.unusable(instance_id) is not None:
+            # nova announced it, its metadata is broken: nova's word wins, identity from it
+            self._counters.incr("flush.metadata_unusable")
+            return payloads.UNAVAILABLE, None, None
         if self._registry.is_known(instance_id) and self._registry.get(instance_id) is None:
             return Outcome.NOT_NOVA.value, None, None  # positively not nova's
         return payloads.UNAVAILABLE, self._registry.get(instance_id), None
@@ -93,10 +235,6 @@ class Flusher:
         try:
             return self._inspector.read(instance_id)
         except DomainGone:
-            return None
-        except HypervisorError as exc:
-            self._counters.incr("flush.read_errors")
-            LOG.warning("live read of %s failed: %s", instance_id, exc)
             return None
 
     def _identify(self, instance_id: str) -> InstanceInfo | None:

@@ -24,9 +24,13 @@ LAST_KNOWN = "last_known"  # the domain was already gone: newest cached reading,
 UNAVAILABLE = "unavailable"  # nothing was ever read: identity only, no samples
 
 
-def delete_message_id(instance_id: str) -> str:
-    """One delete.samples per instance, whatever number of triggers: the id says which."""
-    return samples.deterministic_id(instance_id, DELETE_SAMPLES)
+def delete_message_id(trigger: DeleteTrigger) -> str:
+    """One delete.samples per delete attempt: every trigger of one attempt (legacy and
+    versioned, redeliveries) gives the same id; a retried delete (a new nova request) or a
+    delete on another host after a migration gives a new one."""
+    if trigger.attempt_id is None:  # nothing tells attempts apart: one id per instance
+        return samples.deterministic_id(trigger.instance_id, DELETE_SAMPLES)
+    return samples.deterministic_id(trigger.instance_id, DELETE_SAMPLES, trigger.attempt_id)
 
 
 def identity(info: InstanceInfo | None, trigger: DeleteTrigger, host: str) -> dict[str, Any]:
@@ -47,12 +51,17 @@ def identity(info: InstanceInfo | None, trigger: DeleteTrigger, host: str) -> di
 
 
 def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
-            now: datetime.datetime) -> dict[str, Any]:
+            now: datetime.datetime, errors: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "kind": kind,
         "trigger": trigger.event_type,
         "captured_at": isotime(reading.read_at if reading else now),
     }
+    if trigger.attempt_id is not None:
+        out["attempt_id"] = trigger.attempt_id
+    if errors:  # the capture could not be published as read: see the spool's rejects
+        out["flagged"] = True
+        out["errors"] = [error[:500] for error in errors[:10]]
     if reading is not None:
         out["read_path"] = reading.path
         out["domain_state"] = reading.state
@@ -64,17 +73,18 @@ def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
 def delete_samples(
     *, kind: str, trigger: DeleteTrigger, info: InstanceInfo | None,
     reading: DomainReading | None, host: str, publisher_id: str, now: datetime.datetime,
-    source: str = "openstack",
+    source: str = "openstack", supersedes: str | None = None, errors: list[str] | None = None,
 ) -> Notification:
-    message_id = delete_message_id(trigger.instance_id)
+    message_id = delete_message_id(trigger)
     built = []
     if info is not None and reading is not None:
-        built = samples.build_samples(info, reading, host=host, capture_id=DELETE_SAMPLES,
+        built = samples.build_samples(info, reading, host=host, capture_id=message_id,
                                       source=source)
     payload = {
         **identity(info, trigger, host),
         "message_id": message_id,
-        "capture": capture(kind, trigger, reading, now),
+        "supersedes": supersedes,
+        "capture": capture(kind, trigger, reading, now, errors),
         "samples": [s.as_dict() for s in built],
     }
     return Notification(event_type=DELETE_SAMPLES, priority="INFO", publisher_id=publisher_id,

@@ -1,9 +1,16 @@
 """One thread per conduit draining the spool in order: emit, then confirm.
 
-A record that fails is retried (exponential backoff, forever) before any later record is
-tried, so a conduit sees notifications in the order they were captured. Stopping wakes a
-backoff sleep at once; a record being sent when stop() is called was either confirmed or
-stays spooled for the next start.
+A record that fails is retried (exponential backoff) before any later record is tried, so a
+conduit sees notifications in the order they were captured. Stopping wakes a backoff sleep at
+once; a record being sent when stop() is called was either confirmed or stays spooled for the
+next start.
+
+Poison records: a conduit that is down fails every record, a poison record fails alone, and
+both raise EmitError. So after every `poison_probe_attempts` failures of one record (counted in
+the spool, across restarts) the record behind it is tried once: if that one goes through, the
+failing record is poison and moves to the spool's rejects (ERROR log, counter
+`sender.<conduit>.rejected`); the conduit goes on. A broker outage never rejects anything this
+way. `max_age_seconds` (off by default) also rejects a record still undelivered at that age.
 """
 from __future__ import annotations
 
@@ -32,6 +39,14 @@ OPTS = [
                       "doubles with each failure."),
     cfg.FloatOpt("retry_max_wait", default=30.0, min=0.001,
                  help="Longest wait between retries of one notification."),
+    cfg.IntOpt("poison_probe_attempts", default=5, min=1,
+               help="After this many failed attempts of one notification, try the next one "
+                    "once: if that is delivered, the failing one is poison and moves to the "
+                    "spool's rejects table."),
+    cfg.FloatOpt("max_age_seconds", default=0.0, min=0.0,
+                 help="Move a notification a conduit still cannot deliver at this age (seconds "
+                      "since it was spooled) to the rejects table. 0: never (a long broker "
+                      "outage must not discard billing data)."),
 ]
 
 
@@ -39,15 +54,21 @@ class _Stopped(Exception):
     """stop() was called before the next attempt."""
 
 
+class _Poison(Exception):
+    """This record will never be delivered by this conduit; the message says why."""
+
+
 class Sender:
     def __init__(self, spool: Spool, conduit_name: str, emitter: Conduit, *,
                  counters: Counters | None = None, wait_initial: float = 0.5,
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
-                 batch: int = 100, poll_interval: float = 1.0):
+                 batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
+                 max_age_seconds: float = 0.0):
         if not 0 < wait_initial <= wait_max:
             raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        if batch < 1 or probe_after < 1 or max_age_seconds < 0:
+            raise ValueError(f"need batch >= 1, probe_after >= 1, max_age_seconds >= 0, got "
+                             f"{batch}, {probe_after}, {max_age_seconds}")
         if conduit_name not in spool.conduits:
             raise ValueError(f"conduit {conduit_name!r} is not one of the spool's "
                              f"{spool.conduits}")
@@ -57,6 +78,8 @@ class Sender:
         self._counters = counters if counters is not None else Counters()
         self._batch = batch
         self._poll = poll_interval
+        self._probe_after = probe_after
+        self._max_age = max_age_seconds
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -118,24 +141,40 @@ class Sender:
         """Send what is pending; True if there may be more to do right away."""
         items = self._spool.pending(self.conduit, self._batch)
         for seq, notification in items:
-            if not self._send(notification):
+            try:
+                delivered = self._send(seq, notification)
+            except _Poison as exc:
+                self._reject(seq, notification, str(exc))
+                return True  # a probe may have delivered the next record: re-read the spool
+            if not delivered:
                 return False
-            self._spool.confirm(seq, self.conduit)
-            self._counters.incr(f"sender.{self.conduit}.sent")
-            self._notify_progress()
+            self._confirm(seq)
         return bool(items)
 
-    def _send(self, notification: Notification) -> bool:
-        """Emit with retries until confirmed (True) or stopped (False)."""
+    def _send(self, seq: int, notification: Notification) -> bool:
+        """Emit with retries until confirmed (True) or stopped (False); _Poison: give up."""
         try:
-            self._retrying(self._attempt, notification)
+            self._retrying(self._attempt, seq, notification)
         except (_Stopped, tenacity.RetryError):
             return False
         return True
 
-    def _attempt(self, notification: Notification) -> None:
+    def _attempt(self, seq: int, notification: Notification) -> None:
         if self._stop.is_set():
             raise _Stopped()
+        try:
+            self._emit(notification)
+        except EmitError as exc:
+            attempts, age = self._spool.note_failure(seq, str(exc))
+            if self._max_age and age >= self._max_age:
+                raise _Poison(f"undelivered after {age:.0f} s ({attempts} attempts): "
+                              f"{exc}") from exc
+            if attempts % self._probe_after == 0 and self._next_goes_through(seq):
+                raise _Poison(f"failed {attempts} times while the next record was "
+                              f"delivered: {exc}") from exc
+            raise
+
+    def _emit(self, notification: Notification) -> None:
         try:
             self._emitter.emit(notification)
         except EmitError:
@@ -145,9 +184,34 @@ class Sender:
                       self.conduit, type(exc).__name__, notification.message_id, exc_info=True)
             raise EmitError(f"{type(exc).__name__}: {exc}") from exc
 
+    def _next_goes_through(self, seq: int) -> bool:
+        """Try the record behind seq once: delivered (and confirmed) means the conduit works."""
+        behind = [(s, n) for s, n in self._spool.pending(self.conduit, 2) if s != seq]
+        if not behind:
+            return False  # nothing is held up behind this record: keep trying it
+        next_seq, notification = behind[0]
+        try:
+            self._emit(notification)
+        except EmitError:
+            return False
+        self._confirm(next_seq)
+        return True
+
+    def _confirm(self, seq: int) -> None:
+        self._spool.confirm(seq, self.conduit)
+        self._counters.incr(f"sender.{self.conduit}.sent")
+        self._notify_progress()
+
+    def _reject(self, seq: int, notification: Notification, reason: str) -> None:
+        self._spool.reject(seq, self.conduit, reason)
+        self._counters.incr(f"sender.{self.conduit}.rejected")
+        LOG.error("sender %s: gave up on %s (%s): moved to the spool's rejects table",
+                  self.conduit, notification.message_id, reason)
+        self._notify_progress()
+
     def _before_sleep(self, state: tenacity.RetryCallState) -> None:
         self._counters.incr(f"sender.{self.conduit}.retries")
-        notification = state.args[0]
+        notification = state.args[1]
         LOG.warning("sender %s: %s not delivered (attempt %d: %s); retrying in %.2f s",
                     self.conduit, notification.message_id, state.attempt_number,
                     state.outcome.exception(), state.next_action.sleep)

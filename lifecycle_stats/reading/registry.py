@@ -130,6 +130,13 @@ class DomainRegistry:
         with self._lock:
             return instance_id in self._entries
 
+    def unusable(self, instance_id: str) -> str | None:
+        """Why a known domain's nova metadata could not be used (REJECTED / MALFORMED), else
+        None (nova's and usable, not nova's, or never read)."""
+        with self._lock:
+            entry = self._entries.get(instance_id)
+        return entry if entry in (REJECTED, MALFORMED) else None
+
     def _observe_one(self, dom) -> None:
         """observe() for sync: one domain's failure must not hide all the others."""
         try:

@@ -14,7 +14,7 @@ from oslo_config import cfg
 from oslo_messaging import opts as messaging_opts
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.exceptions import CaptureDeferred, ConfigError
 from lifecycle_stats.listeners import bus
 
 HOST = "compute-1"
@@ -155,24 +155,60 @@ def test_rejects_are_counted_and_logged_with_a_truncated_payload(fake_bus, caplo
     assert listener.received.get(timeout=WAIT).instance_id == mine
 
 
-@pytest.mark.allow_error_logs
-def test_a_failing_handler_does_not_stop_the_next_message(fake_bus, caplog):
+def test_a_deferred_capture_is_redelivered_not_dropped(fake_bus):
+    """The flush raises CaptureDeferred when nothing could be spooled (database locked, disk
+    full): the message must come back, whatever allow_requeue says (it is off here)."""
     received = []
 
     def on_trigger(trigger):
         received.append(trigger.instance_id)
         if len(received) == 1:
-            raise RuntimeError("spool full")
+            raise CaptureDeferred("spool full")
+
+    listener = fake_bus.listen(on_trigger=on_trigger)
+    first = fake_bus.legacy(HOST)
+    wait_for(lambda: len(received) == 2)
+    second = fake_bus.legacy(HOST)
+    wait_for(lambda: len(received) == 3)
+    assert received == [first, first, second]
+    assert listener.counters.get("bus.requeued") == 1
+    assert listener.counters.get("bus.handler_errors") == 0
+
+
+@pytest.mark.allow_error_logs
+def test_an_unexpected_handler_error_does_not_stop_the_next_message(fake_bus, caplog):
+    received = []
+
+    def on_trigger(trigger):
+        received.append(trigger.instance_id)
+        if len(received) == 1:
+            raise RuntimeError("a bug")
 
     listener = fake_bus.listen(on_trigger=on_trigger)
     first = fake_bus.legacy(HOST)
     wait_for(lambda: listener.counters.get("bus.handler_errors") == 1)
     second = fake_bus.legacy(HOST)
     wait_for(lambda: len(received) == 2)
-    time.sleep(0.2)  # without requeue the failed message must not come back
     assert received == [first, second]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1 and "spool full" in str(errors[0].exc_info[1])
+    assert len(errors) == 1 and "a bug" in str(errors[0].exc_info[1])
+
+
+def test_a_delete_start_for_a_domain_held_here_but_naming_another_host_is_reported(caplog):
+    counters = Counters()
+    held = str(uuid.uuid4())
+    endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=pytest.fail, counters=counters,
+                                       clock=lambda: NOW, allow_requeue=False,
+                                       holds=lambda instance_id: instance_id == held)
+    for instance_id in (held, str(uuid.uuid4())):
+        assert endpoint.info({}, "compute.compute-9", "compute.instance.delete.start",
+                             legacy_payload(instance_id, "compute-9"), {}) == HANDLED
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start",
+                         legacy_payload(held, None), {}) == HANDLED  # host null: nobody's
+    assert counters.get("bus.host_mismatch") == 1 and counters.get("bus.ignored") == 3
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert held in warning.getMessage() and "'compute-9'" in warning.getMessage()
+    assert "[DEFAULT] host" in warning.getMessage()
 
 
 @pytest.mark.allow_error_logs
@@ -249,6 +285,11 @@ def test_endpoint_outcomes(allow_requeue, outcome):
     assert endpoint.info({}, "x", "compute.instance.update", {}, {}) == HANDLED
     assert counters.snapshot() == {"bus.triggers.legacy": 1, "bus.handler_errors": 2,
                                    "bus.ignored": 1}
+    deferring = bus.DeleteStartEndpoint(
+        host=HOST, on_trigger=lambda t: (_ for _ in ()).throw(CaptureDeferred("locked")),
+        counters=counters, clock=lambda: NOW, allow_requeue=allow_requeue)
+    assert deferring.info({}, f"compute.{HOST}", "compute.instance.delete.start", legacy,
+                          {}) == REQUEUE  # always: nothing was spooled
 
 
 @pytest.mark.parametrize("kwargs,option", [

@@ -3,13 +3,15 @@ and in-memory stand-ins for the libvirt side."""
 import concurrent.futures
 import dataclasses
 import datetime
+import logging
+import sqlite3
 
 import pytest
 
 from lifecycle_stats import counters
 from lifecycle_stats.capture import flush, last_readings
 from lifecycle_stats.publishing import payloads, spool
-from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
 from lifecycle_stats.records import DeleteTrigger
 from tests.unit.test_samples import AT, UUID, make_info, make_reading
 
@@ -42,15 +44,18 @@ class FakeRegistry:
     def is_known(self, instance_id):
         return instance_id in self.infos or instance_id in self.not_nova
 
+    def unusable(self, instance_id):
+        return None
+
     def identify(self, instance_id):
         if self.is_known(instance_id):
             return self.get(instance_id)
         raise HypervisorError("not connected")  # an unknown domain needs a libvirt read
 
 
-def trigger(event_type="compute.instance.delete.start", instance_id=UUID):
+def trigger(event_type="compute.instance.delete.start", instance_id=UUID, attempt_id=None):
     return DeleteTrigger(instance_id=instance_id, event_type=event_type, host="cmp1",
-                         received_at=NOW, identity={"tenant_id": "p1"})
+                         received_at=NOW, identity={"tenant_id": "p1"}, attempt_id=attempt_id)
 
 
 @pytest.fixture
@@ -64,14 +69,15 @@ def box(tmp_path):
                           counters=b.counters)
     b.readings = last_readings.LastReadings(clock=lambda: NOW)
     b.woken = 0
+    b.sleeps = []
 
-    def make(inspector, registry):
+    def make(inspector, registry, spool=None, **kw):
         def wake():
             b.woken += 1
-        return flush.Flusher(inspector=inspector, registry=registry,
-                             last_readings=b.readings, spool=b.spool, host="cmp1",
+        return flush.Flusher(inspector=inspector, registry=registry, **kw,
+                             last_readings=b.readings, spool=spool or b.spool, host="cmp1",
                              publisher_id="lifecycle-stats.cmp1", on_spooled=wake,
-                             counters=b.counters, clock=lambda: NOW)
+                             counters=b.counters, clock=lambda: NOW, sleep=b.sleeps.append)
 
     b.make = make
     yield b
@@ -91,7 +97,7 @@ def test_live_domain_gives_one_valid_final_event(box):
     assert note.publisher_id == "lifecycle-stats.cmp1"
     assert note.payload["capture"]["kind"] == "final"
     assert note.payload["capture"]["read_path"] == "bulk"
-    assert note.message_id == payloads.delete_message_id(UUID) == note.payload["message_id"]
+    assert note.message_id == payloads.delete_message_id(trigger()) == note.payload["message_id"]
     assert {s["name"] for s in note.payload["samples"]} >= {"cpu", "disk.read.bytes",
                                                              "network.incoming.bytes"}
     assert box.woken == 1 and box.counters.get("flush.final") == 1
@@ -194,3 +200,128 @@ def test_validate_rejects_a_payload_that_breaks_the_contract():
     broken = dataclasses.replace(note, payload={**note.payload, "samples": []})
     with pytest.raises(jsonschema.ValidationError):
         payloads.validate(broken)  # a final capture must carry samples
+
+
+# -- a retried delete is a new capture; one attempt is one event ----------------------------
+
+def test_each_delete_attempt_is_its_own_event_and_names_the_one_it_supersedes(box):
+    flusher = box.make(FakeInspector({UUID: make_reading()}), FakeRegistry({UUID: make_info()}))
+    first = [flusher.handle(trigger(t, attempt_id="req-1")) for t in
+             ("compute.instance.delete.start", "instance.delete.start")]
+    retry = flusher.handle(trigger(attempt_id="req-2"))  # nova retried the delete days later
+    redelivered = flusher.handle(trigger(attempt_id="req-2"))
+    assert first == [flush.Outcome.FINAL, flush.Outcome.DUPLICATE]
+    assert (retry, redelivered) == (flush.Outcome.FINAL, flush.Outcome.DUPLICATE)
+    one, two = spooled(box)
+    for note in (one, two):
+        payloads.validate(note)
+    assert one.message_id != two.message_id
+    assert one.payload["supersedes"] is None and two.payload["supersedes"] == one.message_id
+    assert two.payload["capture"]["attempt_id"] == "req-2"
+    assert not {s["message_id"] for s in one.payload["samples"]} & {
+        s["message_id"] for s in two.payload["samples"]}
+
+
+def test_the_supersedes_ledger_outlives_delivery(box):
+    flusher = box.make(FakeInspector({UUID: make_reading()}), FakeRegistry({UUID: make_info()}))
+    flusher.handle(trigger(attempt_id="req-1"))
+    [(seq, first)] = box.spool.pending("test", 10)
+    box.spool.confirm(seq, "test")  # published and gone from the spool
+    flusher.handle(trigger(attempt_id="req-2"))
+    [second] = spooled(box)
+    assert second.payload["supersedes"] == first.message_id
+
+
+# -- failures: transient ones redeliver, permanent ones are kept and flagged ----------------
+
+class FlakySpool(spool.Spool):
+    """The real spool, whose first `failures` puts fail the way sqlite fails when the
+    database is locked by another process."""
+
+    def __init__(self, *args, failures, **kw):
+        super().__init__(*args, **kw)
+        self.failures = failures
+
+    def put(self, notification, kind):
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return super().put(notification, kind)
+
+
+def test_a_locked_spool_is_retried_in_process_then_the_trigger_redelivered(box, tmp_path):
+    flaky = FlakySpool(str(tmp_path / "flaky.sqlite"), conduits=["test"], failures=4)
+    try:
+        flusher = box.make(FakeInspector({UUID: make_reading()}),
+                           FakeRegistry({UUID: make_info()}), spool=flaky, tries_per_attempt=3)
+        with pytest.raises(CaptureDeferred, match="attempt 1"):
+            flusher.handle(trigger())
+        assert box.sleeps == [0.2, 0.4]  # backoff between the in-process tries
+        assert flaky.pending("test", 10) == [] and box.woken == 0
+        assert flusher.handle(trigger()) is flush.Outcome.FINAL  # the redelivery: 1 fails
+        assert len(flaky.pending("test", 10)) == 1
+        assert box.counters.get("flush.deferred") == 1 and box.counters.get("flush.final") == 1
+    finally:
+        flaky.close()
+
+
+def test_a_read_error_with_nothing_cached_redelivers_a_bounded_number_of_times(box):
+    inspector = FakeInspector(error=HypervisorError("cannot reach libvirtd"))
+    flusher = box.make(inspector, FakeRegistry({}), max_attempts=3, tries_per_attempt=2)
+    for attempt in (1, 2):
+        with pytest.raises(CaptureDeferred, match=f"attempt {attempt}"):
+            flusher.handle(trigger())
+    assert flusher.handle(trigger()) is flush.Outcome.UNAVAILABLE  # never silence
+    assert inspector.reads == 2 + 2 + 1 and len(spooled(box)) == 1
+
+
+@pytest.mark.allow_error_logs
+def test_a_capture_that_breaks_the_schema_is_kept_and_published_flagged(box, caplog):
+    bad = make_info(flavor=dataclasses.replace(make_info().flavor, vcpus=-1))
+    flusher = box.make(FakeInspector({UUID: make_reading()}), FakeRegistry({UUID: bad}))
+    assert flusher.handle(trigger()) is flush.Outcome.FLAGGED
+    [note] = spooled(box)
+    payloads.validate(note)
+    capture = note.payload["capture"]
+    assert capture["kind"] == "unavailable" and capture["flagged"] is True
+    assert "-1 is less than the minimum of 0" in capture["errors"][0]
+    assert note.payload["tenant_id"] == "p1" and note.payload["samples"] == []
+    [(origin, reason, body)] = box.spool._db.execute(
+        "SELECT origin, reason, body FROM rejects").fetchall()
+    kept = spool.decode(body)  # the capture as read, samples and all, for an operator
+    assert origin == "capture" and kept.payload["capture"]["kind"] == "final"
+    assert len(kept.payload["samples"]) > 0 and "ValidationError" in reason
+    assert box.counters.get("flush.flagged") == 1 and box.woken == 1
+    assert any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+class PartialRecordInspector(FakeInspector):
+    def read(self, instance_id):
+        raise KeyError("block.0.rd.bytes")  # a stats record missing a field it promised
+
+
+@pytest.mark.allow_error_logs
+def test_a_partial_stats_record_is_flagged_not_dropped(box):
+    flusher = box.make(PartialRecordInspector(), FakeRegistry({UUID: make_info()}))
+    assert flusher.handle(trigger()) is flush.Outcome.FLAGGED
+    [note] = spooled(box)
+    assert note.payload["capture"]["errors"] == ["KeyError: 'block.0.rd.bytes'"]
+    assert note.payload["display_name"] == "web-1"  # nova's metadata still identifies it
+
+
+class UnusableRegistry(FakeRegistry):
+    def unusable(self, instance_id):
+        return "metadata.malformed"
+
+    def is_known(self, instance_id):
+        return True
+
+
+def test_broken_nova_metadata_gives_unavailable_with_the_triggers_identity(box):
+    """nova announced the delete: its word wins over a broken <nova:instance> document."""
+    flusher = box.make(FakeInspector({UUID: make_reading()}), UnusableRegistry({}))
+    assert flusher.handle(trigger()) is flush.Outcome.UNAVAILABLE
+    [note] = spooled(box)
+    payloads.validate(note)
+    assert note.payload["instance_id"] == UUID and note.payload["tenant_id"] == "p1"
+    assert box.counters.get("flush.metadata_unusable") == 1

@@ -117,10 +117,44 @@ def test_other_host_is_ignored(event, payload):
 
 @pytest.mark.parametrize("event,payload", [
     (("compute.instance.delete.start", f"compute.{HOST}"), legacy(host=DROP)),
+    (("instance.delete.start", f"nova-compute:{HOST}"), versioned(host=DROP)),
+], ids=["legacy", "versioned"])
+def test_host_falls_back_to_publisher_id_only_when_the_payload_has_none(event, payload):
+    assert run(event, payload).host == HOST
+
+
+@pytest.mark.parametrize("event,payload", [
+    (("compute.instance.delete.start", f"compute.{HOST}"), legacy(host=None)),
     (("instance.delete.start", f"nova-compute:{HOST}"), versioned(host=None)),
 ], ids=["legacy", "versioned"])
-def test_host_falls_back_to_publisher_id(event, payload):
-    assert run(event, payload).host == HOST
+def test_a_null_host_is_nobodys_whoever_published_it(event, payload):
+    """nova-api sends delete.start with host null for never-scheduled and shelved-offloaded
+    instances: no hypervisor holds them, whatever the publisher_id says."""
+    assert run(event, payload) is None
+    trigger = nn.parse_any(event[0], event[1], payload, received_at=NOW)
+    assert trigger is not None and trigger.host is None
+
+
+def test_the_attempt_id_is_novas_request_id_shared_by_both_formats():
+    context = {"request_id": "req-0b6d6f2c"}
+    a = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context,
+                 metadata={"message_id": "m-1"})
+    b = nn.parse(*VERSIONED, versioned(request_id="req-0b6d6f2c"), host=HOST,
+                 received_at=NOW, context={}, metadata={"message_id": "m-2"})
+    assert a.attempt_id == b.attempt_id == "req-0b6d6f2c"
+
+
+@pytest.mark.parametrize("context,metadata,expected", [
+    ({}, {"message_id": "m-1"}, "m-1"),
+    ({"request_id": 7}, {"message_id": "m-1"}, "m-1"),
+    ({"request_id": "x" * 1000}, {}, None),
+    (None, None, None),
+    ({"request_id": "\ud800"}, {"message_id": "m-1"}, "m-1"),
+])
+def test_the_attempt_id_falls_back_to_the_message_id(context, metadata, expected):
+    trigger = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context,
+                       metadata=metadata)
+    assert trigger.attempt_id == expected
 
 
 @pytest.mark.parametrize("event_type", [

@@ -1,3 +1,5 @@
+import datetime
+import logging
 import threading
 import time
 
@@ -177,3 +179,105 @@ def test_opts():
     assert conf.spool.max_records == 100000
     assert conf.spool.retry_initial_wait == 0.5
     assert conf.spool.retry_max_wait == 30.0
+
+
+# -- poison records --------------------------------------------------------------------------
+
+class Refusing(MemoryEmitter):
+    """Refuses some message ids forever (a poison record), or everything (an outage)."""
+
+    def __init__(self, refuse=(), down=False):
+        super().__init__()
+        self.refuse = set(refuse)
+        self.down = down
+        self.tries = []
+
+    def emit(self, notification):
+        self.tries.append(notification.message_id)
+        if self.down or notification.message_id in self.refuse:
+            raise EmitError(f"refused {notification.message_id}")
+        super().emit(notification)
+
+
+def rejects(spool):
+    return spool._db.execute("SELECT seq, message_id, origin, reason FROM rejects").fetchall()
+
+
+@pytest.mark.allow_error_logs
+def test_a_poison_record_moves_to_rejects_and_the_conduit_goes_on(spool, run, counters, caplog):
+    for n in range(3):
+        spool.put(note(n), "final")
+    emitter = Refusing(refuse={"msg-0"})
+    assert run(emitter, sleep=lambda s: None, probe_after=3).drain(timeout=10)
+    assert [n.message_id for n in emitter.sent] == ["msg-1", "msg-2"]
+    [(seq, message_id, origin, reason)] = rejects(spool)
+    assert (seq, message_id, origin) == (1, "msg-0", "bus")
+    assert "failed 3 times while the next record was delivered: refused msg-0" in reason
+    assert counters.get("sender.bus.rejected") == 1 and spool.depth() == 0
+    assert not spool.seen("msg-0")  # rejected is not delivered
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "gave up on msg-0" in error.getMessage()
+
+
+def test_an_outage_never_rejects_anything(spool, run, counters):
+    for n in range(3):
+        spool.put(note(n), "final")
+    emitter = Refusing(down=True)
+    waited = threading.Event()
+
+    def sleep(seconds):
+        if emitter.tries.count("msg-0") >= 12:  # four probes, all failed
+            waited.set()
+            emitter.down = False
+
+    assert run(emitter, sleep=sleep, probe_after=3).drain(timeout=10)
+    assert waited.is_set() and rejects(spool) == []
+    assert [n.message_id for n in emitter.sent] == ["msg-0", "msg-1", "msg-2"]
+    assert emitter.tries.count("msg-1") == 5  # 4 failed probes, then its turn
+
+
+def test_a_lone_failing_record_is_kept_while_nothing_waits_behind_it(spool, run):
+    spool.put(note(0), "final")
+    emitter = Refusing(refuse={"msg-0"})
+    tries = threading.Event()
+
+    def sleep(seconds):
+        if len(emitter.tries) >= 10:
+            tries.set()
+            emitter.refuse.clear()
+
+    assert run(emitter, sleep=sleep, probe_after=2).drain(timeout=10)
+    assert rejects(spool) == [] and [n.message_id for n in emitter.sent] == ["msg-0"]
+
+
+@pytest.mark.allow_error_logs
+def test_a_record_past_max_age_is_rejected(tmp_path, counters):
+    now = [datetime.datetime(2026, 11, 21, tzinfo=datetime.timezone.utc)]
+    sp = Spool(str(tmp_path / "aged.sqlite"), conduits=["bus", "log"], clock=lambda: now[0])
+    try:
+        sp.put(note(0), "final")
+        now[0] += datetime.timedelta(hours=2)
+        emitter = Refusing(refuse={"msg-0"})
+        sender = Sender(sp, "bus", emitter, counters=counters, sleep=lambda s: None,
+                        max_age_seconds=3600)
+        sender.start()
+        try:
+            assert sender.drain(timeout=10)
+        finally:
+            sender.stop(timeout=10)
+        assert "undelivered after 7200 s (1 attempts)" in rejects(sp)[0][3]
+        assert [s for s, _ in sp.pending("log", 10)] == [1]  # the other conduit still has it
+    finally:
+        sp.close()
+
+
+def test_attempts_are_counted_in_the_spool_across_restarts(spool, run):
+    spool.put(note(0), "final")
+    emitter = Refusing(down=True)
+    sender = Sender(spool, "bus", emitter, sleep=lambda s: None)
+    sender.start()
+    while len(emitter.tries) < 3:
+        time.sleep(0.01)
+    assert sender.stop(timeout=10)
+    attempts = spool._db.execute("SELECT attempts, last_error FROM records").fetchone()
+    assert attempts[0] >= 3 and attempts[1] == "refused msg-0"
