@@ -11,8 +11,23 @@ import uuid
 
 from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
 from lifecycle_stats.listeners.nova_notifications import VERSIONED_DELETE_START as VERSIONED
-from lifecycle_stats.records import isotime, utcnow
+from lifecycle_stats.publishing import payloads
+from lifecycle_stats.records import DeleteTrigger, isotime, utcnow
 from lifecycle_stats.testing.guests import NovaGuest
+
+
+def request_id(guest: NovaGuest) -> str:
+    """The request id of "the" delete of guest: nova puts the delete API request's id in the
+    context of both announcements (and in the versioned payload). A retried delete is a new
+    request: pass another id to publish_delete_start."""
+    return "req-" + str(uuid.uuid5(uuid.NAMESPACE_URL, guest.instance_id))
+
+
+def expected_message_id(guest: NovaGuest, request: str | None = None) -> str:
+    """The delete.samples message_id the agent must publish for that delete of guest."""
+    trigger = DeleteTrigger(instance_id=guest.instance_id, event_type=LEGACY, host=None,
+                            received_at=utcnow(), attempt_id=request or request_id(guest))
+    return payloads.delete_message_id(trigger)
 
 
 def legacy_payload(guest: NovaGuest, host: str) -> dict:
@@ -28,7 +43,7 @@ def legacy_payload(guest: NovaGuest, host: str) -> dict:
     }
 
 
-def versioned_payload(guest: NovaGuest, host: str) -> dict:
+def versioned_payload(guest: NovaGuest, host: str, request: str | None = None) -> dict:
     flavor = {
         "nova_object.name": "FlavorPayload", "nova_object.namespace": "nova",
         "nova_object.version": "1.4",
@@ -44,20 +59,23 @@ def versioned_payload(guest: NovaGuest, host: str) -> dict:
             "tenant_id": guest.project_id, "user_id": guest.user_id,
             "display_name": guest.display_name, "flavor": flavor, "state": "active",
             "task_state": "deleting", "power_state": "running", "image_uuid": guest.image_ref,
+            "request_id": request or request_id(guest),
         },
     }
 
 
-def publish_delete_start(transport, guest: NovaGuest, host: str, *, versioned: bool = False,
-                         exchange: str = "nova", topic: str | None = None) -> None:
-    """Send one delete.start for guest on host, as nova-compute on that host would.
-    topic defaults to nova's (notifications / versioned_notifications)."""
+def publish_delete_start(transport, guest: NovaGuest, host: str | None, *,
+                         versioned: bool = False, exchange: str = "nova",
+                         topic: str | None = None, request: str | None = None) -> None:
+    """Send one delete.start for guest on host, as nova-compute on that host would (host
+    None: as nova-api does for an instance no host holds). topic defaults to nova's
+    (notifications / versioned_notifications); request is the delete request's id."""
     import oslo_messaging
 
     if versioned:
         default_topic, event_type, publisher = ("versioned_notifications", VERSIONED,
                                                 f"nova-compute:{host}")
-        payload = versioned_payload(guest, host)
+        payload = versioned_payload(guest, host, request)
     else:
         default_topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
         payload = legacy_payload(guest, host)
@@ -66,4 +84,5 @@ def publish_delete_start(transport, guest: NovaGuest, host: str, *, versioned: b
                "event_type": event_type, "priority": "INFO", "payload": payload,
                "timestamp": isotime(utcnow())}
     target = oslo_messaging.Target(exchange=exchange, topic=f"{topic}.info")
-    transport._send_notification(target, {}, message, version=2.0, retry=3)
+    context = {"request_id": request or request_id(guest)}
+    transport._send_notification(target, context, message, version=2.0, retry=3)

@@ -46,10 +46,11 @@ class AgentProcess:
 
     def __init__(self, workdir: pathlib.Path, *, host: str, transport_url: str,
                  names: BusNames, libvirt_uri: str = "qemu:///system",
-                 poll_interval: float = 2.0, extra: dict[str, dict[str, str]] | None = None):
+                 poll_interval: float = 2.0, extra: dict[str, dict[str, str]] | None = None,
+                 state_path: pathlib.Path | None = None):
         self.workdir = workdir
         self.host = host
-        self.state_path = workdir / f"state-{host}"
+        self.state_path = state_path or workdir / f"state-{host}"
         self.log_file = workdir / f"agent-{host}.log"
         self.config_file = workdir / f"agent-{host}.conf"
         sections: dict[str, dict[str, str]] = {
@@ -182,10 +183,11 @@ class Nova:
         self.transport = transport
         self.names = names
 
-    def delete_start(self, guest, host: str, *, versioned: bool = False) -> None:
+    def delete_start(self, guest, host: str | None, *, versioned: bool = False,
+                     request: str | None = None) -> None:
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
         publish_delete_start(self.transport, guest, host, versioned=versioned,
-                             exchange=self.names.nova_exchange, topic=topic)
+                             exchange=self.names.nova_exchange, topic=topic, request=request)
 
 
 def delete_queues(amqp_url: str, queues, exchanges=()) -> None:

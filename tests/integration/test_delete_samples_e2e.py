@@ -20,6 +20,7 @@ import pytest
 from oslo_config import cfg
 
 from lifecycle_stats.publishing import meters, payloads, samples
+from lifecycle_stats.testing import nova as nova_messages
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
 
@@ -175,7 +176,7 @@ def assert_contract(event, guest, host: str) -> None:
     jsonschema.validate(payload, payloads.schema(payloads.DELETE_SAMPLES))
     assert event["event_type"] == payloads.DELETE_SAMPLES
     assert event["publisher_id"] == f"lifecycle-stats.{host}"
-    message_id = payloads.delete_message_id(guest.instance_id)
+    message_id = nova_messages.expected_message_id(guest)
     assert event["envelope_id"] == payload["message_id"] == message_id
     assert parse_time(event["timestamp"]).tzinfo is not None
     assert {k: payload[k] for k in ("instance_id", "host", "tenant_id", "user_id",
@@ -205,7 +206,7 @@ def assert_samples(payload, guest) -> None:
             expected = uid
         assert s["resource_id"] == expected, s
         assert s["message_id"] == samples.deterministic_id(
-            uid, payloads.DELETE_SAMPLES, s["name"], s["resource_id"])
+            uid, payload["message_id"], s["name"], s["resource_id"])
         assert (s["user_id"], s["project_id"]) == (guest.user_id, guest.project_id)
         assert s["timestamp"] == payload["capture"]["captured_at"]
 

@@ -27,6 +27,7 @@ from oslo_messaging import opts as messaging_opts
 
 from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.publishing import payloads
+from lifecycle_stats.testing import nova as nova_messages
 from tests.integration import harness
 from tests.integration.conftest import GUEST_PREFIX, amqp_url
 
@@ -184,7 +185,7 @@ def _assert_finals(events: list[dict], guests) -> None:
     assert set(by_id) == {g.instance_id for g in guests}
     for guest in guests:
         [event] = {e["envelope_id"]: e for e in by_id[guest.instance_id]}.values()
-        assert event["envelope_id"] == payloads.delete_message_id(guest.instance_id)
+        assert event["envelope_id"] == nova_messages.expected_message_id(guest)
         assert event["payload"]["capture"]["kind"] == payloads.FINAL
         assert event["payload"]["display_name"] == guest.display_name
         assert {s["name"] for s in event["payload"]["samples"]} >= {"cpu", "disk.read.bytes",
