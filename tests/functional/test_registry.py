@@ -291,3 +291,54 @@ def test_identify_reads_a_domain_it_has_never_seen_and_then_uses_the_cache(defin
     registry.forget(guest.instance_id)
     with pytest.raises(DomainGone):
         registry.identify(guest.instance_id)
+
+
+def test_unusable_says_why_only_for_broken_nova_metadata(define, registry):
+    broken, _ = define(metadata=_malformed)
+    hostile, _ = define(metadata=_oversize)
+    plain, _ = define(metadata=None)
+    good, _ = define()
+    for dom in (broken, hostile, plain, good):
+        registry.observe(dom)
+    assert registry.unusable(broken.UUIDString()) == "metadata.malformed"
+    assert registry.unusable(hostile.UUIDString()) == "metadata.rejected"
+    assert registry.unusable(plain.UUIDString()) is None
+    assert registry.unusable(good.UUIDString()) is None
+
+
+def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
+        conn, define, registry, tmp_path):
+    """nova's delete.start wins over a broken <nova:instance>: `unavailable` with the
+    trigger's identity (was: treated as not nova's and never reported)."""
+    import datetime
+
+    from lifecycle_stats.capture import flush, last_readings
+    from lifecycle_stats.publishing import payloads, spool
+    from lifecycle_stats.reading.hypervisor import Hypervisor
+    from lifecycle_stats.reading.inspector import Inspector
+    from lifecycle_stats.records import DeleteTrigger
+
+    dom, guest = define(metadata=_malformed)
+    dom.create()
+    registry.sync()
+    store = spool.Spool(str(tmp_path / "spool.sqlite"), conduits=["test"])
+    try:
+        inspector = Inspector(Hypervisor("test:///default", open_fn=lambda _uri: conn,
+                                         retry_attempts=1), counters=Counters())
+        flusher = flush.Flusher(inspector=inspector, registry=registry,
+                                last_readings=last_readings.LastReadings(), spool=store,
+                                host="cmp1", publisher_id="lifecycle-stats.cmp1")
+        trigger = DeleteTrigger(instance_id=guest.instance_id,
+                                event_type="compute.instance.delete.start", host="cmp1",
+                                received_at=datetime.datetime.now(datetime.timezone.utc),
+                                identity={"tenant_id": guest.project_id,
+                                          "display_name": guest.display_name})
+        assert flusher.handle(trigger) is flush.Outcome.UNAVAILABLE
+        [(_, note)] = store.pending("test", 10)
+        payloads.validate(note)
+        assert note.payload["instance_id"] == guest.instance_id
+        assert note.payload["tenant_id"] == guest.project_id
+        assert note.payload["display_name"] == guest.display_name
+    finally:
+        store.close()
+        dom.destroy()
