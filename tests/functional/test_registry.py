@@ -5,12 +5,18 @@ unique name and uuid and is undefined in teardown.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid as uuidlib
 
 import libvirt
 import pytest
 
+from lifecycle_stats.capture import flush, last_readings
+from lifecycle_stats.publishing import payloads, spool
+from lifecycle_stats.reading.hypervisor import Hypervisor
+from lifecycle_stats.reading.inspector import Inspector
+from lifecycle_stats.records import DeleteTrigger
 from lifecycle_stats.testing import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, HypervisorError
@@ -57,8 +63,6 @@ def counters():
 
 def registry_on(conn, counters):
     """A registry whose metadata connection is conn (a real or a wrapped libvirt connection)."""
-    from lifecycle_stats.reading.hypervisor import Hypervisor
-
     return DomainRegistry(Hypervisor("test:///default", open_fn=lambda _uri: conn,
                                      retry_attempts=1), counters)
 
@@ -310,14 +314,6 @@ def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
         conn, define, registry, tmp_path):
     """nova's delete.start wins over a broken <nova:instance>: `unavailable` with the
     trigger's identity (was: treated as not nova's and never reported)."""
-    import datetime
-
-    from lifecycle_stats.capture import flush, last_readings
-    from lifecycle_stats.publishing import payloads, spool
-    from lifecycle_stats.reading.hypervisor import Hypervisor
-    from lifecycle_stats.reading.inspector import Inspector
-    from lifecycle_stats.records import DeleteTrigger
-
     dom, guest = define(metadata=_malformed)
     dom.create()
     registry.sync()
