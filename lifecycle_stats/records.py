@@ -126,7 +126,7 @@ class DeleteTrigger:
     identity: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # from the payload
     # Names one delete attempt: nova's request id (the same in the legacy and the versioned
     # announcement of one delete, and in every redelivery; a retried delete is a new
-    # request), else the bus message's own id. None: nothing to tell attempts apart.
+    # request). None: nothing tells attempts apart.
     attempt_id: str | None = None
 
 

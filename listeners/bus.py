@@ -101,8 +101,7 @@ class DeleteStartEndpoint:
         received_at = self._clock()
         try:
             trigger = nova_notifications.parse_any(
-                event_type, publisher_id, payload, received_at=received_at, context=ctxt,
-                metadata=metadata)
+                event_type, publisher_id, payload, received_at=received_at, context=ctxt)
         except RejectedMessage as exc:
             self._counters.incr("bus.rejected")
             LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),

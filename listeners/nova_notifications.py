@@ -49,8 +49,8 @@ def classify(event_type: object) -> str:
 
 
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
-          received_at: datetime.datetime, context: object = None,
-          metadata: object = None) -> DeleteTrigger | None:
+          received_at: datetime.datetime, context: object = None
+          ) -> DeleteTrigger | None:
     """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
 
     Raises RejectedMessage when a delete.start's payload is malformed.
@@ -58,15 +58,15 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty string, got {host!r}")
     trigger = parse_any(event_type, publisher_id, payload, received_at=received_at,
-                        context=context, metadata=metadata)
+                        context=context)
     if trigger is None or trigger.host != host:
         return None
     return trigger
 
 
 def parse_any(event_type: str, publisher_id: object, payload: object, *,
-              received_at: datetime.datetime, context: object = None,
-              metadata: object = None) -> DeleteTrigger | None:
+              received_at: datetime.datetime, context: object = None
+              ) -> DeleteTrigger | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
@@ -81,17 +81,18 @@ def parse_any(event_type: str, publisher_id: object, payload: object, *,
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
-                         identity=identity, attempt_id=_attempt_id(fields, context, metadata))
+                         identity=identity, attempt_id=_attempt_id(fields, context))
 
 
-def _attempt_id(fields: Mapping[str, Any], context: object, metadata: object) -> str | None:
-    """nova's request id (versioned payload, else the message context), else the message id.
+def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
+    """nova's request id (versioned payload, else the message context), else None.
 
-    Not trusted for anything but telling delete attempts apart: unusable values are skipped.
+    Not the bus message's own id: the legacy and the versioned announcement of one delete are
+    two messages, and must still make one event. Trusted for nothing but telling delete
+    attempts apart: unusable values are skipped.
     """
     candidates = (fields.get("request_id"),
-                  context.get("request_id") if isinstance(context, dict) else None,
-                  metadata.get("message_id") if isinstance(metadata, dict) else None)
+                  context.get("request_id") if isinstance(context, dict) else None)
     for value in candidates:
         if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
             try:

@@ -137,23 +137,22 @@ def test_a_null_host_is_nobodys_whoever_published_it(event, payload):
 
 def test_the_attempt_id_is_novas_request_id_shared_by_both_formats():
     context = {"request_id": "req-0b6d6f2c"}
-    a = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context,
-                 metadata={"message_id": "m-1"})
+    a = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context)
     b = nn.parse(*VERSIONED, versioned(request_id="req-0b6d6f2c"), host=HOST,
-                 received_at=NOW, context={}, metadata={"message_id": "m-2"})
+                 received_at=NOW, context={})
     assert a.attempt_id == b.attempt_id == "req-0b6d6f2c"
 
 
-@pytest.mark.parametrize("context,metadata,expected", [
-    ({}, {"message_id": "m-1"}, "m-1"),
-    ({"request_id": 7}, {"message_id": "m-1"}, "m-1"),
-    ({"request_id": "x" * 1000}, {}, None),
-    (None, None, None),
-    ({"request_id": "\ud800"}, {"message_id": "m-1"}, "m-1"),
+@pytest.mark.parametrize("context,expected", [
+    ({}, None),
+    ({"request_id": 7}, None),
+    ({"request_id": "x" * 1000}, None),
+    (None, None),
+    ({"request_id": "\ud800"}, None),
+    ({"request_id": "req-9"}, "req-9"),
 ])
-def test_the_attempt_id_falls_back_to_the_message_id(context, metadata, expected):
-    trigger = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context,
-                       metadata=metadata)
+def test_an_unusable_request_id_is_no_attempt_id(context, expected):
+    trigger = nn.parse(*LEGACY, legacy(), host=HOST, received_at=NOW, context=context)
     assert trigger.attempt_id == expected
 
 
