@@ -49,6 +49,12 @@ class TimedSpool:
     def seen(self, message_id: str) -> bool:
         return self._real.seen(message_id)
 
+    def last_capture(self, instance_id: str) -> str | None:
+        return self._real.last_capture(instance_id)
+
+    def put_flagged(self, flagged, rejected, reason: str) -> bool:
+        return self._real.put_flagged(flagged, rejected, reason)
+
     def put(self, notification, kind: str) -> bool:
         start = time.perf_counter()
         try:

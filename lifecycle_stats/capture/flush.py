@@ -184,8 +184,7 @@ class Flusher:
             with contextlib.suppress(Exception):
                 payloads.validate(flagged)
                 break
-        self._spool.keep_reject(rejected or flagged, "final", error)
-        self._spool.put(flagged, kind="final")
+        self._spool.put_flagged(flagged, rejected or flagged, error)
         LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
                   "rejects, published flagged", trigger.instance_id, error,
                   exc_info=not isinstance(exc, jsonschema.ValidationError))

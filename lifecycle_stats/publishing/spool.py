@@ -25,8 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
-import urllib.parse
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.publishing import spool_schema
@@ -38,10 +37,19 @@ SPOOL_FILENAME = "spool.sqlite"
 KINDS = ("final", "periodic")
 encode = spool_schema.encode
 decode = spool_schema.decode
+read_only_stats = spool_schema.read_only_stats
 
 
 def spool_path(state_path: str) -> str:
     return os.path.join(state_path, SPOOL_FILENAME)
+
+
+def _reject_body(notification: Notification, now: float) -> bytes:
+    """The stored body of a rejected notification; its repr when it cannot be encoded."""
+    try:
+        return encode(notification, "final", now)
+    except (TypeError, ValueError) as exc:
+        return f"unencodable ({exc}): {notification!r}".encode("utf-8", "replace")
 
 
 class Spool:
@@ -89,25 +97,43 @@ class Spool:
         now = self._now()
         body = encode(notification, kind, now)
         with self._tx() as db:
-            self._prune_delivered(db, now)
-            if self._known(db, notification.message_id, now):
-                self._counters.incr("spool.duplicate")
-                return False
-            if not self._make_room(db, kind):
-                return False
-            db.execute("INSERT INTO records (message_id, kind, created_at, body) "
-                       "VALUES (?, ?, ?, ?)", (notification.message_id, kind, now, body))
-            self._remember_capture(db, notification, kind, now)
-        self._counters.incr("spool.put")
-        return True
+            stored = self._insert(db, notification, kind, body, now)
+        if stored:
+            self._counters.incr("spool.put")
+        return stored
 
-    @staticmethod
-    def _remember_capture(db: sqlite3.Connection, notification: Notification, kind: str,
-                          now: float) -> None:
+    def put_flagged(self, flagged: Notification, rejected: Notification, reason: str) -> bool:
+        """put() a flagged final, and keep what could not be published (rejected) in
+        `rejects`, in one transaction: a retry never keeps it twice."""
+        now = self._now()
+        body = encode(flagged, "final", now)
+        kept = _reject_body(rejected, now)
+        with self._tx() as db:
+            stored = self._insert(db, flagged, "final", body, now)
+            if stored:
+                db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, "
+                           "rejected_at, origin) VALUES (?, 'final', ?, ?, ?, ?, 'capture')",
+                           (rejected.message_id, now, kept, reason, now))
+        if stored:
+            self._counters.incr("spool.put")
+            self._counters.incr("spool.rejects.capture")
+        return stored
+
+    def _insert(self, db: sqlite3.Connection, notification: Notification, kind: str,
+                body: bytes, now: float) -> bool:
+        self._prune_delivered(db, now)
+        if self._known(db, notification.message_id, now):
+            self._counters.incr("spool.duplicate")
+            return False
+        if not self._make_room(db, kind):
+            return False
+        db.execute("INSERT INTO records (message_id, kind, created_at, body) "
+                   "VALUES (?, ?, ?, ?)", (notification.message_id, kind, now, body))
         instance_id = notification.payload.get("instance_id")
         if kind == "final" and isinstance(instance_id, str):
             db.execute("INSERT OR REPLACE INTO captures (instance_id, message_id, captured_at) "
                        "VALUES (?, ?, ?)", (instance_id, notification.message_id, now))
+        return True
 
     def last_capture(self, instance_id: str) -> str | None:
         """The message_id of the newest capture of this instance within the retention period."""
@@ -116,21 +142,6 @@ class Spool:
                 "SELECT message_id FROM captures WHERE instance_id = ? AND captured_at >= ?",
                 (instance_id, self._now() - self._retention[0])).fetchone()
         return None if row is None else row[0]
-
-    def keep_reject(self, notification: Notification, kind: str, reason: str,
-                    origin: str = "capture") -> None:
-        """Keep a notification that can never be published as it is, for an operator."""
-        now = self._now()
-        try:
-            body = encode(notification, kind, now)
-        except (TypeError, ValueError) as exc:  # unencodable: keep what can be said of it
-            body = repr(notification).encode("utf-8", "replace")
-            reason = f"{reason}; body not encodable ({exc}), kept as repr"
-        with self._tx() as db:
-            db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, "
-                       "rejected_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (notification.message_id, kind, now, body, reason, now, origin))
-        self._counters.incr(f"spool.rejects.{origin}")
 
     def _make_room(self, db: sqlite3.Connection, kind: str) -> bool:
         depth = db.execute("SELECT count(*) FROM records").fetchone()[0]
@@ -288,27 +299,3 @@ class Spool:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def read_only_stats(path: str, now: float) -> dict[str, Any]:
-    """Depth, oldest age and per-conduit confirmations from a spool file, without writing it.
-
-    Used by the status command while the agent may be running, or dead. Raises
-    sqlite3.Error when the file is missing or unreadable.
-    """
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-    db = sqlite3.connect(uri, uri=True, timeout=5)
-    try:
-        depth, oldest = db.execute("SELECT count(*), min(created_at) FROM records").fetchone()
-        kinds = dict(db.execute("SELECT kind, count(*) FROM records GROUP BY kind"))
-        confirmed = dict(db.execute("SELECT conduit, count(*) FROM deliveries GROUP BY conduit"))
-        rejects = db.execute("SELECT count(*) FROM rejects").fetchone()[0]
-    finally:
-        db.close()
-    return {
-        "depth": depth,
-        "oldest_age_seconds": None if oldest is None else max(0.0, now - oldest),
-        "by_kind": kinds,
-        "confirmed_by_conduit": confirmed,
-        "rejects": rejects,
-    }

@@ -17,6 +17,7 @@ import datetime
 import logging
 import os
 import sqlite3
+import urllib.parse
 from typing import Any, Callable, Mapping
 
 import msgpack
@@ -213,3 +214,27 @@ def quarantine(path: str, now: datetime.datetime) -> str:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.close(fd)
     return target
+
+
+def read_only_stats(path: str, now: float) -> dict[str, Any]:
+    """Depth, oldest age and per-conduit confirmations from a spool file, without writing it.
+
+    Used by the status command while the agent may be running, or dead. Raises
+    sqlite3.Error when the file is missing or unreadable.
+    """
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=5)
+    try:
+        depth, oldest = db.execute("SELECT count(*), min(created_at) FROM records").fetchone()
+        kinds = dict(db.execute("SELECT kind, count(*) FROM records GROUP BY kind"))
+        confirmed = dict(db.execute("SELECT conduit, count(*) FROM deliveries GROUP BY conduit"))
+        rejects = db.execute("SELECT count(*) FROM rejects").fetchone()[0]
+    finally:
+        db.close()
+    return {
+        "depth": depth,
+        "oldest_age_seconds": None if oldest is None else max(0.0, now - oldest),
+        "by_kind": kinds,
+        "confirmed_by_conduit": confirmed,
+        "rejects": rejects,
+    }

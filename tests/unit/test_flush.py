@@ -243,10 +243,17 @@ class FlakySpool(spool.Spool):
         self.failures = failures
 
     def put(self, notification, kind):
+        self._maybe_fail()
+        return super().put(notification, kind)
+
+    def put_flagged(self, flagged, rejected, reason):
+        self._maybe_fail()
+        return super().put_flagged(flagged, rejected, reason)
+
+    def _maybe_fail(self):
         if self.failures:
             self.failures -= 1
             raise sqlite3.OperationalError("database is locked")
-        return super().put(notification, kind)
 
 
 def test_a_locked_spool_is_retried_in_process_then_the_trigger_redelivered(box, tmp_path):
@@ -325,3 +332,16 @@ def test_broken_nova_metadata_gives_unavailable_with_the_triggers_identity(box):
     payloads.validate(note)
     assert note.payload["instance_id"] == UUID and note.payload["tenant_id"] == "p1"
     assert box.counters.get("flush.metadata_unusable") == 1
+
+
+@pytest.mark.allow_error_logs
+def test_a_flagged_capture_retried_after_a_locked_spool_is_kept_once(box, tmp_path):
+    flaky = FlakySpool(str(tmp_path / "flaky.sqlite"), conduits=["test"], failures=2)
+    try:
+        flusher = box.make(PartialRecordInspector(), FakeRegistry({UUID: make_info()}),
+                           spool=flaky)
+        assert flusher.handle(trigger()) is flush.Outcome.FLAGGED
+        assert len(flaky.pending("test", 10)) == 1
+        assert flaky._db.execute("SELECT count(*) FROM rejects").fetchone()[0] == 1
+    finally:
+        flaky.close()
