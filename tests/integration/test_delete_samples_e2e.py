@@ -284,6 +284,35 @@ def test_two_triggers_for_one_instance_give_one_event(
     assert agent.counter("flush.duplicates") == duplicates + 1
 
 
+def test_a_retried_delete_is_a_second_event_that_supersedes_the_first(
+        agent, billing, nova, guest_factory):
+    """nova's first delete failed before the destroy; the user deletes again later (a new
+    request): the usage in between is captured, and the second event names the first."""
+    guest, _ = guest_factory.create(paused=False)
+    nova.delete_start(guest, HOST, request="req-first")
+    nova.delete_start(guest, HOST, versioned=True, request="req-first")  # one delete: one event
+    [first] = first_events(billing, [guest.instance_id])[guest.instance_id]
+    nova.delete_start(guest, HOST, request="req-retry")
+    deadline = time.monotonic() + EVENT_WAIT
+    while len(billing.by_instance()[guest.instance_id]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(QUIET)
+    guest_factory.destroy(guest)
+    events = billing.by_instance()[guest.instance_id]
+    assert len(events) == 2, [e["payload"]["capture"] for e in events]
+    second = events[1]
+    assert first["envelope_id"] == nova_messages.expected_message_id(guest, "req-first")
+    assert second["envelope_id"] == nova_messages.expected_message_id(guest, "req-retry")
+    assert first["payload"]["supersedes"] is None
+    assert second["payload"]["supersedes"] == first["envelope_id"]
+    for event in (first, second):
+        jsonschema.validate(event["payload"], payloads.schema(payloads.DELETE_SAMPLES))
+        assert event["payload"]["capture"]["kind"] == payloads.FINAL
+    cpu = [next(s["volume"] for s in e["payload"]["samples"] if s["name"] == "cpu")
+           for e in (first, second)]
+    assert cpu[1] >= cpu[0]  # the later capture carries the usage in between
+
+
 def test_nothing_for_a_non_nova_domain_or_another_hosts_instance(
         agent, billing, nova, guest_factory):
     foreign, _ = guest_factory.create(paused=False, metadata=None)
