@@ -9,7 +9,8 @@ Failures never drop a delete:
   read error with nothing cached): retried in-process with backoff (tenacity), then
   CaptureDeferred is raised and the bus requeues the message. Attempts are counted per capture
   in memory: the failing part is often the spool itself, so it cannot keep the count; a
-  restart only restarts the count. After max_attempts a read error gives up to `unavailable`;
+  restart only restarts the count. A capture built but not spooled is kept with its count and
+  spooled as it was on the next try or redelivery (the domain may be gone by then). After max_attempts a read error gives up to `unavailable`;
   a spool that stays unwritable keeps the message on the bus (logged as ERROR each time).
 - permanent (the payload breaks its schema, a partial stats record raises KeyError, any other
   bug): the capture is kept in the spool's rejects table and a flagged `unavailable` event
@@ -45,7 +46,7 @@ LOG = logging.getLogger(__name__)
 # OperationalError; a full or read-only state_path is OSError; HypervisorError is a libvirt
 # read that failed other than by the domain being gone.
 TRANSIENT = (sqlite3.OperationalError, OSError, HypervisorError)
-MAX_TRACKED = 10_000  # captures whose attempts are counted at once (oldest forgotten first)
+MAX_TRACKED = 1_000  # captures tracked at once (oldest forgotten first): ~10 KiB each
 
 GROUP = "flush"
 OPTS = [
@@ -74,27 +75,42 @@ class Outcome(enum.Enum):
 
 
 class _Attempts:
-    """Failed attempts per capture id, in memory, bounded."""
+    """Per capture id, in memory and bounded: failed attempts, and the capture an attempt
+    built but could not spool. A redelivery spools that capture rather than reading again:
+    the domain may be gone by then, and what was read as `final` stays `final`."""
 
     def __init__(self) -> None:
-        self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[int, tuple | None]] = (
+            collections.OrderedDict())
         self._lock = threading.Lock()
 
     def get(self, message_id: str) -> int:
         with self._lock:
-            return self._counts.get(message_id, 0)
+            return self._entries.get(message_id, (0, None))[0]
+
+    def built(self, message_id: str) -> tuple | None:
+        with self._lock:
+            return self._entries.get(message_id, (0, None))[1]
+
+    def keep_built(self, message_id: str, built: tuple) -> None:
+        with self._lock:
+            self._entries[message_id] = (self._entries.get(message_id, (0, None))[0], built)
+            self._trim()
 
     def bump(self, message_id: str) -> int:
         with self._lock:
-            count = self._counts.pop(message_id, 0) + 1
-            self._counts[message_id] = count
-            while len(self._counts) > MAX_TRACKED:
-                self._counts.popitem(last=False)
-            return count
+            count, built = self._entries.pop(message_id, (0, None))
+            self._entries[message_id] = (count + 1, built)
+            self._trim()
+            return count + 1
 
     def forget(self, message_id: str) -> None:
         with self._lock:
-            self._counts.pop(message_id, None)
+            self._entries.pop(message_id, None)
+
+    def _trim(self) -> None:
+        while len(self._entries) > MAX_TRACKED:
+            self._entries.popitem(last=False)
 
 
 class Flusher:
@@ -153,6 +169,18 @@ class Flusher:
     def _capture_and_spool(self, trigger: DeleteTrigger, message_id: str) -> Outcome:
         if self._spool.seen(message_id):
             return Outcome.DUPLICATE
+        built = self._attempts.built(message_id)
+        if built is None:
+            built = self._build(trigger, message_id)
+            if isinstance(built, Outcome):
+                return built  # not nova's, or flagged and spooled
+            self._attempts.keep_built(message_id, built)
+        kind, notification = built
+        self._spool.put(notification, kind="final")
+        return Outcome(kind)
+
+    def _build(self, trigger: DeleteTrigger,
+               message_id: str) -> tuple[str, Notification] | Outcome:
         supersedes = self._spool.last_capture(trigger.instance_id)
         info, notification = None, None
         try:
@@ -167,8 +195,7 @@ class Flusher:
             raise
         except Exception as exc:  # this capture can never be published as it is
             return self._flag(trigger, supersedes, info, notification, exc)
-        self._spool.put(notification, kind="final")
-        return Outcome(kind)
+        return kind, notification
 
     def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
               rejected: Notification | None, exc: Exception) -> Outcome:
