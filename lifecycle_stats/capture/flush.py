@@ -42,10 +42,11 @@ from lifecycle_stats.records import (
 
 LOG = logging.getLogger(__name__)
 
-# Failures that may pass: sqlite's "database is locked" / "database or disk is full" are
-# OperationalError; a full or read-only state_path is OSError; HypervisorError is a libvirt
-# read that failed other than by the domain being gone.
-TRANSIENT = (sqlite3.OperationalError, OSError, HypervisorError)
+# Failures that may pass, or at least are not this capture's fault: sqlite's "database is
+# locked" / "database or disk is full" (OperationalError) and a file damaged under a running
+# agent (DatabaseError: quarantined at the next start); a full or read-only state_path
+# (OSError); a libvirt read that failed other than by the domain being gone (HypervisorError).
+TRANSIENT = (sqlite3.DatabaseError, OSError, HypervisorError)
 MAX_TRACKED = 1_000  # captures tracked at once (oldest forgotten first): ~10 KiB each
 
 GROUP = "flush"

@@ -238,9 +238,10 @@ class FlakySpool(spool.Spool):
     """The real spool, whose first `failures` puts fail the way sqlite fails when the
     database is locked by another process."""
 
-    def __init__(self, *args, failures, **kw):
+    def __init__(self, *args, failures, error=None, **kw):
         super().__init__(*args, **kw)
         self.failures = failures
+        self.error = error or sqlite3.OperationalError("database is locked")
 
     def put(self, notification, kind):
         self._maybe_fail()
@@ -253,7 +254,7 @@ class FlakySpool(spool.Spool):
     def _maybe_fail(self):
         if self.failures:
             self.failures -= 1
-            raise sqlite3.OperationalError("database is locked")
+            raise self.error
 
 
 def test_a_locked_spool_is_retried_in_process_then_the_trigger_redelivered(box, tmp_path):
@@ -347,5 +348,20 @@ def test_a_flagged_capture_retried_after_a_locked_spool_is_kept_once(box, tmp_pa
         assert flusher.handle(trigger()) is flush.Outcome.FLAGGED
         assert len(flaky.pending("test", 10)) == 1
         assert flaky._db.execute("SELECT count(*) FROM rejects").fetchone()[0] == 1
+    finally:
+        flaky.close()
+
+
+@pytest.mark.parametrize("error", [sqlite3.DatabaseError("database disk image is malformed"),
+                                   OSError(28, "No space left on device")])
+def test_a_damaged_or_full_spool_defers_the_capture_instead_of_losing_it(box, tmp_path, error):
+    flaky = FlakySpool(str(tmp_path / "flaky.sqlite"), conduits=["test"], failures=3,
+                       error=error)
+    try:
+        flusher = box.make(FakeInspector({UUID: make_reading()}),
+                           FakeRegistry({UUID: make_info()}), spool=flaky)
+        with pytest.raises(CaptureDeferred):
+            flusher.handle(trigger())
+        assert flusher.handle(trigger()) is flush.Outcome.FINAL
     finally:
         flaky.close()
