@@ -112,6 +112,8 @@ class Agent:
             inspector=self._inspector(self.flush_hv), registry=self.registry,
             last_readings=self.readings, spool=self.spool, host=conf.host,
             publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
+            legacy_meters=conf.meters.legacy,
+            telemetry_secret=conf.publisher.telemetry_secret,
             counters=self.counters)
         self.poller = poller.Poller(
             inspector=self._inspector(self.poll_hv), registry=self.registry,

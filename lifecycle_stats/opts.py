@@ -12,7 +12,7 @@ def list_opts():
     from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import poller
-    from lifecycle_stats.publishing import sender
+    from lifecycle_stats.publishing import samples, sender, signing
     from lifecycle_stats.listeners import bus, libvirt_events
 
     return [
@@ -23,6 +23,8 @@ def list_opts():
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),
         ("metrics", metrics_export.OPTS),
+        ("meters", samples.OPTS),
+        ("publisher", signing.OPTS),
     ]
 
 

@@ -97,8 +97,9 @@ class DeleteStartEndpoint:
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         received_at = self._clock()
         try:
-            trigger = nova_notifications.parse(event_type, publisher_id, payload,
-                                               host=self._host, received_at=received_at)
+            trigger = nova_notifications.parse(
+                event_type, publisher_id, payload, host=self._host, received_at=received_at,
+                announced_at=nova_notifications.envelope_time(metadata))
         except RejectedMessage as exc:
             self._counters.incr("bus.rejected")
             LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),

@@ -48,8 +48,24 @@ def classify(event_type: object) -> str:
     return "other"
 
 
+def envelope_time(metadata: object) -> datetime.datetime | None:
+    """When nova sent the message: the envelope's `timestamp` (oslo.messaging writes
+    str(utcnow()), naive UTC). None when absent or unreadable: the read time is used then."""
+    value = metadata.get("timestamp") if isinstance(metadata, Mapping) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
+
+
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
-          received_at: datetime.datetime) -> DeleteTrigger | None:
+          received_at: datetime.datetime,
+          announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
     """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
 
     Raises RejectedMessage when a delete.start's payload is malformed.
@@ -71,7 +87,7 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
     if origin != host:
         return None
     return DeleteTrigger(instance_id=instance_id, event_type=event_type, host=origin,
-                         received_at=received_at, identity=identity)
+                         received_at=received_at, identity=identity, announced_at=announced_at)
 
 
 def _mapping(value: object, where: str) -> Mapping[str, Any]:

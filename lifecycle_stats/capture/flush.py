@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Callable
 
-from lifecycle_stats.publishing import payloads
+from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
@@ -37,7 +37,8 @@ class Flusher:
     def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
                  spool: NotificationStore, host: str, publisher_id: str,
                  on_spooled: Callable[[], None] = lambda: None, counters: Counters | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime.datetime] = utcnow, legacy_meters: bool = True,
+                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
@@ -47,6 +48,8 @@ class Flusher:
         self._on_spooled = on_spooled
         self._counters = counters if counters is not None else Counters()
         self._clock = clock
+        self._sample_options = {"legacy_meters": legacy_meters,
+                                "telemetry_secret": telemetry_secret}
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
 
@@ -63,7 +66,7 @@ class Flusher:
                 return Outcome.NOT_NOVA
             notification = payloads.delete_samples(
                 kind=kind, trigger=trigger, info=info, reading=reading, host=self._host,
-                publisher_id=self._publisher_id, now=self._clock())
+                publisher_id=self._publisher_id, now=self._clock(), **self._sample_options)
             payloads.validate(notification)
             self._spool.put(notification, kind="final")
         self._counters.incr(f"flush.{kind}")
