@@ -8,7 +8,7 @@ from oslo_config import cfg
 
 
 def list_opts():
-    from lifecycle_stats.emitters import messaging
+    from lifecycle_stats.emitters import ceilometer, file, messaging, udp
     from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import poller
@@ -23,6 +23,9 @@ def list_opts():
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),
         ("metrics", metrics_export.OPTS),
+        ("ceilometer_emitter", ceilometer.OPTS),
+        ("udp_emitter", udp.OPTS),
+        ("file_emitter", file.OPTS),
         ("meters", samples.OPTS),
         ("publisher", signing.OPTS),
     ]
