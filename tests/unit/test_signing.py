@@ -1,7 +1,7 @@
 import hashlib
 import hmac
 
-from lifecycle_stats import signing
+from lifecycle_stats.publishing import signing
 
 
 def manual(secret, pairs):
