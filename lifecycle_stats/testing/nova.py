@@ -11,7 +11,7 @@ import uuid
 
 from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
 from lifecycle_stats.listeners.nova_notifications import VERSIONED_DELETE_START as VERSIONED
-from lifecycle_stats.records import isotime, utcnow
+from lifecycle_stats.records import utcnow
 from lifecycle_stats.testing.guests import NovaGuest
 
 
@@ -49,9 +49,10 @@ def versioned_payload(guest: NovaGuest, host: str) -> dict:
 
 
 def publish_delete_start(transport, guest: NovaGuest, host: str, *, versioned: bool = False,
-                         exchange: str = "nova", topic: str | None = None) -> None:
+                         exchange: str = "nova", topic: str | None = None):
     """Send one delete.start for guest on host, as nova-compute on that host would.
-    topic defaults to nova's (notifications / versioned_notifications)."""
+    topic defaults to nova's (notifications / versioned_notifications). Returns the envelope
+    timestamp (aware UTC), which oslo.messaging writes as str(utcnow()): naive, with a space."""
     import oslo_messaging
 
     if versioned:
@@ -62,8 +63,10 @@ def publish_delete_start(transport, guest: NovaGuest, host: str, *, versioned: b
         default_topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
         payload = legacy_payload(guest, host)
     topic = topic or default_topic
+    sent_at = utcnow()
     message = {"message_id": str(uuid.uuid4()), "publisher_id": publisher,
                "event_type": event_type, "priority": "INFO", "payload": payload,
-               "timestamp": isotime(utcnow())}
+               "timestamp": str(sent_at.replace(tzinfo=None))}
     target = oslo_messaging.Target(exchange=exchange, topic=f"{topic}.info")
     transport._send_notification(target, {}, message, version=2.0, retry=3)
+    return sent_at
