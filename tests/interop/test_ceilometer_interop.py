@@ -25,7 +25,7 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats.publishing import payloads
+from lifecycle_stats.publishing import meters, payloads
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
 
@@ -238,3 +238,25 @@ def test_ceilometer_libvirt_inspector_imports_in_the_interop_venv(ceilometer_pyt
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.strip()) >= 9_000_000
+
+
+def test_catalogue_matches_ceilometers_own_compute_pollsters(ceilometer_python):
+    """Every non-legacy row has a Ceilometer pollster of that name, type and unit; every
+    Ceilometer libvirt pollster we do not publish is one the README explains."""
+    script = ("import json, importlib.metadata as md\n"
+              "out = {}\n"
+              "for ep in md.entry_points(group='ceilometer.poll.compute'):\n"
+              "    cls = ep.load()\n"
+              "    out[ep.name] = [cls.sample_type, cls.sample_unit]\n"
+              "print(json.dumps(out))\n")
+    done = subprocess.run([str(ceilometer_python), "-W", "ignore", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = {name: tuple(v) for name, v in json.loads(done.stdout).items()}
+    ours = {m.name: (m.type, m.unit) for m in meters.CATALOGUE if not m.legacy}
+    assert {name: theirs.get(name) for name in ours} == ours
+    assert set(theirs) - set(ours) == {"network.incoming.bytes.delta",
+                                       "network.outgoing.bytes.delta",
+                                       "network.incoming.bytes.rate",
+                                       "network.outgoing.bytes.rate"}
+    assert not {m.name for m in meters.CATALOGUE if m.legacy} & set(theirs)
