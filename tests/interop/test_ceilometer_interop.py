@@ -5,6 +5,8 @@ while the real `lifecycle-stats-agent` publishes through four conduits at once: 
 (delete.samples), ceilometer (telemetry.polling), udp (to a socket of ours) and file. Everything
 they produced goes to a subprocess in .ceilometer-venv that runs Ceilometer's own notification
 meters with our etc/ceilometer YAML, its telemetry.polling endpoint and its verify_signature.
+A real `ceilometer-agent-notification` process (stock pipeline code, file publisher) also
+consumes both bus conduits from the broker, configured only with the run's exchange and topic.
 Every sample must come back with name, type, unit, volume, resource_id, user/project ids,
 timestamp and metadata intact. Bus names are unique per run and removed afterwards.
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import secrets
+import signal
 import socket
 import subprocess
 import threading
@@ -89,13 +93,17 @@ def udp_socket():
 def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
     """The agent with four conduits, nova, billing and a Ceilometer-side consumer."""
     names = harness.BusNames()
+    # delete.samples go where Ceilometer listens (README: control_exchange = ceilometer)
+    names.control_exchange, names.samples_topic = CEILOMETER_EXCHANGE, CEILOMETER_TOPIC
     workdir = tmp_path_factory.mktemp("interop")
     secret = secrets.token_hex(16)
     conf = cfg.ConfigOpts()
     conf([], project="lifecycle-stats-interop", default_config_files=[])
     transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-    billing = polling = agent = None
+    billing = polling = agent = ceilometer = None
     try:
+        ceilometer = CeilometerAgent(workdir, rabbit_url, secret)
+        ceilometer.wait_listening(amqp_url(rabbit_url))
         billing = harness.BillingConsumer(transport, names)
         polling = PollingConsumer(transport)
         agent = harness.AgentProcess(
@@ -112,12 +120,14 @@ def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
         agent.start()
         yield {"agent": agent, "billing": billing, "polling": polling, "secret": secret,
                "nova": harness.Nova(transport, names), "file": workdir / "samples.jsonl",
-               "workdir": workdir}
+               "workdir": workdir, "ceilometer": ceilometer}
     finally:
         try:
             if agent is not None:
                 agent.stop(timeout=20)
                 agent.kill()
+            if ceilometer is not None:
+                ceilometer.stop()
             for consumer in (billing, polling):
                 if consumer is not None:
                     consumer.stop()
@@ -125,8 +135,76 @@ def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
         finally:
             harness.delete_queues(
                 amqp_url(rabbit_url),
-                [*names.queues([HOST]), f"lst-ceilo-pool-{RUN}", f"{CEILOMETER_TOPIC}.sample"],
-                [names.nova_exchange, names.control_exchange, CEILOMETER_EXCHANGE])
+                [*names.queues([HOST]), f"lst-ceilo-pool-{RUN}",
+                 *(f"{CEILOMETER_TOPIC}.{p}" for p in CEILOMETER_PRIORITIES)],
+                [names.nova_exchange, CEILOMETER_EXCHANGE])
+
+
+CEILOMETER_PRIORITIES = ("audit", "critical", "debug", "error", "info", "sample", "warn")
+
+
+class CeilometerAgent:
+    """The stock `ceilometer-agent-notification`, publishing every sample to a JSON file."""
+
+    def __init__(self, workdir: pathlib.Path, rabbit_url: str, secret: str):
+        self.samples = workdir / "ceilometer-samples.json"
+        (workdir / "pipeline.yaml").write_text(
+            "sources:\n  - name: all\n    meters: ['*']\n    sinks: [to_file]\n"
+            "sinks:\n  - name: to_file\n"
+            f"    publishers: ['file://{self.samples}?json']\n")
+        self.config = workdir / "ceilometer.conf"
+        self.config.write_text(
+            f"[DEFAULT]\ntransport_url = {rabbit_url}\n"
+            f"pipeline_cfg_file = {workdir / 'pipeline.yaml'}\n"
+            f"log_file = {workdir / 'ceilometer-agent.log'}\n"
+            f"[notification]\nnotification_control_exchanges = {CEILOMETER_EXCHANGE}\n"
+            "workers = 1\npipelines = meter\n"
+            f"[meter]\nmeter_definitions_dirs = {DEFINITIONS}\n"
+            f"[oslo_messaging_notifications]\ntopics = {CEILOMETER_TOPIC}\n"
+            f"[publisher]\ntelemetry_secret = {secret}\n")
+        self.log = workdir / "ceilometer-agent.log"
+        self.proc = subprocess.Popen(
+            [str(CEILOMETER_PYTHON.with_name("ceilometer-agent-notification")),
+             "--config-file", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait_listening(self, amqp: str, timeout: float = 60.0) -> None:
+        """Its queue exists once it listens; a sample sent before that would be dropped."""
+        import kombu
+
+        deadline = time.monotonic() + timeout
+        with kombu.Connection(amqp, connect_timeout=5) as conn:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"ceilometer agent exited: {self.log_tail()}"
+                try:
+                    conn.channel().queue_declare(f"{CEILOMETER_TOPIC}.sample", passive=True)
+                    return
+                except Exception:  # not declared yet (the broker closes the channel)
+                    time.sleep(0.2)
+        raise AssertionError(f"ceilometer agent not listening after {timeout} s: "
+                             f"{self.log_tail()}")
+
+    def published(self, count: int, timeout: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.samples.read_text().splitlines() if self.samples.exists() else []
+            if len(lines) >= count:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.2)
+        raise AssertionError(f"ceilometer published fewer than {count} samples: "
+                             f"{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its worker processes too
+                self.proc.wait(10)
 
 
 def read_datagrams(sock, count: int) -> list[dict]:
@@ -221,12 +299,28 @@ def test_a_real_delete_reaches_ceilometer_intact_on_every_conduit(
         assert result["valid"] and all(result["valid"]), name
         assert not any(result["tampered_valid"]), name
 
+    # the stock notification agent, from the broker: telemetry.polling with every field and our
+    # ids; delete.samples through our YAML with instance-level metadata
+    published = world["ceilometer"].published(2 * len(ours))
+    by_path = {True: [], False: []}
+    for theirs in published:
+        by_path["event_type" not in theirs["resource_metadata"]].append(theirs)
+    assert len(by_path[True]) == len(by_path[False]) == len(ours)
+    for theirs in by_path[True]:
+        assert_same_sample(by_id[theirs["id"]], theirs, metadata=True)
+    for theirs in by_path[False]:
+        assert theirs["resource_metadata"]["event_type"] == payloads.DELETE_SAMPLES
+        mine = next(s for s in ours if (s["name"], s["resource_id"]) == (
+            theirs["name"], theirs["resource_id"]))
+        assert_same_sample(mine, theirs, metadata=False)
+
     # never resurrect: stamped no later than nova's announcement, which precedes the moment
     # Ceilometer's Gnocchi publisher sets ended_at
     for sample in ours:
         assert instant(sample["timestamp"]) <= announced
     print(f"\n{len(ours)} samples; telemetry/udp/file/yaml rebuilt by Ceilometer: "
           f"{len(rebuilt)}/{len(got['udp'])}/{len(got['file'])}/{len(from_yaml)}; "
+          f"ceilometer-agent-notification published {len(published)}; "
           f"meters: {sorted({s['name'] for s in ours})}")
 
 
