@@ -15,7 +15,7 @@ step "2/4 hypervisor: libvirtd + QEMU (qemu:///system)"
 bash tools/setup_hypervisor.sh
 step "3/4 broker: RabbitMQ on 127.0.0.1:5672"
 bash tools/start_rabbitmq.sh
-step "4/4 pytest (unit, functional, integration)"
+step "4/4 pytest (unit, functional, integration, interop)"
 export LIFECYCLE_STATS_REQUIRE_SERVICES=${LIFECYCLE_STATS_REQUIRE_SERVICES:-1}
 set +e
 .venv/bin/python -m pytest -ra "$@"
