@@ -90,8 +90,11 @@ def delete_samples(
         "capture": capture(kind, trigger, reading, now),
         "samples": [signing.signed(s.as_dict(), telemetry_secret) for s in built],
     }
+    # The envelope time too: Ceilometer's stock meters.yaml stamps the samples it makes of
+    # delete.samples (memory, vcpus, disk.*.size) with it.
+    sent = now if trigger.announced_at is None else min(now, trigger.announced_at)
     return Notification(event_type=DELETE_SAMPLES, priority="INFO", publisher_id=publisher_id,
-                        payload=payload, message_id=message_id, timestamp=isotime(now))
+                        payload=payload, message_id=message_id, timestamp=isotime(sent))
 
 
 @functools.cache

@@ -318,6 +318,7 @@ def test_a_real_delete_reaches_ceilometer_intact_on_every_conduit(
     # Ceilometer's Gnocchi publisher sets ended_at
     for sample in ours:
         assert instant(sample["timestamp"]) <= announced
+    assert instant(event["timestamp"]) <= announced  # stock meters.yaml stamps with the envelope
     print(f"\n{len(ours)} samples; telemetry/udp/file/yaml rebuilt by Ceilometer: "
           f"{len(rebuilt)}/{len(got['udp'])}/{len(got['file'])}/{len(from_yaml)}; "
           f"ceilometer-agent-notification published {len(published)}; "

@@ -206,6 +206,7 @@ def test_final_samples_are_stamped_no_later_than_nova_announced_the_delete(box):
     [note] = spooled(box)
     stamps = {s["timestamp"] for s in note.payload["samples"]}
     assert stamps == {payloads.isotime(announced)}
+    assert note.timestamp == payloads.isotime(announced)  # stock meters.yaml uses the envelope
     assert note.payload["capture"]["captured_at"] == payloads.isotime(AT)  # the true read time
 
 
