@@ -140,6 +140,9 @@ def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
                 [names.nova_exchange, CEILOMETER_EXCHANGE])
 
 
+# Ceilometer's own meters.yaml: its compute.instance.* definitions fire on delete.samples too.
+STOCK_DEFINITIONS = next((ROOT / ".ceilometer-venv" / "lib").glob(
+    "python3*/site-packages/ceilometer/data/meters.d"), None)
 CEILOMETER_PRIORITIES = ("audit", "critical", "debug", "error", "info", "sample", "warn")
 
 
@@ -160,6 +163,7 @@ class CeilometerAgent:
             f"[notification]\nnotification_control_exchanges = {CEILOMETER_EXCHANGE}\n"
             "workers = 1\npipelines = meter\n"
             f"[meter]\nmeter_definitions_dirs = {DEFINITIONS}\n"
+            f"meter_definitions_dirs = {STOCK_DEFINITIONS}\n"
             f"[oslo_messaging_notifications]\ntopics = {CEILOMETER_TOPIC}\n"
             f"[publisher]\ntelemetry_secret = {secret}\n")
         self.log = workdir / "ceilometer-agent.log"
@@ -205,6 +209,9 @@ class CeilometerAgent:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)  # its worker processes too
                 self.proc.wait(10)
+
+
+STOCK_FROM_DELETE = ("memory", "vcpus", "disk.root.size", "disk.ephemeral.size")
 
 
 def read_datagrams(sock, count: int) -> list[dict]:
@@ -301,14 +308,24 @@ def test_a_real_delete_reaches_ceilometer_intact_on_every_conduit(
 
     # the stock notification agent, from the broker: telemetry.polling with every field and our
     # ids; delete.samples through our YAML with instance-level metadata
-    published = world["ceilometer"].published(2 * len(ours))
-    by_path = {True: [], False: []}
+    published = world["ceilometer"].published(2 * len(ours) + len(STOCK_FROM_DELETE))
+    by_path = {"telemetry": [], "yaml": [], "stock": []}
     for theirs in published:
-        by_path["event_type" not in theirs["resource_metadata"]].append(theirs)
-    assert len(by_path[True]) == len(by_path[False]) == len(ours)
-    for theirs in by_path[True]:
+        meta = theirs["resource_metadata"]
+        path = ("telemetry" if theirs["id"] in by_id else
+                "yaml" if "capture_kind" in meta else "stock")
+        by_path[path].append(theirs)
+    assert len(by_path["telemetry"]) == len(by_path["yaml"]) == len(ours)
+    for theirs in by_path["telemetry"]:
         assert_same_sample(by_id[theirs["id"]], theirs, metadata=True)
-    for theirs in by_path[False]:
+    # the stock definitions' extra samples: same names and units as ours, never stamped after
+    # nova's announcement (they take the envelope's time)
+    assert sorted(s["name"] for s in by_path["stock"]) == sorted(STOCK_FROM_DELETE)
+    for theirs in by_path["stock"]:
+        mine = next(s for s in ours if s["name"] == theirs["name"])
+        assert (theirs["unit"], theirs["resource_id"]) == (mine["unit"], mine["resource_id"])
+        assert instant(theirs["timestamp"]) <= announced
+    for theirs in by_path["yaml"]:
         assert theirs["resource_metadata"]["event_type"] == payloads.DELETE_SAMPLES
         mine = next(s for s in ours if (s["name"], s["resource_id"]) == (
             theirs["name"], theirs["resource_id"]))
