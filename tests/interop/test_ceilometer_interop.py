@@ -14,17 +14,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import pathlib
 import secrets
-import signal
 import socket
 import subprocess
-import threading
 import time
-import uuid
 
-import msgpack
 import oslo_messaging
 import pytest
 from oslo_config import cfg
@@ -32,45 +26,18 @@ from oslo_config import cfg
 from lifecycle_stats.publishing import meters, payloads
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
+from tests.interop.stock_ceilometer import (
+    CEILOMETER_EXCHANGE, CEILOMETER_PRIORITIES, CEILOMETER_PYTHON, CEILOMETER_TOPIC,
+    POLLING_POOL, RUN, CeilometerAgent, PollingConsumer, read_datagrams, read_file,
+    run_ceilometer,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop, pytest.mark.timeout(240)]
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CEILOMETER_PYTHON = ROOT / ".ceilometer-venv" / "bin" / "python"
-DEFINITIONS = ROOT / "etc" / "ceilometer" / "meters.d"
-RUN = uuid.uuid4().hex[:8]
 HOST = f"lst-interop-{RUN}"
-CEILOMETER_EXCHANGE = f"lst-ceilometer-{RUN}"  # the real default is `ceilometer`
-CEILOMETER_TOPIC = f"lst-ceilometer-notifications-{RUN}"
 CORE = ("name", "type", "unit", "volume", "resource_id", "user_id", "project_id")
-
-
-class PollingConsumer:
-    """Reads telemetry.polling as Ceilometer's notification agent does (priority SAMPLE)."""
-
-    def __init__(self, transport):
-        self.messages: list[dict] = []
-        self._cond = threading.Condition()
-        target = oslo_messaging.Target(exchange=CEILOMETER_EXCHANGE, topic=CEILOMETER_TOPIC)
-        self._server = oslo_messaging.get_notification_listener(
-            transport, [target], [self], executor="threading", pool=f"lst-ceilo-pool-{RUN}")
-        self._server.start()
-
-    def sample(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self._cond:  # the dict oslo.messaging's batch dispatcher hands Ceilometer
-            self.messages.append({"ctxt": ctxt, "publisher_id": publisher_id,
-                                  "event_type": event_type, "payload": payload,
-                                  "metadata": dict(metadata)})
-            self._cond.notify_all()
-
-    def wait(self, timeout: float) -> list[dict]:
-        with self._cond:
-            self._cond.wait_for(lambda: self.messages, timeout)
-            return list(self.messages)
-
-    def stop(self):
-        self._server.stop()
-        self._server.wait()
+# Ceilometer's stock meters.yaml makes these of any compute.instance.* payload, ours included.
+STOCK_FROM_DELETE = ("memory", "vcpus", "disk.root.size", "disk.ephemeral.size")
 
 
 @pytest.fixture(scope="module")
@@ -135,107 +102,12 @@ def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
         finally:
             harness.delete_queues(
                 amqp_url(rabbit_url),
-                [*names.queues([HOST]), f"lst-ceilo-pool-{RUN}",
+                [*names.queues([HOST]), POLLING_POOL,
                  *(f"{CEILOMETER_TOPIC}.{p}" for p in CEILOMETER_PRIORITIES)],
                 [names.nova_exchange, CEILOMETER_EXCHANGE])
 
 
-# Ceilometer's own meters.yaml: its compute.instance.* definitions fire on delete.samples too.
-STOCK_DEFINITIONS = next((ROOT / ".ceilometer-venv" / "lib").glob(
-    "python3*/site-packages/ceilometer/data/meters.d"), None)
-CEILOMETER_PRIORITIES = ("audit", "critical", "debug", "error", "info", "sample", "warn")
-
-
-class CeilometerAgent:
-    """The stock `ceilometer-agent-notification`, publishing every sample to a JSON file."""
-
-    def __init__(self, workdir: pathlib.Path, rabbit_url: str, secret: str):
-        self.samples = workdir / "ceilometer-samples.json"
-        (workdir / "pipeline.yaml").write_text(
-            "sources:\n  - name: all\n    meters: ['*']\n    sinks: [to_file]\n"
-            "sinks:\n  - name: to_file\n"
-            f"    publishers: ['file://{self.samples}?json']\n")
-        self.config = workdir / "ceilometer.conf"
-        self.config.write_text(
-            f"[DEFAULT]\ntransport_url = {rabbit_url}\n"
-            f"pipeline_cfg_file = {workdir / 'pipeline.yaml'}\n"
-            f"log_file = {workdir / 'ceilometer-agent.log'}\n"
-            f"[notification]\nnotification_control_exchanges = {CEILOMETER_EXCHANGE}\n"
-            "workers = 1\npipelines = meter\n"
-            f"[meter]\nmeter_definitions_dirs = {DEFINITIONS}\n"
-            f"meter_definitions_dirs = {STOCK_DEFINITIONS}\n"
-            f"[oslo_messaging_notifications]\ntopics = {CEILOMETER_TOPIC}\n"
-            f"[publisher]\ntelemetry_secret = {secret}\n")
-        self.log = workdir / "ceilometer-agent.log"
-        self.proc = subprocess.Popen(
-            [str(CEILOMETER_PYTHON.with_name("ceilometer-agent-notification")),
-             "--config-file", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_listening(self, amqp: str, timeout: float = 60.0) -> None:
-        """Its queue exists once it listens; a sample sent before that would be dropped."""
-        import kombu
-
-        deadline = time.monotonic() + timeout
-        with kombu.Connection(amqp, connect_timeout=5) as conn:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"ceilometer agent exited: {self.log_tail()}"
-                try:
-                    conn.channel().queue_declare(f"{CEILOMETER_TOPIC}.sample", passive=True)
-                    return
-                except Exception:  # not declared yet (the broker closes the channel)
-                    time.sleep(0.2)
-        raise AssertionError(f"ceilometer agent not listening after {timeout} s: "
-                             f"{self.log_tail()}")
-
-    def published(self, count: int, timeout: float = 30.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.samples.read_text().splitlines() if self.samples.exists() else []
-            if len(lines) >= count:
-                return [json.loads(line) for line in lines]
-            time.sleep(0.2)
-        raise AssertionError(f"ceilometer published fewer than {count} samples: "
-                             f"{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else "(no log)"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # its worker processes too
-                self.proc.wait(10)
-
-
 STOCK_FROM_DELETE = ("memory", "vcpus", "disk.root.size", "disk.ephemeral.size")
-
-
-def read_datagrams(sock, count: int) -> list[dict]:
-    return [msgpack.unpackb(sock.recv(65535), raw=False) for _ in range(count)]
-
-
-def read_file(path: pathlib.Path, count: int, timeout: float = 10.0) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return [json.loads(line) for line in lines]
-        time.sleep(0.1)
-    raise AssertionError(f"{path}: fewer than {count} lines after {timeout} s")
-
-
-def run_ceilometer(python, captured: dict, workdir: pathlib.Path) -> dict:
-    src, dst = workdir / "captured.json", workdir / "ceilometer.json"
-    src.write_text(json.dumps(captured))
-    done = subprocess.run([str(python), str(ROOT / "tests" / "interop" / "ceilometer_side.py"),
-                           str(src), str(dst), str(DEFINITIONS)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(dst.read_text())
 
 
 def instant(text: str) -> datetime.datetime:
@@ -250,94 +122,106 @@ def assert_same_sample(ours: dict, theirs: dict, *, metadata: bool) -> None:
         assert theirs["resource_metadata"] == ours["resource_metadata"]
 
 
-def test_a_real_delete_reaches_ceilometer_intact_on_every_conduit(
-        world, guest_factory, udp_socket, ceilometer_python):
+def delete_a_guest(world, guest_factory, udp_socket) -> dict:
+    """Delete a running guest as nova does; collect every conduit's output."""
     guest, _ = guest_factory.create(paused=False)
-    agent = world["agent"]
-    agent.wait_for(lambda s: s.get("counters", {}).get("poller.polls", 0) >= 2, 45, "polls")
+    world["agent"].wait_for(lambda s: s.get("counters", {}).get("poller.polls", 0) >= 2, 45,
+                            "polls")
     announced = world["nova"].delete_start(guest, HOST)
     time.sleep(0.1)  # nova's own gap before driver.destroy
     guest_factory.destroy(guest)
-
-    events = world["billing"].wait_for_instances([guest.instance_id], 20)
-    [event] = events[guest.instance_id]
-    ours = event["payload"]["samples"]
+    [event] = world["billing"].wait_for_instances([guest.instance_id], 20)[guest.instance_id]
     assert event["payload"]["capture"]["kind"] == payloads.FINAL, event["payload"]["capture"]
+    count = len(event["payload"]["samples"])
     [polling] = world["polling"].wait(20)
-    udp = read_datagrams(udp_socket, len(ours))
-    lines = read_file(world["file"], len(ours))
-    delete_message = {"ctxt": {}, "publisher_id": event["publisher_id"],
-                      "event_type": event["event_type"], "payload": event["payload"],
-                      "metadata": {"message_id": event["envelope_id"],
-                                   "timestamp": event["timestamp"]}}
-    got = run_ceilometer(ceilometer_python, {
-        "secret": world["secret"], "delete_samples": [delete_message], "telemetry": [polling],
-        "udp": udp, "file": lines}, world["workdir"])
+    return {"announced": announced, "event": event, "ours": event["payload"]["samples"],
+            "polling": polling, "udp": read_datagrams(udp_socket, count),
+            "file": read_file(world["file"], count)}
 
-    assert got["ceilometer_version"] == "27.0.0"
-    # telemetry.polling, as Ceilometer's own polling agent sends it
-    assert (polling["event_type"], polling["publisher_id"]) == (
-        "telemetry.polling", f"lifecycle-stats.{HOST}")
+
+def as_ceilometer_gets_it(event: dict) -> dict:
+    """The dict oslo.messaging's batch dispatcher hands Ceilometer's endpoints."""
+    return {"ctxt": {}, "publisher_id": event["publisher_id"], "event_type": event["event_type"],
+            "payload": event["payload"], "metadata": {"message_id": event["envelope_id"],
+                                                      "timestamp": event["timestamp"]}}
+
+
+def check_meter_messages(got: dict, ours: list[dict]) -> None:
+    """telemetry.polling, udp, file: rebuilt by TelemetryIpc with every field and our ids."""
     by_id = {s["message_id"]: s for s in ours}
     for name in ("udp", "file"):
-        rebuilt = got[name]
-        assert len(rebuilt) == len(ours), name
-        for theirs in rebuilt:
+        assert len(got[name]) == len(ours), name
+        for theirs in got[name]:
             assert_same_sample(by_id[theirs["id"]], theirs, metadata=True)
     [rebuilt] = got["telemetry"]
     assert [s["id"] for s in rebuilt] == [s["message_id"] for s in ours]  # our ids kept
     for mine, theirs in zip(ours, rebuilt):
         assert_same_sample(mine, theirs, metadata=True)
 
-    # delete.samples through Ceilometer's notification meters and our YAML: every sample,
-    # instance-level metadata only (Ceilometer evaluates `metadata:` once per notification)
-    [from_yaml] = got["delete_samples"]
+
+def check_yaml_path(from_yaml: list[dict], ours: list[dict], event: dict) -> None:
+    """delete.samples through our YAML: every sample, instance-level metadata only
+    (Ceilometer evaluates `metadata:` once per notification)."""
     assert len(from_yaml) == len(ours)
-    for mine, theirs in zip(ours, from_yaml):
+    for theirs in from_yaml:
+        mine = next(s for s in ours if (s["name"], s["resource_id"]) == (
+            theirs["name"], theirs["resource_id"]))
         assert_same_sample(mine, theirs, metadata=False)
         meta = theirs["resource_metadata"]
+        assert meta["event_type"] == payloads.DELETE_SAMPLES
         assert meta["host"] == mine["resource_metadata"]["host"] != HOST  # hashed hostId
         assert meta["instance_host"] == HOST
         assert meta["flavor"] == mine["resource_metadata"]["flavor"]
         assert meta["notification_message_id"] == event["payload"]["message_id"]
 
+
+def check_agent_output(published: list[dict], ours: list[dict], event: dict,
+                       announced: datetime.datetime) -> None:
+    """What the real notification agent published, split by the path it came through."""
+    by_id = {s["message_id"]: s for s in ours}
+    paths: dict[str, list[dict]] = {"telemetry": [], "yaml": [], "stock": []}
+    for theirs in published:
+        path = ("telemetry" if theirs["id"] in by_id else
+                "yaml" if "capture_kind" in theirs["resource_metadata"] else "stock")
+        paths[path].append(theirs)
+    assert len(paths["telemetry"]) == len(ours)
+    for theirs in paths["telemetry"]:
+        assert_same_sample(by_id[theirs["id"]], theirs, metadata=True)
+    check_yaml_path(paths["yaml"], ours, event)
+    # the stock definitions' samples: our names and units, stamped with the envelope's time
+    assert sorted(s["name"] for s in paths["stock"]) == sorted(STOCK_FROM_DELETE)
+    for theirs in paths["stock"]:
+        mine = next(s for s in ours if s["name"] == theirs["name"])
+        assert (theirs["unit"], theirs["resource_id"]) == (mine["unit"], mine["resource_id"])
+        assert instant(theirs["timestamp"]) <= announced
+
+
+def test_a_real_delete_reaches_ceilometer_intact_on_every_conduit(
+        world, guest_factory, udp_socket, ceilometer_python):
+    out = delete_a_guest(world, guest_factory, udp_socket)
+    ours, event, announced = out["ours"], out["event"], out["announced"]
+    got = run_ceilometer(ceilometer_python, {
+        "secret": world["secret"], "delete_samples": [as_ceilometer_gets_it(event)],
+        "telemetry": [out["polling"]], "udp": out["udp"], "file": out["file"]},
+        world["workdir"])
+    assert got["ceilometer_version"] == "27.0.0"
+    assert (out["polling"]["event_type"], out["polling"]["publisher_id"]) == (
+        "telemetry.polling", f"lifecycle-stats.{HOST}")
+    check_meter_messages(got, ours)
+    [from_yaml] = got["delete_samples"]
+    check_yaml_path(from_yaml, ours, event)
     # Ceilometer's verify_signature accepts every signed dict and rejects tampered copies
     for name, result in got["signatures"].items():
         assert result["valid"] and all(result["valid"]), name
         assert not any(result["tampered_valid"]), name
-
-    # the stock notification agent, from the broker: telemetry.polling with every field and our
-    # ids; delete.samples through our YAML with instance-level metadata
     published = world["ceilometer"].published(2 * len(ours) + len(STOCK_FROM_DELETE))
-    by_path = {"telemetry": [], "yaml": [], "stock": []}
-    for theirs in published:
-        meta = theirs["resource_metadata"]
-        path = ("telemetry" if theirs["id"] in by_id else
-                "yaml" if "capture_kind" in meta else "stock")
-        by_path[path].append(theirs)
-    assert len(by_path["telemetry"]) == len(by_path["yaml"]) == len(ours)
-    for theirs in by_path["telemetry"]:
-        assert_same_sample(by_id[theirs["id"]], theirs, metadata=True)
-    # the stock definitions' extra samples: same names and units as ours, never stamped after
-    # nova's announcement (they take the envelope's time)
-    assert sorted(s["name"] for s in by_path["stock"]) == sorted(STOCK_FROM_DELETE)
-    for theirs in by_path["stock"]:
-        mine = next(s for s in ours if s["name"] == theirs["name"])
-        assert (theirs["unit"], theirs["resource_id"]) == (mine["unit"], mine["resource_id"])
-        assert instant(theirs["timestamp"]) <= announced
-    for theirs in by_path["yaml"]:
-        assert theirs["resource_metadata"]["event_type"] == payloads.DELETE_SAMPLES
-        mine = next(s for s in ours if (s["name"], s["resource_id"]) == (
-            theirs["name"], theirs["resource_id"]))
-        assert_same_sample(mine, theirs, metadata=False)
-
+    check_agent_output(published, ours, event, announced)
     # never resurrect: stamped no later than nova's announcement, which precedes the moment
-    # Ceilometer's Gnocchi publisher sets ended_at
-    for sample in ours:
-        assert instant(sample["timestamp"]) <= announced
-    assert instant(event["timestamp"]) <= announced  # stock meters.yaml stamps with the envelope
-    print(f"\n{len(ours)} samples; telemetry/udp/file/yaml rebuilt by Ceilometer: "
-          f"{len(rebuilt)}/{len(got['udp'])}/{len(got['file'])}/{len(from_yaml)}; "
+    # Ceilometer's Gnocchi publisher sets ended_at (the stock definitions use the envelope's)
+    assert all(instant(s["timestamp"]) <= announced for s in ours)
+    assert instant(event["timestamp"]) <= announced
+    print(f"\n{len(ours)} samples; Ceilometer rebuilt telemetry/udp/file/yaml "
+          f"{len(got['telemetry'][0])}/{len(got['udp'])}/{len(got['file'])}/{len(from_yaml)}; "
           f"ceilometer-agent-notification published {len(published)}; "
           f"meters: {sorted({s['name'] for s in ours})}")
 
