@@ -38,22 +38,26 @@ class MessagingEmitter(Emitter):
         self._retry = conf.messaging_emitter.send_retry
 
     def emit(self, notification: Notification) -> None:
-        message = {
+        self._publish({
             "message_id": notification.message_id,
             "publisher_id": notification.publisher_id,
             "event_type": notification.event_type,
             "priority": notification.priority,
             "payload": dict(notification.payload),
             "timestamp": notification.timestamp,
-        }
+        })
+
+    def _publish(self, message: dict, exchange: str | None = None) -> None:
+        """Send to every topic's `<topic>.<priority>` queue; None: [DEFAULT] control_exchange."""
         for topic in self._topics:
-            target = oslo_messaging.Target(topic=f"{topic}.{notification.priority.lower()}")
+            target = oslo_messaging.Target(topic=f"{topic}.{message['priority'].lower()}",
+                                           exchange=exchange)
             try:
                 self._transport._send_notification(target, {}, message,
                                                    version=self.envelope_version,
                                                    retry=self._retry)
             except Exception as exc:  # any failure means: not confirmed
-                raise EmitError(f"{notification.event_type} {notification.message_id} "
+                raise EmitError(f"{message['event_type']} {message['message_id']} "
                                 f"not confirmed on topic {topic}: {exc}") from exc
 
     def close(self) -> None:

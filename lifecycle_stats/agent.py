@@ -116,7 +116,9 @@ class Agent:
             publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
             counters=self.counters, max_attempts=conf.flush.max_attempts,
             tries_per_attempt=conf.flush.tries_per_attempt, retry_wait=conf.flush.retry_wait,
-            retry_max_wait=conf.flush.retry_max_wait)
+            retry_max_wait=conf.flush.retry_max_wait,
+            legacy_meters=conf.meters.legacy,
+            telemetry_secret=conf.publisher.telemetry_secret)
         self.poller = poller.Poller(
             inspector=self._inspector(self.poll_hv), registry=self.registry,
             last_readings=self.readings, interval=conf.poller.interval, counters=self.counters)

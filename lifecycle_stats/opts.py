@@ -8,11 +8,11 @@ from oslo_config import cfg
 
 
 def list_opts():
-    from lifecycle_stats.emitters import messaging
+    from lifecycle_stats.emitters import ceilometer, file, messaging, udp
     from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import flush, poller
-    from lifecycle_stats.publishing import sender
+    from lifecycle_stats.publishing import samples, sender, signing
     from lifecycle_stats.listeners import bus, libvirt_events
 
     return [
@@ -24,6 +24,11 @@ def list_opts():
         ("notification_listener", bus.OPTS),
         ("messaging_emitter", messaging.OPTS),
         ("metrics", metrics_export.OPTS),
+        ("ceilometer_emitter", ceilometer.OPTS),
+        ("udp_emitter", udp.OPTS),
+        ("file_emitter", file.OPTS),
+        ("meters", samples.OPTS),
+        ("publisher", signing.OPTS),
     ]
 
 

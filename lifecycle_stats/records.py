@@ -29,6 +29,7 @@ class Flavor:
     swap_mb: int
     ephemeral_gb: int
     vcpus: int
+    id: str | None = None  # <nova:flavor id=...>, written by nova >= 2025.2 only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,12 @@ class DiskStats:
     read_bytes: int
     write_requests: int
     write_bytes: int
+    # Ceilometer's extra per-disk meters; None where the driver does not report them.
+    read_time_ns: int | None = None  # block.N.rd.times: total time spent reading
+    write_time_ns: int | None = None
+    capacity: int | None = None  # bytes; max(capacity, physical), as Ceilometer reports it
+    allocation: int | None = None
+    physical: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,12 @@ class DomainReading:
     vnics: tuple[VnicStats, ...]
     read_at: datetime.datetime
     path: str  # how it was read: "bulk", "single" or "fallback"
+    state_code: int | None = None  # virDomainState, what Ceilometer's power.state reports
+    # libvirt's memoryStats names (actual, available, usable, unused, rss, swap_in, swap_out),
+    # KiB, only those the guest's balloon driver reported.
+    memory_stats: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # perf events enabled on the domain: cpu_cycles, instructions, cache_references, cache_misses
+    perf: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +141,9 @@ class DeleteTrigger:
     # announcement of one delete, and in every redelivery; a retried delete is a new
     # request). None: nothing tells attempts apart.
     attempt_id: str | None = None
+    # When nova emitted the announcement (its envelope timestamp): before destroy, and before
+    # Ceilometer's Gnocchi publisher ends the resource. Final samples are stamped no later.
+    announced_at: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)

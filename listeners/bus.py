@@ -101,7 +101,8 @@ class DeleteStartEndpoint:
         received_at = self._clock()
         try:
             trigger = nova_notifications.parse_any(
-                event_type, publisher_id, payload, received_at=received_at, context=ctxt)
+                event_type, publisher_id, payload, received_at=received_at, context=ctxt,
+                announced_at=nova_notifications.envelope_time(metadata))
         except RejectedMessage as exc:
             self._counters.incr("bus.rejected")
             LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),

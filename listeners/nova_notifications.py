@@ -48,9 +48,24 @@ def classify(event_type: object) -> str:
     return "other"
 
 
+def envelope_time(metadata: object) -> datetime.datetime | None:
+    """When nova sent the message: the envelope's `timestamp` (oslo.messaging writes
+    str(utcnow()), naive UTC). None when absent or unreadable: the read time is used then."""
+    value = metadata.get("timestamp") if isinstance(metadata, Mapping) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment
+
+
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
-          received_at: datetime.datetime, context: object = None
-          ) -> DeleteTrigger | None:
+          received_at: datetime.datetime, context: object = None,
+          announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
     """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
 
     Raises RejectedMessage when a delete.start's payload is malformed.
@@ -58,15 +73,15 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty string, got {host!r}")
     trigger = parse_any(event_type, publisher_id, payload, received_at=received_at,
-                        context=context)
+                        context=context, announced_at=announced_at)
     if trigger is None or trigger.host != host:
         return None
     return trigger
 
 
 def parse_any(event_type: str, publisher_id: object, payload: object, *,
-              received_at: datetime.datetime, context: object = None
-              ) -> DeleteTrigger | None:
+              received_at: datetime.datetime, context: object = None,
+              announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
@@ -81,7 +96,8 @@ def parse_any(event_type: str, publisher_id: object, payload: object, *,
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
-                         identity=identity, attempt_id=_attempt_id(fields, context))
+                         identity=identity, attempt_id=_attempt_id(fields, context),
+                         announced_at=announced_at)
 
 
 def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:

@@ -9,11 +9,13 @@ step() { echo "== run_tests: $* ($(date +%T))"; }
 
 step "1/4 bootstrap: system headers + .venv with lifecycle-stats[test]"
 bash tools/bootstrap.sh
+step "1b/4 interop: .ceilometer-venv with the pinned Ceilometer (cached by a stamp)"
+bash tools/ceilometer_venv.sh
 step "2/4 hypervisor: libvirtd + QEMU (qemu:///system)"
 bash tools/setup_hypervisor.sh
 step "3/4 broker: RabbitMQ on 127.0.0.1:5672"
 bash tools/start_rabbitmq.sh
-step "4/4 pytest (unit, functional, integration)"
+step "4/4 pytest (unit, functional, integration, interop)"
 export LIFECYCLE_STATS_REQUIRE_SERVICES=${LIFECYCLE_STATS_REQUIRE_SERVICES:-1}
 set +e
 .venv/bin/python -m pytest -ra "$@"

@@ -32,7 +32,7 @@ import jsonschema
 import tenacity
 from oslo_config import cfg
 
-from lifecycle_stats.publishing import payloads
+from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
@@ -122,8 +122,9 @@ class Flusher:
                  on_spooled: Callable[[], None] = lambda: None, counters: Counters | None = None,
                  clock: Callable[[], datetime.datetime] = utcnow, max_attempts: int = 10,
                  tries_per_attempt: int = 3, retry_wait: float = 0.2,
-                 retry_max_wait: float = 2.0, sleep: Callable[[float], None] = time.sleep
-                 ) -> None:
+                 retry_max_wait: float = 2.0, sleep: Callable[[float], None] = time.sleep,
+                 legacy_meters: bool = True,
+                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
         if max_attempts < 1 or tries_per_attempt < 1:
             raise ValueError(f"max_attempts and tries_per_attempt must be >= 1, got "
                              f"{max_attempts}, {tries_per_attempt}")
@@ -138,6 +139,8 @@ class Flusher:
         self._clock = clock
         self._max_attempts = max_attempts
         self._attempts = _Attempts()
+        self._sample_options = {"legacy_meters": legacy_meters,
+                                "telemetry_secret": telemetry_secret}
         self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._locks_guard = threading.Lock()
         self._retrying = tenacity.Retrying(
@@ -190,7 +193,8 @@ class Flusher:
                 return Outcome.NOT_NOVA
             notification = payloads.delete_samples(
                 kind=kind, trigger=trigger, info=info, reading=reading, host=self._host,
-                publisher_id=self._publisher_id, now=self._clock(), supersedes=supersedes)
+                publisher_id=self._publisher_id, now=self._clock(), supersedes=supersedes,
+                **self._sample_options)
             payloads.validate(notification)
         except TRANSIENT:
             raise

@@ -141,7 +141,7 @@ def report(events: list[dict], counters: dict, show_json: bool) -> int:
         print(f"  {p['display_name']:<8} {p['instance_id']}  {cap['kind']:<10}{age}  "
               f"via {cap['trigger']}\n"
               f"           {len(p['samples'])} samples: cpu={volumes.get('cpu')} ns  "
-              f"vcpus={volumes.get('vcpus')}  memory={volumes.get('memory')} MB  "
+              f"vcpus={volumes.get('vcpus')}  memory={volumes.get('memory')} MiB  "
               f"disk.read.bytes={volumes.get('disk.read.bytes')}")
     print("\ncounters: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())
                                       if k.startswith(("flush.", "bus."))))

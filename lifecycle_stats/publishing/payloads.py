@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from lifecycle_stats.publishing import samples
+from lifecycle_stats.publishing import samples, signing
 from lifecycle_stats.records import (
     DeleteTrigger, DomainReading, InstanceInfo, Notification, isotime,
 )
@@ -70,25 +70,41 @@ def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
     return out
 
 
+def sample_time(trigger: DeleteTrigger, reading: DomainReading) -> datetime.datetime:
+    """The timestamp of a deleted instance's samples: the read time, but never later than
+    nova's delete announcement. Ceilometer's Gnocchi publisher ends the instance's resources
+    (ended_at = its own clock) when it processes that announcement, which is after nova sent
+    it, and Gnocchi un-ends a resource that gets a measure at or after ended_at. Stamped no
+    later than the announcement, a final sample can never resurrect its instance."""
+    if trigger.announced_at is None or reading.read_at <= trigger.announced_at:
+        return reading.read_at
+    return trigger.announced_at
+
+
 def delete_samples(
     *, kind: str, trigger: DeleteTrigger, info: InstanceInfo | None,
     reading: DomainReading | None, host: str, publisher_id: str, now: datetime.datetime,
     source: str = "openstack", supersedes: str | None = None, errors: list[str] | None = None,
+    legacy_meters: bool = True, telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET,
 ) -> Notification:
     message_id = delete_message_id(trigger)
     built = []
     if info is not None and reading is not None:
         built = samples.build_samples(info, reading, host=host, capture_id=message_id,
-                                      source=source)
+                                      source=source, legacy=legacy_meters,
+                                      timestamp=sample_time(trigger, reading))
     payload = {
         **identity(info, trigger, host),
         "message_id": message_id,
         "supersedes": supersedes,
         "capture": capture(kind, trigger, reading, now, errors),
-        "samples": [s.as_dict() for s in built],
+        "samples": [signing.signed(s.as_dict(), telemetry_secret) for s in built],
     }
+    # The envelope time too: Ceilometer's stock meters.yaml stamps the samples it makes of
+    # delete.samples (memory, vcpus, disk.*.size) with it.
+    sent = now if trigger.announced_at is None else min(now, trigger.announced_at)
     return Notification(event_type=DELETE_SAMPLES, priority="INFO", publisher_id=publisher_id,
-                        payload=payload, message_id=message_id, timestamp=isotime(now))
+                        payload=payload, message_id=message_id, timestamp=isotime(sent))
 
 
 @functools.cache

@@ -25,7 +25,8 @@ LOG = logging.getLogger(__name__)
 
 STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
                 | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
-                | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
+                | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK
+                | libvirt.VIR_DOMAIN_STATS_PERF)  # silently empty where perf events are off
 ACTIVE_ONLY = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
 
 # Indexed by virDomainState.
@@ -121,7 +122,8 @@ class Inspector:
             active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
             disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
-            read_at=read_at, path=path)
+            read_at=read_at, path=path, state_code=state,
+            memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats))
 
 
 def is_torn(stats: Stats) -> bool:
@@ -155,8 +157,37 @@ def disks_from_stats(stats: Stats) -> tuple[records.DiskStats, ...]:
         disks[name] = records.DiskStats(
             device=name,
             read_requests=stats[f"block.{i}.rd.reqs"], read_bytes=stats[f"block.{i}.rd.bytes"],
-            write_requests=stats[f"block.{i}.wr.reqs"], write_bytes=stats[f"block.{i}.wr.bytes"])
+            write_requests=stats[f"block.{i}.wr.reqs"], write_bytes=stats[f"block.{i}.wr.bytes"],
+            read_time_ns=stats.get(f"block.{i}.rd.times"),
+            write_time_ns=stats.get(f"block.{i}.wr.times"),
+            **disk_sizes(stats.get(f"block.{i}.capacity"), stats.get(f"block.{i}.allocation"),
+                         stats.get(f"block.{i}.physical")))
     return tuple(disks.values())
+
+
+def disk_sizes(capacity: int | None, allocation: int | None,
+               physical: int | None) -> dict[str, int | None]:
+    """Ceilometer reports capacity as max(capacity, physical): a cdrom's capacity is aligned
+    down to 4 KiB and can be smaller than the file."""
+    if capacity is not None and physical is not None:
+        capacity = max(capacity, physical)
+    return {"capacity": capacity, "allocation": allocation, "physical": physical}
+
+
+# Bulk "balloon.*" keys -> libvirt's memoryStats names (what the fallback path returns).
+_BALLOON_KEYS = {"balloon.current": "actual", "balloon.available": "available",
+                 "balloon.usable": "usable", "balloon.unused": "unused", "balloon.rss": "rss",
+                 "balloon.swap_in": "swap_in", "balloon.swap_out": "swap_out"}
+MEMORY_STAT_NAMES = frozenset(_BALLOON_KEYS.values())
+PERF_NAMES = ("cpu_cycles", "instructions", "cache_references", "cache_misses")
+
+
+def memory_from_stats(stats: Stats) -> dict[str, int]:
+    return {name: stats[key] for key, name in _BALLOON_KEYS.items() if key in stats}
+
+
+def perf_from_stats(stats: Stats) -> dict[str, int]:
+    return {name: stats[f"perf.{name}"] for name in PERF_NAMES if f"perf.{name}" in stats}
 
 
 def vnics_from_stats(stats: Stats) -> tuple[records.VnicStats, ...]:
@@ -179,13 +210,35 @@ def _fallback_reading(dom: libvirt.virDomain,
     if state in INACTIVE_STATES:
         return _inactive(dom, state, vcpus, memory_kib, max_kib, "fallback", clock())
     disk_names, vnic_names = nova_metadata.device_names(dom.XMLDesc(0))
-    disks = tuple(records.DiskStats(dev, *dom.blockStats(dev)[:4]) for dev in disk_names)
+    disks = tuple(_fallback_disk(dom, dev) for dev in disk_names)
     vnics = tuple(records.VnicStats(dev, *dom.interfaceStats(dev)) for dev in vnic_names)
-    balloon = dom.memoryStats().get("actual", memory_kib)
+    memory = {k: v for k, v in dom.memoryStats().items() if k in MEMORY_STAT_NAMES}
     return records.DomainReading(
         instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
-        active=True, cpu_time_ns=cpu_ns, vcpus=vcpus, memory_kib=balloon,
-        memory_max_kib=max_kib, disks=disks, vnics=vnics, read_at=clock(), path="fallback")
+        active=True, cpu_time_ns=cpu_ns, vcpus=vcpus, memory_kib=memory.get("actual", memory_kib),
+        memory_max_kib=max_kib, disks=disks, vnics=vnics, read_at=clock(), path="fallback",
+        state_code=state, memory_stats=memory)
+
+
+def _fallback_disk(dom: libvirt.virDomain, dev: str) -> records.DiskStats:
+    """blockStats for I/O, blockStatsFlags for the latency totals, blockInfo for sizes."""
+    flags = _unless_unsupported(lambda: dom.blockStatsFlags(dev, 0), {})
+    capacity, allocation, physical = _unless_unsupported(lambda: dom.blockInfo(dev, 0),
+                                                         (None, None, None))
+    return records.DiskStats(
+        dev, *dom.blockStats(dev)[:4], read_time_ns=flags.get("rd_total_times"),
+        write_time_ns=flags.get("wr_total_times"),
+        **disk_sizes(capacity, allocation, physical))
+
+
+def _unless_unsupported(call: Callable[[], Any], default: Any) -> Any:
+    """Optional figures: a driver without the call (the test driver) gives the default."""
+    try:
+        return call()
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+            raise
+        return default
 
 
 def _inactive(dom: libvirt.virDomain, state: int, vcpus: int | None, memory_kib: int | None,
@@ -194,4 +247,5 @@ def _inactive(dom: libvirt.virDomain, state: int, vcpus: int | None, memory_kib:
     return records.DomainReading(
         instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
         active=False, cpu_time_ns=None, vcpus=vcpus, memory_kib=memory_kib,
-        memory_max_kib=max_kib, disks=(), vnics=(), read_at=read_at, path=path)
+        memory_max_kib=max_kib, disks=(), vnics=(), read_at=read_at, path=path,
+        state_code=state)

@@ -142,7 +142,9 @@ def _flavor(find: _Finder, flavor_el: ET.Element) -> Flavor:
         field: _non_negative_int(find.required(flavor_el, element), f"flavor/{element}")
         for element, field in _FLAVOR_NUMBERS
     }
-    return Flavor(name=_required_attr(flavor_el, "name", "flavor"), **numbers)
+    # nova >= 2025.2 writes <nova:flavor id=...>; older hosts do not.
+    return Flavor(name=_required_attr(flavor_el, "name", "flavor"), id=flavor_el.get("id") or None,
+                  **numbers)
 
 
 def _root_disk(find: _Finder, root: ET.Element) -> tuple[str | None, str | None]:

@@ -12,7 +12,7 @@ import uuid
 from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
 from lifecycle_stats.listeners.nova_notifications import VERSIONED_DELETE_START as VERSIONED
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger, isotime, utcnow
+from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.testing.guests import NovaGuest
 
 
@@ -66,10 +66,12 @@ def versioned_payload(guest: NovaGuest, host: str, request: str | None = None) -
 
 def publish_delete_start(transport, guest: NovaGuest, host: str | None, *,
                          versioned: bool = False, exchange: str = "nova",
-                         topic: str | None = None, request: str | None = None) -> None:
+                         topic: str | None = None, request: str | None = None):
     """Send one delete.start for guest on host, as nova-compute on that host would (host
     None: as nova-api does for an instance no host holds). topic defaults to nova's
-    (notifications / versioned_notifications); request is the delete request's id."""
+    (notifications / versioned_notifications); request is the delete request's id. Returns
+    the envelope timestamp (aware UTC), which oslo.messaging writes as str(utcnow()): naive,
+    with a space."""
     import oslo_messaging
 
     if versioned:
@@ -80,9 +82,11 @@ def publish_delete_start(transport, guest: NovaGuest, host: str | None, *,
         default_topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
         payload = legacy_payload(guest, host)
     topic = topic or default_topic
+    sent_at = utcnow()
     message = {"message_id": str(uuid.uuid4()), "publisher_id": publisher,
                "event_type": event_type, "priority": "INFO", "payload": payload,
-               "timestamp": isotime(utcnow())}
+               "timestamp": str(sent_at.replace(tzinfo=None))}
     target = oslo_messaging.Target(exchange=exchange, topic=f"{topic}.info")
     context = {"request_id": request or request_id(guest)}
     transport._send_notification(target, context, message, version=2.0, retry=3)
+    return sent_at

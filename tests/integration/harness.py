@@ -67,10 +67,12 @@ class AgentProcess:
                 "transport_url": transport_url, "driver": "messagingv2",
                 "topics": names.samples_topic},
         }
+        # A list value writes the option once per element (MultiStrOpt, e.g. driver).
         for section, values in (extra or {}).items():
             sections.setdefault(section, {}).update(values)
         self.config_file.write_text("".join(
-            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()) + "\n"
+            f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, vs in values.items()
+                                      for v in (vs if isinstance(vs, list) else [vs])) + "\n"
             for name, values in sections.items()))
         self.proc: subprocess.Popen | None = None
 
@@ -184,10 +186,12 @@ class Nova:
         self.names = names
 
     def delete_start(self, guest, host: str | None, *, versioned: bool = False,
-                     request: str | None = None) -> None:
+                     request: str | None = None):
+        """Returns the envelope timestamp nova's message carried."""
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
-        publish_delete_start(self.transport, guest, host, versioned=versioned,
-                             exchange=self.names.nova_exchange, topic=topic, request=request)
+        return publish_delete_start(self.transport, guest, host, versioned=versioned,
+                                    exchange=self.names.nova_exchange, topic=topic,
+                                    request=request)
 
 
 def delete_queues(amqp_url: str, queues, exchanges=()) -> None:

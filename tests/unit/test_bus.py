@@ -114,6 +114,10 @@ def test_legacy_and_versioned_delete_start_reach_on_trigger(fake_bus):
     assert got[versioned_id].event_type == "instance.delete.start"
     assert got[versioned_id].identity["instance_type"] == "m1.tiny"
     assert all(t.host == HOST and t.received_at == NOW for t in got.values())
+    # nova's send time (oslo.messaging's envelope timestamp) rides along for the sample times
+    real_now = datetime.datetime.now(datetime.timezone.utc)
+    assert all(abs(real_now - t.announced_at) < datetime.timedelta(minutes=1)
+               for t in got.values())
     counts = listener.counters.snapshot()
     assert counts["bus.triggers.legacy"] == 1 and counts["bus.triggers.versioned"] == 1
 

@@ -10,7 +10,7 @@ import pytest
 
 from lifecycle_stats import counters
 from lifecycle_stats.capture import flush, last_readings
-from lifecycle_stats.publishing import payloads, spool
+from lifecycle_stats.publishing import payloads, signing, spool
 from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
 from lifecycle_stats.records import DeleteTrigger
 from tests.unit.test_samples import AT, UUID, make_info, make_reading
@@ -365,3 +365,36 @@ def test_a_damaged_or_full_spool_defers_the_capture_instead_of_losing_it(box, tm
         assert flusher.handle(trigger()) is flush.Outcome.FINAL
     finally:
         flaky.close()
+
+
+def test_final_samples_are_stamped_no_later_than_nova_announced_the_delete(box):
+    """Gnocchi un-ends a resource on a measure at/after ended_at, which Ceilometer sets when
+    it processes delete.start: a sample stamped after nova's announcement could resurrect."""
+    reading = make_reading()  # read at AT
+    announced = AT - datetime.timedelta(milliseconds=3)
+    flusher = box.make(FakeInspector({UUID: reading}), FakeRegistry({UUID: make_info()}))
+    flusher.handle(dataclasses.replace(trigger(), announced_at=announced))
+    [note] = spooled(box)
+    stamps = {s["timestamp"] for s in note.payload["samples"]}
+    assert stamps == {payloads.isotime(announced)}
+    assert note.timestamp == payloads.isotime(announced)  # stock meters.yaml uses the envelope
+    assert note.payload["capture"]["captured_at"] == payloads.isotime(AT)  # the true read time
+
+
+@pytest.mark.parametrize("announced", [None, AT + datetime.timedelta(seconds=2)])
+def test_a_reading_older_than_the_announcement_keeps_its_read_time(announced):
+    t = dataclasses.replace(trigger(), announced_at=announced)
+    assert payloads.sample_time(t, make_reading()) == AT
+
+
+def test_samples_are_signed_with_the_configured_secret_and_legacy_can_be_off(box, tmp_path):
+    flusher = flush.Flusher(
+        inspector=FakeInspector({UUID: make_reading()}), registry=FakeRegistry({UUID: make_info()}),
+        last_readings=box.readings, spool=box.spool, host="cmp1", publisher_id="p",
+        clock=lambda: NOW, legacy_meters=False, telemetry_secret="s1")
+    flusher.handle(trigger())
+    [note] = spooled(box)
+    payloads.validate(note)
+    assert all(signing.verify(s, "s1") and not signing.verify(s, "s2")
+               for s in note.payload["samples"])
+    assert not {"instance", "disk.read.bytes"} & {s["name"] for s in note.payload["samples"]}

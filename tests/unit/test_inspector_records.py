@@ -43,3 +43,24 @@ def test_an_empty_cdrom_is_not_a_torn_read():
     record = {**COMPLETE, "block.count": 3, "block.2.name": "hdc"}  # no path, no counters
     assert not inspector.is_torn(record)
     assert [d.device for d in inspector.disks_from_stats(record)] == ["vda"]
+
+
+EXTRAS = {**COMPLETE, "block.0.rd.times": 700, "block.0.wr.times": 900,
+          "block.0.capacity": 4096, "block.0.allocation": 1024, "block.0.physical": 8192,
+          "balloon.current": 2048, "balloon.rss": 512, "balloon.usable": 100,
+          "perf.cpu_cycles": 7, "perf.instructions": 8}
+
+
+def test_latency_and_sizes_come_with_the_disk_capacity_as_ceilometer_reports_it():
+    [disk] = inspector.disks_from_stats(EXTRAS)
+    assert (disk.read_time_ns, disk.write_time_ns) == (700, 900)
+    # a cdrom's capacity is 4 KiB-aligned and may be below the file: max(capacity, physical)
+    assert (disk.capacity, disk.allocation, disk.physical) == (8192, 1024, 8192)
+    [plain] = inspector.disks_from_stats(COMPLETE)
+    assert (plain.read_time_ns, plain.capacity) == (None, None)
+
+
+def test_balloon_and_perf_groups_keep_libvirts_names_and_only_what_is_there():
+    assert inspector.memory_from_stats(EXTRAS) == {"actual": 2048, "rss": 512, "usable": 100}
+    assert inspector.perf_from_stats(EXTRAS) == {"cpu_cycles": 7, "instructions": 8}
+    assert inspector.perf_from_stats(COMPLETE) == {}

@@ -292,3 +292,16 @@ def test_device_names_of_a_deviceless_domain():
 def test_device_names_uses_the_hardened_parser(xml, error, match):
     with pytest.raises(error, match=match):
         nova_metadata.device_names(xml)
+
+
+def test_flavor_id_from_nova_2025_2_metadata():
+    xml = (
+        '<instance><name>guest</name>'
+        '<flavor name="m1.nano" id="f-17"><memory>32</memory><disk>1</disk><swap>0</swap>'
+        '<ephemeral>0</ephemeral><vcpus>1</vcpus></flavor>'
+        '<owner><user uuid="u1">demo</user><project uuid="p1">demo</project></owner>'
+        '</instance>'
+    )
+    assert nova_metadata.parse(xml, DOMAIN, UUID).flavor.id == "f-17"
+    older = xml.replace(' id="f-17"', "")
+    assert nova_metadata.parse(older, DOMAIN, UUID).flavor.id is None

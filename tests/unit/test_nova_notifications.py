@@ -255,3 +255,17 @@ def test_deeply_nested_input_is_not_walked():
 def test_bad_own_host_is_a_programming_error(host):
     with pytest.raises(ValueError, match="host must be a non-empty string"):
         nn.parse(*LEGACY, legacy(), host=host, received_at=NOW)
+
+
+@pytest.mark.parametrize("metadata,expected", [
+    ({"timestamp": "2026-01-01 12:00:00.123456"},
+     datetime.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)),
+    ({"timestamp": "2026-01-01T12:00:00+00:00"},
+     datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)),
+    ({"timestamp": "yesterday"}, None),
+    ({"timestamp": 5}, None),
+    ({}, None),
+    (None, None),
+])
+def test_envelope_time_is_nova_send_time_in_utc(metadata, expected):
+    assert nn.envelope_time(metadata) == expected

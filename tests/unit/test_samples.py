@@ -1,4 +1,5 @@
 import datetime
+import hashlib
 
 import pytest
 
@@ -21,16 +22,20 @@ def make_info(**kw):
     return InstanceInfo(**fields)
 
 
-def make_reading(active=True, disks=None, vnics=None):
+def make_reading(active=True, disks=None, vnics=None, memory_stats=None, perf=None):
     disks = disks if disks is not None else (
-        DiskStats("vda", 10, 4096, 20, 8192), DiskStats("vdb", 1, 512, 2, 1024))
+        DiskStats("vda", 10, 4096, 20, 8192, read_time_ns=700, write_time_ns=900,
+                  capacity=1 << 30, allocation=1 << 20, physical=1 << 21),
+        DiskStats("vdb", 1, 512, 2, 1024))
     vnics = vnics if vnics is not None else (VnicStats("tap1", 100, 2, 0, 1, 300, 4, 1, 0),)
     return DomainReading(
         instance_id=UUID, domain_name="instance-0000002a",
         state="running" if active else "shutoff", active=active,
         cpu_time_ns=5_000_000 if active else None, vcpus=2, memory_kib=2097152,
         memory_max_kib=2097152, disks=disks if active else (), vnics=vnics if active else (),
-        read_at=AT, path="bulk",
+        read_at=AT, path="bulk", state_code=1 if active else 5,
+        memory_stats=memory_stats if memory_stats is not None else {},
+        perf=perf if perf is not None else {},
     )
 
 
@@ -44,13 +49,21 @@ def by_name(result):
 def test_every_catalogue_meter_and_flavor_meter_for_an_active_instance():
     got = by_name(samples.build_samples(make_info(), make_reading(), host="cmp1",
                                         capture_id="delete"))
-    assert set(got) == meters.REQUIRED_FOR_ACTIVE | {"instance:m1.small"}
+    assert set(got) - meters.OPTIONAL == meters.REQUIRED_FOR_ACTIVE | {"instance:m1.small"}
 
 
 @pytest.mark.parametrize("name,resource_id,volume", [
     ("cpu", UUID, 5_000_000),
     ("vcpus", UUID, 2),
-    ("memory", UUID, 2048),
+    ("memory", UUID, 2048.0),
+    ("power.state", UUID, 1),
+    ("disk.root.size", UUID, 20),
+    ("disk.ephemeral.size", UUID, 0),
+    ("disk.device.read.latency", f"{UUID}-vda", 700),
+    ("disk.device.write.latency", f"{UUID}-vda", 900),
+    ("disk.device.capacity", f"{UUID}-vda", 1 << 30),
+    ("disk.device.allocation", f"{UUID}-vda", 1 << 20),
+    ("disk.device.usage", f"{UUID}-vda", 1 << 21),
     ("instance", UUID, 1),
     ("instance:m1.small", UUID, 1),
     ("disk.read.bytes", UUID, 4096 + 512),
@@ -73,12 +86,16 @@ def test_types_units_and_identity():
                                         capture_id="delete"))
     cpu = got["cpu"][0]
     assert (cpu.type, cpu.unit) == ("cumulative", "ns")
-    assert (got["memory"][0].type, got["memory"][0].unit) == ("gauge", "MB")
+    assert (got["memory"][0].type, got["memory"][0].unit) == ("gauge", "MiB")
+    assert (got["power.state"][0].type, got["power.state"][0].unit) == ("gauge", "")
     assert got["network.incoming.bytes"][0].unit == "B"
     assert cpu.user_id == "u1" and cpu.project_id == "p1"
     assert cpu.timestamp == "2026-11-21T12:00:00.123456+00:00"
     assert cpu.resource_metadata["instance_type"] == "m1.small"
-    assert cpu.resource_metadata["host"] == "cmp1"
+    # nova's hostId: sha224(project_id + host), the hypervisor only in instance_host
+    assert cpu.resource_metadata["host"] == hashlib.sha224(b"p1cmp1").hexdigest()
+    assert cpu.resource_metadata["instance_host"] == "cmp1"
+    assert cpu.resource_metadata["cpu_number"] == 2
     assert got["disk.device.read.bytes"][0].resource_metadata["disk_name"] in ("vda", "vdb")
 
 
@@ -86,8 +103,12 @@ def test_inactive_reading_has_no_counter_samples():
     got = by_name(samples.build_samples(make_info(), make_reading(active=False), host="h",
                                         capture_id="delete"))
     assert "cpu" not in got
-    assert not any(n.startswith(("disk.", "network.")) for n in got)
-    assert {"vcpus", "memory", "instance", "instance:m1.small"} <= set(got)
+    assert not any(n.startswith(("disk.device.", "network.", "memory.", "perf."))
+                   for n in got)
+    assert "disk.read.bytes" not in got
+    assert {"vcpus", "memory", "instance", "instance:m1.small", "power.state",
+            "disk.root.size"} <= set(got)
+    assert got["power.state"][0].volume == 5
 
 
 def test_no_disks_means_no_disk_total():
@@ -104,3 +125,90 @@ def test_message_ids_are_deterministic_and_distinct():
     assert ids == [s.message_id for s in again]
     assert len(set(ids)) == len(ids)
     assert not set(ids) & {s.message_id for s in other}
+
+
+def test_disk_without_extra_stats_has_only_its_io_meters():
+    got = by_name(samples.build_samples(make_info(), make_reading(), host="h",
+                                        capture_id="delete"))
+    assert {s.resource_id for s in got["disk.device.capacity"]} == {f"{UUID}-vda"}
+    assert {s.resource_id for s in got["disk.device.read.bytes"]} == {f"{UUID}-vda",
+                                                                       f"{UUID}-vdb"}
+
+
+def test_memory_meters_from_the_balloon_in_mib_as_ceilometer_derives_them():
+    stats = {"actual": 2097152, "available": 2000000, "usable": 1500000, "unused": 1,
+             "rss": 300000, "swap_in": 2048, "swap_out": 1024}
+    got = by_name(samples.build_samples(make_info(), make_reading(memory_stats=stats),
+                                        host="h", capture_id="delete"))
+    volume = {name: got[name][0].volume for name in got if name.startswith("memory")}
+    assert volume == {"memory": 2048.0, "memory.available": 2000000 / 1024,
+                      "memory.usage": 500000 / 1024, "memory.resident": 300000 / 1024,
+                      "memory.swap.in": 2.0, "memory.swap.out": 1.0}
+    assert got["memory.swap.in"][0].type == "cumulative"
+
+
+def test_memory_usage_falls_back_to_unused_and_swap_needs_both():
+    stats = {"available": 1024, "unused": 512, "swap_in": 2048}
+    got = by_name(samples.build_samples(make_info(), make_reading(memory_stats=stats),
+                                        host="h", capture_id="delete"))
+    assert got["memory.usage"][0].volume == 0.5
+    assert "memory.swap.in" not in got and "memory.resident" not in got
+
+
+def test_perf_meters_only_where_the_host_reports_them():
+    plain = by_name(samples.build_samples(make_info(), make_reading(), host="h",
+                                          capture_id="delete"))
+    assert not any(n.startswith("perf.") for n in plain)
+    got = by_name(samples.build_samples(
+        make_info(), make_reading(perf={"cpu_cycles": 9, "instructions": 8,
+                                        "cache_references": 7, "cache_misses": 6}),
+        host="h", capture_id="delete"))
+    assert {n: got[n][0].volume for n in got if n.startswith("perf.")} == {
+        "perf.cpu.cycles": 9, "perf.instructions": 8, "perf.cache.references": 7,
+        "perf.cache.misses": 6}
+
+
+def test_legacy_meters_can_be_switched_off():
+    got = by_name(samples.build_samples(make_info(), make_reading(), host="h",
+                                        capture_id="delete", legacy=False))
+    assert not {"instance", "instance:m1.small", "disk.read.bytes", "disk.write.requests"} & set(got)
+    assert set(got) - meters.OPTIONAL == (
+        meters.REQUIRED_FOR_ACTIVE - {m.name for m in meters.CATALOGUE if m.legacy})
+    assert "disk.device.read.bytes" in got
+
+
+def test_metadata_is_ceilometers_with_flavor_id_image_and_state():
+    flavor = Flavor("m1.big", memory_mb=4096, root_gb=40, swap_mb=512, ephemeral_gb=10,
+                    vcpus=4, id="f-42")
+    sample = samples.build_samples(make_info(flavor=flavor), make_reading(), host="cmp1",
+                                   capture_id="delete")[0]
+    meta = sample.resource_metadata
+    assert meta["flavor"] == {"id": "f-42", "name": "m1.big", "vcpus": 4, "ram": 4096,
+                              "disk": 40, "ephemeral": 10, "swap": 512}
+    assert meta["image"] == {"id": "img-1"} and meta["image_ref"] == "img-1"
+    assert (meta["status"], meta["state"]) == ("active", "running")
+    # Ceilometer's root_gb is the flavor's disk minus its ephemeral disk
+    assert (meta["disk_gb"], meta["root_gb"], meta["ephemeral_gb"]) == (40, 30, 10)
+    no_id = samples.build_samples(make_info(), make_reading(), host="cmp1",
+                                  capture_id="delete")[0]
+    assert no_id.resource_metadata["flavor"]["id"] == "m1.small"  # Ceilometer's fallback
+
+
+def test_vnic_metadata_names_the_tap_as_ceilometer_does():
+    got = by_name(samples.build_samples(make_info(), make_reading(), host="h",
+                                        capture_id="delete"))
+    meta = got["network.incoming.bytes"][0].resource_metadata
+    assert (meta["name"], meta["vnic_name"], meta["instance_id"]) == ("tap1", "tap1", UUID)
+
+
+def test_timestamp_override():
+    earlier = AT - datetime.timedelta(milliseconds=5)
+    got = samples.build_samples(make_info(), make_reading(), host="h", capture_id="delete",
+                                timestamp=earlier)
+    assert {s.timestamp for s in got} == {"2026-11-21T12:00:00.118456+00:00"}
+
+
+def test_host_id_matches_nova():
+    # nova.utils.generate_hostid("cmp1", "p1"); "" without a host
+    assert samples.host_id("p1", "cmp1") == hashlib.sha224(b"p1cmp1").hexdigest()
+    assert samples.host_id("p1", "") == ""
