@@ -67,6 +67,12 @@ OPTS = [
                 help="Requeue a message whose handling failed unexpectedly (a bug) instead of "
                      "acknowledging it. A capture deferred by a failure that may pass (locked "
                      "or full spool, libvirt read error) is always requeued."),
+    cfg.StrOpt("source", default="direct", choices=["direct", "router"],
+               help="direct: the agent's queue binds nova's topics and hears every INFO "
+                    "notification (small sites). router: it binds only its own routing key "
+                    "on router_exchange, fed by lifecycle-stats-router (large sites)."),
+    cfg.StrOpt("router_exchange", default="lifecycle_stats",
+               help="With source = router: the router's [router] out_exchange."),
 ]
 
 _PAYLOAD_REPR = reprlib.Repr()
@@ -238,15 +244,26 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigg
         transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
     try:
         return NotificationListener(
-            transport, host=host, on_trigger=on_trigger, exchange=opts.exchange,
-            legacy_topic=opts.legacy_topic, versioned_topic=opts.versioned_topic,
-            pool=opts.pool, counters=counters, listen_legacy=opts.listen_legacy,
-            listen_versioned=opts.listen_versioned, allow_requeue=opts.allow_requeue,
-            own_transport=own_transport, holds=holds)
+            transport, host=host, on_trigger=on_trigger, pool=opts.pool, counters=counters,
+            allow_requeue=opts.allow_requeue, own_transport=own_transport, holds=holds,
+            **_source_targets(opts, host))
     except Exception:
         if own_transport:
             transport.cleanup()
         raise
+
+
+def _source_targets(opts, host: str) -> dict[str, Any]:
+    """The exchange/topics to bind: nova's own, or the router's topic for this host (on
+    which both nova formats arrive, unchanged)."""
+    if opts.source == "router":
+        from listeners.router.events import host_topic
+
+        return {"exchange": opts.router_exchange, "legacy_topic": host_topic(host),
+                "listen_legacy": True, "listen_versioned": False}
+    return {"exchange": opts.exchange, "legacy_topic": opts.legacy_topic,
+            "versioned_topic": opts.versioned_topic, "listen_legacy": opts.listen_legacy,
+            "listen_versioned": opts.listen_versioned}
 
 
 def _targets(exchange: str, legacy_topic: str | None,
