@@ -15,7 +15,9 @@ Costs of that choice an operator should know: every agent receives every INFO no
 the ``nova`` exchange (routing keys cannot filter by host), and while an agent is down its
 queue keeps filling; a RabbitMQ policy (message TTL / max-length) on ``lifecycle-stats.*``
 bounds that (etc/rabbitmq/lifecycle-stats-queue-policy.sh: oslo.messaging declares these
-queues without arguments, so the agent cannot).
+queues without arguments, so the agent cannot). With ``source = router`` the queue binds
+only this host's routing key on the router's exchange (listeners/router), which removes the
+first cost.
 
 Only the INFO priority is subscribed (nova sends delete.start at INFO): other priorities are
 then never routed to our queues at all, instead of being received and thrown away.

@@ -1,0 +1,154 @@
+"""Burst: 200 delete.start in one second on 200 real paused guests, the real agent process.
+
+The real `lifecycle-stats-agent` process (harness.AgentProcess, via e2e_latency.Bench) on the
+real broker and libvirtd, N paused QEMU guests (created in parallel threads), nova's legacy
+delete.start for every guest published evenly within `--window` seconds, and billing's
+consumer reading delete.samples. The domains stay alive (nova would destroy them
+meanwhile; that race is e2e_latency.py's part ii): `final` then says the agent read each live
+domain rather than falling back to a cached reading.
+
+Printed: captures by kind (target: all `final`), delete.start → delete.samples consumed per
+delete (p50/p99/max) and the last one after the burst's first publish (target ≤ 5 s), the
+agent's RSS before, peak during (sampled every 50 ms) and VmHWM, and its CPU in the burst.
+
+    .venv/bin/python benchmarks/burst.py [--guests 200] [--window 1.0] [--workers 8]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import threading
+import time
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _common  # noqa: E402
+from benchmarks.e2e_latency import KINDS, Bench  # noqa: E402
+from lifecycle_stats import agent  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_LAST_S = 5.0
+
+
+def proc_status(pid: int, key: str) -> float:
+    """A /proc/<pid>/status figure in MiB (VmRSS, VmHWM)."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class RssPeak:
+    """The process's RSS peak while the block runs, sampled every 50 ms."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> "RssPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while True:
+            self.peak = max(self.peak, proc_status(self.pid, "VmRSS"))
+            if self._stop.wait(0.05):
+                return
+
+
+def burst(bench: Bench, made: list, window: float) -> list[float]:
+    """Publish every guest's delete.start evenly within `window` s; the monotonic send times."""
+    spacing = window / len(made)
+    started = time.monotonic()
+    sent = []
+    for i, (guest, _) in enumerate(made):
+        time.sleep(max(0.0, started + i * spacing - time.monotonic()))
+        sent.append(bench.delete_start(guest)[0])
+    return sent
+
+
+def measure(bench: Bench, made: list, window: float, wait_s: float) -> dict:
+    pid = bench.agent.proc.pid
+    rss_before, cpu_before = proc_status(pid, "VmRSS"), cpu_seconds(pid)
+    ids = [guest.instance_id for guest, _ in made]
+    with RssPeak(pid) as rss:
+        sent = burst(bench, made, window)
+        published_in = sent[-1] - sent[0]
+        events = bench.billing.wait_for_instances(ids, wait_s)
+    kinds: dict[str, int] = {}
+    latencies, consumed = [], []
+    for instance_id, sent_at in zip(ids, sent):
+        got = events.get(instance_id)
+        kind = got[0]["payload"]["capture"]["kind"] if got else "missing"
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if got:
+            latencies.append((got[0]["consumed_at"] - sent_at) * 1e3)
+            consumed.append(got[0]["consumed_at"])
+    return {"kinds": kinds, "latency": _common.summary(latencies),
+            "last_s": (max(consumed) - sent[0]) if consumed else float("nan"),
+            "published_in": published_in, "rss_before": rss_before, "rss_peak": rss.peak,
+            "hwm": proc_status(pid, "VmHWM"), "cpu_s": cpu_seconds(pid) - cpu_before,
+            "duplicates": sum(len(v) - 1 for k, v in events.items() if k in set(ids))}
+
+
+def report(result: dict, guests: int, window: float) -> None:
+    kinds, lat = result["kinds"], result["latency"]
+    all_final = kinds.get("final", 0) == guests
+    print(f"\nburst: {guests} delete.start published in {result['published_in']:.2f} s "
+          f"(target window {window:g} s), {guests} paused guests, one agent process")
+    rows = [
+        ["captures", " ".join(f"{k}={kinds.get(k, 0)}" for k in (*KINDS, "missing")),
+         f"all final: {'met' if all_final else 'NOT met'}"],
+        ["delete.start → consumed p50 / p99 / max, ms",
+         f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f}", ""],
+        ["last delivered after the first publish, s", f"{result['last_s']:.2f}",
+         f"≤ {TARGET_LAST_S:g} s: {'met' if result['last_s'] <= TARGET_LAST_S else 'NOT met'}"],
+        ["agent RSS before / peak in burst / VmHWM, MiB",
+         f"{result['rss_before']:.0f} / {result['rss_peak']:.0f} / {result['hwm']:.0f}", ""],
+        ["agent CPU during the burst, s", f"{result['cpu_s']:.2f}", ""],
+        ["duplicate delete.samples", str(result["duplicates"]), ""],
+    ]
+    print(_common.table(["", "measured", "target"], rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guests", type=int, default=200)
+    parser.add_argument("--window", type=float, default=1.0,
+                        help="seconds over which the delete.start are published")
+    parser.add_argument("--workers", type=int, default=8, help="threads creating guests")
+    parser.add_argument("--poll-interval", type=float, default=10.0)
+    parser.add_argument("--wait", type=float, default=60.0,
+                        help="seconds to wait for every delete.samples")
+    parser.add_argument("--uri", default="qemu:///system")
+    args = parser.parse_args()
+    _common.exit_on_sigterm()
+    agent.quiet_libvirt_stderr()
+    with _common.workdir("lifecycle-stats-burst-") as directory, _common.guests(
+            args.uri, directory, paused=args.guests, running=0,
+            workers=args.workers) as (_, made):
+        bench = Bench(directory, args.uri, args.poll_interval)
+        try:
+            bench.start()
+            result = measure(bench, made, args.window, args.wait)
+        finally:
+            bench.close()
+    report(result, args.guests, args.window)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
