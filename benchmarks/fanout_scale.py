@@ -44,7 +44,7 @@ import tenacity
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
-from listeners.router import events  # noqa: E402
+from lifecycle_stats.listeners.router import events  # noqa: E402
 
 RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 AMQP_URL = "amqp://" + RABBIT_URL.split("://", 1)[1]

@@ -259,7 +259,7 @@ def _source_targets(opts, host: str) -> dict[str, Any]:
     """The exchange/topics to bind: nova's own, or the router's topic for this host (on
     which both nova formats arrive, unchanged)."""
     if opts.source == "router":
-        from listeners.router.events import host_topic
+        from lifecycle_stats.listeners.router.events import host_topic
 
         return {"exchange": opts.router_exchange, "legacy_topic": host_topic(host),
                 "listen_legacy": True, "listen_versioned": False}

@@ -28,7 +28,7 @@ import tenacity
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import RejectedMessage
-from listeners.router import events
+from lifecycle_stats.listeners.router import events
 
 LOG = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
-from listeners import bus
-from listeners.router import relay
+from lifecycle_stats.listeners import bus
+from lifecycle_stats.listeners.router import relay
 from tests.integration.conftest import amqp_url
 from tests.integration.test_bus_real import legacy_payload, make_conf, versioned_payload
 

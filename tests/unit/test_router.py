@@ -9,8 +9,9 @@ import pytest
 from oslo_config import cfg
 
 from lifecycle_stats.exceptions import RejectedMessage
-from listeners import bus
-from listeners.router import cmd, events, relay
+from lifecycle_stats.listeners import bus
+from lifecycle_stats.cmd import router as cmd
+from lifecycle_stats.listeners.router import events, relay
 
 HOST = "compute-1.example.org"
 

@@ -16,7 +16,7 @@ import urllib.parse
 from oslo_config import cfg
 from oslo_log import log
 
-from listeners.router import relay
+from lifecycle_stats.listeners.router import relay
 
 LOG = log.getLogger(__name__)
 GROUP = "router"
