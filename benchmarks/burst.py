@@ -25,7 +25,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
-from benchmarks.e2e_latency import KINDS, Bench  # noqa: E402
+from benchmarks.e2e_latency import KINDS, Bench, captured_epoch  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -69,14 +69,15 @@ class RssPeak:
                 return
 
 
-def burst(bench: Bench, made: list, window: float) -> list[float]:
-    """Publish every guest's delete.start evenly within `window` s; the monotonic send times."""
+def burst(bench: Bench, made: list, window: float) -> list[tuple[float, float]]:
+    """Publish every guest's delete.start evenly within `window` s; (monotonic, epoch) of
+    each send."""
     spacing = window / len(made)
     started = time.monotonic()
     sent = []
     for i, (guest, _) in enumerate(made):
         time.sleep(max(0.0, started + i * spacing - time.monotonic()))
-        sent.append(bench.delete_start(guest)[0])
+        sent.append(bench.delete_start(guest))
     return sent
 
 
@@ -86,19 +87,21 @@ def measure(bench: Bench, made: list, window: float, wait_s: float) -> dict:
     ids = [guest.instance_id for guest, _ in made]
     with RssPeak(pid) as rss:
         sent = burst(bench, made, window)
-        published_in = sent[-1] - sent[0]
+        published_in = sent[-1][0] - sent[0][0]
         events = bench.billing.wait_for_instances(ids, wait_s)
     kinds: dict[str, int] = {}
-    latencies, consumed = [], []
-    for instance_id, sent_at in zip(ids, sent):
+    latencies, to_read, consumed = [], [], []
+    for instance_id, (sent_at, sent_wall) in zip(ids, sent):
         got = events.get(instance_id)
         kind = got[0]["payload"]["capture"]["kind"] if got else "missing"
         kinds[kind] = kinds.get(kind, 0) + 1
         if got:
             latencies.append((got[0]["consumed_at"] - sent_at) * 1e3)
+            to_read.append((captured_epoch(got[0]) - sent_wall) * 1e3)
             consumed.append(got[0]["consumed_at"])
     return {"kinds": kinds, "latency": _common.summary(latencies),
-            "last_s": (max(consumed) - sent[0]) if consumed else float("nan"),
+            "to_read": _common.summary(to_read),
+            "last_s": (max(consumed) - sent[0][0]) if consumed else float("nan"),
             "published_in": published_in, "rss_before": rss_before, "rss_peak": rss.peak,
             "hwm": proc_status(pid, "VmHWM"), "cpu_s": cpu_seconds(pid) - cpu_before,
             "duplicates": sum(len(v) - 1 for k, v in events.items() if k in set(ids))}
@@ -114,6 +117,8 @@ def report(result: dict, guests: int, window: float) -> None:
          f"all final: {'met' if all_final else 'NOT met'}"],
         ["delete.start → consumed p50 / p99 / max, ms",
          f"{lat['p50']:.0f} / {lat['p99']:.0f} / {lat['max']:.0f}", ""],
+        ["  of which published → read (captured_at) p50 / max, ms",
+         f"{result['to_read']['p50']:.0f} / {result['to_read']['max']:.0f}", ""],
         ["last delivered after the first publish, s", f"{result['last_s']:.2f}",
          f"≤ {TARGET_LAST_S:g} s: {'met' if result['last_s'] <= TARGET_LAST_S else 'NOT met'}"],
         ["agent RSS before / peak in burst / VmHWM, MiB",
