@@ -309,3 +309,52 @@ def test_router_killed_mid_stream_loses_nothing(site, tmp_path):
     assert site.queue_state(site.router_queue)[0] == 0
     print(f"killed after {killed_at} received; {len(received) - len(set(received))} "
           f"redelivered twice; {len(sent)} sent")
+
+
+def test_the_agent_process_in_router_mode_captures_a_real_guest(
+        rabbit_url, libvirt_uri, guest_factory, tmp_path):
+    """nova → router → the real lifecycle-stats-agent (source = router) reading a real QEMU
+    guest → delete.samples consumed by billing; other hosts' deletes never reach it."""
+    from tests.integration import harness
+
+    names = harness.BusNames()
+    host = f"lst-router-e2e-{names.nova_exchange[-8:]}"
+    out_exchange, router_queue = f"lst-routed-{names.nova_exchange[-8:]}", f"lst-router-{host}"
+    replica = relay.Relay(relay.RelaySettings(
+        url=amqp_url(rabbit_url), queue=router_queue, nova_exchange=names.nova_exchange,
+        topics=(names.legacy_topic, names.versioned_topic), out_exchange=out_exchange))
+    conf = cfg.ConfigOpts()
+    conf([], project="lifecycle-stats-test", default_config_files=[])
+    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+    agent = harness.AgentProcess(
+        tmp_path, host=host, transport_url=rabbit_url, names=names, libvirt_uri=libvirt_uri,
+        extra={"notification_listener": {"source": "router", "router_exchange": out_exchange}})
+    billing = None
+    try:
+        replica.start()
+        assert replica.ready.wait(WAIT)
+        billing = harness.BillingConsumer(transport, names)
+        agent.start()
+        guest, _ = guest_factory.create(paused=True)
+        other, _ = guest_factory.create(paused=True)
+        nova = harness.Nova(transport, names)
+        nova.delete_start(other, f"{host}-elsewhere")
+        nova.delete_start(guest, host, versioned=True)
+        events = billing.wait_for_instances([guest.instance_id], WAIT)[guest.instance_id]
+        assert events[0]["payload"]["capture"]["kind"] == "final"
+        agent.wait_for(lambda s: s["counters"].get("flush.final") == 1, WAIT, "flush counted")
+        assert replica.counters.get("router.routed") == 2
+        assert agent.counter("bus.ignored") == 0  # the other host's delete never came here
+        assert other.instance_id not in billing.by_instance()
+    finally:
+        try:
+            if billing is not None:
+                billing.stop()
+            assert agent.stop() == 0, agent.log_tail()
+        finally:
+            replica.stop()
+            transport.cleanup()
+            harness.delete_queues(
+                amqp_url(rabbit_url),
+                names.queues([host, f"{host}-elsewhere"]) + [router_queue],
+                [names.nova_exchange, names.control_exchange, out_exchange])
