@@ -1,0 +1,105 @@
+"""The compiled validator (fastjsonschema) never accepts what jsonschema refuses.
+
+payloads.validate answers "valid" from the compiled schema and sends everything it refuses to
+jsonschema, whose verdict counts. So the one thing that must never happen is the compiled
+validator accepting a payload jsonschema rejects: checked on real delete.samples payloads
+mutated at random paths.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lifecycle_stats.publishing import payloads
+from lifecycle_stats.records import DeleteTrigger, Notification
+from tests.unit.test_samples import UUID, make_info, make_reading
+
+NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
+ODD_VALUES = [None, "", "x" * 300, -1, 0, 2**64, 1.5, True, False, [], {}, [1], {"a": 1},
+              "final", "bogus", UUID, "2026-11-22T03:00:00.000000"]
+
+
+def notification(kind: str) -> Notification:
+    trigger = DeleteTrigger(instance_id=UUID, event_type="compute.instance.delete.start",
+                            host="cmp1", received_at=NOW, identity={})
+    active = kind == payloads.FINAL
+    return payloads.delete_samples(
+        kind=kind, trigger=trigger, info=make_info(),
+        reading=make_reading(active=active) if kind != payloads.UNAVAILABLE else None,
+        host="cmp1", publisher_id="lifecycle-stats.cmp1", now=NOW)
+
+
+def paths(node, prefix=()):
+    """Every (container path, key) in a JSON document."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) \
+        if isinstance(node, list) else ()
+    for key, value in items:
+        yield prefix, key
+        yield from paths(value, prefix + (key,))
+
+
+def mutated(payload: dict, choice: int, value_index: int, delete: bool) -> dict:
+    copied = copy.deepcopy(payload)
+    all_paths = list(paths(copied))
+    prefix, key = all_paths[choice % len(all_paths)]
+    container = copied
+    for step in prefix:
+        container = container[step]
+    if delete and isinstance(container, dict):
+        del container[key]
+    else:
+        container[key] = copy.deepcopy(ODD_VALUES[value_index % len(ODD_VALUES)])
+    return copied
+
+
+def jsonschema_accepts(payload: dict) -> bool:
+    return not list(payloads._validator(payloads.DELETE_SAMPLES).iter_errors(payload))
+
+
+def compiled_accepts(payload: dict) -> bool:
+    try:
+        payloads._compiled(payloads.DELETE_SAMPLES)(payload)
+    except Exception:
+        return False
+    return True
+
+
+def test_the_shipped_schema_compiles():
+    assert payloads._compiled(payloads.DELETE_SAMPLES) is not None
+
+
+@pytest.mark.parametrize("kind", [payloads.FINAL, payloads.LAST_KNOWN, payloads.UNAVAILABLE])
+def test_real_payloads_pass_both(kind):
+    payload = dict(notification(kind).payload)
+    assert compiled_accepts(payload) and jsonschema_accepts(payload)
+    payloads.validate(notification(kind))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from([payloads.FINAL, payloads.LAST_KNOWN, payloads.UNAVAILABLE]),
+       choice=st.integers(0, 10_000), value_index=st.integers(0, 100), delete=st.booleans())
+def test_compiled_never_accepts_what_jsonschema_refuses(kind, choice, value_index, delete):
+    payload = mutated(dict(notification(kind).payload), choice, value_index, delete)
+    if compiled_accepts(payload):
+        assert jsonschema_accepts(payload), payload
+    if not jsonschema_accepts(payload):
+        with pytest.raises(jsonschema.ValidationError):
+            payloads.validate(Notification(
+                event_type=payloads.DELETE_SAMPLES, priority="INFO", publisher_id="p",
+                payload=payload, message_id="m", timestamp="t"))
+
+
+def test_a_schema_with_keywords_draft7_lacks_is_not_compiled(monkeypatch):
+    payloads._compiled.cache_clear()
+    try:
+        monkeypatch.setattr(payloads, "schema", lambda event_type: {
+            "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+            "properties": {"a": {"type": "array", "prefixItems": [{"type": "string"}]}}})
+        assert payloads._compiled("x") is None
+    finally:
+        payloads._compiled.cache_clear()
