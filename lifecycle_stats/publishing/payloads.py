@@ -126,37 +126,48 @@ def _validator(event_type: str) -> jsonschema.protocols.Validator:
     return cls(document)
 
 
-# Keywords whose meaning differs in (or is absent from) draft-07, which fastjsonschema compiles.
+# Keywords whose meaning differs in (or is absent from) draft-07, which fastjsonschema compiles;
+# dependentRequired is draft-07's array-valued "dependencies" under a new name.
 _NOT_DRAFT7 = frozenset({"prefixItems", "unevaluatedProperties", "unevaluatedItems",
-                         "dependentRequired", "dependentSchemas", "$dynamicRef",
-                         "$dynamicAnchor", "$recursiveRef", "$recursiveAnchor", "$anchor",
-                         "minContains", "maxContains", "$vocabulary"})
+                         "dependentSchemas", "$dynamicRef", "$dynamicAnchor", "$recursiveRef",
+                         "$recursiveAnchor", "$anchor", "minContains", "maxContains",
+                         "$vocabulary", "dependencies"})
+_NAMED_CHILDREN = frozenset({"properties", "$defs", "definitions", "patternProperties",
+                             "dependentRequired"})
+
+
+class _NotDraft7(Exception):
+    pass
 
 
 @functools.cache
 def _compiled(event_type: str) -> Callable[[Any], Any] | None:
     """The schema compiled to Python code (~20x faster than jsonschema's walk, measured), when
-    it uses only keywords that mean the same in draft-07; None otherwise."""
-    document = schema(event_type)
-    if _keywords(document) & _NOT_DRAFT7:
+    it means the same in draft-07; None otherwise."""
+    try:
+        draft7 = _as_draft7(schema(event_type))
+    except _NotDraft7:
         return None
-    draft7 = {**document, "$schema": "http://json-schema.org/draft-07/schema#"}
+    draft7["$schema"] = "http://json-schema.org/draft-07/schema#"
     return fastjsonschema.compile(draft7, use_default=False)  # never fill in the payload
 
 
-def _keywords(node: Any, names: frozenset = frozenset({"properties", "$defs", "definitions",
-                                                      "patternProperties"})) -> set[str]:
-    found: set[str] = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found.add(key)
-            children = value.values() if key in names and isinstance(value, dict) else [value]
-            for child in children:
-                found |= _keywords(child)
-    elif isinstance(node, list):
-        for child in node:
-            found |= _keywords(child)
-    return found
+def _as_draft7(node: Any) -> Any:
+    """A copy with dependentRequired renamed; _NotDraft7 for keywords draft-07 reads otherwise."""
+    if isinstance(node, list):
+        return [_as_draft7(child) for child in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key in _NOT_DRAFT7:
+            raise _NotDraft7(key)
+        if key in _NAMED_CHILDREN and isinstance(value, dict):
+            value = {name: _as_draft7(child) for name, child in value.items()}
+        else:
+            value = _as_draft7(value)
+        out["dependencies" if key == "dependentRequired" else key] = value
+    return out
 
 
 def validate(notification: Notification) -> None:

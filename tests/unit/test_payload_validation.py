@@ -103,3 +103,18 @@ def test_a_schema_with_keywords_draft7_lacks_is_not_compiled(monkeypatch):
         assert payloads._compiled("x") is None
     finally:
         payloads._compiled.cache_clear()
+
+
+def test_dependent_required_is_compiled_as_draft7_dependencies(monkeypatch):
+    payloads._compiled.cache_clear()
+    try:
+        monkeypatch.setattr(payloads, "schema", lambda event_type: {
+            "$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object",
+            "properties": {"dependentRequired": {"type": "string"}},
+            "dependentRequired": {"a": ["b"]}})
+        compiled = payloads._compiled("x")
+        compiled({"a": 1, "b": 2, "dependentRequired": "a property, not the keyword"})
+        with pytest.raises(Exception):
+            compiled({"a": 1})
+    finally:
+        payloads._compiled.cache_clear()
