@@ -23,6 +23,7 @@ import logging
 import socket
 import threading
 
+import amqp.exceptions
 import kombu
 import tenacity
 
@@ -106,6 +107,7 @@ class Relay:
                 kombu.Connection(s.url, heartbeat=s.heartbeat,
                                  transport_options={"confirm_publish": True}) as publishing:
             self._declared_hosts.clear()  # a new connection may face a restarted broker
+            self._publishing = publishing
             producer = kombu.Producer(publishing.channel(), exchange=self._out_exchange())
             producer.declare()
             channel = consuming.channel()
@@ -145,12 +147,24 @@ class Relay:
 
     def _republish(self, message, producer: kombu.Producer, host: str, key: str) -> None:
         if host not in self._declared_hosts:
-            self._host_queue(host, key)(producer.channel).declare()
+            self._declare_host_queue(producer, host, key)
             self._declared_hosts.add(host)
         # confirm_publish: returns once the broker acknowledged, raises on a nack
         producer.publish(message.body, routing_key=key, content_type=message.content_type,
                          content_encoding=message.content_encoding,
                          headers=message.headers or {}, delivery_mode=2)
+
+    def _declare_host_queue(self, producer: kombu.Producer, host: str, key: str) -> None:
+        """Declare the host's queue; one declared otherwise (an agent with other durability
+        settings) is counted and logged, and the event is still published to it."""
+        try:
+            self._host_queue(host, key)(producer.channel).declare()
+        except amqp.exceptions.PreconditionFailed as exc:
+            self.counters.incr("router.host_queue_mismatch")
+            LOG.error("queue %s%s exists with other arguments than [oslo_messaging_rabbit] "
+                      "gives the router (%s); publishing to it anyway",
+                      self.settings.host_queue_prefix, host, exc)
+            producer.revive(self._publishing.channel())  # the broker closed the channel
 
     # -- entities ----------------------------------------------------------------------------
 

@@ -261,6 +261,25 @@ def test_two_replicas_share_one_queue_and_lose_nothing(site):
     assert first.counters.get("router.routed") > 0 and second.counters.get("router.routed") > 0
 
 
+@pytest.mark.allow_error_logs
+def test_a_host_queue_declared_otherwise_still_gets_its_events(site):
+    """An agent whose queue is durable (amqp_durable_queues = true) while the router's
+    settings say transient: the router's declare is refused; it counts, logs, and publishes."""
+    replica = site.replica()
+    host, other = site.host("durable"), site.host("plain")
+    queue_name = f"lifecycle-stats.{host}"
+    with kombu.Connection(amqp_url(site.url)) as conn:
+        routed = kombu.Exchange(site.out_exchange, "topic", durable=False)
+        kombu.Queue(queue_name, exchange=routed, routing_key=f"lifecycle_stats.{host}.info",
+                    durable=True)(conn.channel()).declare()
+    site.nova(host).legacy()
+    site.nova(other).legacy()
+    wait_for(lambda: replica.counters.get("router.routed") == 2)
+    assert replica.counters.get("router.host_queue_mismatch") == 1
+    assert site.queue_state(queue_name)[0] == 1
+    assert site.queue_state(f"lifecycle-stats.{other}")[0] == 1
+
+
 def test_events_wait_in_the_host_queue_for_an_agent_not_yet_started(site):
     site.replica()
     host = site.host("late")
