@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import pathlib
 import sys
 import threading
 import time
@@ -25,25 +24,12 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
+from benchmarks._procstats import cpu_seconds, rss_mib  # noqa: E402
 from benchmarks.e2e_latency import KINDS, Bench, captured_epoch  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_LAST_S = 5.0
-
-
-def proc_status(pid: int, key: str) -> float:
-    """A /proc/<pid>/status figure in MiB (VmRSS, VmHWM)."""
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 class RssPeak:
@@ -64,7 +50,7 @@ class RssPeak:
 
     def _watch(self) -> None:
         while True:
-            self.peak = max(self.peak, proc_status(self.pid, "VmRSS"))
+            self.peak = max(self.peak, rss_mib(self.pid))
             if self._stop.wait(0.05):
                 return
 
@@ -83,7 +69,7 @@ def burst(bench: Bench, made: list, window: float) -> list[tuple[float, float]]:
 
 def measure(bench: Bench, made: list, window: float, wait_s: float) -> dict:
     pid = bench.agent.proc.pid
-    rss_before, cpu_before = proc_status(pid, "VmRSS"), cpu_seconds(pid)
+    rss_before, cpu_before = rss_mib(pid), cpu_seconds(pid)
     ids = [guest.instance_id for guest, _ in made]
     with RssPeak(pid) as rss:
         sent = burst(bench, made, window)
@@ -103,7 +89,7 @@ def measure(bench: Bench, made: list, window: float, wait_s: float) -> dict:
             "to_read": _common.summary(to_read),
             "last_s": (max(consumed) - sent[0][0]) if consumed else float("nan"),
             "published_in": published_in, "rss_before": rss_before, "rss_peak": rss.peak,
-            "hwm": proc_status(pid, "VmHWM"), "cpu_s": cpu_seconds(pid) - cpu_before,
+            "hwm": rss_mib(pid, "VmHWM"), "cpu_s": cpu_seconds(pid) - cpu_before,
             "duplicates": sum(len(v) - 1 for k, v in events.items() if k in set(ids))}
 
 
