@@ -22,7 +22,7 @@ from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, libvirt_events
 from lifecycle_stats.publishing import sender, spool
-from lifecycle_stats.reading import hypervisor, inspector, registry
+from lifecycle_stats.reading import hypervisor, inspector, processes, registry
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 5.0  # seconds per conduit at stop; the systemd unit's TimeoutStopSec covers it
@@ -91,6 +91,7 @@ class Agent:
         self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.registry = registry.DomainRegistry(self.events_hv, self.counters)
         self.readings = last_readings.LastReadings()
+        self.device_memory = processes.DeviceMemory()  # shared: the torn rule's memory
 
     def _build_publishing(self, emitters: dict[str, Conduit] | None) -> None:
         conf = self.conf
@@ -135,7 +136,8 @@ class Agent:
                                  transport=listen_transport, holds=self.registry.is_known)
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
-        return inspector.Inspector(connection, counters=self.counters)
+        return inspector.Inspector(connection, counters=self.counters,
+                                   memory=self.device_memory)
 
     def start(self) -> None:
         self.metrics.start()  # first: a taken port fails the start before anything runs

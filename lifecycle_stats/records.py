@@ -96,7 +96,7 @@ class DomainReading:
     memory_max_kib: int | None
     disks: tuple[DiskStats, ...]
     vnics: tuple[VnicStats, ...]
-    read_at: datetime.datetime
+    read_at: datetime.datetime  # when the read was requested
     path: str  # how it was read: "bulk", "single" or "fallback"
     state_code: int | None = None  # virDomainState, what Ceilometer's power.state reports
     # libvirt's memoryStats names (actual, available, usable, unused, rss, swap_in, swap_out),
@@ -104,6 +104,7 @@ class DomainReading:
     memory_stats: Mapping[str, int] = dataclasses.field(default_factory=dict)
     # perf events enabled on the domain: cpu_cycles, instructions, cache_references, cache_misses
     perf: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    process_id: int | None = None  # libvirt's domain id: a new one for every QEMU process
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,8 @@ poll(): one bulk getAllDomainStats over the active domains. read(): one domain, 
 domainListGetStats. Drivers whose stats records lack the cpu/block/interface groups (libvirt's
 test driver returns only state.*) are read per call instead (path "fallback"); once a connection
 has shown that, later reads on it go straight to the fallback. No libvirt object leaves here.
+Every reading is stamped with the time its request started, and carries its QEMU process
+(libvirt's domain id), so readings can be ordered. Torn reads: processes.py.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any, Callable, Mapping
 
 import libvirt
 
-from lifecycle_stats.reading import nova_metadata
 from lifecycle_stats import records
+from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
 from lifecycle_stats.interfaces import Connection
@@ -39,7 +42,7 @@ _GROUP_MARKERS = ("cpu.time", "block.count", "net.count")
 
 VANISHED = "inspector.vanished"
 UNREADABLE = "inspector.unreadable"
-TORN = "inspector.torn_reads"  # a read that raced virDomainDestroy: not a usable reading
+TORN = "inspector.torn_reads"  # a read that raced virDomainDestroy (processes.is_torn)
 
 Stats = Mapping[str, Any]
 
@@ -53,10 +56,11 @@ def state_name(state: int | None) -> str:
 class Inspector:
     def __init__(self, hypervisor: Connection,
                  clock: Callable[[], datetime.datetime] = records.utcnow,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, memory: DeviceMemory | None = None):
         self._hv = hypervisor
         self._clock = clock
         self._counters = counters or Counters()
+        self._memory = memory if memory is not None else DeviceMemory()
         self._no_bulk_conn: libvirt.virConnect | None = None  # connection known to lack groups
 
     def poll(self) -> dict[str, records.DomainReading]:
@@ -69,10 +73,11 @@ class Inspector:
 
     def _poll(self, conn: libvirt.virConnect) -> dict[str, records.DomainReading]:
         fallback = conn is self._no_bulk_conn
+        read_at = self._clock()  # when the read started: a reading is as old as its request
         stats = conn.getAllDomainStats(
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
-        read_at = self._clock()
-        readings = (self._poll_one(conn, dom, record, read_at) for dom, record in stats)
+        readings = [self._poll_one(conn, dom, record, read_at) for dom, record in stats]
+        self._memory.keep_only(dom.UUIDString() for dom, _ in stats)
         # A domain that stopped while the fallback read it comes back inactive: not polled.
         return {r.instance_id: r for r in readings if r is not None and r.active}
 
@@ -96,8 +101,8 @@ class Inspector:
         dom = conn.lookupByUUIDString(instance_id)
         if conn is self._no_bulk_conn:
             return _fallback_reading(dom, self._clock)
-        stats = conn.domainListGetStats([dom], STATS_GROUPS)
         read_at = self._clock()
+        stats = conn.domainListGetStats([dom], STATS_GROUPS)
         if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
             raise DomainGone(instance_id)
         return self._reading(conn, dom, stats[0][1], "single", read_at)
@@ -114,7 +119,8 @@ class Inspector:
             if reading.active:  # confirmed: an active domain, yet no bulk groups came back
                 self._no_bulk_conn = conn
             return reading
-        if is_torn(stats):
+        process_id = dom.ID()  # no RPC: the id came with the domain object
+        if self._memory.judge(dom.UUIDString(), process_id, stats):
             self._counters.incr(TORN)
             raise DomainGone(dom.UUIDString())
         return records.DomainReading(
@@ -122,21 +128,8 @@ class Inspector:
             active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
             disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
-            read_at=read_at, path=path, state_code=state,
+            read_at=read_at, path=path, state_code=state, process_id=process_id,
             memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats))
-
-
-def is_torn(stats: Stats) -> bool:
-    """A record read while the domain was being destroyed (measured: a read that starts 1-4
-    ms before virDomainDestroy blocks until it ends, then reports state "running", cpu.time
-    and the device names, but no block or net counters). Publishing it as a final reading
-    would bill zero disk and network use, so it counts as the domain being gone. An image-backed
-    disk (it has a path) or a vNIC without counters is the sign; an empty cdrom has no path."""
-    for i in range(stats.get("block.count", 0)):
-        if f"block.{i}.path" in stats and f"block.{i}.rd.reqs" not in stats:
-            return True
-    return any(f"net.{i}.name" in stats and f"net.{i}.rx.bytes" not in stats
-               for i in range(stats.get("net.count", 0)))
 
 
 def _lacks_groups(stats: Stats) -> bool:
@@ -206,18 +199,20 @@ def vnics_from_stats(stats: Stats) -> tuple[records.VnicStats, ...]:
 def _fallback_reading(dom: libvirt.virDomain,
                       clock: Callable[[], datetime.datetime]) -> records.DomainReading:
     """Per-call read for drivers without bulk groups: info, XML, blockStats, interfaceStats."""
+    read_at = clock()
     state, max_kib, memory_kib, vcpus, cpu_ns = dom.info()
     if state in INACTIVE_STATES:
-        return _inactive(dom, state, vcpus, memory_kib, max_kib, "fallback", clock())
+        return _inactive(dom, state, vcpus, memory_kib, max_kib, "fallback", read_at)
     disk_names, vnic_names = nova_metadata.device_names(dom.XMLDesc(0))
     disks = tuple(_fallback_disk(dom, dev) for dev in disk_names)
     vnics = tuple(records.VnicStats(dev, *dom.interfaceStats(dev)) for dev in vnic_names)
     memory = {k: v for k, v in dom.memoryStats().items() if k in MEMORY_STAT_NAMES}
     return records.DomainReading(
         instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
-        active=True, cpu_time_ns=cpu_ns, vcpus=vcpus, memory_kib=memory.get("actual", memory_kib),
-        memory_max_kib=max_kib, disks=disks, vnics=vnics, read_at=clock(), path="fallback",
-        state_code=state, memory_stats=memory)
+        active=True, cpu_time_ns=cpu_ns, vcpus=vcpus,
+        memory_kib=memory.get("actual", memory_kib),
+        memory_max_kib=max_kib, disks=disks, vnics=vnics, read_at=read_at, path="fallback",
+        state_code=state, memory_stats=memory, process_id=dom.ID())
 
 
 def _fallback_disk(dom: libvirt.virDomain, dev: str) -> records.DiskStats:

@@ -1,7 +1,7 @@
 """Turning libvirt stats records into readings: devices, backing chains, torn reads."""
 import pytest
 
-from lifecycle_stats.reading import inspector
+from lifecycle_stats.reading import inspector, processes
 
 COMPLETE = {
     "state.state": 1, "cpu.time": 5, "block.count": 2,
@@ -18,16 +18,23 @@ COMPLETE = {
 TORN = {"state.state": 1, "cpu.time": 5, "block.count": 1, "block.0.name": "vda",
         "block.0.path": "/img/a.qcow2", "net.count": 1, "net.0.name": "tap1"}
 
+# A domain with a vhost-user (OVS-DPDK) port: libvirt names it but has no counters for it.
+WITH_VHOSTUSER = {**COMPLETE, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}
+
 
 def without(record, *prefixes):
     return {k: v for k, v in record.items() if not k.startswith(prefixes)}
+
+
+def later(record, cpu=50):
+    return {**record, "cpu.time": cpu}
 
 
 def test_complete_record_keeps_top_level_devices_only():
     assert [d.device for d in inspector.disks_from_stats(COMPLETE)] == ["vda"]
     assert inspector.disks_from_stats(COMPLETE)[0].read_bytes == 2
     assert inspector.vnics_from_stats(COMPLETE)[0].tx_bytes == 20
-    assert not inspector.is_torn(COMPLETE)
+    assert not processes.is_torn(COMPLETE, None)
 
 
 @pytest.mark.parametrize("record", [
@@ -35,13 +42,56 @@ def test_complete_record_keeps_top_level_devices_only():
     without(COMPLETE, "block.0.rd", "block.0.wr"),
     without(COMPLETE, "net.0.rx", "net.0.tx"),
 ])
-def test_devices_without_counters_mark_a_torn_read(record):
-    assert inspector.is_torn(record)
+def test_devices_that_had_counters_in_this_process_mark_a_torn_read(record):
+    memory = processes.DeviceMemory()
+    assert not memory.judge("u", 7, COMPLETE)
+    assert memory.judge("u", 7, later(record))
+
+
+def test_a_port_without_counters_does_not_hide_the_instance():
+    memory = processes.DeviceMemory()
+    for cpu in (5, 6, 7):  # first read, later polls, the final read
+        assert not memory.judge("u", 7, later(WITH_VHOSTUSER, cpu))
+    assert [v.device for v in inspector.vnics_from_stats(WITH_VHOSTUSER)] == ["tap1"]
+    # the destroy race still shows: the devices that had counters lose them
+    assert memory.judge("u", 7, later({**TORN, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}))
+
+
+def test_a_new_qemu_process_starts_a_new_memory():
+    memory = processes.DeviceMemory()
+    assert not memory.judge("u", 7, COMPLETE)
+    # the device that had counters in process 7 has none in process 8 (never had): not torn
+    # on its second read, since the first one remembered process 8
+    no_net = without(COMPLETE, "net.0.rx", "net.0.tx")
+    assert not memory.judge("u", 8, no_net)
+    assert not memory.judge("u", 8, later(no_net))
+    # same domain id, cpu time went down: a new process (daemon restarted, ids reused)
+    assert not memory.judge("u", 8, later(COMPLETE, cpu=100))
+    assert not memory.judge("u", 8, later(no_net, cpu=1))
+
+
+def test_without_memory_only_the_measured_torn_shape_is_torn():
+    memory = processes.DeviceMemory()
+    assert memory.judge("a", 1, TORN)  # names, not one counter: the destroy race
+    assert not memory.judge("b", 1, WITH_VHOSTUSER)  # some counters: a device that has none
+    # a domain whose devices never have counters is read from its second read of the process on
+    assert not memory.judge("a", 1, later(TORN))
+
+
+def test_memory_keeps_only_the_domains_it_is_told():
+    memory = processes.DeviceMemory()
+    memory.judge("a", 1, COMPLETE)
+    memory.judge("b", 1, COMPLETE)
+    memory.keep_only(["b"])
+    no_net = later(without(COMPLETE, "net.0.rx", "net.0.tx"))
+    assert memory.judge("b", 1, no_net)
+    assert not memory.judge("a", 1, no_net)  # forgotten: judged as a first read
 
 
 def test_an_empty_cdrom_is_not_a_torn_read():
     record = {**COMPLETE, "block.count": 3, "block.2.name": "hdc"}  # no path, no counters
-    assert not inspector.is_torn(record)
+    assert not processes.is_torn(record, None)
+    assert not processes.is_torn(record, processes.counted_devices(COMPLETE))
     assert [d.device for d in inspector.disks_from_stats(record)] == ["vda"]
 
 
@@ -64,3 +114,54 @@ def test_balloon_and_perf_groups_keep_libvirts_names_and_only_what_is_there():
     assert inspector.memory_from_stats(EXTRAS) == {"actual": 2048, "rss": 512, "usable": 100}
     assert inspector.perf_from_stats(EXTRAS) == {"cpu_cycles": 7, "instructions": 8}
     assert inspector.perf_from_stats(COMPLETE) == {}
+
+
+class Domain:
+    def __init__(self, uuid, process_id):
+        self.uuid, self.process_id = uuid, process_id
+
+    def UUIDString(self):
+        return self.uuid
+
+    def name(self):
+        return "instance-1"
+
+    def ID(self):
+        return self.process_id
+
+
+class StatsConnection:
+    """Hands the inspector the stats records a test sets, as libvirt's bulk and single calls."""
+
+    def __init__(self, dom, record):
+        self.dom, self.record = dom, record
+
+    def call(self, fn, instance_id=None):
+        return fn(self)
+
+    def getAllDomainStats(self, groups, flags):
+        return [(self.dom, self.record)]
+
+    def lookupByUUIDString(self, uuid):
+        return self.dom
+
+    def domainListGetStats(self, doms, groups):
+        return [(self.dom, self.record)]
+
+
+def test_an_instance_with_a_vhostuser_port_is_polled_and_read_with_its_other_devices():
+    conn = StatsConnection(Domain("u", 7), WITH_VHOSTUSER)
+    memory = processes.DeviceMemory()
+    poller = inspector.Inspector(conn, memory=memory)
+    flusher = inspector.Inspector(conn, memory=memory)
+    polled = poller.poll()["u"]
+    conn.record = later(WITH_VHOSTUSER)
+    final = flusher.read("u")
+    for reading in (polled, final):
+        assert [v.device for v in reading.vnics] == ["tap1"]
+        assert [d.device for d in reading.disks] == ["vda"]
+        assert reading.process_id == 7
+    # the flush's read is judged against what the poller saw: a torn read is still caught
+    conn.record = later({**TORN, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}, cpu=60)
+    with pytest.raises(inspector.DomainGone):
+        flusher.read("u")
