@@ -40,7 +40,8 @@ from tests.integration import harness  # noqa: E402
 
 # oslo.messaging imports eventlet, which warns on import; the agent runs on native threads
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL",
+                            "rabbit://guest:guest@127.0.0.1:5672/lifecycle-stats-test")
 BROKER_DOWN = (OSError, kombu.exceptions.OperationalError)
 KINDS = ("final", "last_known", "unavailable")
 WAIT_S = 30.0

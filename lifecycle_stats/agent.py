@@ -12,11 +12,12 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import metrics, metrics_export, status
+from lifecycle_stats import metrics, metrics_export, records, status
 from lifecycle_stats.capture import domain_events, flush, last_readings, poller
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
@@ -25,7 +26,6 @@ from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, registry
 
 LOG = logging.getLogger(__name__)
-DRAIN_TIMEOUT = 5.0  # seconds per conduit at stop; the systemd unit's TimeoutStopSec covers it
 
 OPTS = [
     cfg.StrOpt("host", default=socket.gethostname(), sample_default="<hostname>",
@@ -40,6 +40,9 @@ OPTS = [
                help="`source` field of every sample (Ceilometer's default source name)."),
     cfg.FloatOpt("status_interval", default=10.0, min=0.5, mutable=True,
                  help="Seconds between writes of the status file."),
+    cfg.FloatOpt("stop_timeout", default=8.0, min=1.0,
+                 help="Seconds a stop may take in all (flushes in flight, senders draining, "
+                      "threads ending); whatever runs longer is left behind."),
 ]
 
 
@@ -80,7 +83,8 @@ class Agent:
             metrics.AgentCollector(self.snapshot, self.counters)))
         self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
                                           conf.status_interval, host=conf.host,
-                                          after_write=self.metrics.write_textfile)
+                                          after_write=self.metrics.write_textfile,
+                                          counters=self.counters)
         conf.register_mutate_hook(self._apply_mutable_options)
 
     def _build_reading(self) -> None:
@@ -130,7 +134,7 @@ class Agent:
     def _build_listeners(self, listen_transport) -> None:
         conf = self.conf
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
-            conf, self.event_handler, self.registry.sync, self.counters)
+            conf, self.event_handler, self.event_handler.resync, self.counters)
         on_trigger = metrics.timed(self.flusher.handle, self.counters)
         self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
                                  transport=listen_transport, holds=self.registry.is_known)
@@ -144,22 +148,32 @@ class Agent:
         for s in self.senders:
             s.start()
         self.lifecycle.start()  # before the resync, so no domain change falls in between
-        self.registry.sync()
+        self.event_handler.resync()
         self.poller.start()
-        self.bus.start()
+        self.bus.start()  # returns soon even when the broker is unreachable: connects later
         self.status.start()
         LOG.info("lifecycle-stats agent started on host %s (%d domains known, conduits %s)",
                  self.conf.host, len(self.registry.instances()), ", ".join(self.emitters))
 
-    def stop(self, drain_timeout: float = DRAIN_TIMEOUT) -> None:
-        """Stop taking triggers, finish flushes in flight, give senders a moment to drain."""
-        self.bus.stop()
-        self.lifecycle.stop()
-        self.poller.stop()
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking triggers, finish flushes in flight, give senders a moment to drain;
+        every wait shares one bound ([DEFAULT] stop_timeout). A flush that outlives it never
+        writes to the spool, and its trigger is left unacknowledged for redelivery."""
+        deadline = time.monotonic() + (timeout or self.conf.stop_timeout)
+
+        def left(share: float = 1.0) -> float:
+            return max(0.0, (deadline - time.monotonic()) * share)
+
+        self.bus.stop(timeout=left(0.4))
+        if not self.flusher.close(left(0.3)):
+            LOG.warning("flushes still running at stop: their triggers will be redelivered")
+        self.lifecycle.stop(timeout=left(0.3))
+        self.poller.stop(timeout=left(0.3))
         for s in self.senders:
-            s.drain(drain_timeout)
-            s.stop()
-        self.status.stop()
+            s.drain(left(0.5))
+        for s in self.senders:
+            s.stop(left(0.5))
+        self.status.stop(timeout=left(0.5))
         self.metrics.stop()
         for emitter in self.emitters.values():
             emitter.close()
@@ -179,6 +193,10 @@ class Agent:
                 "bus": {True: "connected", False: "disconnected"}.get(
                     self.bus.is_connected(), "unknown"),
             },
+            "conduits": list(self.emitters),
+            "threads": self.thread_states(),
+            "last_poll_at": (records.isotime(self.poller.last_success_at)
+                             if self.poller.last_success_at else None),
             "counters": self.counters.snapshot(),
             "spool": status.spool_snapshot(self.spool),
             "instances": len(self.registry.instances()),
@@ -188,6 +206,19 @@ class Agent:
         """oslo.config mutate hook (SIGHUP, reload.py): options marked mutable=True."""
         self.poller.interval = conf.poller.interval
         self.status.interval = conf.status_interval
+
+    def thread_states(self) -> dict[str, str]:
+        """Every long-lived thread: alive, stopped, dead (ended unasked) or not started; the
+        bus listener is "connecting" while the broker cannot be reached."""
+        states = {"libvirt-event-loop": libvirt_events.event_loop_state(),
+                  **self.lifecycle.thread_states(),
+                  "poller": self.poller.thread_state,
+                  "bus": self.bus.state,
+                  "status-writer": self.status.thread_state}
+        states.update({f"sender-{s.conduit}": s.thread_state for s in self.senders})
+        if self.metrics.thread_state is not None:
+            states["metrics-http"] = self.metrics.thread_state
+        return states
 
     def _wake_senders(self) -> None:
         for s in self.senders:

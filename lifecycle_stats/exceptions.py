@@ -54,3 +54,8 @@ class EmitError(LifecycleStatsError):
 class CaptureDeferred(LifecycleStatsError):
     """A capture failed for a reason that may pass (database locked, disk full, libvirt
     unreachable): nothing was spooled, and the trigger must be delivered again."""
+
+
+class ShuttingDown(LifecycleStatsError):
+    """The agent is stopping: a trigger still in hand must not be acknowledged (it is
+    redelivered to the next agent run), and nothing may be written to the closing spool."""

@@ -15,6 +15,7 @@ import prometheus_client
 from oslo_config import cfg
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from lifecycle_stats import threads
 from lifecycle_stats.exceptions import ConfigError
 from lifecycle_stats.metrics import AgentCollector
 
@@ -80,6 +81,13 @@ class MetricsExporter:
     def address(self) -> tuple[str, int] | None:
         """(host, port) actually bound, None when the endpoint is off."""
         return None if self._server is None else self._server.server_address[:2]
+
+    @property
+    def thread_state(self) -> str | None:
+        """The HTTP server thread's state (threads.state); None when the endpoint is off."""
+        if self._thread is None:
+            return None
+        return threads.state(self._thread, stopping=self._server is None)
 
     def start(self) -> None:
         opts = self._conf[GROUP]

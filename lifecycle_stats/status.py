@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from oslo_config import cfg
 
+from lifecycle_stats import threads
+from lifecycle_stats.counters import Counters
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import isotime, utcnow
 
@@ -58,7 +60,8 @@ class StatusWriter:
 
     def __init__(self, path: str, snapshot_fn: Callable[[], dict[str, Any]], interval: float,
                  clock: Clock = utcnow, host: str | None = None,
-                 after_write: Callable[[], None] = lambda: None):
+                 after_write: Callable[[], None] = lambda: None,
+                 counters: Counters | None = None):
         if interval <= 0:
             raise ValueError(f"interval must be > 0, got {interval}")
         self.path = path
@@ -67,6 +70,7 @@ class StatusWriter:
         self._clock = clock
         self._host = host or socket.gethostname()
         self._after_write = after_write  # e.g. the node_exporter textfile, same cadence
+        self._counters = counters if counters is not None else Counters()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -76,6 +80,10 @@ class StatusWriter:
         doc["written_at"] = isotime(self._clock())
         write_atomically(self.path, json.dumps(doc, indent=2, sort_keys=True, default=str))
         self._after_write()
+
+    @property
+    def thread_state(self) -> str:
+        return threads.state(self._thread, self._stop.is_set())
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="status-writer", daemon=True)
@@ -98,6 +106,7 @@ class StatusWriter:
             self.write()
         except Exception:  # a status file must never take the agent down
             LOG.exception("could not write the status file %s", self.path)
+            self._counters.incr("status.write_errors")
 
 
 def spool_snapshot(spool: spool_mod.Spool) -> dict[str, Any]:
@@ -159,6 +168,10 @@ def read_status(state_path: str, *, clock: Clock = utcnow,
     if doc:
         result["agent"], result["status_age_seconds"], why = _agent_state(doc, now, pid_alive)
         problems += [why] if why else []
+        if result["agent"] == "running":
+            problems += [f"thread {name} is {state}" for name, state in
+                         sorted((doc.get("threads") or {}).items())
+                         if state in (threads.DEAD, threads.NOT_STARTED)]
     else:
         result["agent"] = "not running"
     result["spool"] = _live_spool(spool_mod.spool_path(state_path), now, doc, problems)
@@ -178,7 +191,7 @@ def _live_spool(path: str, now: datetime.datetime, doc: dict[str, Any],
         return {"depth": None, "oldest_age_seconds": None}
     confirmed = stats["confirmed_by_conduit"]
     stats["pending_by_conduit"] = {name: stats["depth"] - confirmed.get(name, 0)
-                                   for name in doc.get("connections") or {}}
+                                   for name in doc.get("conduits") or ()}
     return stats
 
 
@@ -209,9 +222,13 @@ def format_status(status: dict[str, Any]) -> str:
     spool = status["spool"]
     lines.append(f"spool:       depth {spool.get('depth', '-')}, oldest record "
                  f"{_age(spool.get('oldest_age_seconds'))}, rejects {spool.get('rejects', '-')}")
-    pending = spool.get("pending_by_conduit", {})
+    for name, pending in sorted(spool.get("pending_by_conduit", {}).items()):
+        lines.append(f"conduit:     {name:<20} pending {pending}")
     for name, state in sorted((status.get("connections") or {}).items()):
-        lines.append(f"connection:  {name:<20} {state:<14} pending {pending.get(name, '-')}")
+        lines.append(f"connection:  {name:<20} {state}")
+    for name, state in sorted((status.get("threads") or {}).items()):
+        lines.append(f"thread:      {name:<30} {state}")
+    lines.append(f"last poll:   {status.get('last_poll_at') or 'never'}")
     for name, value in sorted((status.get("counters") or {}).items()):
         lines.append(f"counter:     {name:<40} {value}")
     lines += [f"problem:     {text}" for text in status["problems"]]

@@ -24,7 +24,12 @@ then never routed to our queues at all, instead of being received and thrown awa
 
 Delivery is at-least-once: ``on_trigger`` runs synchronously in the executor's thread and the
 message is acknowledged only after it returns (the flush behind it returns once the result is
-durably spooled). ``on_trigger`` may run concurrently on the threading executor's workers.
+durably spooled). ``on_trigger`` may run concurrently on the threading executor's workers. A
+trigger refused because the agent is stopping (ShuttingDown) is always requeued.
+
+Connecting: oslo's rabbit driver retries a listener's first connection forever inside the
+call, so start() connects on a background thread (tenacity retries whatever still fails): a
+broker that cannot be reached at start never holds up the agent, nor its SIGTERM.
 """
 from __future__ import annotations
 
@@ -38,14 +43,18 @@ import oslo_messaging
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import CaptureDeferred, ConfigError, RejectedMessage
+from lifecycle_stats.exceptions import (
+    CaptureDeferred, ConfigError, RejectedMessage, ShuttingDown,
+)
 from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications
+from lifecycle_stats.listeners.background_start import BackgroundStart
 
 LOG = logging.getLogger(__name__)
 GROUP = "notification_listener"
 POOL_PREFIX = "lifecycle-stats."
 STOP_TIMEOUT = 10.0
+CONNECT_WAIT = 2.0  # start() waits this long for the connection before going on without it
 
 OPTS = [
     cfg.StrOpt("transport_url", secret=True, default=None,
@@ -106,19 +115,20 @@ class DeleteStartEndpoint:
         self._allow_requeue = allow_requeue
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        # Here and below: log first, count second; whoever sees a counter may rely on the log.
         received_at = self._clock()
         try:
             trigger = nova_notifications.parse_any(
                 event_type, publisher_id, payload, received_at=received_at, context=ctxt,
                 announced_at=nova_notifications.envelope_time(metadata))
         except RejectedMessage as exc:
-            self._counters.incr("bus.rejected")
             LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),
                         _short(publisher_id), exc, _PAYLOAD_REPR.repr(payload))
+            self._counters.incr("bus.rejected")
             return oslo_messaging.NotificationResult.HANDLED
         except Exception:  # a bug in parse must not kill the listener or loop on requeue
-            self._counters.incr("bus.handler_errors")
             LOG.exception("could not parse %s from %s", _short(event_type), _short(publisher_id))
+            self._counters.incr("bus.handler_errors")
             return oslo_messaging.NotificationResult.HANDLED
         if trigger is None or trigger.host != self._host:
             self._not_mine(event_type, publisher_id, trigger)
@@ -128,26 +138,31 @@ class DeleteStartEndpoint:
     def _not_mine(self, event_type, publisher_id, trigger: DeleteTrigger | None) -> None:
         """Another host's (or, host null, nobody's) message. If this host holds the domain
         nevertheless, [DEFAULT] host probably differs from nova-compute's: say so."""
-        self._counters.incr("bus.ignored")
         if trigger is not None and trigger.host is not None and self._holds(trigger.instance_id):
-            self._counters.incr("bus.host_mismatch")
             LOG.warning("%s of %s names host %s, but its domain is on this host (%s): is "
                         "[DEFAULT] host the same as nova-compute's host?", trigger.event_type,
                         trigger.instance_id, _short(trigger.host), self._host)
-            return
-        LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
+            self._counters.incr("bus.host_mismatch")
+        else:
+            LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
+        self._counters.incr("bus.ignored")
 
     def _deliver(self, trigger: DeleteTrigger):
         self._counters.incr("bus.triggers." + nova_notifications.classify(trigger.event_type))
         try:
             self._on_trigger(trigger)
         except CaptureDeferred as exc:  # nothing spooled yet: the message must come back
-            self._counters.incr("bus.requeued")
             LOG.info("requeued %s of %s: %s", trigger.event_type, trigger.instance_id, exc)
+            self._counters.incr("bus.requeued")
+            return oslo_messaging.NotificationResult.REQUEUE
+        except ShuttingDown:  # the agent stops: the next run gets it
+            LOG.warning("stopping: %s of %s left for redelivery", trigger.event_type,
+                        trigger.instance_id)
+            self._counters.incr("bus.requeued_at_stop")
             return oslo_messaging.NotificationResult.REQUEUE
         except Exception:
-            self._counters.incr("bus.handler_errors")
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
+            self._counters.incr("bus.handler_errors")
             return self.failure_outcome()
         return oslo_messaging.NotificationResult.HANDLED
 
@@ -169,7 +184,8 @@ class NotificationListener:
                  listen_legacy: bool = True, listen_versioned: bool = True,
                  allow_requeue: bool = False, stop_timeout: float = STOP_TIMEOUT,
                  own_transport: bool = False,
-                 holds: Callable[[str], bool] = lambda _uuid: False):
+                 holds: Callable[[str], bool] = lambda _uuid: False,
+                 connect_wait: float = CONNECT_WAIT, retry_max_wait: float = 30.0):
         _check_name("host", host)
         _check_name(f"[{GROUP}] exchange", exchange)
         self.host = host
@@ -184,21 +200,37 @@ class NotificationListener:
         self._transport = transport
         self._own_transport = own_transport
         self._stop_timeout = stop_timeout
-        self._started = False
+        self._connect_wait = connect_wait
+        # Requeue-capable at the server: a deferred capture and a trigger refused at stop are
+        # never acknowledged; allow_requeue decides only what a failed handler returns.
         self._server = oslo_messaging.get_notification_listener(
             transport, self.targets, [self.endpoint], executor="threading",
-            allow_requeue=True, pool=self.pool)  # deferred captures always requeue
+            allow_requeue=True, pool=self.pool)
+        self._starter = BackgroundStart(
+            self._server.start, self._server.stop, name=f"listener {self.pool}",
+            counters=self.counters, error_counter="bus.connect_errors",
+            retry_max_wait=retry_max_wait, on_started=self._log_started)
+
+    @property
+    def state(self) -> str:
+        """"connecting" (in the background), "alive", "stopped" or "dead"."""
+        return self._starter.state
 
     def start(self) -> None:
-        self._server.start()
-        self._started = True
+        """Connect and start hearing on a background thread; returns once connected or after
+        connect_wait seconds, whichever comes first."""
+        if not self._starter.begin(self._connect_wait):
+            LOG.warning("bus not reachable yet; listener %s keeps connecting in the background",
+                        self.pool)
+
+    def _log_started(self) -> None:
         LOG.info("listening for nova delete.start on %s with pool %s",
                  ", ".join(f"{t.exchange}/{t.topic}" for t in self.targets), self.pool)
 
     def is_connected(self) -> bool | None:
         """Best effort, from the rabbit driver's kombu connection (oslo.messaging internals,
         read defensively); None when the driver does not tell (fake://, another driver)."""
-        if not self._started:
+        if not self._starter.started:
             return False
         try:
             listener = self._server.listener._poll_style_listener
@@ -206,25 +238,30 @@ class NotificationListener:
         except AttributeError:
             return None
 
-    def stop(self) -> bool:
+    def stop(self, timeout: float | None = None) -> bool:
         """Stop hearing and wait (bounded) for messages in hand; False when that took too
-        long: the handlers still running then finish in the background."""
-        if self._started:
+        long: the handlers still running then finish in the background. A listener still
+        connecting is left to its daemon thread, which stops the server if it ever starts."""
+        was_connecting = self._starter.connecting
+        if self._starter.cancel():
             self._server.stop()
-            self._started = False
-            if not self._wait_bounded():
-                LOG.warning("listener did not stop within %.1fs", self._stop_timeout)
+            bound = self._stop_timeout if timeout is None else timeout
+            if not self._wait_bounded(bound):
+                LOG.warning("listener did not stop within %.1fs", bound)
                 return False
+        elif was_connecting:
+            LOG.warning("listener %s stopped while still connecting", self.pool)
+            return True  # its transport may be in use by the blocked connect: not cleaned up
         if self._own_transport:
             self._transport.cleanup()
         return True
 
-    def _wait_bounded(self) -> bool:
+    def _wait_bounded(self, timeout: float) -> bool:
         # MessageHandlingServer.wait(timeout=) bounds only its wait for stop(), not the
         # executor shutdown that waits for running handlers: bound that with a thread.
         waiter = threading.Thread(target=self._wait, name=f"stop-{self.pool}", daemon=True)
         waiter.start()
-        waiter.join(self._stop_timeout)
+        waiter.join(timeout)
         return not waiter.is_alive()
 
     def _wait(self) -> None:

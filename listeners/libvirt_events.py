@@ -17,7 +17,7 @@ from typing import Callable
 import libvirt
 from oslo_config import cfg
 
-from lifecycle_stats import exceptions, records
+from lifecycle_stats import exceptions, records, threads
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners.libvirt_event_names import (  # noqa: F401 (re-exported)
     METADATA_CHANGED,
@@ -41,6 +41,7 @@ _NO_SUPPORT = 3  # VIR_ERR_NO_SUPPORT: local drivers (test://) have no keepalive
 
 _loop_lock = threading.Lock()
 _loop_started = False  # libvirt's event implementation is process-wide, so is this flag
+_loop_thread: threading.Thread | None = None
 
 
 def ensure_event_loop() -> None:
@@ -50,13 +51,19 @@ def ensure_event_loop() -> None:
     connection: keepalive and close callbacks only work on connections opened after the
     event implementation was registered. The agent calls it first thing.
     """
-    global _loop_started
+    global _loop_started, _loop_thread
     with _loop_lock:
         if _loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True).start()
+        _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop",
+                                        daemon=True)
+        _loop_thread.start()
         _loop_started = True
+
+
+def event_loop_state() -> str:
+    return threads.state(_loop_thread, stopping=False)
 
 
 def _run_event_loop() -> None:
@@ -128,6 +135,13 @@ class LifecycleListener:
     def is_connected(self) -> bool:
         return self._connected.is_set()
 
+    def thread_states(self) -> dict[str, str]:
+        """{"libvirt-events-worker": ..., "libvirt-reconnect": ...} (see threads.state)."""
+        worker, supervisor = self._threads or (None, None)
+        stopping = self._stopping.is_set()
+        return {"libvirt-events-worker": threads.state(worker, stopping),
+                "libvirt-reconnect": threads.state(supervisor, stopping)}
+
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Open the connection, register callbacks, start the worker and reconnect threads.
@@ -147,29 +161,29 @@ class LifecycleListener:
         for thread in self._threads:
             thread.start()
 
-    def stop(self) -> None:
-        """Deregister, close the connection and join this listener's threads (bounded).
-
-        Events already queued are still delivered before the worker ends.
-        """
+    def stop(self, timeout: float | None = None) -> None:
+        """Deregister, close the connection and join this listener's threads, each within
+        timeout (JOIN_TIMEOUT by default). Events already queued are still delivered before
+        the worker ends, if it has the time."""
         self._stopping.set()
         self._lost.set()  # wake the reconnect thread so it sees _stopping
         worker, supervisor = self._threads or (None, None)
-        self._join(supervisor)
+        bound = self.JOIN_TIMEOUT if timeout is None else timeout
+        self._join(supervisor, bound)
         with self._lock:
             conn, ids, self._conn, self._callback_ids = self._conn, self._callback_ids, None, []
         self._connected.clear()
         if conn is not None:
             _discard(conn, ids)
         self._queue.put(_STOP)
-        self._join(worker)
+        self._join(worker, bound)
 
-    def _join(self, thread: threading.Thread | None) -> None:
+    def _join(self, thread: threading.Thread | None, timeout: float) -> None:
         if thread is None or thread is threading.current_thread():
             return  # stop() called from on_event/on_reconnect: the worker ends after it
-        thread.join(self.JOIN_TIMEOUT)
+        thread.join(timeout)
         if thread.is_alive():
-            LOG.warning("thread %s did not end within %.0f s", thread.name, self.JOIN_TIMEOUT)
+            LOG.warning("thread %s did not end within %.1f s", thread.name, timeout)
 
     # ------------------------------------------------------------------ connection
     def _connect(self):
@@ -210,13 +224,21 @@ class LifecycleListener:
         return ids
 
     def _supervise(self) -> None:
-        """Reconnect thread: waits for a lost connection and re-opens it."""
+        """Reconnect thread: waits for a lost connection and re-opens it; whatever fails in
+        one attempt is logged and counted, and the next attempt follows after a backoff."""
         while True:
             self._lost.wait()
             if self._stopping.is_set():
                 return
             self._lost.clear()
-            self._reconnect()
+            try:
+                self._reconnect()
+            except Exception:
+                LOG.exception("reconnect to %s failed unexpectedly; trying again in %.0f s",
+                              self.uri, self._max_wait)
+                self.counters.incr("libvirt.reconnect_errors")
+                self._sleep(self._max_wait)
+                self._lost.set()
 
     def _reconnect(self) -> None:
         self._connected.clear()

@@ -1,7 +1,28 @@
 #!/usr/bin/env bash
 # Bring up a real libvirtd + QEMU (TCG) on this machine for the integration tier and benchmarks.
 # Idempotent; needs root. Works in containers without systemd or KVM (QEMU TCG).
+#
+# It weakens the host's QEMU driver (guests as root, no security driver, no cgroups or
+# namespaces in /etc/libvirt/qemu.conf), so it does that only on a host marked as a test host:
+# CI=true, or LIFECYCLE_STATS_TEST_HOST=1 set by the operator. Elsewhere it refuses, unless
+# qemu.conf already carries this script's block (the host was set up as a test host before).
+# Every change to qemu.conf is printed as a diff.
 set -euo pipefail
+
+conf=${LIBVIRT_QEMU_CONF:-/etc/libvirt/qemu.conf}  # overridable for the script's own tests
+marker="# lifecycle-stats test hypervisor"
+test_host() { [ "${CI:-}" = "true" ] || [ "${LIFECYCLE_STATS_TEST_HOST:-}" = "1" ]; }
+already_set_up() { grep -qF "$marker" "$conf" 2>/dev/null; }
+
+if ! already_set_up && ! test_host; then
+  cat >&2 <<MSG
+setup_hypervisor: refusing to run: this host is not marked as a test host.
+  It would rewrite $conf (user/group root, security_driver "none", no cgroups or
+  namespaces): right for a throw-away CI container, wrong for a real hypervisor.
+  On a test machine run it with LIFECYCLE_STATS_TEST_HOST=1 (CI=true does the same).
+MSG
+  exit 3
+fi
 
 PKGS=(libvirt-daemon libvirt-daemon-driver-qemu qemu-system-x86 qemu-utils libvirt-clients
       libvirt-dev pkg-config)
@@ -22,9 +43,9 @@ getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home -g kvm libvirt-qemu
 
 # No cgroups, namespaces or security driver inside a container; run guests as root.
-conf=/etc/libvirt/qemu.conf
-marker="# lifecycle-stats test hypervisor"
-if ! grep -qF "$marker" "$conf" 2>/dev/null; then
+if ! already_set_up; then
+  before=$(mktemp)
+  cp "$conf" "$before" 2>/dev/null || : >"$before"
   cat >>"$conf" <<CONF
 $marker
 user = "root"
@@ -33,6 +54,11 @@ security_driver = "none"
 cgroup_controllers = [ ]
 namespaces = [ ]
 CONF
+  echo "setup_hypervisor: test host (CI=${CI:-} LIFECYCLE_STATS_TEST_HOST=${LIFECYCLE_STATS_TEST_HOST:-}): changed $conf:"
+  diff -u --label "$conf (before)" --label "$conf" "$before" "$conf" || true
+  rm -f "$before"
+else
+  echo "setup_hypervisor: $conf already set up for tests (block '$marker'); unchanged"
 fi
 
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/images /run/libvirt

@@ -3,22 +3,26 @@
 # tier, demo). Idempotent; needs root. Installs rabbitmq-server if missing and starts it with
 # `rabbitmq-server -detached` (no systemd in these containers). Fails loudly if it cannot.
 # RABBITMQ_NODE_PORT / RABBITMQ_NODENAME are honoured (and passed to the broker) if set.
+# The integration tier uses its own vhost (VHOST, default lifecycle-stats-test), so its
+# exchanges and queues never mix with those of whatever else uses the broker's default vhost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HOST=127.0.0.1
 PORT=${RABBITMQ_NODE_PORT:-5672}
 WAIT=${RABBITMQ_START_TIMEOUT:-60}
+VHOST=${LIFECYCLE_STATS_RABBIT_VHOST:-lifecycle-stats-test}
 say() { echo "start_rabbitmq: $*"; }
 die() { echo "start_rabbitmq: ERROR: $*" >&2; exit 1; }
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$HOST/$PORT" 2>/dev/null; }
 ctl() { timeout 60 rabbitmqctl ${RABBITMQ_NODENAME:+-n "$RABBITMQ_NODENAME"} -q "$@"; }
 
-login_ok() {  # a real AMQP login as guest/guest, with the venv's kombu when there is one
+login_ok() {  # a real AMQP login as guest/guest into vhost $1, with the venv's kombu if any
   if [ -x .venv/bin/python ]; then
-    .venv/bin/python - "$HOST" "$PORT" <<'PY' >/dev/null 2>&1
-import sys, kombu
-kombu.Connection(f"amqp://guest:guest@{sys.argv[1]}:{sys.argv[2]}//", connect_timeout=5) \
+    .venv/bin/python - "$HOST" "$PORT" "$1" <<'PY' >/dev/null 2>&1
+import sys, urllib.parse, kombu
+vhost = urllib.parse.quote(sys.argv[3], safe="")
+kombu.Connection(f"amqp://guest:guest@{sys.argv[1]}:{sys.argv[2]}/{vhost}", connect_timeout=5) \
     .ensure_connection(max_retries=1, timeout=10).release()
 PY
   else
@@ -55,10 +59,16 @@ start_broker() {
 
 port_open || start_broker
 ctl await_startup || die "rabbitmqctl await_startup failed (broker on $HOST:$PORT not booted)"
-if ! login_ok; then
+if ! login_ok /; then
   say "guest/guest login refused; (re)creating user guest"
   ctl add_user guest guest 2>/dev/null || ctl change_password guest guest
   ctl set_permissions -p / guest '.*' '.*' '.*'
-  login_ok || die "guest/guest cannot log in to $HOST:$PORT"
+  login_ok / || die "guest/guest cannot log in to $HOST:$PORT"
 fi
-say "RabbitMQ ready on $HOST:$PORT (guest/guest)"
+if ! ctl list_vhosts name | grep -qxF "$VHOST"; then
+  say "adding vhost $VHOST for the integration tier"
+  ctl add_vhost "$VHOST"
+fi
+ctl set_permissions -p "$VHOST" guest '.*' '.*' '.*'
+login_ok "$VHOST" || die "guest/guest cannot log in to vhost $VHOST on $HOST:$PORT"
+say "RabbitMQ ready on $HOST:$PORT (guest/guest, vhost $VHOST)"

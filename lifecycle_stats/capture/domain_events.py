@@ -30,6 +30,8 @@ class DomainEventHandler:
         self._counters = counters if counters is not None else Counters()
 
     def __call__(self, event: LifecycleEvent) -> None:
+        if event.event in ("defined", "started"):  # hard reboot, rescue, resize: back again
+            self._readings.domain_present(event.instance_id)
         if event.event in REFRESH_ON:
             self._refresh(event.instance_id)
         elif event.event in ("shutdown", "suspended"):
@@ -37,6 +39,11 @@ class DomainEventHandler:
         elif event.event == "undefined":
             self._registry.forget(event.instance_id)
             self._readings.domain_gone(event.instance_id)
+
+    def resync(self) -> None:
+        """At start and after the event connection was lost: the registry re-lists libvirt's
+        domains, and cached readings of domains that vanished meanwhile start to expire."""
+        self._readings.reconcile(self._registry.sync())
 
     def _refresh(self, instance_id: str) -> None:
         try:

@@ -34,6 +34,7 @@ from oslo_config import cfg
 
 from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.counters import Counters
+from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
 from lifecycle_stats.records import (
@@ -141,18 +142,29 @@ class Flusher:
         self._attempts = _Attempts()
         self._sample_options = {"legacy_meters": legacy_meters,
                                 "telemetry_secret": telemetry_secret}
-        self._locks: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}  # lock, holders + waiters
         self._locks_guard = threading.Lock()
+        self._gate = StopGate()
         self._retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(tries_per_attempt),
             wait=tenacity.wait_exponential(multiplier=retry_wait, max=retry_max_wait),
             retry=tenacity.retry_if_exception_type(TRANSIENT), sleep=sleep, reraise=True)
 
+    def close(self, timeout: float) -> bool:
+        """Refuse new triggers, wait (bounded) for flushes in flight; False if some still
+        run. Nothing is spooled after this returns (stop_gate.py)."""
+        return self._gate.close(timeout)
+
     def handle(self, trigger: DeleteTrigger) -> Outcome:
         """Capture and spool one delete attempt's delete.samples, once per attempt.
 
-        Raises CaptureDeferred when nothing could be spooled yet: redeliver the trigger.
+        Raises CaptureDeferred when nothing could be spooled yet (redeliver the trigger), and
+        ShuttingDown once close() was called (redeliver it to the next run).
         """
+        with self._gate.working(f"flushing {trigger.instance_id}"):
+            return self._handle(trigger)
+
+    def _handle(self, trigger: DeleteTrigger) -> Outcome:
         message_id = payloads.delete_message_id(trigger)
         with self._instance_lock(trigger.instance_id):
             try:
@@ -180,7 +192,7 @@ class Flusher:
                 return built  # not nova's, or flagged and spooled
             self._attempts.keep_built(message_id, built)
         kind, notification = built
-        self._spool.put(notification, kind="final")
+        self._gate.write(self._spool.put, notification, kind="final")
         return Outcome(kind)
 
     def _build(self, trigger: DeleteTrigger,
@@ -216,7 +228,7 @@ class Flusher:
             with contextlib.suppress(Exception):
                 payloads.validate(flagged)
                 break
-        self._spool.put_flagged(flagged, rejected or flagged, error)
+        self._gate.write(self._spool.put_flagged, flagged, rejected or flagged, error)
         LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
                   "rejects, published flagged", trigger.instance_id, error,
                   exc_info=not isinstance(exc, jsonschema.ValidationError))
@@ -276,13 +288,20 @@ class Flusher:
 
     @contextlib.contextmanager
     def _instance_lock(self, instance_id: str):
-        """Serialise triggers of one instance. The lock is dropped afterwards: a later
-        trigger that makes a fresh one finds the notification already spooled (seen())."""
+        """Serialise triggers of one instance. The lock is counted by the threads holding or
+        awaiting it and dropped when the last one leaves, so every trigger of an instance in
+        flight at once shares one lock; a later one finds the notification spooled (seen())."""
         with self._locks_guard:
-            lock = self._locks[instance_id]
-        with lock:
-            try:
+            lock, users = self._locks.get(instance_id, (None, 0))
+            lock = lock or threading.Lock()
+            self._locks[instance_id] = (lock, users + 1)
+        try:
+            with lock:
                 yield
-            finally:
-                with self._locks_guard:
-                    self._locks.pop(instance_id, None)
+        finally:
+            with self._locks_guard:
+                lock, users = self._locks[instance_id]
+                if users == 1:
+                    del self._locks[instance_id]
+                else:
+                    self._locks[instance_id] = (lock, users - 1)

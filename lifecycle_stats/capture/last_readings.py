@@ -3,7 +3,10 @@
 A delete.start that arrives after nova destroyed the domain reports this reading as
 `last_known` with its age. Only readings of a running domain carry counters, so an inactive
 reading never replaces an active one: the figures of the last QEMU process are what billing
-needs. Entries outlive their domain for `retention` so late triggers still find them.
+needs. Within one QEMU process counters only grow, so the higher ones win whatever order the
+readings arrive in; across processes the one requested later wins. Entries outlive their
+domain for `retention` so late triggers still find them; a domain defined again (hard reboot,
+rescue, resize undefine and define it) stops that clock.
 """
 from __future__ import annotations
 
@@ -26,11 +29,8 @@ class LastReadings:
     def update(self, info: InstanceInfo, reading: DomainReading) -> None:
         with self._lock:
             current = self._entries.get(reading.instance_id)
-            if current is not None:
-                _, kept = current
-                if kept.read_at > reading.read_at or (kept.active and not reading.active):
-                    return
-            self._entries[reading.instance_id] = (info, reading)
+            if current is None or supersedes(reading, current[1]):
+                self._entries[reading.instance_id] = (info, reading)
 
     def get(self, instance_id: str) -> tuple[InstanceInfo, DomainReading] | None:
         with self._lock:
@@ -42,6 +42,21 @@ class LastReadings:
             if instance_id in self._entries:
                 self._gone_at.setdefault(instance_id, self._clock())
 
+    def domain_present(self, instance_id: str) -> None:
+        """The domain was defined or started again: it is not gone after all."""
+        with self._lock:
+            self._gone_at.pop(instance_id, None)
+
+    def reconcile(self, present: set[str]) -> None:
+        """After a resync (events may have been missed): entries of domains libvirt no longer
+        has start their retention clock, those it has stop it."""
+        with self._lock:
+            for instance_id in self._entries:
+                if instance_id in present:
+                    self._gone_at.pop(instance_id, None)
+                else:
+                    self._gone_at.setdefault(instance_id, self._clock())
+
     def prune(self) -> int:
         """Drop entries whose domain has been gone longer than the retention. Returns count."""
         now = self._clock()
@@ -51,3 +66,14 @@ class LastReadings:
                 self._entries.pop(instance_id, None)
                 self._gone_at.pop(instance_id, None)
             return len(expired)
+
+
+def supersedes(new: DomainReading, kept: DomainReading) -> bool:
+    """Whether new should replace kept as the instance's newest reading."""
+    if kept.active and not new.active:
+        return False
+    same_process = (new.active and kept.active and new.process_id is not None
+                    and new.process_id == kept.process_id)
+    if same_process and new.cpu_time_ns != kept.cpu_time_ns:
+        return (new.cpu_time_ns or 0) > (kept.cpu_time_ns or 0)
+    return new.read_at >= kept.read_at

@@ -5,14 +5,18 @@ owns its own libvirt connection, so a long bulk call never delays a flush.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
+from typing import Callable
 
 from oslo_config import cfg
 
+from lifecycle_stats import threads
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
+from lifecycle_stats.records import utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -24,14 +28,21 @@ OPTS = [
 
 class Poller:
     def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
-                 interval: float, counters: Counters | None = None) -> None:
+                 interval: float, counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
         self.interval = interval
         self._counters = counters if counters is not None else Counters()
+        self._clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.last_success_at: datetime.datetime | None = None
+
+    @property
+    def thread_state(self) -> str:
+        return threads.state(self._thread, self._stop.is_set())
 
     def poll_once(self) -> int:
         """One bulk read; returns how many nova instances were updated."""
@@ -60,10 +71,19 @@ class Poller:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.poll_once()
-                self._counters.incr("poller.polls")
-            except HypervisorError as exc:
-                self._counters.incr("poller.errors")
-                LOG.warning("bulk poll failed: %s", exc)
+            self.poll_logged()
             self._stop.wait(self.interval)
+
+    def poll_logged(self) -> None:
+        """One poll whatever happens: a failure is logged and counted, never the thread's end."""
+        try:
+            self.poll_once()
+        except HypervisorError as exc:
+            LOG.warning("bulk poll failed: %s", exc)
+            self._counters.incr("poller.errors")
+        except Exception:
+            LOG.exception("bulk poll failed unexpectedly")
+            self._counters.incr("poller.errors")
+        else:
+            self.last_success_at = self._clock()
+            self._counters.incr("poller.polls")

@@ -21,6 +21,7 @@ from typing import Callable
 import tenacity
 from oslo_config import cfg
 
+from lifecycle_stats import threads
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.interfaces import Conduit
@@ -102,6 +103,10 @@ class Sender:
                                         daemon=True)
         self._thread.start()
 
+    @property
+    def thread_state(self) -> str:
+        return threads.state(self._thread, self._stop.is_set())
+
     def wake(self) -> None:
         """New records were put: look now instead of at the next poll."""
         self._wake.set()
@@ -132,6 +137,7 @@ class Sender:
             except Exception:  # the spool itself failed: keep the thread, try again later
                 LOG.exception("sender %s: spool error; retrying in %.1f s", self.conduit,
                               self._poll)
+                self._counters.incr(f"sender.{self.conduit}.errors")
                 busy = False
             if not busy:
                 self._notify_progress()

@@ -81,11 +81,12 @@ class DomainRegistry:
             self.forget(instance_id)
             return None
 
-    def sync(self) -> None:
-        """Read every domain not yet known; forget the uuids libvirt no longer has."""
-        self._connection.call(self._sync)
+    def sync(self) -> set[str]:
+        """Read every domain not yet known; forget the uuids libvirt no longer has. Returns
+        the uuids libvirt has."""
+        return self._connection.call(self._sync)
 
-    def _sync(self, conn) -> None:
+    def _sync(self, conn) -> set[str]:
         with translated():
             domains = conn.listAllDomains(0)
         present = set()
@@ -97,6 +98,7 @@ class DomainRegistry:
             vanished = [uuid for uuid in self._entries if uuid not in present]
         for uuid in vanished:
             self.forget(uuid)
+        return present
 
     def get(self, instance_id: str) -> InstanceInfo | None:
         with self._lock:

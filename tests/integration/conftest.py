@@ -1,12 +1,14 @@
 """Fixtures for the integration tier: the real libvirtd (qemu:///system) and RabbitMQ.
 
 tools/run_tests.sh starts both. When one does not answer, the fixtures fail in CI (and under
-run_tests.sh) and skip elsewhere (tests/conftest.py: service_unavailable). Environment
-overrides: LIFECYCLE_STATS_LIBVIRT_URI, LIFECYCLE_STATS_RABBIT_URL.
+run_tests.sh) and skip elsewhere (tests/conftest.py: service_unavailable). The tier works in
+its own RabbitMQ vhost, which tools/start_rabbitmq.sh creates. Environment overrides:
+LIFECYCLE_STATS_LIBVIRT_URI, LIFECYCLE_STATS_RABBIT_URL, LIFECYCLE_STATS_RABBIT_VHOST.
 """
 from __future__ import annotations
 
 import os
+import urllib.parse
 
 import pytest
 
@@ -14,7 +16,10 @@ from lifecycle_stats.testing import guests as novalike
 
 # Overridable for a broker/daemon elsewhere on this machine (and to try the failure path).
 LIBVIRT_URI = os.environ.get("LIFECYCLE_STATS_LIBVIRT_URI", "qemu:///system")
-RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+RABBIT_VHOST = os.environ.get("LIFECYCLE_STATS_RABBIT_VHOST", "lifecycle-stats-test")
+RABBIT_URL = os.environ.get(
+    "LIFECYCLE_STATS_RABBIT_URL",
+    f"rabbit://guest:guest@127.0.0.1:5672/{urllib.parse.quote(RABBIT_VHOST, safe='')}")
 GUEST_PREFIX = "lst"
 
 

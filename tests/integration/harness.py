@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 from lifecycle_stats.testing.nova import publish_delete_start
@@ -209,6 +210,13 @@ def delete_queues(amqp_url: str, queues, exchanges=()) -> None:
                 channel.exchange_delete(exchange)
             except Exception:
                 channel = conn.channel()
+
+
+def through_gate(rabbit_url: str, port: int) -> str:
+    """rabbit_url (same credentials and vhost) redirected to a TcpGate on this machine."""
+    parts = urllib.parse.urlsplit(rabbit_url)
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 class TcpGate:

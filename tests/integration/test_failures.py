@@ -218,7 +218,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
     agent = agents(harness.AgentProcess(
         tmp_path, host=host, transport_url=bus.url, names=bus.names, extra={
             "oslo_messaging_notifications": {
-                "transport_url": f"rabbit://guest:guest@127.0.0.1:{gate.port}/"},
+                "transport_url": harness.through_gate(bus.url, gate.port)},
             "oslo_messaging_rabbit": {"rabbit_interval_max": "2"}}))
     billing = bus.billing()
     broker_stopped = False

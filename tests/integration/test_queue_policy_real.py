@@ -20,18 +20,20 @@ from oslo_config import cfg
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import bus
 from tests.integration import harness
-from tests.integration.conftest import amqp_url
+from tests.integration.conftest import RABBIT_VHOST, amqp_url
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "etc/rabbitmq/lifecycle-stats-queue-policy.sh"
 MAX_LENGTH = 5
 TTL_MS = 3000
+LIST_POLICIES = ["rabbitmqctl", "-q", "list_operator_policies", "-p", RABBIT_VHOST]
 
 
 def policy(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=60, check=True)
+    """The script on the integration tier's vhost (tools/start_rabbitmq.sh)."""
+    return subprocess.run(["sh", str(SCRIPT), "--vhost", RABBIT_VHOST, *args],
+                          capture_output=True, text=True, timeout=60, check=True)
 
 
 @pytest.fixture
@@ -73,8 +75,8 @@ def test_policy_caps_length_and_age_of_a_down_agents_queue(idle_agent_queue):
            "--max-length", str(MAX_LENGTH), "--message-ttl-ms", str(TTL_MS),
            "--expires-ms", "600000")
     try:
-        listed = subprocess.run(["rabbitmqctl", "-q", "list_operator_policies"],
-                                capture_output=True, text=True, timeout=60, check=True).stdout
+        listed = subprocess.run(LIST_POLICIES, capture_output=True, text=True, timeout=60,
+                                check=True).stdout
         assert name in listed and f'"max-length":{MAX_LENGTH}' in listed.replace(" ", "")
         time.sleep(1.0)  # policies reach queues asynchronously
         producer = kombu.Producer(conn.default_channel)
@@ -91,8 +93,8 @@ def test_policy_caps_length_and_age_of_a_down_agents_queue(idle_agent_queue):
         assert queue_depth(conn, queue) == 0  # expired after message-ttl
     finally:
         policy("--name", name, "--clear")
-    assert name not in subprocess.run(["rabbitmqctl", "-q", "list_operator_policies"],
-                                      capture_output=True, text=True, timeout=60).stdout
+    assert name not in subprocess.run(LIST_POLICIES, capture_output=True, text=True,
+                                      timeout=60).stdout
 
 
 def test_policy_script_rejects_bad_numbers():

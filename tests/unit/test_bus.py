@@ -344,3 +344,36 @@ def test_options_are_listed_for_the_sample_config():
     assert names["source"].default == "direct"
     assert names["transport_url"].secret and names["pool"].default is None
     assert names["allow_requeue"].default is False
+
+
+@pytest.mark.parametrize("allow_requeue", [False, True])
+def test_a_trigger_refused_at_stop_is_requeued_never_acknowledged(allow_requeue):
+    from lifecycle_stats.exceptions import ShuttingDown
+
+    counters = Counters()
+
+    def on_trigger(trigger):
+        raise ShuttingDown("stopping")
+
+    endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=on_trigger, counters=counters,
+                                       clock=lambda: NOW, allow_requeue=allow_requeue)
+    legacy = legacy_payload(str(uuid.uuid4()), HOST)
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start", legacy,
+                         {}) == REQUEUE
+    assert counters.get("bus.requeued_at_stop") == 1 and counters.get("bus.handler_errors") == 0
+
+
+def test_a_refused_trigger_comes_back_on_the_bus(fake_bus):
+    from lifecycle_stats.exceptions import ShuttingDown
+
+    received = []
+
+    def on_trigger(trigger):
+        received.append(trigger.instance_id)
+        if len(received) == 1:
+            raise ShuttingDown("stopping")
+
+    fake_bus.listen(on_trigger=on_trigger)  # allow_requeue off: only a stop requeues
+    first = fake_bus.legacy(HOST)
+    wait_for(lambda: len(received) == 2)
+    assert received == [first, first]

@@ -5,13 +5,18 @@ import dataclasses
 import datetime
 import logging
 import sqlite3
+import threading
+import time
+import uuid
 
 import pytest
 
 from lifecycle_stats import counters
 from lifecycle_stats.capture import flush, last_readings
 from lifecycle_stats.publishing import payloads, signing, spool
-from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
+from lifecycle_stats.exceptions import (
+    CaptureDeferred, DomainGone, HypervisorError, ShuttingDown,
+)
 from lifecycle_stats.records import DeleteTrigger
 from tests.unit.test_samples import AT, UUID, make_info, make_reading
 
@@ -30,7 +35,7 @@ class FakeInspector:
             raise self.error
         if instance_id not in self.readings:
             raise DomainGone(instance_id)
-        return self.readings[instance_id]
+        return dataclasses.replace(self.readings[instance_id], path="single")  # as read() does
 
 
 class FakeRegistry:
@@ -96,7 +101,7 @@ def test_live_domain_gives_one_valid_final_event(box):
     assert note.event_type == "compute.instance.delete.samples"
     assert note.publisher_id == "lifecycle-stats.cmp1"
     assert note.payload["capture"]["kind"] == "final"
-    assert note.payload["capture"]["read_path"] == "bulk"
+    assert note.payload["capture"]["read_path"] == "single"  # a final is read on its own
     assert note.message_id == payloads.delete_message_id(trigger()) == note.payload["message_id"]
     assert {s["name"] for s in note.payload["samples"]} >= {"cpu", "disk.read.bytes",
                                                              "network.incoming.bytes"}
@@ -120,6 +125,68 @@ def test_concurrent_triggers_for_one_instance_spool_once(box):
     assert outcomes.count(flush.Outcome.FINAL) == 1
     assert outcomes.count(flush.Outcome.DUPLICATE) == 15
     assert len(spooled(box)) == 1
+
+
+class GatedInspector(FakeInspector):
+    """The n-th read blocks until gates[n] is set; counts how many reads run at once."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.gates = [threading.Event() for _ in range(3)]
+        self.entered = threading.Semaphore(0)
+        self.running = self.most = self.calls = 0
+        self._guard = threading.Lock()
+
+    def read(self, instance_id):
+        with self._guard:
+            gate = self.gates[self.calls]
+            self.calls += 1
+            self.running += 1
+            self.most = max(self.most, self.running)
+        self.entered.release()
+        try:
+            gate.wait(5)
+            return super().read(instance_id)
+        finally:
+            with self._guard:
+                self.running -= 1
+
+
+class ForgetfulSpool:
+    """Never remembers: every trigger reads, so overlapping reads show a broken lock."""
+
+    def __init__(self, spool):
+        self._spool = spool
+
+    def __getattr__(self, name):
+        return getattr(self._spool, name)
+
+    def seen(self, message_id):
+        return False
+
+    def put(self, notification, kind):
+        self._spool.put(dataclasses.replace(notification, message_id=str(uuid.uuid4())), kind)
+
+
+def test_a_third_trigger_never_runs_beside_a_second(box):
+    inspector = GatedInspector({UUID: make_reading()})
+    flusher = box.make(inspector, FakeRegistry({UUID: make_info()}))
+    flusher._spool = ForgetfulSpool(box.spool)
+    threads = [threading.Thread(target=flusher.handle, args=(trigger(),)) for _ in range(3)]
+    threads[0].start()
+    assert inspector.entered.acquire(timeout=5)  # the first holds the lock
+    threads[1].start()
+    time.sleep(0.1)  # the second waits for it
+    inspector.gates[0].set()
+    assert inspector.entered.acquire(timeout=5)  # the first left; the second holds the lock
+    threads[2].start()  # arrives after the first left: must wait for the second
+    time.sleep(0.1)
+    for gate in inspector.gates[1:]:
+        gate.set()
+    for t in threads:
+        t.join(5)
+    assert inspector.reads == 3 and inspector.most == 1
+    assert flusher._locks == {}  # nothing left behind
 
 
 def test_gone_domain_reports_the_cached_reading_with_its_age(box):
@@ -398,3 +465,37 @@ def test_samples_are_signed_with_the_configured_secret_and_legacy_can_be_off(box
     assert all(signing.verify(s, "s1") and not signing.verify(s, "s2")
                for s in note.payload["samples"])
     assert not {"instance", "disk.read.bytes"} & {s["name"] for s in note.payload["samples"]}
+
+
+def test_a_flush_that_outlives_close_never_writes_to_the_spool(box):
+    inspector = GatedInspector({UUID: make_reading()})
+    flusher = box.make(inspector, FakeRegistry({UUID: make_info()}))
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(flusher.handle(trigger()))
+        except ShuttingDown as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert inspector.entered.acquire(timeout=5)  # reading the domain
+    assert flusher.close(timeout=0.1) is False  # still running: the agent goes on stopping
+    box.spool.close()
+    inspector.gates[0].set()
+    worker.join(5)
+    assert isinstance(outcome[0], ShuttingDown)  # the listener requeues it: not acknowledged
+    with pytest.raises(ShuttingDown):
+        flusher.handle(trigger())
+
+
+def test_close_waits_for_flushes_in_flight(box):
+    inspector = GatedInspector({UUID: make_reading()})
+    flusher = box.make(inspector, FakeRegistry({UUID: make_info()}))
+    worker = threading.Thread(target=flusher.handle, args=(trigger(),))
+    worker.start()
+    assert inspector.entered.acquire(timeout=5)
+    threading.Timer(0.1, inspector.gates[0].set).start()
+    assert flusher.close(timeout=5) is True
+    assert len(spooled(box)) == 1

@@ -165,3 +165,41 @@ def test_an_instance_with_a_vhostuser_port_is_polled_and_read_with_its_other_dev
     conn.record = later({**TORN, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}, cpu=60)
     with pytest.raises(inspector.DomainGone):
         flusher.read("u")
+
+
+class SlowConnection(StatsConnection):
+    """Each libvirt call takes a second of the test's clock."""
+
+    def __init__(self, dom, record, clock):
+        super().__init__(dom, record)
+        self.clock = clock
+
+    def getAllDomainStats(self, groups, flags):
+        self.clock.tick()
+        return super().getAllDomainStats(groups, flags)
+
+    def domainListGetStats(self, doms, groups):
+        self.clock.tick()
+        return super().domainListGetStats(doms, groups)
+
+
+class TickingClock:
+    def __init__(self):
+        import datetime
+        self.now = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
+        self.step = datetime.timedelta(seconds=1)
+
+    def __call__(self):
+        return self.now
+
+    def tick(self):
+        self.now += self.step
+
+
+def test_readings_are_stamped_when_the_read_was_requested():
+    clock = TickingClock()
+    requested = clock.now
+    conn = SlowConnection(Domain("u", 7), COMPLETE, clock)
+    reader = inspector.Inspector(conn, clock=clock)
+    assert reader.poll()["u"].read_at == requested
+    assert reader.read("u").read_at == requested + clock.step

@@ -461,3 +461,26 @@ def test_ensure_event_loop_is_idempotent():
     le.ensure_event_loop()
     loops = [t for t in threading.enumerate() if t.name == "libvirt-event-loop"]
     assert len(loops) == 1 and loops[0].daemon
+
+
+class BuggyOpener(Opener):
+    """Its first reconnect fails with what no libvirt call raises: a bug, not an outage."""
+
+    def __call__(self, uri):
+        if len(self.uris) == 1:
+            self.uris.append(uri)
+            raise AttributeError("virConnect has no attribute 'oops'")
+        return super().__call__(uri)
+
+
+@pytest.mark.allow_error_logs
+def test_the_reconnect_thread_survives_an_unexpected_exception(make_listener, caplog):
+    opener = BuggyOpener()
+    listener = make_listener(opener=opener, sleep=lambda s: None, reconnect_max_wait=0.1)
+    listener.start()
+    opener.conns[0].fire_close()
+    wait_until(lambda: listener.is_connected and len(opener.conns) == 2)
+    assert listener.counters.get("libvirt.reconnect_errors") == 1
+    assert listener.thread_states() == {"libvirt-events-worker": "alive",
+                                        "libvirt-reconnect": "alive"}
+    assert "reconnect to qemu:///fake failed unexpectedly" in caplog.text

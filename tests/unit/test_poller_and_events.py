@@ -1,5 +1,9 @@
 """Poller and libvirt-event handling keep the registry and the last readings right."""
 import dataclasses
+import datetime
+import time
+
+import pytest
 
 from lifecycle_stats import counters
 from lifecycle_stats.capture import domain_events, last_readings, poller
@@ -87,3 +91,109 @@ def test_defined_and_metadata_events_refresh_and_undefined_forgets():
     assert readings.get(UUID) is not None  # kept for a late delete.start (last_known)
     h(event("stopped", "migrated"))  # a stop is not a deletion: nothing happens
     assert registry.forgotten == [OTHER, UUID]
+
+
+def later(reading, seconds, **fields):
+    return dataclasses.replace(reading, read_at=reading.read_at
+                               + datetime.timedelta(seconds=seconds), **fields)
+
+
+def test_a_stale_poll_does_not_overwrite_a_newer_stop_time_reading():
+    readings = last_readings.LastReadings(clock=lambda: NOW)
+    polled = dataclasses.replace(make_reading(), process_id=7)  # requested at AT
+    at_stop = later(polled, 0.05, cpu_time_ns=9_000_000, path="single")
+    readings.update(make_info(), at_stop)
+    readings.update(make_info(), polled)  # the poll's result arrives after the stop read
+    assert readings.get(UUID)[1] is at_stop
+
+
+def test_within_one_process_the_higher_counters_win_whatever_the_stamps():
+    readings = last_readings.LastReadings(clock=lambda: NOW)
+    high = dataclasses.replace(make_reading(), process_id=7, cpu_time_ns=9_000_000)
+    readings.update(make_info(), high)
+    readings.update(make_info(), later(high, 1, cpu_time_ns=8_000_000))  # clock stepped back
+    assert readings.get(UUID)[1] is high
+    # a new QEMU process restarts its counters: the later reading wins there
+    restarted = later(high, 2, process_id=8, cpu_time_ns=1_000)
+    readings.update(make_info(), restarted)
+    assert readings.get(UUID)[1] is restarted
+
+
+class Clock:
+    def __init__(self):
+        self.now = NOW
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_hard_reboot_does_not_start_the_retention_clock():
+    clock = Clock()
+    readings = last_readings.LastReadings(retention=datetime.timedelta(hours=1), clock=clock)
+    readings.update(make_info(), make_reading())
+    h, _ = handler(RecordingRegistry({UUID: make_info()}), FakeInspector({}), readings)
+    for name, detail in (("stopped", "destroyed"), ("undefined", "removed"),
+                         ("defined", "added"), ("started", "booted")):
+        h(event(name, detail))  # nova's hard reboot, rescue or resize: undefine + define
+    clock.now += datetime.timedelta(hours=2)
+    assert readings.prune() == 0 and readings.get(UUID) is not None
+
+
+class SyncingRegistry(RecordingRegistry):
+    def __init__(self, *a, present=(), **kw):
+        super().__init__(*a, **kw)
+        self.present = set(present)
+
+    def sync(self):
+        return set(self.present)
+
+
+def test_resync_expires_entries_of_domains_that_vanished_while_events_were_down():
+    clock = Clock()
+    readings = last_readings.LastReadings(retention=datetime.timedelta(hours=1), clock=clock)
+    readings.update(make_info(), make_reading())
+    readings.update(make_info(), dataclasses.replace(make_reading(), instance_id=OTHER))
+    readings.domain_gone(OTHER)  # an undefine heard before the connection dropped ...
+    registry = SyncingRegistry({UUID: make_info()}, present=[OTHER])  # ... then defined again
+    h, _ = handler(registry, FakeInspector({}), readings)
+    h.resync()  # UUID vanished while no event could be heard
+    clock.now += datetime.timedelta(hours=2)
+    assert readings.prune() == 1
+    assert readings.get(UUID) is None and readings.get(OTHER) is not None
+
+
+class FlakyInspector(PollingInspector):
+    """Its first polls fail the way a bug or a partial record would: not a libvirt error."""
+
+    def __init__(self, *a, failures=2, **kw):
+        super().__init__(*a, **kw)
+        self.failures = failures
+
+    def poll(self):
+        if self.failures:
+            self.failures -= 1
+            raise KeyError("net.0.rx.bytes")
+        return super().poll()
+
+
+@pytest.mark.allow_error_logs
+def test_the_poller_survives_any_exception_and_says_when_it_last_succeeded(caplog):
+    c = counters.Counters()
+    readings = last_readings.LastReadings(clock=lambda: NOW)
+    p = poller.Poller(inspector=FlakyInspector({UUID: make_reading()}),
+                      registry=RecordingRegistry({UUID: make_info()}), last_readings=readings,
+                      interval=0.01, counters=c, clock=lambda: NOW)
+    assert p.thread_state == "not started" and p.last_success_at is None
+    p.start()
+    try:
+        deadline = time.monotonic() + 5
+        while c.get("poller.polls") == 0:
+            assert time.monotonic() < deadline, "the poller never recovered"
+            time.sleep(0.01)
+        assert p.thread_state == "alive"
+    finally:
+        p.stop()
+    assert c.get("poller.errors") == 2 and p.last_success_at == NOW
+    assert readings.get(UUID) is not None
+    assert "bulk poll failed unexpectedly" in caplog.text
+    assert p.thread_state == "stopped"

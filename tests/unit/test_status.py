@@ -1,6 +1,7 @@
 import datetime
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -48,6 +49,8 @@ def agent(tmp_path, clock):
 
     def snapshot():
         return {"connections": {"libvirt": "connected", "bus": "disconnected"},
+                "conduits": ["bus", "file"],
+                "threads": {"poller": "alive", "sender-bus": "alive"},
                 "counters": counters.snapshot(), "spool": status.spool_snapshot(sp)}
 
     writer = status.StatusWriter(str(tmp_path / "status.json"), snapshot, interval=5,
@@ -81,7 +84,7 @@ def test_round_trip_running(agent, tmp_path, clock):
     assert got["connections"] == {"libvirt": "connected", "bus": "disconnected"}
     assert got["spool"]["depth"] == 2
     assert got["spool"]["oldest_age_seconds"] == 12.0  # live, not the written 10.0
-    assert got["spool"]["pending_by_conduit"] == {"libvirt": 2, "bus": 2}
+    assert got["spool"]["pending_by_conduit"] == {"bus": 2, "file": 1}
     assert got["problems"] == []
 
 
@@ -152,7 +155,10 @@ def test_main_prints_json_and_table(agent, tmp_path, capsys):
     status.main(["--config-file", str(conf_file)], conf=cfg.ConfigOpts())
     table = capsys.readouterr().out
     assert "spool:       depth 2" in table
-    assert "connection:  bus" in table and "disconnected" in table
+    assert re.search(r"conduit: +file +pending 1\n", table)
+    assert re.search(r"connection: +bus +disconnected\n", table)
+    assert re.search(r"thread: +poller +alive\n", table)
+    assert "last poll:   never" in table
 
 
 def test_main_keeps_an_already_registered_state_path(tmp_path, capsys):
@@ -160,3 +166,49 @@ def test_main_keeps_an_already_registered_state_path(tmp_path, capsys):
     conf.register_opt(cfg.StrOpt("state_path", default=str(tmp_path), help="the agent's"))
     assert status.main(["--json"], conf=conf) == 1
     assert json.loads(capsys.readouterr().out)["agent"] == "not running"
+
+
+def test_a_dead_thread_is_a_problem_while_the_agent_runs(agent, tmp_path, clock):
+    writer, _ = agent
+    writer._snapshot = lambda: {"threads": {"poller": "dead", "bus": "connecting"}}
+    writer.write()
+    got = status.read_status(str(tmp_path), clock=clock)
+    assert got["agent"] == "running" and got["problems"] == ["thread poller is dead"]
+
+
+@pytest.fixture
+def real_agent(tmp_path):
+    """The agent itself on libvirt's test driver and the in-memory bus, with two conduits."""
+    import oslo_messaging
+
+    from lifecycle_stats.agent import Agent
+    from lifecycle_stats.cmd import demo
+    from lifecycle_stats.emitters import memory
+
+    conf = demo.build_conf(str(tmp_path))
+    transport = oslo_messaging.get_notification_transport(conf, url="fake://")
+    made = Agent(conf, emitters={"first": memory.MemoryEmitter(conf),
+                                 "second": memory.MemoryEmitter(conf)},
+                 listen_transport=transport)
+    yield made
+    made.stop(timeout=5)
+    transport.cleanup()
+
+
+def test_status_shows_pending_per_real_conduit_and_every_thread(real_agent, tmp_path):
+    real_agent.spool.put(note(1), "final")
+    real_agent.spool.put(note(2), "final")
+    real_agent.spool.confirm(1, "first")
+    real_agent.status.write()
+    got = status.read_status(str(tmp_path))
+    assert got["spool"]["pending_by_conduit"] == {"first": 1, "second": 2}
+    assert set(got["threads"]) >= {"poller", "bus", "status-writer", "sender-first",
+                                   "sender-second", "libvirt-events-worker",
+                                   "libvirt-reconnect", "libvirt-event-loop"}
+    assert got["threads"]["poller"] == "not started"
+    real_agent.start()
+    real_agent.poller.poll_logged()  # as the poller's thread does; the first poll may lag
+    real_agent.status.write()
+    got = status.read_status(str(tmp_path))
+    assert {name: state for name, state in got["threads"].items() if state != "alive"} == {}
+    assert got["last_poll_at"] is not None and got["problems"] == []
