@@ -2,8 +2,9 @@
 
 Threads: libvirt's event loop; the lifecycle listener's worker and reconnect threads; the
 bulk poller; oslo.messaging's threading executor for the bus listener (each delete.start is
-flushed on the thread that received it and acknowledged once spooled); one sender per
-conduit; the status writer. Flush, poller and events each own a libvirt connection, so a
+flushed on the thread that received it and acknowledged once spooled); the hook server's
+accept thread and one thread per connection from nova's driver (answered once spooled); one
+sender per conduit; the status writer. Flush, poller and events each own a libvirt connection, so a
 flush never waits behind a bulk poll.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lifecycle_stats import metrics, metrics_export, records, status
 from lifecycle_stats.capture import domain_events, flush, last_readings, poller
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
-from lifecycle_stats.listeners import bus, libvirt_events
+from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, registry
 
@@ -138,6 +139,8 @@ class Agent:
         on_trigger = metrics.timed(self.flusher.handle, self.counters)
         self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
                                  transport=listen_transport, holds=self.registry.is_known)
+        # nova's notifier driver (zero race): same triggers, same flush; None when disabled
+        self.hook = hook_server.from_conf(conf, conf.host, on_trigger, self.counters)
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
@@ -151,6 +154,8 @@ class Agent:
         self.event_handler.resync()
         self.poller.start()
         self.bus.start()  # returns soon even when the broker is unreachable: connects later
+        if self.hook is not None:
+            self.hook.start()
         self.status.start()
         LOG.info("lifecycle-stats agent started on host %s (%d domains known, conduits %s)",
                  self.conf.host, len(self.registry.instances()), ", ".join(self.emitters))
@@ -164,6 +169,8 @@ class Agent:
         def left(share: float = 1.0) -> float:
             return max(0.0, (deadline - time.monotonic()) * share)
 
+        if self.hook is not None:  # nova has stopped waiting for these after its timeout
+            self.hook.stop(timeout=left(0.1))
         self.bus.stop(timeout=left(0.4))
         if not self.flusher.close(left(0.3)):
             LOG.warning("flushes still running at stop: their triggers will be redelivered")

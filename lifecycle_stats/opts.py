@@ -13,7 +13,7 @@ def list_opts():
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import flush, poller
     from lifecycle_stats.publishing import samples, sender, signing
-    from lifecycle_stats.listeners import bus, libvirt_events
+    from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 
     return [
         ("DEFAULT", agent.OPTS),
@@ -22,6 +22,7 @@ def list_opts():
         ("flush", flush.OPTS),
         ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
+        ("hook", hook_server.OPTS),
         ("messaging_emitter", messaging.OPTS),
         ("metrics", metrics_export.OPTS),
         ("ceilometer_emitter", ceilometer.OPTS),

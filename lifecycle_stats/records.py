@@ -145,6 +145,9 @@ class DeleteTrigger:
     # When nova emitted the announcement (its envelope timestamp): before destroy, and before
     # Ceilometer's Gnocchi publisher ends the resource. Final samples are stamped no later.
     announced_at: datetime.datetime | None = None
+    # What nova is about to do: "delete" ends the instance; power_off, reboot, shelve, rescue,
+    # resize, suspend, rebuild end only its QEMU process (a reading is cached, nothing sent).
+    action: str = "delete"
 
 
 @dataclasses.dataclass(frozen=True)

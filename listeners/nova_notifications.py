@@ -11,7 +11,10 @@ Nova announces a delete twice, in two formats (``[notifications] notification_fo
   ``display_name`` and a ``FlavorPayload`` under ``flavor``.
 
 ``parse`` turns either into one ``DeleteTrigger`` whose identity uses the legacy names, or
-returns None when the message is not a delete.start of an instance on this host. Input it
+returns None when the message is not a delete.start of an instance on this host. Given
+``actions``, it also takes nova's other .start announcements that end a QEMU process
+(hook_protocol.START_EVENTS: power_off, reboot, ...; the same two formats, the versioned one
+as an InstanceAction*Payload) and records the action in the trigger. Input it
 cannot trust raises ``RejectedMessage`` naming what is wrong. The work is bounded: only a
 fixed path of at most three nested dicts is looked at, dict sizes and kept strings are capped.
 """
@@ -22,11 +25,16 @@ import uuid
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
+from lifecycle_stats.listeners import hook_protocol
 from lifecycle_stats.records import DeleteTrigger
 
 LEGACY_DELETE_START = "compute.instance.delete.start"
 VERSIONED_DELETE_START = "instance.delete.start"
 VERSIONED_OBJECTS = frozenset({"InstanceActionPayload"})
+# nova's versioned payload of the actions that do not use the plain InstanceActionPayload
+VERSIONED_OBJECTS_OF = {"rescue": frozenset({"InstanceActionRescuePayload"}),
+                        "rebuild": frozenset({"InstanceActionRebuildPayload"})}
+DELETE_ONLY = frozenset({hook_protocol.DELETE})
 VERSIONED_MAJOR = "1"
 
 LEGACY_PUBLISHER_PREFIX = "compute."
@@ -40,12 +48,11 @@ MAX_COUNT = 2**63 - 1
 
 
 def classify(event_type: object) -> str:
-    """"legacy" / "versioned" for nova's two delete.start forms, "other" for anything else."""
-    if event_type == LEGACY_DELETE_START:
-        return "legacy"
-    if event_type == VERSIONED_DELETE_START:
-        return "versioned"
-    return "other"
+    """"legacy" / "versioned" for nova's two forms of a .start we act on, else "other"."""
+    if not isinstance(event_type, str):  # a list from the bus is unhashable
+        return "other"
+    found = hook_protocol.START_EVENTS.get(event_type)
+    return found[1] if found is not None else "other"
 
 
 def envelope_time(metadata: object) -> datetime.datetime | None:
@@ -65,15 +72,17 @@ def envelope_time(metadata: object) -> datetime.datetime | None:
 
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
           received_at: datetime.datetime, context: object = None,
-          announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
-    """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
+          announced_at: datetime.datetime | None = None,
+          actions: frozenset[str] = DELETE_ONLY) -> DeleteTrigger | None:
+    """The DeleteTrigger for a .start of one of ``actions`` (default: delete) of an instance
+    on ``host``, else None.
 
-    Raises RejectedMessage when a delete.start's payload is malformed.
+    Raises RejectedMessage when such a message's payload is malformed.
     """
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty string, got {host!r}")
     trigger = parse_any(event_type, publisher_id, payload, received_at=received_at,
-                        context=context, announced_at=announced_at)
+                        context=context, announced_at=announced_at, actions=actions)
     if trigger is None or trigger.host != host:
         return None
     return trigger
@@ -81,23 +90,27 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
 
 def parse_any(event_type: str, publisher_id: object, payload: object, *,
               received_at: datetime.datetime, context: object = None,
-              announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
+              announced_at: datetime.datetime | None = None,
+              actions: frozenset[str] = DELETE_ONLY) -> DeleteTrigger | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
+        return None
+    action = hook_protocol.START_EVENTS[event_type][0]
+    if action not in actions:
         return None
     if kind == "legacy":
         fields = _mapping(payload, "payload")
         instance_id = _instance_uuid(fields, "instance_id")
         identity = _identity(fields, fields)
     else:
-        fields = _versioned_data(payload)
+        fields = _versioned_data(payload, VERSIONED_OBJECTS_OF.get(action, VERSIONED_OBJECTS))
         instance_id = _instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
                          identity=identity, attempt_id=_attempt_id(fields, context),
-                         announced_at=announced_at)
+                         announced_at=announced_at, action=action)
 
 
 def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
@@ -126,12 +139,12 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _versioned_data(payload: object) -> Mapping[str, Any]:
+def _versioned_data(payload: object, objects: frozenset[str]) -> Mapping[str, Any]:
     envelope = _mapping(payload, "payload")
     name = envelope.get("nova_object.name")
-    if not isinstance(name, str) or name not in VERSIONED_OBJECTS:  # a list is unhashable
+    if not isinstance(name, str) or name not in objects:  # a list is unhashable
         raise RejectedMessage(
-            f"payload nova_object.name {_short(name)} is not one of {sorted(VERSIONED_OBJECTS)}")
+            f"payload nova_object.name {_short(name)} is not one of {sorted(objects)}")
     namespace = envelope.get("nova_object.namespace", "nova")
     if namespace != "nova":
         raise RejectedMessage(f"payload nova_object.namespace {_short(namespace)} is not 'nova'")

@@ -42,6 +42,7 @@ from lifecycle_stats.records import (
 )
 
 LOG = logging.getLogger(__name__)
+DELETE = "delete"  # DeleteTrigger.action of nova's delete.start
 
 # Failures that may pass, or at least are not this capture's fault: sqlite's "database is
 # locked" / "database or disk is full" (OperationalError) and a file damaged under a running
@@ -74,6 +75,7 @@ class Outcome(enum.Enum):
     FLAGGED = "flagged"  # published as a flagged `unavailable`; the capture kept in rejects
     DUPLICATE = "duplicate"
     NOT_NOVA = "not_nova"  # a domain nova does not own: never reported
+    CACHED = "cached"  # not a delete: the live reading is cached for usage, nothing spooled
 
 
 class _Attempts:
@@ -160,11 +162,14 @@ class Flusher:
 
         Raises CaptureDeferred when nothing could be spooled yet (redeliver the trigger), and
         ShuttingDown once close() was called (redeliver it to the next run).
+        Another action than delete (power_off, reboot, ...) only refreshes the cached reading.
         """
         with self._gate.working(f"flushing {trigger.instance_id}"):
             return self._handle(trigger)
 
     def _handle(self, trigger: DeleteTrigger) -> Outcome:
+        if trigger.action != DELETE:
+            return self._refresh(trigger)
         message_id = payloads.delete_message_id(trigger)
         with self._instance_lock(trigger.instance_id):
             try:
@@ -244,6 +249,22 @@ class Flusher:
             type(exc).__name__, exc)
         return CaptureDeferred(f"capture {message_id} of {trigger.instance_id} deferred "
                                f"after attempt {attempts}: {exc}")
+
+    def _refresh(self, trigger: DeleteTrigger) -> Outcome:
+        """Nova is about to end this instance's QEMU process: keep its newest counters."""
+        try:
+            reading = self._read_live(trigger.instance_id)
+        except HypervisorError as exc:
+            LOG.warning("live read of %s before %s failed: %s", trigger.instance_id,
+                        trigger.action, exc)
+            reading = None
+        info = self._identify(trigger.instance_id) if reading and reading.active else None
+        if info is None:
+            self._counters.incr("flush.refresh_missed")
+            return Outcome.UNAVAILABLE
+        self._readings.update(info, reading)
+        self._counters.incr("flush.refreshed")
+        return Outcome.CACHED
 
     def _capture(self, instance_id: str,
                  message_id: str) -> tuple[str, InstanceInfo | None, DomainReading | None]:

@@ -48,6 +48,10 @@ def main(argv=None) -> int:
         print(f"lifecycle-stats-agent: {what}: {exc}", file=sys.stderr)
         agent.stop()
         return 1 if isinstance(exc, HypervisorError) else 2
+    except OSError as exc:  # e.g. no permission to create the hook socket's directory
+        print(f"lifecycle-stats-agent: cannot start: {exc}", file=sys.stderr)
+        agent.stop()
+        return 1
     sd_notify.notify("READY=1")
     run_until(stopping, reloading, conf)
     LOG.info("signal received: finishing flushes in flight")

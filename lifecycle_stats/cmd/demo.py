@@ -52,6 +52,8 @@ def build_conf(state_path: str):
     conf.set_override("uri", "test:///default", group="libvirt")
     conf.set_override("interval", 1.0, group="poller")
     conf.set_override("status_interval", 1.0)
+    conf.set_override("socket_path", f"{state_path}/hook/hook.sock", group="hook")
+    conf.set_override("socket_group", "", group="hook")  # the demo's own group; no nova here
     log.set_defaults(default_log_levels=["lifecycle_stats=WARNING", "oslo_messaging=WARNING"])
     log.setup(conf, "lifecycle-stats")
     return conf

@@ -92,3 +92,24 @@ def test_a_taken_metrics_port_fails_at_start_naming_the_option(tmp_path):
     assert result.returncode == 2
     assert "[metrics] listen/port" in result.stderr and f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_file_at_the_hook_socket_path_is_a_clear_error_and_is_kept(tmp_path):
+    import grp
+    import os
+
+    occupied = tmp_path / "run" / "hook.sock"
+    occupied.parent.mkdir(mode=0o750)
+    occupied.write_text("not a socket")
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
+                    "[libvirt]\nuri = test:///default\n"
+                    "[oslo_messaging_notifications]\ndriver = log\n"
+                    "[notification_listener]\ntransport_url = fake://\n"
+                    f"[hook]\nsocket_path = {occupied}\n"
+                    f"socket_group = {grp.getgrgid(os.getegid()).gr_name}\n")
+    result = run("--config-file", str(conf))
+    assert result.returncode == 2, result.stderr
+    assert "[hook] socket_path" in result.stderr and "not a socket" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert occupied.read_text() == "not a socket"

@@ -9,19 +9,24 @@ from oslo_config import cfg
 from lifecycle_stats import opts
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats.conf.sample"
+SAMPLES = {  # generator config -> the sample it writes
+    "lifecycle-stats.conf": ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats.conf.sample",
+    "nova-driver.conf": ROOT / "etc" / "nova" / "nova.conf.lifecycle-stats.sample",
+}
 
 
-def test_sample_config_is_up_to_date(tmp_path):
+@pytest.mark.parametrize("generator_conf", sorted(SAMPLES))
+def test_sample_config_is_up_to_date(tmp_path, generator_conf):
     fresh = tmp_path / "fresh.conf"
     generator = pathlib.Path(sys.executable).with_name("oslo-config-generator")
     subprocess.run([str(generator), "--config-file",
-                    str(ROOT / "etc" / "oslo-config-generator" / "lifecycle-stats.conf"),
+                    str(ROOT / "etc" / "oslo-config-generator" / generator_conf),
                     "--output-file", str(fresh)], check=True, cwd=ROOT, capture_output=True)
-    assert fresh.read_text() == SAMPLE.read_text(), (
-        "etc/lifecycle-stats/lifecycle-stats.conf.sample is stale: regenerate it with "
-        "`.venv/bin/oslo-config-generator --config-file "
-        "etc/oslo-config-generator/lifecycle-stats.conf`")
+    sample = SAMPLES[generator_conf]
+    assert fresh.read_text() == sample.read_text(), (
+        f"{sample.relative_to(ROOT)} is stale: regenerate it with "
+        f"`.venv/bin/oslo-config-generator --config-file "
+        f"etc/oslo-config-generator/{generator_conf}`")
 
 
 @pytest.mark.parametrize("group,name,default", [

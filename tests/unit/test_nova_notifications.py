@@ -7,6 +7,7 @@ import datetime
 import pytest
 
 from lifecycle_stats.exceptions import RejectedMessage
+from lifecycle_stats.listeners import hook_protocol
 from lifecycle_stats.listeners import nova_notifications as nn
 
 HOST = "compute-1"
@@ -269,3 +270,27 @@ def test_bad_own_host_is_a_programming_error(host):
 ])
 def test_envelope_time_is_nova_send_time_in_utc(metadata, expected):
     assert nn.envelope_time(metadata) == expected
+ALL_ACTIONS = frozenset(hook_protocol.ACTIONS)
+VERSIONED_NAME = {"rescue": "InstanceActionRescuePayload",
+                  "rebuild": "InstanceActionRebuildPayload"}
+
+
+@pytest.mark.parametrize("action", hook_protocol.ACTIONS)
+def test_every_start_action_is_a_trigger_only_when_asked_for(action):
+    legacy_type, versioned_type = f"compute.instance.{action}.start", f"instance.{action}.start"
+    payload = {**versioned(), "nova_object.name": VERSIONED_NAME.get(action,
+                                                                     "InstanceActionPayload")}
+    for event_type, body in ((legacy_type, legacy()), (versioned_type, payload)):
+        trigger = nn.parse(event_type, f"compute.{HOST}", body, host=HOST, received_at=NOW,
+                           actions=ALL_ACTIONS)
+        assert (trigger.action, trigger.event_type, trigger.instance_id) == (
+            action, event_type, UUID)
+        assert trigger.identity == IDENTITY
+        default = nn.parse(event_type, f"compute.{HOST}", body, host=HOST, received_at=NOW)
+        assert (default is None) == (action != "delete")  # the bus: deletes only
+
+
+def test_a_rescue_must_carry_the_rescue_payload():
+    with pytest.raises(RejectedMessage, match="InstanceActionRescuePayload"):
+        nn.parse("instance.rescue.start", f"nova-compute:{HOST}", versioned(), host=HOST,
+                 received_at=NOW, actions=ALL_ACTIONS)

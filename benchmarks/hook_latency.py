@@ -1,0 +1,180 @@
+"""The zero-race hook: what nova's driver costs nova, and what it buys, in one run.
+
+The real `lifecycle-stats-agent` process (socket served, bus listened to) on the real broker
+and libvirtd with real QEMU guests, and two nova-compute stand-in processes
+(tests/nova_compute.py) configured as an operator would: one with `driver = messagingv2` and
+`driver = lifecycle_stats`, one with `driver = messagingv2` alone. Each deletes guests as nova
+does: delete.start through its Notifier, then virDomainDestroy + undefine the moment
+notify() returns (Δ = 0). The two alternate, guest by guest.
+
+  (i)  time of nova's notify(delete.start) with and without the driver (p50/p99), and of
+       notify() of an event type the driver ignores;
+  (ii) capture kinds of those Δ = 0 deletes: with the driver vs the bus alone.
+
+    .venv/bin/python benchmarks/hook_latency.py [--deletes 10] [--running 0]
+                                                [--mode threading|eventlet] [--timeout 0.5]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import grp
+import os
+import pathlib
+import re
+import sys
+import time
+import uuid
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import _common  # noqa: E402
+from benchmarks.e2e_latency import Bench  # noqa: E402
+from lifecycle_stats import agent  # noqa: E402
+from tests.nova_compute import NovaComputeProcess, write_nova_conf  # noqa: E402
+
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
+KINDS = ("final", "last_known", "unavailable", "missing")
+ARMS = {"with driver": ("messagingv2", "lifecycle_stats"), "bus alone": ("messagingv2",)}
+
+
+class HookBench(Bench):
+    """e2e_latency's agent + billing on the run's bus names, with the socket served."""
+
+    def __init__(self, directory: str, uri: str, poll_interval: float):
+        super().__init__(directory, uri, poll_interval)
+        self.socket_path = str(pathlib.Path(directory) / "run" / "hook.sock")
+        self.agent.config_file.write_text(self.agent.config_file.read_text() + (
+            f"[hook]\nsocket_path = {self.socket_path}\n"
+            f"socket_group = {grp.getgrgid(os.getegid()).gr_name}\n"))
+
+    def start_nova(self, directory: str, arm: str, mode: str, timeout: float, uri: str):
+        tag = arm.replace(" ", "-")
+        conf = write_nova_conf(
+            pathlib.Path(directory) / f"nova-{tag}.conf", host=self.host,
+            transport_url=RABBIT_URL, socket_path=self.socket_path, timeout=timeout,
+            drivers=ARMS[arm], exchange=self.names.nova_exchange,
+            legacy_topic=self.names.legacy_topic, versioned_topic=self.names.versioned_topic)
+        process = NovaComputeProcess(conf, mode, libvirt_uri=uri,
+                                     log_file=pathlib.Path(directory) / f"nova-{tag}.log")
+        process.start()
+        return process
+
+
+def delete_at_delta_zero(nova, guest, host: str) -> tuple[float, bool]:
+    """notify() ms, and whether the destroy really followed at once (False: libvirtd was
+    restarted meanwhile by another run, and the destroy waited for a reconnect)."""
+    result = nova.call({"op": "delete", "guest": dataclasses.asdict(guest), "host": host,
+                        "formats": ["legacy"], "destroy": True})
+    if "error" in result:
+        raise RuntimeError(f"nova stand-in failed: {result['error']}\n{nova.log_tail()}")
+    return result["notify_ms"][0], not result["reconnected"]
+
+
+def ignored_notify(nova, host: str) -> float:
+    result = nova.call({"op": "notify", "event_type": "compute.instance.update",
+                        "publisher_id": f"compute.{host}",
+                        "payload": {"instance_id": str(uuid.uuid4()), "host": host}})
+    return result["notify_ms"][0]
+
+
+def run(bench: HookBench, novas: dict, made: list, ignored: int) -> dict:
+    per_arm = {arm: {"notify": [], "ids": []} for arm in novas}
+    arms = list(novas)
+    for i, (guest, _) in enumerate(made):  # alternate, so drift hits both arms alike
+        arm = arms[i % len(arms)]
+        notify_ms, at_once = delete_at_delta_zero(novas[arm], guest, bench.host)
+        per_arm[arm]["notify"].append(notify_ms)
+        if at_once:
+            per_arm[arm]["ids"].append(guest.instance_id)
+        else:
+            print(f"libvirtd restarted during a destroy: {guest.instance_id} not counted")
+    for arm in arms:
+        per_arm[arm]["ignored"] = [ignored_notify(novas[arm], bench.host)
+                                   for _ in range(ignored)]
+        per_arm[arm]["kinds"] = dict.fromkeys(KINDS, 0)
+        for instance_id in per_arm[arm]["ids"]:
+            event = bench.samples_of(instance_id, timeout=20.0)
+            kind = event["payload"]["capture"]["kind"] if event else "missing"
+            per_arm[arm]["kinds"][kind] += 1
+    return per_arm
+
+
+def agent_share(log_text: str) -> list[float]:
+    """The agent's own time per hooked delete, from the driver's DEBUG lines in nova's log."""
+    found = re.findall(r"delete.start captured \(\w+\) in [\d.]+ ms, ([\d.]+) ms of it", log_text)
+    return [float(ms) for ms in found]
+
+
+def report(per_arm: dict, mode: str, timeout: float, agent_ms: list[float]) -> None:
+    base = _common.summary(per_arm["bus alone"]["notify"])
+    rows = []
+    for arm, label in (("bus alone", "delete.start, messagingv2 only (baseline)"),
+                       ("with driver", "delete.start, messagingv2 + lifecycle_stats"),
+                       ("bus alone", "ignored event, messagingv2 only"),
+                       ("with driver", "ignored event, messagingv2 + lifecycle_stats")):
+        values = per_arm[arm]["ignored" if label.startswith("ignored") else "notify"]
+        s = _common.summary(values)
+        rows.append([label, s["n"], s["p50"], s["p99"], s["max"]])
+    driver = _common.summary(per_arm["with driver"]["notify"])
+    print(f"\n(i) nova's notify() in a {mode} nova-compute stand-in, ms "
+          f"(driver timeout {timeout} s)")
+    print(_common.table(["", "n", "p50", "p99", "max"], rows))
+    print(f"added by the driver to delete.start: p50 {driver['p50'] - base['p50']:+.1f} ms, "
+          f"p99 {driver['p99'] - base['p99']:+.1f} ms")
+    inside = _common.summary(agent_ms)
+    print(f"of which in the agent (frame read → answer: parse, live read, spool fsync): "
+          f"p50 {inside['p50']:.1f} ms, p99 {inside['p99']:.1f} ms (n={inside['n']})")
+    print("\n(ii) capture kinds of Δ = 0 deletes (destroy as soon as notify() returned)")
+    rows = [[arm, len(per_arm[arm]["ids"]), *(per_arm[arm]["kinds"][k] for k in KINDS),
+             f"{100 * per_arm[arm]['kinds']['final'] / max(1, len(per_arm[arm]['ids'])):.0f}%"]
+            for arm in ("with driver", "bus alone")]
+    print(_common.table(["", "n", *KINDS, "final %"], rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deletes", type=int, default=10, help="per arm")
+    parser.add_argument("--running", type=int, default=0,
+                        help="how many of the guests run (the others are paused)")
+    parser.add_argument("--ignored", type=int, default=50,
+                        help="notify() calls of an event type the driver ignores, per arm")
+    parser.add_argument("--mode", choices=("threading", "eventlet"), default="threading")
+    parser.add_argument("--timeout", type=float, default=0.5)
+    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--uri", default="qemu:///system")
+    args = parser.parse_args()
+    total = 2 * args.deletes
+    if not 0 <= args.running <= total:
+        parser.error("--running must be between 0 and 2 × --deletes")
+    _common.exit_on_sigterm()
+    agent.quiet_libvirt_stderr()
+    with _common.workdir("lifecycle-stats-hook-") as directory, _common.guests(
+            args.uri, directory, paused=total - args.running,
+            running=args.running) as (_, made):
+        bench = HookBench(directory, args.uri, args.poll_interval)
+        novas = {}
+        try:
+            bench.start()
+            for arm in ARMS:
+                novas[arm] = bench.start_nova(directory, arm, args.mode, args.timeout, args.uri)
+            for nova in novas.values():  # the first notify() also opens the broker link
+                ignored_notify(nova, bench.host)
+            results = run(bench, novas, made, args.ignored)
+            report(results, args.mode, args.timeout,
+                   agent_share(novas["with driver"].log()))
+            time.sleep(1.0)
+            counters = bench.agent.status().get("counters", {})
+            print("agent counters: " + " ".join(
+                f"{k}={v}" for k, v in sorted(counters.items())
+                if k.split(".", 1)[0] in ("flush", "hook", "bus")))
+        finally:
+            for nova in novas.values():
+                nova.stop()
+            bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

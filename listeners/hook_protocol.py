@@ -1,0 +1,116 @@
+"""The wire between the driver inside nova-compute and the agent's hook server.
+
+One request and one reply per connection on a local unix socket, each one frame: a 4-byte
+big-endian length, then a msgpack map. This module is imported by nova_driver INSIDE
+nova-compute, so it imports only the standard library and msgpack (which nova already has
+through oslo.serialization); it must never import the agent's core, eventlet or libvirt.
+
+Every read and write runs against one deadline (a monotonic time): socket timeouts, never
+eventlet.Timeout, so the same code is bounded under native threads and green sockets alike.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import msgpack
+
+VERSION = 1
+DEFAULT_SOCKET_PATH = "/run/lifecycle-stats/hook.sock"
+MAX_FRAME = 1024 * 1024  # nova's .start payloads are a few KiB; more is not nova
+_HEADER = struct.Struct("!I")
+
+# Nova's .start announcements that come before a domain's QEMU process ends, in the thread
+# that then ends it: the agent reads the counters while nova waits. "resize" is emitted on
+# the source host before migrate_disk_and_power_off (cold migrate too); "delete" alone means
+# the instance ends, the others only end one QEMU process (usage accounting, issue 9).
+ACTIONS = ("delete", "power_off", "reboot", "shelve", "rescue", "resize", "suspend",
+           "rebuild")
+DELETE = "delete"
+LEGACY = "legacy"
+VERSIONED = "versioned"
+START_EVENTS: dict[str, tuple[str, str]] = {
+    **{f"compute.instance.{action}.start": (action, LEGACY) for action in ACTIONS},
+    **{f"instance.{action}.start": (action, VERSIONED) for action in ACTIONS},
+}
+
+# Reply statuses. CAPTURED: the delete's notification is spooled (or already was); CACHED:
+# a non-delete action's reading is cached; IGNORED: not an instance of this host; the rest
+# are failures the driver only logs.
+CAPTURED = "captured"
+CACHED = "cached"
+IGNORED = "ignored"
+REJECTED = "rejected"
+BUSY = "busy"
+ERROR = "error"
+STATUSES = frozenset({CAPTURED, CACHED, IGNORED, REJECTED, BUSY, ERROR})
+
+
+class ProtocolError(Exception):
+    """A frame that is not ours: wrong length, not msgpack, not a map, wrong version."""
+
+
+class DeadlineExceeded(socket.timeout):
+    """The deadline passed before the peer answered."""
+
+
+def encode(message: dict) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True, default=str)
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes is larger than {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> dict:
+    try:
+        message = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"not a msgpack frame: {type(exc).__name__}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame holds a {type(message).__name__}, not a map")
+    if message.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {message.get('v')!r} is not {VERSION}")
+    return message
+
+
+def send_frame(sock: socket.socket, message: dict, deadline: float) -> None:
+    _set_remaining(sock, deadline)
+    sock.sendall(encode(message))
+
+
+def read_frame(sock: socket.socket, deadline: float) -> dict:
+    (length,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size, deadline))
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes announced, more than {MAX_FRAME}")
+    return decode(_read_exactly(sock, length, deadline))
+
+
+def _read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
+    chunks, missing = [], count
+    while missing:
+        _set_remaining(sock, deadline)
+        chunk = sock.recv(min(missing, 65536))
+        if not chunk:
+            raise ProtocolError(f"peer closed with {missing} of {count} bytes unread")
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
+
+
+def _set_remaining(sock: socket.socket, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("deadline passed")
+    sock.settimeout(remaining)
+
+
+def request(path: str, message: dict, timeout: float) -> dict:
+    """Connect to ``path``, send ``message``, return the reply; everything within
+    ``timeout`` seconds. Raises OSError (incl. socket.timeout) or ProtocolError."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        _set_remaining(sock, deadline)
+        sock.connect(path)
+        send_frame(sock, message, deadline)
+        return read_frame(sock, deadline)

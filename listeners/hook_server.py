@@ -1,0 +1,253 @@
+"""Serve nova_driver's triggers on a local unix socket: the zero-race path beside the bus.
+
+The driver inside nova-compute sends nova's own .start message (hook_protocol) and waits; the
+server parses it exactly as the bus listener does (nova_notifications.parse, here with every
+action of hook_protocol.ACTIONS), hands the trigger to the same handler (Flusher.handle), and
+answers only once that returned: for a delete, once the delete.samples is spooled. Nova goes
+on with the destroy after the answer (or after its own timeout).
+
+Both paths may deliver one delete (nova keeps publishing to the bus through messagingv2): the
+flush's per-instance lock and the spool's seen() make the second a DUPLICATE, one event.
+
+Threads: one accept thread; one thread per connection, at most ``max_connections`` at a time
+(nova deletes instances in parallel RPC workers); beyond that a connection is answered BUSY at
+once, so nova never waits in a queue that no one works on.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from oslo_config import cfg
+
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
+from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.listeners import hook_protocol, nova_notifications, socket_file
+
+LOG = logging.getLogger(__name__)
+GROUP = "hook"
+ALL_ACTIONS = frozenset(hook_protocol.ACTIONS)
+ACCEPT_POLL = 0.5  # seconds: how soon the accept thread notices stop()
+ACCEPT_JOIN = 1.0  # seconds stop() waits for the accept thread (woken at once by _wake)
+# seconds stop() waits for answers in hand: nova stopped waiting after its own timeout
+# (0.5 s by default); the flushes behind them are also the bus listener's to finish
+STOP_TIMEOUT = 3.0
+DEFAULT_GROUP = "nova"
+
+OPTS = [
+    cfg.BoolOpt("enabled", default=True,
+                help="Serve the socket that lifecycle-stats' nova notifier driver "
+                     "(nova.conf [oslo_messaging_notifications] driver = lifecycle_stats) "
+                     "sends to. The bus listener works with or without it."),
+    cfg.StrOpt("socket_path", default=hook_protocol.DEFAULT_SOCKET_PATH,
+               help="Unix socket the driver inside nova-compute connects to; must equal "
+                    "nova.conf [lifecycle_stats] socket_path."),
+    cfg.StrOpt("socket_group", default=DEFAULT_GROUP,
+               help="Group (name or gid) of the socket, mode 0660: nova-compute's group. "
+                    "Empty: the agent's own group. Left at 'nova' on a host without that "
+                    "group, the socket is not served (a warning says so); any other "
+                    "missing group is a configuration error."),
+    cfg.IntOpt("max_connections", default=16, min=1,
+               help="Triggers handled at once; more are answered 'busy' at once."),
+    cfg.FloatOpt("request_timeout", default=5.0, min=0.1,
+                 help="Seconds to wait for a connected driver's request, and to write the "
+                      "answer."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    return [(GROUP, list(OPTS))]
+
+
+class HookServer:
+    def __init__(self, path: str, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+                 counters: Counters | None = None, group: str | None = None,
+                 max_connections: int = 16, request_timeout: float = 5.0,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+        self.path = path
+        self.host = host
+        self._on_trigger = on_trigger
+        self.counters = counters if counters is not None else Counters()
+        self._gid = socket_file.group_id(group, f"[{GROUP}] socket_group")
+        self._max_connections = max_connections
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        self._request_timeout = request_timeout
+        self._clock = clock
+        self._stopping = threading.Event()
+        self._sock: socket.socket | None = None
+        self._inode = 0
+        self._accepter: threading.Thread | None = None
+
+    def start(self) -> None:
+        option = f"[{GROUP}] socket_path"
+        socket_file.prepare_directory(self.path, self._gid, option)
+        socket_file.remove_stale(self.path, option)
+        self._sock, self._inode = socket_file.bind(self.path, self._gid)
+        self._sock.settimeout(ACCEPT_POLL)
+        self._stopping.clear()
+        self._accepter = threading.Thread(target=self._accept_loop, name="hook-accept",
+                                          daemon=True)
+        self._accepter.start()
+        LOG.info("serving nova's notifier driver on %s", self.path)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop accepting, remove the socket file, and wait (bounded) for answers in hand."""
+        if self._sock is None:
+            return
+        self._stopping.set()
+        _wake(self.path)
+        self._accepter.join(ACCEPT_JOIN)
+        self._sock.close()
+        socket_file.remove_if_ours(self.path, self._inode)
+        self._sock = None
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                LOG.warning("%d hook triggers still in hand after %.1fs", self._in_flight,
+                            timeout)
+
+    def _take_slot(self) -> bool:
+        with self._idle:
+            if self._in_flight >= self._max_connections:
+                return False
+            self._in_flight += 1
+            return True
+
+    def _free_slot(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if not self._stopping.is_set():
+                    LOG.exception("hook socket %s failed; the bus listener remains", self.path)
+                return
+            if self._stopping.is_set():
+                conn.close()
+                return
+            if not self._take_slot():
+                self.counters.incr("hook.busy")
+                self._reply(conn, {"v": hook_protocol.VERSION, "status": hook_protocol.BUSY})
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), name="hook-conn",
+                             daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            deadline = time.monotonic() + self._request_timeout
+            try:
+                request = hook_protocol.read_frame(conn, deadline)
+            except hook_protocol.ProtocolError as exc:
+                self.counters.incr("hook.rejected")
+                LOG.warning("rejected a frame on %s: %s", self.path, exc)
+                self._reply(conn, _answer(hook_protocol.REJECTED, detail=str(exc)))
+                return
+            except OSError as exc:
+                self.counters.incr("hook.read_errors")
+                LOG.warning("no request read on %s: %s", self.path, exc)
+                return
+            started = time.monotonic()
+            reply = self.answer(request)
+            reply["agent_ms"] = round((time.monotonic() - started) * 1000, 2)  # for nova's log
+            self._reply(conn, reply)
+        finally:
+            conn.close()
+            self._free_slot()
+
+    def _reply(self, conn: socket.socket, reply: dict) -> None:
+        try:
+            hook_protocol.send_frame(conn, reply, time.monotonic() + self._request_timeout)
+        except OSError as exc:  # nova stopped waiting (its timeout): the work is done anyway
+            self.counters.incr("hook.late_replies")
+            LOG.info("nova left before the answer %s: %s", reply.get("status"), exc)
+
+    def answer(self, request: dict) -> dict:
+        """Parse, hand on, and say what became of it; never raises."""
+        event_type = request.get("event_type")
+        try:
+            trigger = nova_notifications.parse(
+                event_type, request.get("publisher_id"), request.get("payload"),
+                host=self.host, received_at=self._clock(),
+                context={"request_id": request.get("request_id")},
+                announced_at=nova_notifications.envelope_time(request), actions=ALL_ACTIONS)
+        except (RejectedMessage, ValueError) as exc:
+            self.counters.incr("hook.rejected")
+            LOG.warning("rejected %.80r from the nova driver: %s", event_type, exc)
+            return _answer(hook_protocol.REJECTED, detail=str(exc))
+        except Exception:  # a bug in parse must not leave nova without an answer
+            self.counters.incr("hook.handler_errors")
+            LOG.exception("could not parse %.80r from the nova driver", event_type)
+            return _answer(hook_protocol.ERROR, detail="parse failed; see the agent's log")
+        if trigger is None:
+            self.counters.incr("hook.ignored")
+            return _answer(hook_protocol.IGNORED)
+        self.counters.incr(f"hook.triggers.{trigger.action}")
+        try:
+            outcome = self._on_trigger(trigger)
+        except (CaptureDeferred, ShuttingDown) as exc:  # nothing spooled; the bus copy is retried
+            self.counters.incr("hook.deferred")
+            LOG.warning("capture of %s deferred: %s", trigger.instance_id, exc)
+            return _answer(hook_protocol.ERROR, detail="capture deferred; see the agent's log")
+        except Exception:
+            self.counters.incr("hook.handler_errors")
+            LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
+            return _answer(hook_protocol.ERROR, detail="handler failed; see the agent's log")
+        return _answer(_status(trigger, getattr(outcome, "value", outcome)), outcome=outcome)
+
+
+def _wake(path: str) -> None:
+    """Connect once, so a blocked accept() returns now rather than at its next poll."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(path)
+    except OSError:
+        pass
+
+
+def _status(trigger: DeleteTrigger, outcome: object) -> str:
+    if outcome == "not_nova":
+        return hook_protocol.IGNORED
+    if trigger.action == hook_protocol.DELETE:
+        return hook_protocol.CAPTURED  # final, last_known, unavailable: spooled; or duplicate
+    return hook_protocol.CACHED if outcome == "cached" else hook_protocol.IGNORED
+
+
+def _answer(status: str, **extra) -> dict:
+    outcome = extra.pop("outcome", None)
+    if outcome is not None:
+        extra["outcome"] = str(getattr(outcome, "value", outcome))
+    return {"v": hook_protocol.VERSION, "status": status, **extra}
+
+
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+              counters: Counters | None = None) -> HookServer | None:
+    """The server configured by ``[hook]``, or None when it is disabled."""
+    register_opts(conf)
+    opts = conf[GROUP]
+    if not opts.enabled:
+        return None
+    if opts.socket_group == DEFAULT_GROUP and not socket_file.group_exists(DEFAULT_GROUP):
+        LOG.warning("not serving %s: no group %r on this host to give nova access; set "
+                    "[%s] socket_group (or enabled = false). Deletes are still heard on "
+                    "the bus.", opts.socket_path, DEFAULT_GROUP, GROUP)
+        return None
+    return HookServer(opts.socket_path, host=host, on_trigger=on_trigger, counters=counters,
+                      group=opts.socket_group, max_connections=opts.max_connections,
+                      request_timeout=opts.request_timeout)
