@@ -30,7 +30,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
-import uuid  # noqa: E402
 
 
 class PoisonEventletImport:
@@ -103,12 +102,13 @@ def delete(command, legacy, versioned, ticker, conn):
     from oslo_context import context
 
     from lifecycle_stats.testing.guests import NovaGuest
-    from lifecycle_stats.testing.nova import legacy_payload, versioned_payload
+    from lifecycle_stats.testing.nova import legacy_payload, request_id, versioned_payload
 
     guest = NovaGuest(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in command["guest"].items()})
-    ctxt = context.RequestContext(request_id=command.get("request_id") or
-                                  f"req-{uuid.uuid4()}")
+    # nova's request id: in the context (both formats) and in the versioned payload
+    request = command.get("request_id") or request_id(guest)
+    ctxt = context.RequestContext(request_id=request)
     formats = command.get("formats", ["legacy"])
 
     def announce():
@@ -118,7 +118,8 @@ def delete(command, legacy, versioned, ticker, conn):
                                                  legacy_payload(guest, command["host"]))))
         if "versioned" in formats:
             out.append(timed(lambda: versioned.info(ctxt, "instance.delete.start",
-                                                    versioned_payload(guest, command["host"]))))
+                                                    versioned_payload(guest, command["host"],
+                                                                      request))))
         return out
 
     notify_ms, ticks = ticker.run_during(announce)
