@@ -29,12 +29,11 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
-from benchmarks.e2e_latency import Bench  # noqa: E402
+from benchmarks.e2e_latency import RABBIT_URL, Bench  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
 from tests.nova_compute import NovaComputeProcess, write_nova_conf  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
-RABBIT_URL = os.environ.get("LIFECYCLE_STATS_RABBIT_URL", "rabbit://guest:guest@127.0.0.1:5672/")
 KINDS = ("final", "last_known", "unavailable", "missing")
 ARMS = {"with driver": ("messagingv2", "lifecycle_stats"), "bus alone": ("messagingv2",)}
 
