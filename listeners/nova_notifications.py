@@ -10,8 +10,13 @@ Nova announces a delete twice, in two formats (``[notifications] notification_fo
   whose ``nova_object.data`` holds ``uuid``, ``host``, ``tenant_id``, ``user_id``,
   ``display_name`` and a ``FlavorPayload`` under ``flavor``.
 
-``parse`` turns either into one ``DeleteTrigger`` whose identity uses the legacy names, or
-returns None when the message is not a delete.start of an instance on this host. Input it
+Nova announces the other actions that end a QEMU process the same way, before doing them
+(power_off, reboot, rebuild, shelve, shelve_offload, rescue, unrescue, resize on the source
+host, resize_revert, suspend): ``PROCESS_ENDING`` maps each event type, legacy and versioned,
+to its action. ``parse`` turns any of them into one ``DeleteTrigger`` (its ``action`` names
+the action; identity uses the legacy names), nova's own usage audit (legacy
+``compute.instance.exists``, versioned ``instance.exists``) into an ``AuditWindow``, and
+returns None for anything else or another host. Input it
 cannot trust raises ``RejectedMessage`` naming what is wrong. The work is bounded: only a
 fixed path of at most three nested dicts is looked at, dict sizes and kept strings are capped.
 """
@@ -22,12 +27,37 @@ import uuid
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LEGACY_DELETE_START = "compute.instance.delete.start"
 VERSIONED_DELETE_START = "instance.delete.start"
-VERSIONED_OBJECTS = frozenset({"InstanceActionPayload"})
+# action -> (legacy suffix after "compute.instance.", versioned suffix after "instance."),
+# read from nova/compute/manager.py (master): each .start is sent before the driver call
+# that stops or destroys the domain, in the thread that then makes that call.
+_ACTIONS = {
+    "delete": ("delete.start", "delete.start"),
+    "power_off": ("power_off.start", "power_off.start"),
+    "reboot": ("reboot.start", "reboot.start"),
+    "rebuild": ("rebuild.start", "rebuild.start"),
+    "shelve": ("shelve.start", "shelve.start"),
+    "shelve_offload": ("shelve_offload.start", "shelve_offload.start"),
+    "rescue": ("rescue.start", "rescue.start"),
+    "unrescue": ("unrescue.start", "unrescue.start"),
+    "resize": ("resize.start", "resize.start"),  # source host, before migrate_disk_and_power_off
+    "resize_revert": ("resize.revert.start", "resize_revert.start"),
+    "suspend": ("suspend.start", "suspend.start"),
+}
+LEGACY_PROCESS_ENDING = {f"compute.instance.{legacy}": action
+                         for action, (legacy, _) in _ACTIONS.items()}
+VERSIONED_PROCESS_ENDING = {f"instance.{versioned}": action
+                            for action, (_, versioned) in _ACTIONS.items()}
+PROCESS_ENDING = {**LEGACY_PROCESS_ENDING, **VERSIONED_PROCESS_ENDING}  # event type -> action
+LEGACY_EXISTS = "compute.instance.exists"
+VERSIONED_EXISTS = "instance.exists"
+VERSIONED_OBJECTS = frozenset({"InstanceActionPayload", "InstanceActionRescuePayload",
+                               "InstanceActionRebuildPayload"})
 VERSIONED_MAJOR = "1"
+EXISTS_OBJECT, EXISTS_MAJOR = "InstanceExistsPayload", "2"
 
 LEGACY_PUBLISHER_PREFIX = "compute."
 VERSIONED_PUBLISHER_PREFIX = "nova-compute:"
@@ -40,10 +70,12 @@ MAX_COUNT = 2**63 - 1
 
 
 def classify(event_type: object) -> str:
-    """"legacy" / "versioned" for nova's two delete.start forms, "other" for anything else."""
-    if event_type == LEGACY_DELETE_START:
+    """"legacy" / "versioned" for the forms of nova's events parsed here, else "other"."""
+    if not isinstance(event_type, str):
+        return "other"
+    if event_type in LEGACY_PROCESS_ENDING or event_type == LEGACY_EXISTS:
         return "legacy"
-    if event_type == VERSIONED_DELETE_START:
+    if event_type in VERSIONED_PROCESS_ENDING or event_type == VERSIONED_EXISTS:
         return "versioned"
     return "other"
 
@@ -65,10 +97,11 @@ def envelope_time(metadata: object) -> datetime.datetime | None:
 
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
           received_at: datetime.datetime, context: object = None,
-          announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
-    """The DeleteTrigger for a delete.start of an instance on ``host``, else None.
+          announced_at: datetime.datetime | None = None) -> DeleteTrigger | AuditWindow | None:
+    """The DeleteTrigger (a process-ending .start) or AuditWindow (nova's exists) of an
+    instance on ``host``, else None.
 
-    Raises RejectedMessage when a delete.start's payload is malformed.
+    Raises RejectedMessage when such a message's payload is malformed.
     """
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty string, got {host!r}")
@@ -81,11 +114,14 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
 
 def parse_any(event_type: str, publisher_id: object, payload: object, *,
               received_at: datetime.datetime, context: object = None,
-              announced_at: datetime.datetime | None = None) -> DeleteTrigger | None:
+              announced_at: datetime.datetime | None = None,
+              ) -> DeleteTrigger | AuditWindow | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
         return None
+    if event_type in (LEGACY_EXISTS, VERSIONED_EXISTS):
+        return _audit_window(event_type, kind, publisher_id, payload, received_at)
     if kind == "legacy":
         fields = _mapping(payload, "payload")
         instance_id = _instance_uuid(fields, "instance_id")
@@ -97,7 +133,7 @@ def parse_any(event_type: str, publisher_id: object, payload: object, *,
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
                          identity=identity, attempt_id=_attempt_id(fields, context),
-                         announced_at=announced_at)
+                         announced_at=announced_at, action=PROCESS_ENDING[event_type])
 
 
 def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
@@ -118,6 +154,44 @@ def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
     return None
 
 
+def _audit_window(event_type: str, kind: str, publisher_id: object, payload: object,
+                  received_at: datetime.datetime) -> AuditWindow | None:
+    """Nova's exists: only from nova-compute itself (never ours or another publisher's)."""
+    prefix = LEGACY_PUBLISHER_PREFIX if kind == "legacy" else VERSIONED_PUBLISHER_PREFIX
+    if not isinstance(publisher_id, str) or not publisher_id.startswith(prefix):
+        return None
+    if kind == "legacy":
+        fields = _mapping(payload, "payload")
+        instance_id, period = _instance_uuid(fields, "instance_id"), fields
+    else:
+        fields = _versioned_data(payload, EXISTS_OBJECT, EXISTS_MAJOR)
+        instance_id = _instance_uuid(fields, "uuid")
+        period = _mapping(_mapping(fields.get("audit_period"), "audit_period")
+                          .get("nova_object.data"), "audit_period nova_object.data")
+    origin = _origin_host(fields, publisher_id)
+    if origin is None:
+        return None
+    begin = _time(period.get("audit_period_beginning"), "audit_period_beginning")
+    end = _time(period.get("audit_period_ending"), "audit_period_ending")
+    if end <= begin:
+        raise RejectedMessage(f"audit period ends ({end}) before it begins ({begin})")
+    return AuditWindow(instance_id=instance_id, event_type=event_type, host=origin,
+                       begin=begin, end=end, received_at=received_at)
+
+
+def _time(value: object, key: str) -> datetime.datetime:
+    """nova's "2026-11-22 01:00:00" (legacy str()) or "2026-11-22T01:00:00Z" (versioned)."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise RejectedMessage(f"{key} must be a date-time string, got {_short(value)}")
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise RejectedMessage(f"{key} is not a date-time: {_short(value)}") from None
+    if moment.tzinfo is None:  # nova's naive datetimes are UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
+
+
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise RejectedMessage(f"{where} must be a dict, got {type(value).__name__}")
@@ -126,19 +200,21 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _versioned_data(payload: object) -> Mapping[str, Any]:
+def _versioned_data(payload: object, objects: str | frozenset[str] = VERSIONED_OBJECTS,
+                    major: str = VERSIONED_MAJOR) -> Mapping[str, Any]:
     envelope = _mapping(payload, "payload")
+    objects = frozenset({objects}) if isinstance(objects, str) else objects
     name = envelope.get("nova_object.name")
-    if not isinstance(name, str) or name not in VERSIONED_OBJECTS:  # a list is unhashable
+    if not isinstance(name, str) or name not in objects:  # a list is unhashable
         raise RejectedMessage(
-            f"payload nova_object.name {_short(name)} is not one of {sorted(VERSIONED_OBJECTS)}")
+            f"payload nova_object.name {_short(name)} is not one of {sorted(objects)}")
     namespace = envelope.get("nova_object.namespace", "nova")
     if namespace != "nova":
         raise RejectedMessage(f"payload nova_object.namespace {_short(namespace)} is not 'nova'")
-    version = envelope.get("nova_object.version", VERSIONED_MAJOR + ".0")
-    if not isinstance(version, str) or version.split(".", 1)[0] != VERSIONED_MAJOR:
+    version = envelope.get("nova_object.version", major + ".0")
+    if not isinstance(version, str) or version.split(".", 1)[0] != major:
         raise RejectedMessage(
-            f"payload nova_object.version {_short(version)} is not a {VERSIONED_MAJOR}.x version")
+            f"payload nova_object.version {_short(version)} is not a {major}.x version")
     return _mapping(envelope.get("nova_object.data"), "payload nova_object.data")
 
 
