@@ -185,3 +185,10 @@ def test_an_instance_never_seen_running_still_gets_its_gauges(tmp_path, clock):
     assert all(s["type"] == "gauge" for s in note.payload["samples"])
     assert note.payload["capture"]["complete"] is False
     fresh.close()
+
+
+def test_a_final_exists_is_not_the_capture_a_retried_delete_supersedes(host, clock, live):
+    live.readings[UUID] = reading_at(clock.advance(60), 9_000)
+    host.handle(action("delete", clock.now))
+    samples = host.spooled()["compute.instance.delete.samples"]
+    assert host.spool.last_capture(UUID) == samples.message_id
