@@ -46,6 +46,13 @@ def _dt(seconds: float | None) -> datetime.datetime | None:
     return None if seconds is None else datetime.datetime.fromtimestamp(seconds, UTC)
 
 
+def _process_id(reading: DomainReading) -> int | None:
+    """libvirt's domain id of the reading's QEMU process; None when unknown. A handle looked up
+    while the domain was off keeps id -1 after it starts (measured): that says nothing."""
+    pid = reading.process_id
+    return pid if pid is not None and pid >= 0 else None
+
+
 @dataclasses.dataclass(frozen=True)
 class _Process:
     number: int
@@ -138,8 +145,8 @@ class UsageLedger:
     def _is_new_process(current: _Process, reading: DomainReading, previous, counters) -> bool:
         if current.ended_at is not None:
             return True
-        if None not in (current.domain_id, reading.process_id) \
-                and current.domain_id != reading.process_id:
+        known = _process_id(reading)
+        if None not in (current.domain_id, known) and current.domain_id != known:
             return True
         return usage_math.is_reset(previous, counters)
 
@@ -158,7 +165,7 @@ class UsageLedger:
                      *, from_zero: bool) -> None:
         body, at = codec.encode_reading(reading), _ts(reading.read_at)
         db.execute("INSERT INTO processes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                   (iid, number, reading.process_id, int(from_zero), at, body, at, body,
+                   (iid, number, _process_id(reading), int(from_zero), at, body, at, body,
                     at if closing else None))
 
     def _add_usage(self, db, iid: str, at: float, growth: dict[str, int], observed: float,

@@ -191,3 +191,11 @@ def test_a_failing_ledger_is_counted_and_never_raises_into_a_capture(ledger):
     ledger.process_ended(IID, T0)
     assert ledger.latest(IID) is None
     assert ledger.counters.get("usage.ledger_errors") == 3
+
+
+def test_a_process_id_of_minus_one_is_unknown_not_a_new_process(ledger):
+    ledger.record(INFO, reading(1, 100, domain_id=7))
+    ledger.record(INFO, reading(2, 300, domain_id=-1))  # a handle looked up while it was off
+    ledger.record(INFO, reading(3, 600, domain_id=7))
+    assert ledger.processes(IID) == 1
+    assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 500
