@@ -50,7 +50,9 @@ WAIT_S = 30.0
 class Bench:
     """The agent, nova and billing on one broker, with the run's own exchange/topic names."""
 
-    def __init__(self, directory: str, uri: str, poll_interval: float):
+    def __init__(self, directory: str, uri: str, poll_interval: float,
+                 extra: dict[str, dict[str, str]] | None = None,
+                 event_types: tuple[str, ...] | None = ("compute.instance.delete.samples",)):
         import oslo_messaging
         from oslo_config import cfg
 
@@ -62,13 +64,15 @@ class Bench:
         self.agent = harness.AgentProcess(
             pathlib.Path(directory), host=self.host, transport_url=RABBIT_URL,
             names=self.names, libvirt_uri=uri, poll_interval=poll_interval,
-            extra={"DEFAULT": {"debug": "false"}})
+            extra={"DEFAULT": {"debug": "false"}, **(extra or {})})
         self.nova = harness.Nova(self.transport, self.names)
         self.billing: harness.BillingConsumer | None = None
+        self._event_types = event_types
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self.billing = harness.BillingConsumer(self.transport, self.names)
+        self.billing = harness.BillingConsumer(self.transport, self.names,
+                                               event_types=self._event_types)
         self.agent.start()
         # every guest has a cached reading (what a `last_known` capture would report)
         self.agent.wait_for(lambda s: s.get("counters", {}).get("poller.polls", 0) >= 1,

@@ -19,12 +19,16 @@ from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
 from lifecycle_stats import metrics, metrics_export, records, status
-from lifecycle_stats.capture import domain_events, flush, last_readings, poller
+from lifecycle_stats.capture import (
+    closing_reads, domain_events, flush, last_readings, period_closer, poller, usage_ledger,
+    usage_reports, usage_store,
+)
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, registry
+from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LOG = logging.getLogger(__name__)
 
@@ -33,7 +37,8 @@ OPTS = [
                help="This hypervisor's name. Must equal nova-compute's `host`: delete "
                     "announcements for other hosts are ignored by it."),
     cfg.StrOpt("state_path", default="/var/lib/lifecycle-stats",
-               help="Directory for the agent's local state: the delivery spool and the "
+               help="Directory for the agent's local state: the delivery spool, the usage "
+                    "ledger (usage.sqlite) and the "
                     "status file read by lifecycle-stats-status."),
     cfg.StrOpt("publisher_id", default="lifecycle-stats.$host",
                help="publisher_id of the notifications the agent publishes."),
@@ -78,6 +83,7 @@ class Agent:
         self.counters = counters_mod.Counters()
         self._build_reading()
         self._build_publishing(emitters)
+        self._build_usage()
         self._build_capture()
         self._build_listeners(listen_transport)
         self.metrics = metrics_export.MetricsExporter(conf, metrics_export.make_registry(
@@ -114,6 +120,18 @@ class Agent:
                           max_age_seconds=conf.spool.max_age_seconds)
             for name, emitter in self.emitters.items()]
 
+    def _build_usage(self) -> None:
+        """The usage ledger (its own SQLite file beside the spool) and its exists reports."""
+        conf = self.conf
+        period, retention = period_closer.settings(conf["usage"])  # conf.usage is taken
+        self.ledger = usage_ledger.UsageLedger(usage_store.ledger_path(conf.state_path),
+                                               period, retention=retention,
+                                               counters=self.counters)
+        self.reporter = usage_reports.ExistsReporter(
+            ledger=self.ledger, spool=self.spool, host=conf.host,
+            publisher_id=conf.publisher_id, counters=self.counters,
+            on_spooled=self._wake_senders)
+
     def _build_capture(self) -> None:
         conf = self.conf
         self.flusher = flush.Flusher(
@@ -124,23 +142,43 @@ class Agent:
             tries_per_attempt=conf.flush.tries_per_attempt, retry_wait=conf.flush.retry_wait,
             retry_max_wait=conf.flush.retry_max_wait,
             legacy_meters=conf.meters.legacy,
-            telemetry_secret=conf.publisher.telemetry_secret)
+            telemetry_secret=conf.publisher.telemetry_secret,
+            usage=self.ledger, on_deleted=self.reporter.final)
+        self.closing_reads = closing_reads.ClosingReads(
+            inspector=self._inspector(self.flush_hv), registry=self.registry,
+            last_readings=self.readings, usage=self.ledger, counters=self.counters)
         self.poller = poller.Poller(
             inspector=self._inspector(self.poll_hv), registry=self.registry,
-            last_readings=self.readings, interval=conf.poller.interval, counters=self.counters)
+            last_readings=self.readings, interval=conf.poller.interval, counters=self.counters,
+            usage=self.ledger)
         self.event_handler = domain_events.DomainEventHandler(
             inspector=self._inspector(self.events_hv), registry=self.registry,
-            last_readings=self.readings, counters=self.counters)
+            last_readings=self.readings, counters=self.counters, usage=self.ledger)
+        self.periods = period_closer.PeriodCloser(
+            reporter=self.reporter, instances=self.registry.instances,
+            poll=self.poller.poll_once, emit_own=not conf["usage"].enrich_nova_exists,
+            backlog=conf["usage"].max_backlog_periods, counters=self.counters)
 
     def _build_listeners(self, listen_transport) -> None:
         conf = self.conf
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
             conf, self.event_handler, self.event_handler.resync, self.counters)
-        on_trigger = metrics.timed(self.flusher.handle, self.counters)
+        on_trigger = metrics.timed(self._on_trigger, self.counters)
+        on_audit = self._enrich_nova_exists if conf["usage"].enrich_nova_exists else None
         self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
-                                 transport=listen_transport, holds=self.registry.is_known)
-        # nova's notifier driver (zero race): same triggers, same flush; None when disabled
+                                 transport=listen_transport, holds=self.registry.is_known,
+                                 on_audit=on_audit)
+        # nova's notifier driver (zero race): same triggers, same routing; None when disabled
         self.hook = hook_server.from_conf(conf, conf.host, on_trigger, self.counters)
+
+    def _on_trigger(self, trigger: DeleteTrigger):
+        """A delete gets its delete.samples; any other process-ending action a closing read."""
+        if trigger.action == closing_reads.DELETE:
+            return self.flusher.handle(trigger)
+        return self.closing_reads.handle(trigger)
+
+    def _enrich_nova_exists(self, window: AuditWindow) -> None:
+        self.reporter.nova_audit(window, self.registry.get(window.instance_id))
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
@@ -153,6 +191,7 @@ class Agent:
         self.lifecycle.start()  # before the resync, so no domain change falls in between
         self.event_handler.resync()
         self.poller.start()
+        self.periods.start()
         self.bus.start()  # returns soon even when the broker is unreachable: connects later
         if self.hook is not None:
             self.hook.start()
@@ -175,7 +214,9 @@ class Agent:
         if not self.flusher.close(left(0.3)):
             LOG.warning("flushes still running at stop: their triggers will be redelivered")
         self.lifecycle.stop(timeout=left(0.3))
+        self.periods.request_stop()  # ends with the poller's join (a pre-end poll at worst)
         self.poller.stop(timeout=left(0.3))
+        self.periods.stop(timeout=min(1.0, left(0.1)))
         for s in self.senders:
             s.drain(left(0.5))
         for s in self.senders:
@@ -185,6 +226,7 @@ class Agent:
         for emitter in self.emitters.values():
             emitter.close()
         self.spool.close()
+        self.ledger.close()
         for connection in (self.flush_hv, self.poll_hv, self.events_hv):
             connection.close()
         LOG.info("lifecycle-stats agent stopped")

@@ -6,12 +6,14 @@ The agent (agent.py, the composition root) is the one place that picks the imple
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol, TypeVar
+import datetime
+from typing import Callable, Iterable, Mapping, Protocol, TypeVar
 
 from lifecycle_stats.records import (
     DeleteTrigger,
     DomainReading,
     InstanceInfo,
+    LatestUsage,
     LifecycleEvent,
     Notification,
 )
@@ -96,6 +98,48 @@ class ReadingCache(Protocol):
     def reconcile(self, present: set[str]) -> None: ...
 
     def prune(self) -> int: ...
+
+
+class UsageSink(Protocol):
+    """Where every reading the agent takes also goes: the usage ledger
+    (capture.usage_ledger.UsageLedger). closing=True marks a reading taken because the QEMU
+    process is about to end (nova's .start of a stop, libvirt's SHUTDOWN)."""
+
+    def record(self, info: InstanceInfo, reading: DomainReading, *,
+               closing: bool = False) -> None: ...
+
+    def record_all(self, items: Iterable[tuple[InstanceInfo, DomainReading]], *,
+                   closing: bool = False) -> None: ...
+
+    def process_ended(self, instance_id: str, at: datetime.datetime) -> None: ...
+
+
+class UsageAccounts(UsageSink, Protocol):
+    """The usage ledger as the flush sees it: it also answers for the newest reading (after
+    an agent restart, when the in-memory cache is empty) and closes deleted instances."""
+
+    def latest(self, instance_id: str) -> LatestUsage | None: ...
+
+    def instance_deleted(self, instance_id: str, at: datetime.datetime) -> None: ...
+
+
+class NoUsage:
+    """A UsageAccounts that keeps nothing (tests and tools that do not account usage)."""
+
+    def latest(self, instance_id):
+        return None
+
+    def instance_deleted(self, instance_id, at) -> None:
+        pass
+
+    def record(self, info, reading, *, closing=False) -> None:
+        pass
+
+    def record_all(self, items, *, closing=False) -> None:
+        pass
+
+    def process_ended(self, instance_id, at) -> None:
+        pass
 
 
 class NotificationStore(Protocol):

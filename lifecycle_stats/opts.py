@@ -11,7 +11,7 @@ def list_opts():
     from lifecycle_stats.emitters import ceilometer, file, messaging, udp
     from lifecycle_stats import agent, metrics_export
     from lifecycle_stats.reading import hypervisor
-    from lifecycle_stats.capture import flush, poller
+    from lifecycle_stats.capture import flush, period_closer, poller
     from lifecycle_stats.publishing import samples, sender, signing
     from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 
@@ -20,6 +20,7 @@ def list_opts():
         ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
         ("poller", poller.OPTS),
         ("flush", flush.OPTS),
+        ("usage", period_closer.OPTS),
         ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
         ("hook", hook_server.OPTS),

@@ -145,9 +145,61 @@ class DeleteTrigger:
     # When nova emitted the announcement (its envelope timestamp): before destroy, and before
     # Ceilometer's Gnocchi publisher ends the resource. Final samples are stamped no later.
     announced_at: datetime.datetime | None = None
-    # What nova is about to do: "delete" ends the instance; power_off, reboot, shelve, rescue,
-    # resize, suspend, rebuild end only its QEMU process (a reading is cached, nothing sent).
+    # What nova is about to do: "delete" (publish delete.samples), or an action that ends the
+    # QEMU process (power_off, reboot, shelve, ...): read for the usage ledger, publish nothing.
     action: str = "delete"
+
+
+@dataclasses.dataclass(frozen=True)
+class Unobserved:
+    """A QEMU process that ended after its last reading: what it did in between is missing."""
+
+    last_read_at: datetime.datetime
+    ended_at: datetime.datetime
+
+    @property
+    def seconds(self) -> float:
+        return max(0.0, (self.ended_at - self.last_read_at).total_seconds())
+
+
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What an instance consumed inside a window, across all its QEMU processes."""
+
+    begin: datetime.datetime  # the buckets summed: may be wider than asked when unaligned
+    end: datetime.datetime
+    totals: Mapping[str, int]  # flat: cpu_time_ns, disk:<dev>:<stat>, vnic:<tap>:<stat>
+    cpu_time_ns: int
+    disks: Mapping[str, Mapping[str, int]]  # {dev: {read_bytes, read_requests, ...}}
+    vnics: Mapping[str, Mapping[str, int]]  # {tap: {rx_bytes, rx_packets, ...}}
+    observed_seconds: float
+    unobserved: tuple[Unobserved, ...]
+    first_read_at: datetime.datetime | None
+    last_read_at: datetime.datetime | None
+    processes: int  # QEMU processes read inside the window
+
+
+@dataclasses.dataclass(frozen=True)
+class LatestUsage:
+    """The usage ledger's newest reading of an instance's newest QEMU process."""
+
+    info: InstanceInfo
+    reading: DomainReading
+    closed: bool  # a closing reading was taken (nova's .start of a stop, libvirt's SHUTDOWN)
+    ended_at: datetime.datetime | None
+    process: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditWindow:
+    """Nova announced an instance's usage audit (its own compute.instance.exists)."""
+
+    instance_id: str
+    event_type: str  # compute.instance.exists | instance.exists
+    host: str
+    begin: datetime.datetime
+    end: datetime.datetime
+    received_at: datetime.datetime
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Hear nova's delete.start notifications on the message bus (oslo.messaging listener).
+"""Hear nova's delete.start notifications on the message bus (oslo.messaging listener), and
+the other process-ending .start announcements and nova's exists (nova_notifications.parse).
 
 One agent runs per hypervisor and must see every delete.start nova publishes, then keep
 those for its own host (nova_notifications.parse decides by the payload's ``host``).
@@ -46,7 +47,7 @@ from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import (
     CaptureDeferred, ConfigError, RejectedMessage, ShuttingDown,
 )
-from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.records import AuditWindow, DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications
 from lifecycle_stats.listeners.background_start import BackgroundStart
 
@@ -106,10 +107,12 @@ class DeleteStartEndpoint:
 
     def __init__(self, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
                  counters: Counters, clock: Callable[[], datetime.datetime],
-                 allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False):
+                 allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False,
+                 on_audit: Callable[[AuditWindow], Any] | None = None):
         self._host = host
         self._holds = holds
         self._on_trigger = on_trigger
+        self._on_audit = on_audit
         self._counters = counters
         self._clock = clock
         self._allow_requeue = allow_requeue
@@ -133,9 +136,13 @@ class DeleteStartEndpoint:
         if trigger is None or trigger.host != self._host:
             self._not_mine(event_type, publisher_id, trigger)
             return oslo_messaging.NotificationResult.HANDLED
+        if isinstance(trigger, AuditWindow) and self._on_audit is None:
+            self._counters.incr("bus.ignored")  # nova's exists, enrichment off
+            return oslo_messaging.NotificationResult.HANDLED
         return self._deliver(trigger)
 
-    def _not_mine(self, event_type, publisher_id, trigger: DeleteTrigger | None) -> None:
+    def _not_mine(self, event_type, publisher_id,
+                  trigger: DeleteTrigger | AuditWindow | None) -> None:
         """Another host's (or, host null, nobody's) message. If this host holds the domain
         nevertheless, [DEFAULT] host probably differs from nova-compute's: say so."""
         if trigger is not None and trigger.host is not None and self._holds(trigger.instance_id):
@@ -147,10 +154,16 @@ class DeleteStartEndpoint:
             LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
         self._counters.incr("bus.ignored")
 
-    def _deliver(self, trigger: DeleteTrigger):
-        self._counters.incr("bus.triggers." + nova_notifications.classify(trigger.event_type))
+    def _deliver(self, trigger: DeleteTrigger | AuditWindow):
+        form = nova_notifications.classify(trigger.event_type)
+        if isinstance(trigger, AuditWindow):
+            self._counters.incr("bus.audits." + form)
+            handler = self._on_audit
+        else:
+            self._counters.incr("bus.triggers." + form)
+            handler = self._on_trigger
         try:
-            self._on_trigger(trigger)
+            handler(trigger)
         except CaptureDeferred as exc:  # nothing spooled yet: the message must come back
             LOG.info("requeued %s of %s: %s", trigger.event_type, trigger.instance_id, exc)
             self._counters.incr("bus.requeued")
@@ -185,7 +198,8 @@ class NotificationListener:
                  allow_requeue: bool = False, stop_timeout: float = STOP_TIMEOUT,
                  own_transport: bool = False,
                  holds: Callable[[str], bool] = lambda _uuid: False,
-                 connect_wait: float = CONNECT_WAIT, retry_max_wait: float = 30.0):
+                 connect_wait: float = CONNECT_WAIT, retry_max_wait: float = 30.0,
+                 on_audit: Callable[[AuditWindow], Any] | None = None):
         _check_name("host", host)
         _check_name(f"[{GROUP}] exchange", exchange)
         self.host = host
@@ -196,7 +210,8 @@ class NotificationListener:
                                 versioned_topic if listen_versioned else None)
         self.endpoint = DeleteStartEndpoint(host=host, on_trigger=on_trigger,
                                             counters=self.counters, clock=clock,
-                                            allow_requeue=allow_requeue, holds=holds)
+                                            allow_requeue=allow_requeue, holds=holds,
+                                            on_audit=on_audit)
         self._transport = transport
         self._own_transport = own_transport
         self._stop_timeout = stop_timeout
@@ -224,7 +239,7 @@ class NotificationListener:
                         self.pool)
 
     def _log_started(self) -> None:
-        LOG.info("listening for nova delete.start on %s with pool %s",
+        LOG.info("listening for nova's process-ending .start (and exists) on %s with pool %s",
                  ", ".join(f"{t.exchange}/{t.topic}" for t in self.targets), self.pool)
 
     def is_connected(self) -> bool | None:
@@ -273,7 +288,8 @@ class NotificationListener:
 
 def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
               counters: Counters | None = None, transport=None,
-              holds: Callable[[str], bool] = lambda _uuid: False) -> NotificationListener:
+              holds: Callable[[str], bool] = lambda _uuid: False,
+              on_audit: Callable[[AuditWindow], Any] | None = None) -> NotificationListener:
     """A listener configured by ``[notification_listener]``; it owns (and cleans up) the
     transport it builds, not one passed in (the embedded demo shares its fake:// bus)."""
     register_opts(conf)
@@ -285,7 +301,7 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigg
         return NotificationListener(
             transport, host=host, on_trigger=on_trigger, pool=opts.pool, counters=counters,
             allow_requeue=opts.allow_requeue, own_transport=own_transport, holds=holds,
-            **_source_targets(opts, host))
+            on_audit=on_audit, **_source_targets(opts, host))
     except Exception:
         if own_transport:
             transport.cleanup()

@@ -21,18 +21,35 @@ DEFAULT_SOCKET_PATH = "/run/lifecycle-stats/hook.sock"
 MAX_FRAME = 1024 * 1024  # nova's .start payloads are a few KiB; more is not nova
 _HEADER = struct.Struct("!I")
 
-# Nova's .start announcements that come before a domain's QEMU process ends, in the thread
-# that then ends it: the agent reads the counters while nova waits. "resize" is emitted on
-# the source host before migrate_disk_and_power_off (cold migrate too); "delete" alone means
-# the instance ends, the others only end one QEMU process (usage accounting, issue 9).
-ACTIONS = ("delete", "power_off", "reboot", "shelve", "rescue", "resize", "suspend",
-           "rebuild")
+# THE list of nova's .start announcements that come before a domain's QEMU process ends, in
+# the thread that then ends it (read from nova/compute/manager.py, master): the agent reads
+# the counters then (while nova waits, through the driver). "delete" alone means the instance
+# ends; the others end one QEMU process (usage accounting). Here, in the module the driver
+# inside nova imports, so nova's side stays stdlib-only; listeners.nova_notifications and the
+# router derive their tables from it.
+# action -> (legacy suffix after "compute.instance.", versioned suffix after "instance.")
+ACTION_EVENTS: dict[str, tuple[str, str]] = {
+    "delete": ("delete.start", "delete.start"),
+    "power_off": ("power_off.start", "power_off.start"),
+    "reboot": ("reboot.start", "reboot.start"),
+    "rebuild": ("rebuild.start", "rebuild.start"),
+    "shelve": ("shelve.start", "shelve.start"),
+    "shelve_offload": ("shelve_offload.start", "shelve_offload.start"),
+    "rescue": ("rescue.start", "rescue.start"),
+    "unrescue": ("unrescue.start", "unrescue.start"),
+    "resize": ("resize.start", "resize.start"),  # source host, before migrate_disk_and_power_off
+    "resize_revert": ("resize.revert.start", "resize_revert.start"),
+    "suspend": ("suspend.start", "suspend.start"),
+}
+ACTIONS = tuple(ACTION_EVENTS)
 DELETE = "delete"
 LEGACY = "legacy"
 VERSIONED = "versioned"
-START_EVENTS: dict[str, tuple[str, str]] = {
-    **{f"compute.instance.{action}.start": (action, LEGACY) for action in ACTIONS},
-    **{f"instance.{action}.start": (action, VERSIONED) for action in ACTIONS},
+START_EVENTS: dict[str, tuple[str, str]] = {  # event type -> (action, format)
+    **{f"compute.instance.{legacy}": (action, LEGACY)
+       for action, (legacy, _) in ACTION_EVENTS.items()},
+    **{f"instance.{versioned}": (action, VERSIONED)
+       for action, (_, versioned) in ACTION_EVENTS.items()},
 }
 
 # Reply statuses. CAPTURED: the delete's notification is spooled (or already was); CACHED:

@@ -226,7 +226,8 @@ def _status(trigger: DeleteTrigger, outcome: object) -> str:
         return hook_protocol.IGNORED
     if trigger.action == hook_protocol.DELETE:
         return hook_protocol.CAPTURED  # final, last_known, unavailable: spooled; or duplicate
-    return hook_protocol.CACHED if outcome == "cached" else hook_protocol.IGNORED
+    # a closing read (capture.closing_reads): "read" when the counters were taken
+    return hook_protocol.CACHED if outcome == "read" else hook_protocol.IGNORED
 
 
 def _answer(status: str, **extra) -> dict:

@@ -10,11 +10,13 @@ Nova announces a delete twice, in two formats (``[notifications] notification_fo
   whose ``nova_object.data`` holds ``uuid``, ``host``, ``tenant_id``, ``user_id``,
   ``display_name`` and a ``FlavorPayload`` under ``flavor``.
 
-``parse`` turns either into one ``DeleteTrigger`` whose identity uses the legacy names, or
-returns None when the message is not a delete.start of an instance on this host. Given
-``actions``, it also takes nova's other .start announcements that end a QEMU process
-(hook_protocol.START_EVENTS: power_off, reboot, ...; the same two formats, the versioned one
-as an InstanceAction*Payload) and records the action in the trigger. Input it
+Nova announces the other actions that end a QEMU process the same way, before doing them
+(power_off, reboot, rebuild, shelve, shelve_offload, rescue, unrescue, resize on the source
+host, resize_revert, suspend): ``PROCESS_ENDING`` maps each event type, legacy and versioned,
+to its action. ``parse`` turns any of them into one ``DeleteTrigger`` (its ``action`` names
+the action; identity uses the legacy names), nova's own usage audit (legacy
+``compute.instance.exists``, versioned ``instance.exists``) into an ``AuditWindow``, and
+returns None for anything else or another host. Input it
 cannot trust raises ``RejectedMessage`` naming what is wrong. The work is bounded: only a
 fixed path of at most three nested dicts is looked at, dict sizes and kept strings are capped.
 """
@@ -26,16 +28,23 @@ from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners import hook_protocol
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LEGACY_DELETE_START = "compute.instance.delete.start"
 VERSIONED_DELETE_START = "instance.delete.start"
-VERSIONED_OBJECTS = frozenset({"InstanceActionPayload"})
-# nova's versioned payload of the actions that do not use the plain InstanceActionPayload
-VERSIONED_OBJECTS_OF = {"rescue": frozenset({"InstanceActionRescuePayload"}),
-                        "rebuild": frozenset({"InstanceActionRebuildPayload"})}
-DELETE_ONLY = frozenset({hook_protocol.DELETE})
+# event type -> action, for every process-ending .start (hook_protocol holds the one list)
+LEGACY_PROCESS_ENDING = {event: action for event, (action, form)
+                         in hook_protocol.START_EVENTS.items() if form == hook_protocol.LEGACY}
+VERSIONED_PROCESS_ENDING = {event: action for event, (action, form)
+                            in hook_protocol.START_EVENTS.items()
+                            if form == hook_protocol.VERSIONED}
+PROCESS_ENDING = {**LEGACY_PROCESS_ENDING, **VERSIONED_PROCESS_ENDING}  # event type -> action
+LEGACY_EXISTS = "compute.instance.exists"
+VERSIONED_EXISTS = "instance.exists"
+VERSIONED_OBJECTS = frozenset({"InstanceActionPayload", "InstanceActionRescuePayload",
+                               "InstanceActionRebuildPayload"})
 VERSIONED_MAJOR = "1"
+EXISTS_OBJECT, EXISTS_MAJOR = "InstanceExistsPayload", "2"
 
 LEGACY_PUBLISHER_PREFIX = "compute."
 VERSIONED_PUBLISHER_PREFIX = "nova-compute:"
@@ -48,11 +57,14 @@ MAX_COUNT = 2**63 - 1
 
 
 def classify(event_type: object) -> str:
-    """"legacy" / "versioned" for nova's two forms of a .start we act on, else "other"."""
-    if not isinstance(event_type, str):  # a list from the bus is unhashable
+    """"legacy" / "versioned" for the forms of nova's events parsed here, else "other"."""
+    if not isinstance(event_type, str):
         return "other"
-    found = hook_protocol.START_EVENTS.get(event_type)
-    return found[1] if found is not None else "other"
+    if event_type in LEGACY_PROCESS_ENDING or event_type == LEGACY_EXISTS:
+        return "legacy"
+    if event_type in VERSIONED_PROCESS_ENDING or event_type == VERSIONED_EXISTS:
+        return "versioned"
+    return "other"
 
 
 def envelope_time(metadata: object) -> datetime.datetime | None:
@@ -73,9 +85,9 @@ def envelope_time(metadata: object) -> datetime.datetime | None:
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
           received_at: datetime.datetime, context: object = None,
           announced_at: datetime.datetime | None = None,
-          actions: frozenset[str] = DELETE_ONLY) -> DeleteTrigger | None:
-    """The DeleteTrigger for a .start of one of ``actions`` (default: delete) of an instance
-    on ``host``, else None.
+          actions: frozenset[str] | None = None) -> DeleteTrigger | AuditWindow | None:
+    """The DeleteTrigger (a process-ending .start of one of ``actions``, default all) or
+    AuditWindow (nova's exists) of an instance on ``host``, else None.
 
     Raises RejectedMessage when such a message's payload is malformed.
     """
@@ -91,26 +103,28 @@ def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
 def parse_any(event_type: str, publisher_id: object, payload: object, *,
               received_at: datetime.datetime, context: object = None,
               announced_at: datetime.datetime | None = None,
-              actions: frozenset[str] = DELETE_ONLY) -> DeleteTrigger | None:
+              actions: frozenset[str] | None = None,
+              ) -> DeleteTrigger | AuditWindow | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
     kind = classify(event_type)
     if kind == "other":
         return None
-    action = hook_protocol.START_EVENTS[event_type][0]
-    if action not in actions:
+    if event_type in (LEGACY_EXISTS, VERSIONED_EXISTS):
+        return _audit_window(event_type, kind, publisher_id, payload, received_at)
+    if actions is not None and PROCESS_ENDING[event_type] not in actions:
         return None
     if kind == "legacy":
         fields = _mapping(payload, "payload")
         instance_id = _instance_uuid(fields, "instance_id")
         identity = _identity(fields, fields)
     else:
-        fields = _versioned_data(payload, VERSIONED_OBJECTS_OF.get(action, VERSIONED_OBJECTS))
+        fields = _versioned_data(payload)
         instance_id = _instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
                          identity=identity, attempt_id=_attempt_id(fields, context),
-                         announced_at=announced_at, action=action)
+                         announced_at=announced_at, action=PROCESS_ENDING[event_type])
 
 
 def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
@@ -131,6 +145,44 @@ def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
     return None
 
 
+def _audit_window(event_type: str, kind: str, publisher_id: object, payload: object,
+                  received_at: datetime.datetime) -> AuditWindow | None:
+    """Nova's exists: only from nova-compute itself (never ours or another publisher's)."""
+    prefix = LEGACY_PUBLISHER_PREFIX if kind == "legacy" else VERSIONED_PUBLISHER_PREFIX
+    if not isinstance(publisher_id, str) or not publisher_id.startswith(prefix):
+        return None
+    if kind == "legacy":
+        fields = _mapping(payload, "payload")
+        instance_id, period = _instance_uuid(fields, "instance_id"), fields
+    else:
+        fields = _versioned_data(payload, EXISTS_OBJECT, EXISTS_MAJOR)
+        instance_id = _instance_uuid(fields, "uuid")
+        period = _mapping(_mapping(fields.get("audit_period"), "audit_period")
+                          .get("nova_object.data"), "audit_period nova_object.data")
+    origin = _origin_host(fields, publisher_id)
+    if origin is None:
+        return None
+    begin = _time(period.get("audit_period_beginning"), "audit_period_beginning")
+    end = _time(period.get("audit_period_ending"), "audit_period_ending")
+    if end <= begin:
+        raise RejectedMessage(f"audit period ends ({end}) before it begins ({begin})")
+    return AuditWindow(instance_id=instance_id, event_type=event_type, host=origin,
+                       begin=begin, end=end, received_at=received_at)
+
+
+def _time(value: object, key: str) -> datetime.datetime:
+    """nova's "2026-11-22 01:00:00" (legacy str()) or "2026-11-22T01:00:00Z" (versioned)."""
+    if not isinstance(value, str) or len(value) > 40:
+        raise RejectedMessage(f"{key} must be a date-time string, got {_short(value)}")
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise RejectedMessage(f"{key} is not a date-time: {_short(value)}") from None
+    if moment.tzinfo is None:  # nova's naive datetimes are UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc)
+
+
 def _mapping(value: object, where: str) -> Mapping[str, Any]:
     if not isinstance(value, dict):
         raise RejectedMessage(f"{where} must be a dict, got {type(value).__name__}")
@@ -139,8 +191,10 @@ def _mapping(value: object, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _versioned_data(payload: object, objects: frozenset[str]) -> Mapping[str, Any]:
+def _versioned_data(payload: object, objects: str | frozenset[str] = VERSIONED_OBJECTS,
+                    major: str = VERSIONED_MAJOR) -> Mapping[str, Any]:
     envelope = _mapping(payload, "payload")
+    objects = frozenset({objects}) if isinstance(objects, str) else objects
     name = envelope.get("nova_object.name")
     if not isinstance(name, str) or name not in objects:  # a list is unhashable
         raise RejectedMessage(
@@ -148,10 +202,10 @@ def _versioned_data(payload: object, objects: frozenset[str]) -> Mapping[str, An
     namespace = envelope.get("nova_object.namespace", "nova")
     if namespace != "nova":
         raise RejectedMessage(f"payload nova_object.namespace {_short(namespace)} is not 'nova'")
-    version = envelope.get("nova_object.version", VERSIONED_MAJOR + ".0")
-    if not isinstance(version, str) or version.split(".", 1)[0] != VERSIONED_MAJOR:
+    version = envelope.get("nova_object.version", major + ".0")
+    if not isinstance(version, str) or version.split(".", 1)[0] != major:
         raise RejectedMessage(
-            f"payload nova_object.version {_short(version)} is not a {VERSIONED_MAJOR}.x version")
+            f"payload nova_object.version {_short(version)} is not a {major}.x version")
     return _mapping(envelope.get("nova_object.data"), "payload nova_object.data")
 
 

@@ -4,6 +4,10 @@ Events keep the registry current, and every stop of a nova domain gets the best 
 possible: on SHUTDOWN the QEMU process usually still answers (~30 ms before STOPPED here), so
 a live read is tried; otherwise the newest cached reading stands. A stop is not a deletion:
 nothing is published from here, only nova's delete announcement produces delete.samples.
+
+Every reading also goes to the usage ledger: the SHUTDOWN read as the closing reading of the
+QEMU process, a read right after STARTED as the first reading of the new one, and STOPPED
+tells the ledger that the process's counters are gone.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import logging
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import HypervisorError
-from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
+from lifecycle_stats.interfaces import NoUsage, Reader, ReadingCache, Registry, UsageSink
 from lifecycle_stats.records import LifecycleEvent
 
 LOG = logging.getLogger(__name__)
@@ -23,19 +27,24 @@ class DomainEventHandler:
     """Reads through its own connection (the inspector it is given), never the flush's."""
 
     def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
-                 counters: Counters | None = None):
+                 counters: Counters | None = None, usage: UsageSink | None = None):
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
         self._counters = counters if counters is not None else Counters()
+        self._usage = usage if usage is not None else NoUsage()
 
     def __call__(self, event: LifecycleEvent) -> None:
         if event.event in ("defined", "started"):  # hard reboot, rescue, resize: back again
             self._readings.domain_present(event.instance_id)
         if event.event in REFRESH_ON:
             self._refresh(event.instance_id)
+            if event.event == "started":
+                self._read_started(event.instance_id)
         elif event.event in ("shutdown", "suspended"):
-            self._read_before_stop(event.instance_id)
+            self._read_before_stop(event)
+        elif event.event == "stopped":
+            self._usage.process_ended(event.instance_id, event.received_at)
         elif event.event == "undefined":
             self._registry.forget(event.instance_id)
             self._readings.domain_gone(event.instance_id)
@@ -51,17 +60,35 @@ class DomainEventHandler:
         except HypervisorError as exc:
             LOG.warning("could not refresh metadata of %s: %s", instance_id, exc)
 
-    def _read_before_stop(self, instance_id: str) -> None:
+    def _read_before_stop(self, event: LifecycleEvent) -> None:
+        instance_id = event.instance_id
         info = self._registry.get(instance_id)
         if info is None:
             return
         try:
             reading = self._inspector.read(instance_id)
         except HypervisorError:  # gone already: the cached reading stands
-            self._counters.incr("events.stop_read_missed")
-            return
-        if reading.active:
+            reading = None
+        if reading is not None and reading.active:
             self._readings.update(info, reading)
+            self._usage.record(info, reading, closing=True)
             self._counters.incr("events.stop_reads")
+        elif event.event == "shutdown":  # QEMU said it is shutting down: the end, at the latest
+            self._usage.process_ended(instance_id, event.received_at)
+            self._counters.incr("events.stop_read_missed")
         else:
             self._counters.incr("events.stop_read_missed")
+
+    def _read_started(self, instance_id: str) -> None:
+        """A new QEMU process: its first reading, while its counters are still near zero."""
+        info = self._registry.get(instance_id)
+        if info is None:
+            return
+        try:
+            reading = self._inspector.read(instance_id)
+        except HypervisorError:
+            return  # stopped again already; the next poll will tell
+        if reading.active:
+            self._readings.update(info, reading)
+            self._usage.record(info, reading)
+            self._counters.incr("events.start_reads")

@@ -15,6 +15,11 @@ Failures never drop a delete:
 - permanent (the payload breaks its schema, a partial stats record raises KeyError, any other
   bug): the capture is kept in the spool's rejects table and a flagged `unavailable` event
   (`capture.flagged`, `capture.errors`) is published instead.
+
+Usage (closing_reads.py): the live reading is the process's closing reading in the usage
+ledger; `capture` says whether the figures are complete and the domain's real state; the
+ledger's newest reading stands in for the in-memory cache after a restart; once spooled, the
+ledger closes the instance and its final exists goes out (on_deleted).
 """
 from __future__ import annotations
 
@@ -32,17 +37,19 @@ import jsonschema
 import tenacity
 from oslo_config import cfg
 
+from lifecycle_stats.capture import closing_reads
 from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.exceptions import CaptureDeferred, DomainGone, HypervisorError
-from lifecycle_stats.interfaces import NotificationStore, Reader, ReadingCache, Registry
+from lifecycle_stats.interfaces import (
+    NotificationStore, NoUsage, Reader, ReadingCache, Registry, UsageAccounts,
+)
 from lifecycle_stats.records import (
     DeleteTrigger, DomainReading, InstanceInfo, Notification, utcnow,
 )
 
 LOG = logging.getLogger(__name__)
-DELETE = "delete"  # DeleteTrigger.action of nova's delete.start
 
 # Failures that may pass, or at least are not this capture's fault: sqlite's "database is
 # locked" / "database or disk is full" (OperationalError) and a file damaged under a running
@@ -75,7 +82,6 @@ class Outcome(enum.Enum):
     FLAGGED = "flagged"  # published as a flagged `unavailable`; the capture kept in rejects
     DUPLICATE = "duplicate"
     NOT_NOVA = "not_nova"  # a domain nova does not own: never reported
-    CACHED = "cached"  # not a delete: the live reading is cached for usage, nothing spooled
 
 
 class _Attempts:
@@ -127,11 +133,16 @@ class Flusher:
                  tries_per_attempt: int = 3, retry_wait: float = 0.2,
                  retry_max_wait: float = 2.0, sleep: Callable[[float], None] = time.sleep,
                  legacy_meters: bool = True,
-                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
+                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET,
+                 usage: UsageAccounts | None = None,
+                 on_deleted: Callable[[InstanceInfo, datetime.datetime], object] | None = None,
+                 ) -> None:
         if max_attempts < 1 or tries_per_attempt < 1:
             raise ValueError(f"max_attempts and tries_per_attempt must be >= 1, got "
                              f"{max_attempts}, {tries_per_attempt}")
         self._inspector = inspector
+        self._usage = usage if usage is not None else NoUsage()
+        self._on_deleted = on_deleted
         self._registry = registry
         self._readings = last_readings
         self._spool = spool
@@ -162,14 +173,11 @@ class Flusher:
 
         Raises CaptureDeferred when nothing could be spooled yet (redeliver the trigger), and
         ShuttingDown once close() was called (redeliver it to the next run).
-        Another action than delete (power_off, reboot, ...) only refreshes the cached reading.
         """
         with self._gate.working(f"flushing {trigger.instance_id}"):
             return self._handle(trigger)
 
     def _handle(self, trigger: DeleteTrigger) -> Outcome:
-        if trigger.action != DELETE:
-            return self._refresh(trigger)
         message_id = payloads.delete_message_id(trigger)
         with self._instance_lock(trigger.instance_id):
             try:
@@ -196,28 +204,46 @@ class Flusher:
             if isinstance(built, Outcome):
                 return built  # not nova's, or flagged and spooled
             self._attempts.keep_built(message_id, built)
-        kind, notification = built
+        kind, notification, info, ended = built
         self._gate.write(self._spool.put, notification, kind="final")
+        self._account_deletion(trigger.instance_id, info, ended)
         return Outcome(kind)
 
-    def _build(self, trigger: DeleteTrigger,
-               message_id: str) -> tuple[str, Notification] | Outcome:
-        supersedes = self._spool.last_capture(trigger.instance_id)
-        info, notification = None, None
+    def _account_deletion(self, instance_id: str, info: InstanceInfo | None,
+                          ended: datetime.datetime) -> None:
+        """The ledger closes the instance; its final exists follows the delete.samples (same
+        reading). Never at the delete.samples' expense: a failure here is logged, counted."""
         try:
-            kind, info, reading = self._capture(trigger.instance_id, message_id)
+            self._usage.instance_deleted(instance_id, ended)
+            if info is not None and self._on_deleted is not None:
+                self._on_deleted(info, ended)
+        except Exception:
+            self._counters.incr("usage.final_exists_errors")
+            LOG.exception("final exists of %s not spooled", instance_id)
+
+    def _build(self, trigger: DeleteTrigger, message_id: str) -> tuple | Outcome:
+        """(kind, notification, identity, when its process ended at the latest) or an
+        Outcome. A process not read live ended before our read began (a read racing nova's
+        destroy waits for the destroy to finish): that bounds what went unread."""
+        supersedes = self._spool.last_capture(trigger.instance_id)
+        info, notification, read_from = None, None, self._clock()
+        try:
+            kind, info, reading, state = self._capture(trigger.instance_id, message_id)
             if kind == Outcome.NOT_NOVA.value:
                 return Outcome.NOT_NOVA
+            now = self._clock()
+            live = kind == payloads.FINAL
             notification = payloads.delete_samples(
                 kind=kind, trigger=trigger, info=info, reading=reading, host=self._host,
-                publisher_id=self._publisher_id, now=self._clock(), supersedes=supersedes,
+                publisher_id=self._publisher_id, now=now, supersedes=supersedes,
+                figures=closing_reads.figures(self._usage, live, reading, state),
                 **self._sample_options)
             payloads.validate(notification)
         except TRANSIENT:
             raise
         except Exception as exc:  # this capture can never be published as it is
             return self._flag(trigger, supersedes, info, notification, exc)
-        return kind, notification
+        return kind, notification, info, now if live else read_from
 
     def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
               rejected: Notification | None, exc: Exception) -> Outcome:
@@ -250,50 +276,38 @@ class Flusher:
         return CaptureDeferred(f"capture {message_id} of {trigger.instance_id} deferred "
                                f"after attempt {attempts}: {exc}")
 
-    def _refresh(self, trigger: DeleteTrigger) -> Outcome:
-        """Nova is about to end this instance's QEMU process: keep its newest counters."""
-        try:
-            reading = self._read_live(trigger.instance_id)
-        except HypervisorError as exc:
-            LOG.warning("live read of %s before %s failed: %s", trigger.instance_id,
-                        trigger.action, exc)
-            reading = None
-        info = self._identify(trigger.instance_id) if reading and reading.active else None
-        if info is None:
-            self._counters.incr("flush.refresh_missed")
-            return Outcome.UNAVAILABLE
-        self._readings.update(info, reading)
-        self._counters.incr("flush.refreshed")
-        return Outcome.CACHED
-
-    def _capture(self, instance_id: str,
-                 message_id: str) -> tuple[str, InstanceInfo | None, DomainReading | None]:
-        read_error = None
+    def _capture(self, instance_id: str, message_id: str
+                 ) -> tuple[str, InstanceInfo | None, DomainReading | None, str]:
+        """(kind, identity, reading, the domain's state now: its state, gone or unknown)."""
+        read_error, state = None, closing_reads.GONE
         try:
             reading = self._read_live(instance_id)
         except HypervisorError as exc:
             self._counters.incr("flush.read_errors")
             LOG.warning("live read of %s failed: %s", instance_id, exc)
-            reading, read_error = None, exc
-        if reading is not None and reading.active:
-            info = self._identify(instance_id)
-            if info is not None:
-                self._readings.update(info, reading)
-                return payloads.FINAL, info, reading
+            reading, read_error, state = None, exc, "unknown"
+        info = self._identify(instance_id) if reading is not None else None
+        state = reading.state if reading is not None else state
+        if reading is not None and reading.active and info is not None:
+            self._readings.update(info, reading)
+            self._usage.record(info, reading, closing=True)
+            return payloads.FINAL, info, reading, state
         # Gone, shut off, or unidentifiable now (a read that waited out nova's destroy finds
-        # the domain undefined and forgotten): the cache knows what it was.
-        cached = self._readings.get(instance_id)
-        if cached is not None:
-            return payloads.LAST_KNOWN, cached[0], cached[1]
+        # the domain undefined and forgotten): the cache or the ledger knows what it was.
+        known = closing_reads.newest_known(self._readings, self._usage, instance_id)
+        if known is not None:
+            return payloads.LAST_KNOWN, known[0], known[1], state
+        if reading is not None and info is not None:  # off, never seen running: gauges only
+            return payloads.FINAL, info, reading, state
         if read_error is not None and self._attempts.get(message_id) + 1 < self._max_attempts:
             raise read_error  # nothing known yet: a later attempt may still read it
         if self._registry.unusable(instance_id) is not None:
             # nova announced it, its metadata is broken: nova's word wins, identity from it
             self._counters.incr("flush.metadata_unusable")
-            return payloads.UNAVAILABLE, None, None
+            return payloads.UNAVAILABLE, None, None, state
         if self._registry.is_known(instance_id) and self._registry.get(instance_id) is None:
-            return Outcome.NOT_NOVA.value, None, None  # positively not nova's
-        return payloads.UNAVAILABLE, self._registry.get(instance_id), None
+            return Outcome.NOT_NOVA.value, None, None, state  # positively not nova's
+        return payloads.UNAVAILABLE, self._registry.get(instance_id), None, state
 
     def _read_live(self, instance_id: str) -> DomainReading | None:
         try:

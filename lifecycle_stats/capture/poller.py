@@ -15,7 +15,7 @@ from oslo_config import cfg
 from lifecycle_stats import threads
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
-from lifecycle_stats.interfaces import Reader, ReadingCache, Registry
+from lifecycle_stats.interfaces import NoUsage, Reader, ReadingCache, Registry, UsageSink
 from lifecycle_stats.records import utcnow
 
 LOG = logging.getLogger(__name__)
@@ -29,13 +29,15 @@ OPTS = [
 class Poller:
     def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
                  interval: float, counters: Counters | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime.datetime] = utcnow,
+                 usage: UsageSink | None = None) -> None:
         self._inspector = inspector
         self._registry = registry
         self._readings = last_readings
         self.interval = interval
         self._counters = counters if counters is not None else Counters()
         self._clock = clock
+        self._usage = usage if usage is not None else NoUsage()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_success_at: datetime.datetime | None = None
@@ -47,7 +49,7 @@ class Poller:
     def poll_once(self) -> int:
         """One bulk read; returns how many nova instances were updated."""
         readings = self._inspector.poll()
-        updated = 0
+        identified = []
         for instance_id, reading in readings.items():
             try:
                 info = self._registry.identify(instance_id)
@@ -55,9 +57,10 @@ class Poller:
                 continue
             if info is not None:
                 self._readings.update(info, reading)
-                updated += 1
+                identified.append((info, reading))
+        self._usage.record_all(identified)  # one ledger transaction per poll
         self._readings.prune()
-        return updated
+        return len(identified)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lifecycle-stats-poller",

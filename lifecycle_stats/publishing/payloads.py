@@ -82,12 +82,23 @@ def sample_time(trigger: DeleteTrigger, reading: DomainReading) -> datetime.date
     return trigger.announced_at
 
 
+def with_figures(captured: dict[str, Any], figures: dict[str, Any] | None) -> dict[str, Any]:
+    if not figures:
+        return captured
+    if "domain_state" in captured:
+        captured["read_state"] = captured["domain_state"]
+    return {**captured, **figures}
+
+
 def delete_samples(
     *, kind: str, trigger: DeleteTrigger, info: InstanceInfo | None,
     reading: DomainReading | None, host: str, publisher_id: str, now: datetime.datetime,
     source: str = "openstack", supersedes: str | None = None, errors: list[str] | None = None,
     legacy_meters: bool = True, telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET,
+    figures: dict[str, Any] | None = None,
 ) -> Notification:
+    """figures: `complete` and the domain's real `domain_state`, merged into `capture`
+    (the state in the reading itself stays as `read_state`)."""
     message_id = delete_message_id(trigger)
     built = []
     if info is not None and reading is not None:
@@ -98,7 +109,7 @@ def delete_samples(
         **identity(info, trigger, host),
         "message_id": message_id,
         "supersedes": supersedes,
-        "capture": capture(kind, trigger, reading, now, errors),
+        "capture": with_figures(capture(kind, trigger, reading, now, errors), figures),
         "samples": [signing.signed(s.as_dict(), telemetry_secret) for s in built],
     }
     # The envelope time too: Ceilometer's stock meters.yaml stamps the samples it makes of
@@ -176,15 +187,18 @@ def validate(notification: Notification) -> None:
     The compiled validator answers "valid" fast; anything it refuses goes to jsonschema, whose
     verdict (and best-matching error) is the one that counts.
     """
-    payload = dict(notification.payload)
-    compiled = _compiled(notification.event_type)
+    validate_payload(notification.event_type, notification.payload)
+
+
+def validate_payload(event_type: str, payload: Any) -> None:
+    payload = dict(payload)
+    compiled = _compiled(event_type)
     if compiled is not None:
         try:
             compiled(payload)
             return
         except fastjsonschema.JsonSchemaException:
             pass
-    error = jsonschema.exceptions.best_match(
-        _validator(notification.event_type).iter_errors(payload))
+    error = jsonschema.exceptions.best_match(_validator(event_type).iter_errors(payload))
     if error is not None:
         raise error

@@ -32,6 +32,7 @@ from lifecycle_stats.publishing import spool_schema
 from lifecycle_stats.records import Notification, utcnow
 
 LOG = logging.getLogger(__name__)
+CAPTURE_EVENT = "compute.instance.delete.samples"
 
 SPOOL_FILENAME = "spool.sqlite"
 KINDS = ("final", "periodic")
@@ -130,7 +131,10 @@ class Spool:
         db.execute("INSERT INTO records (message_id, kind, created_at, body) "
                    "VALUES (?, ?, ?, ?)", (notification.message_id, kind, now, body))
         instance_id = notification.payload.get("instance_id")
-        if kind == "final" and isinstance(instance_id, str):
+        # Only delete.samples are captures a later capture supersedes (a final exists, spooled
+        # as `final` beside its delete.samples, is usage, not a capture).
+        if (kind == "final" and isinstance(instance_id, str)
+                and notification.event_type == CAPTURE_EVENT):
             db.execute("INSERT OR REPLACE INTO captures (instance_id, message_id, captured_at) "
                        "VALUES (?, ?, ?)", (instance_id, notification.message_id, now))
         return True

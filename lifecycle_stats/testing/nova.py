@@ -10,7 +10,9 @@ from __future__ import annotations
 import uuid
 
 from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
-from lifecycle_stats.listeners.nova_notifications import VERSIONED_DELETE_START as VERSIONED
+from lifecycle_stats.listeners.nova_notifications import (
+    LEGACY_PROCESS_ENDING, VERSIONED_PROCESS_ENDING,
+)
 from lifecycle_stats.publishing import payloads
 from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.testing.guests import NovaGuest
@@ -64,29 +66,61 @@ def versioned_payload(guest: NovaGuest, host: str, request: str | None = None) -
     }
 
 
+def event_type_of(action: str, versioned: bool) -> str:
+    """nova's .start event type of a process-ending action (delete, power_off, reboot, ...)."""
+    table = VERSIONED_PROCESS_ENDING if versioned else LEGACY_PROCESS_ENDING
+    return next(event for event, name in table.items() if name == action)
+
+
 def publish_delete_start(transport, guest: NovaGuest, host: str | None, *,
                          versioned: bool = False, exchange: str = "nova",
-                         topic: str | None = None, request: str | None = None):
-    """Send one delete.start for guest on host, as nova-compute on that host would (host
-    None: as nova-api does for an instance no host holds). topic defaults to nova's
-    (notifications / versioned_notifications); request is the delete request's id. Returns
-    the envelope timestamp (aware UTC), which oslo.messaging writes as str(utcnow()): naive,
-    with a space."""
-    import oslo_messaging
-
+                         topic: str | None = None, request: str | None = None,
+                         action: str = "delete"):
+    """Send one delete.start (or another process-ending action's .start) for guest on host,
+    as nova-compute on that host would (host None: as nova-api does for an instance no host
+    holds). topic defaults to nova's (notifications / versioned_notifications); request is the
+    request's id. Returns the envelope timestamp (aware UTC), which oslo.messaging writes as
+    str(utcnow()): naive, with a space."""
     if versioned:
-        default_topic, event_type, publisher = ("versioned_notifications", VERSIONED,
-                                                f"nova-compute:{host}")
+        default_topic, publisher = "versioned_notifications", f"nova-compute:{host}"
         payload = versioned_payload(guest, host, request)
     else:
-        default_topic, event_type, publisher = "notifications", LEGACY, f"compute.{host}"
+        default_topic, publisher = "notifications", f"compute.{host}"
         payload = legacy_payload(guest, host)
-    topic = topic or default_topic
+    return _send(transport, exchange, topic or default_topic, publisher,
+                 event_type_of(action, versioned), payload,
+                 {"request_id": request or request_id(guest)})
+
+
+def publish_exists(transport, guest: NovaGuest, host: str, begin, end, *,
+                   versioned: bool = False, exchange: str = "nova",
+                   topic: str | None = None) -> None:
+    """nova's own usage audit of guest for (begin, end] (`_instance_usage_audit`)."""
+    if versioned:
+        payload = versioned_payload(guest, host)
+        payload["nova_object.name"], payload["nova_object.version"] = (
+            "InstanceExistsPayload", "2.1")
+        payload["nova_object.data"]["audit_period"] = {
+            "nova_object.name": "AuditPeriodPayload", "nova_object.version": "1.0",
+            "nova_object.data": {"audit_period_beginning": begin.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                                 "audit_period_ending": end.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+        args = ("versioned_notifications", f"nova-compute:{host}", "instance.exists")
+    else:
+        payload = {**legacy_payload(guest, host),
+                   "audit_period_beginning": str(begin.replace(tzinfo=None)),
+                   "audit_period_ending": str(end.replace(tzinfo=None))}
+        args = ("notifications", f"compute.{host}", "compute.instance.exists")
+    _send(transport, exchange, topic or args[0], args[1], args[2], payload, {})
+
+
+def _send(transport, exchange: str, topic: str, publisher: str, event_type: str,
+          payload: dict, context: dict):
+    import oslo_messaging
+
     sent_at = utcnow()
     message = {"message_id": str(uuid.uuid4()), "publisher_id": publisher,
                "event_type": event_type, "priority": "INFO", "payload": payload,
                "timestamp": str(sent_at.replace(tzinfo=None))}
     target = oslo_messaging.Target(exchange=exchange, topic=f"{topic}.info")
-    context = {"request_id": request or request_id(guest)}
     transport._send_notification(target, context, message, version=2.0, retry=3)
     return sent_at

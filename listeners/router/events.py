@@ -15,14 +15,17 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
+from lifecycle_stats.listeners.nova_notifications import PROCESS_ENDING
 
-LIFECYCLE_ACTIONS = ("delete", "power_off", "reboot", "shelve", "rescue", "resize", "suspend")
 LEGACY_LIVE_MIGRATION = ("live_migration.pre", "live_migration._post")
 VERSIONED_LIVE_MIGRATION = ("live_migration_pre", "live_migration_post")
 
+# Every process-ending .start the agent parses (nova_notifications.PROCESS_ENDING: the one
+# list), and live migration's.
 LIFECYCLE_START_EVENTS = frozenset(
-    [f"compute.instance.{action}.start" for action in LIFECYCLE_ACTIONS + LEGACY_LIVE_MIGRATION]
-    + [f"instance.{action}.start" for action in LIFECYCLE_ACTIONS + VERSIONED_LIVE_MIGRATION])
+    list(PROCESS_ENDING)
+    + [f"compute.instance.{action}.start" for action in LEGACY_LIVE_MIGRATION]
+    + [f"instance.{action}.start" for action in VERSIONED_LIVE_MIGRATION])
 
 PUBLISHER_PREFIXES = ("compute.", "nova-compute:")
 ROUTED_TOPIC_PREFIX = "lifecycle_stats."

@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import uuid
 
-from lifecycle_stats.testing.nova import publish_delete_start
+from lifecycle_stats.testing.nova import publish_delete_start, publish_exists
 
 AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
 
@@ -128,13 +128,15 @@ class AgentProcess:
 class BillingConsumer:
     """Reads delete.samples from the broker the way a billing pipeline does."""
 
-    def __init__(self, transport, names: BusNames, *, shared_queue: bool = False):
+    def __init__(self, transport, names: BusNames, *, shared_queue: bool = False,
+                 event_types: tuple[str, ...] | None = ("compute.instance.delete.samples",)):
         """shared_queue: consume from `<samples_topic>.info`, the queue the publisher itself
         declares (as Ceilometer does), instead of a pool queue of our own; messages published
         before this consumer (re)declared its queue, e.g. right after a broker restart, then
         still reach it."""
         import oslo_messaging
 
+        self.event_types = event_types  # None: every event (the usage exists too)
         self.events: list[dict] = []
         self._cond = threading.Condition()
         target = oslo_messaging.Target(exchange=names.control_exchange, topic=names.samples_topic)
@@ -144,6 +146,8 @@ class BillingConsumer:
         self._server.start()
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        if self.event_types is not None and event_type not in self.event_types:
+            return
         with self._cond:
             self.events.append({"event_type": event_type, "publisher_id": publisher_id,
                                 "payload": payload, "envelope_id": metadata.get("message_id"),
@@ -187,12 +191,19 @@ class Nova:
         self.names = names
 
     def delete_start(self, guest, host: str | None, *, versioned: bool = False,
-                     request: str | None = None):
-        """Returns the envelope timestamp nova's message carried."""
+                     request: str | None = None, action: str = "delete"):
+        """delete.start, or the .start of another process-ending action (power_off, ...).
+        Returns the envelope timestamp nova's message carried."""
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
         return publish_delete_start(self.transport, guest, host, versioned=versioned,
                                     exchange=self.names.nova_exchange, topic=topic,
-                                    request=request)
+                                    request=request, action=action)
+
+    def exists(self, guest, host: str, begin, end, *, versioned: bool = False) -> None:
+        """nova's own compute.instance.exists / instance.exists (instance_usage_audit)."""
+        topic = self.names.versioned_topic if versioned else self.names.legacy_topic
+        publish_exists(self.transport, guest, host, begin, end, versioned=versioned,
+                       exchange=self.names.nova_exchange, topic=topic)
 
 
 def delete_queues(amqp_url: str, queues, exchanges=()) -> None:

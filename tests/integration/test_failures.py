@@ -201,6 +201,9 @@ def _spool_depth(status: dict):
     return (status.get("spool") or {}).get("depth")
 
 
+PER_DELETE = 2  # spooled per deleted instance: its delete.samples and its final exists
+
+
 # -- a. broker down with a full spool -------------------------------------------------------------
 
 def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
@@ -227,7 +230,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
         for guest in burst:
             bus.nova.delete_start(guest, host)
         agent.wait_for(lambda s: s["counters"].get("flush.final") == 20
-                       and _spool_depth(s) == 20, 60, "20 final captures spooled")
+                       and _spool_depth(s) == 20 * PER_DELETE, 60, "20 final captures spooled")
 
         _rabbitmqctl("stop_app")
         broker_stopped = True
@@ -240,7 +243,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
         for checkpoint in (3, 2, 1):  # the rest of the outage, looked at three times
             time.sleep(max(0.0, (outage_end - time.monotonic()) / checkpoint))
             status = agent.wait_for(_fresh, 5, "a fresh status")  # alive, and not hung
-            assert _spool_depth(status) == 20
+            assert _spool_depth(status) == 20 * PER_DELETE
             assert status["counters"].get("sender.messagingv2.sent", 0) == 0
             assert status["counters"]["sender.messagingv2.retries"] > retries
             retries = status["counters"]["sender.messagingv2.retries"]
@@ -251,7 +254,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
         events = billing.wait_for(20, 90)
         agent.wait_for(lambda s: _spool_depth(s) == 0, 30, "an empty spool")
         _assert_finals(events, burst)
-        assert agent.counter("sender.messagingv2.sent") == 20
+        assert agent.counter("sender.messagingv2.sent") == 20 * PER_DELETE
 
         # the listener side recovered too: its queue has a consumer again and hears nova
         queue = f"lifecycle-stats.{host}"
@@ -277,8 +280,8 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
     dead.start()
     for guest in guests:
         bus.nova.delete_start(guest, host)
-    dead.wait_for(lambda s: s["counters"].get("flush.final") == 3 and _spool_depth(s) == 3,
-                  30, "3 final captures spooled")
+    dead.wait_for(lambda s: s["counters"].get("flush.final") == 3
+                  and _spool_depth(s) == 3 * PER_DELETE, 30, "3 final captures spooled")
     assert dead.counter("sender.messagingv2.sent") == 0
     dead.kill()
     for guest in guests:  # nova destroys them: the counters exist nowhere but in the spool
@@ -290,7 +293,7 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "agent:       not running" in shown.stdout
-    assert "spool:       depth 3," in shown.stdout
+    assert f"spool:       depth {3 * PER_DELETE}," in shown.stdout
     assert f"pid {dead.proc.pid} is gone" in shown.stdout
 
     billing = bus.billing()
@@ -361,7 +364,9 @@ def test_libvirtd_restarts_lose_nothing_and_leak_nothing(bus, agents, libvirt_ur
         bus.nova.delete_start(old, host, versioned=True)
         events = billing.wait_for(2, 30)
         _assert_finals(events, [old, new])
-        assert agent.status()["connections"]["libvirt_flush"] == "connected"
+        # the status file is rewritten every 0.5 s: one written after the flush reconnected
+        agent.wait_for(lambda s: s["connections"]["libvirt_flush"] == "connected", 5,
+                       "the flush connection reported connected")
 
         threads, fds = _threads(pid), _fds(pid)
         for restarts in (2, 3):

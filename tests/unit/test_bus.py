@@ -377,3 +377,22 @@ def test_a_refused_trigger_comes_back_on_the_bus(fake_bus):
     first = fake_bus.legacy(HOST)
     wait_for(lambda: len(received) == 2)
     assert received == [first, first]
+def test_nova_exists_reaches_on_audit_only_when_enrichment_is_on():
+    exists = {**legacy_payload(str(uuid.uuid4()), HOST),
+              "audit_period_beginning": "2024-05-01 11:00:00",
+              "audit_period_ending": "2024-05-01 12:00:00"}
+    heard, counters = [], Counters()
+    endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=heard.append, counters=counters,
+                                       clock=lambda: NOW, allow_requeue=False,
+                                       on_audit=heard.append)
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.exists", exists, {}) == HANDLED
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.power_off.start", exists,
+                         {}) == HANDLED
+    assert [type(h).__name__ for h in heard] == ["AuditWindow", "DeleteTrigger"]
+    assert heard[1].action == "power_off"
+    off = bus.DeleteStartEndpoint(host=HOST, on_trigger=heard.append, counters=counters,
+                                  clock=lambda: NOW, allow_requeue=False)
+    off.info({}, f"compute.{HOST}", "compute.instance.exists", exists, {})
+    assert len(heard) == 2
+    assert counters.snapshot() == {"bus.audits.legacy": 1, "bus.triggers.legacy": 1,
+                                   "bus.ignored": 1}

@@ -34,6 +34,8 @@ def test_sample_config_is_up_to_date(tmp_path, generator_conf):
     ("libvirt", "uri", "qemu:///system"),
     ("notification_listener", "exchange", "nova"),
     ("poller", "interval", 60.0),
+    ("usage", "audit_period", "hour"),
+    ("usage", "enrich_nova_exists", False),
 ])
 def test_operator_facing_option_names_are_stable(group, name, default):
     conf = cfg.ConfigOpts()
@@ -60,3 +62,21 @@ def test_a_bad_value_names_the_option_and_the_value(tmp_path):
     conf(["--config-file", str(bad)])
     with pytest.raises(cfg.ConfigFileValueError, match="soon"):
         conf.poller.interval
+
+
+@pytest.mark.parametrize("values, option", [
+    ("audit_period = fortnight", r"\[usage\] audit_period"),
+    ("audit_period = month@31", r"\[usage\] audit_period"),
+    ("audit_period = year\nretention_days = 62", r"\[usage\] retention_days"),
+])
+def test_bad_usage_settings_name_the_option(tmp_path, values, option):
+    from lifecycle_stats.capture import period_closer
+    from lifecycle_stats.exceptions import ConfigError
+
+    bad = tmp_path / "bad.conf"
+    bad.write_text(f"[usage]\n{values}\n")
+    conf = cfg.ConfigOpts()
+    opts.register_all(conf)
+    conf(["--config-file", str(bad)])
+    with pytest.raises(ConfigError, match=option):
+        period_closer.settings(conf["usage"])

@@ -499,29 +499,3 @@ def test_close_waits_for_flushes_in_flight(box):
     threading.Timer(0.1, inspector.gates[0].set).start()
     assert flusher.close(timeout=5) is True
     assert len(spooled(box)) == 1
-def action_trigger(action, instance_id=UUID):
-    return dataclasses.replace(trigger(f"compute.instance.{action}.start", instance_id),
-                               action=action)
-
-
-@pytest.mark.parametrize("action", ["power_off", "reboot", "shelve", "rescue", "resize",
-                                    "suspend", "rebuild"])
-def test_a_non_delete_action_caches_the_live_reading_and_spools_nothing(box, action):
-    newer = dataclasses.replace(make_reading(), read_at=NOW, cpu_time_ns=999)
-    flusher = box.make(FakeInspector({UUID: newer}), FakeRegistry({UUID: make_info()}))
-    box.readings.update(make_info(), make_reading())
-    assert flusher.handle(action_trigger(action)) is flush.Outcome.CACHED
-    assert box.readings.get(UUID)[1].cpu_time_ns == 999  # the live one replaced the cached
-    assert spooled(box) == [] and box.woken == 0
-    assert box.counters.get("flush.refreshed") == 1
-    # the delete that follows is still captured once
-    assert flusher.handle(trigger()) is flush.Outcome.FINAL
-    assert len(spooled(box)) == 1
-
-
-def test_a_non_delete_action_of_a_gone_domain_keeps_the_cache(box):
-    flusher = box.make(FakeInspector({}), FakeRegistry({UUID: make_info()}))
-    box.readings.update(make_info(), make_reading())
-    assert flusher.handle(action_trigger("power_off")) is flush.Outcome.UNAVAILABLE
-    assert box.readings.get(UUID)[1] == make_reading()
-    assert spooled(box) == [] and box.counters.get("flush.refresh_missed") == 1

@@ -172,7 +172,8 @@ def test_both_formats_of_one_request_send_one_trigger(server, recorder, nova):
 
 @pytest.mark.parametrize("action", hook_protocol.ACTIONS)
 def test_every_start_action_reaches_the_agent_with_its_action(server, recorder, nova, action):
-    nova.legacy.info(context.RequestContext(), f"compute.instance.{action}.start", legacy(new_id()))
+    legacy_type = "compute.instance." + hook_protocol.ACTION_EVENTS[action][0]
+    nova.legacy.info(context.RequestContext(), legacy_type, legacy(new_id()))
     assert [t.action for t in recorder.triggers] == [action]
 
 

@@ -7,7 +7,6 @@ import datetime
 import pytest
 
 from lifecycle_stats.exceptions import RejectedMessage
-from lifecycle_stats.listeners import hook_protocol
 from lifecycle_stats.listeners import nova_notifications as nn
 
 HOST = "compute-1"
@@ -159,7 +158,7 @@ def test_an_unusable_request_id_is_no_attempt_id(context, expected):
 
 @pytest.mark.parametrize("event_type", [
     "compute.instance.delete.end", "instance.delete.end", "compute.instance.update",
-    "instance.shutdown.start", "compute.instance.exists", "", None, 42])
+    "instance.shutdown.start", "compute.instance.create.end", "instance.power_on.start", "", None, 42])
 def test_other_event_types_are_ignored_even_when_malformed(event_type):
     assert nn.parse(event_type, f"compute.{HOST}", "not even a dict", host=HOST,
                     received_at=NOW) is None
@@ -202,7 +201,7 @@ MALFORMED = [
     ("versioned-not-dict", VERSIONED, "instance.delete.start", "payload must be a dict, got str"),
     ("versioned-unknown-object", VERSIONED,
      _versioned_envelope(**{"nova_object.name": "InstanceUpdatePayload"}),
-     "nova_object.name 'InstanceUpdatePayload' is not one of ['InstanceActionPayload']"),
+     "nova_object.name 'InstanceUpdatePayload' is not one of ['InstanceActionPayload', "),
     ("versioned-no-object-name", VERSIONED, _versioned_envelope(**{"nova_object.name": DROP}),
      "nova_object.name None is not one of"),
     ("versioned-namespace", VERSIONED,
@@ -270,27 +269,78 @@ def test_bad_own_host_is_a_programming_error(host):
 ])
 def test_envelope_time_is_nova_send_time_in_utc(metadata, expected):
     assert nn.envelope_time(metadata) == expected
-ALL_ACTIONS = frozenset(hook_protocol.ACTIONS)
-VERSIONED_NAME = {"rescue": "InstanceActionRescuePayload",
-                  "rebuild": "InstanceActionRebuildPayload"}
 
 
-@pytest.mark.parametrize("action", hook_protocol.ACTIONS)
-def test_every_start_action_is_a_trigger_only_when_asked_for(action):
-    legacy_type, versioned_type = f"compute.instance.{action}.start", f"instance.{action}.start"
-    payload = {**versioned(), "nova_object.name": VERSIONED_NAME.get(action,
-                                                                     "InstanceActionPayload")}
-    for event_type, body in ((legacy_type, legacy()), (versioned_type, payload)):
-        trigger = nn.parse(event_type, f"compute.{HOST}", body, host=HOST, received_at=NOW,
-                           actions=ALL_ACTIONS)
-        assert (trigger.action, trigger.event_type, trigger.instance_id) == (
-            action, event_type, UUID)
-        assert trigger.identity == IDENTITY
-        default = nn.parse(event_type, f"compute.{HOST}", body, host=HOST, received_at=NOW)
-        assert (default is None) == (action != "delete")  # the bus: deletes only
+# -- process-ending actions and nova's exists (issue 9) -----------------------------------
+
+@pytest.mark.parametrize("event_type, action", sorted(nn.PROCESS_ENDING.items()))
+def test_every_process_ending_start_becomes_a_trigger_with_its_action(event_type, action):
+    if event_type.startswith("compute."):
+        payload, publisher = legacy(), f"compute.{HOST}"
+    else:
+        payload, publisher = versioned(), f"nova-compute:{HOST}"
+        if action in ("rescue", "unrescue", "rebuild"):
+            name = {"rebuild": "InstanceActionRebuildPayload"}.get(action,
+                                                                 "InstanceActionRescuePayload")
+            payload["nova_object.name"] = name
+    got = nn.parse(event_type, publisher, payload, host=HOST, received_at=NOW)
+    assert (got.instance_id, got.action, got.event_type) == (UUID, action, event_type)
+    assert nn.parse(event_type, publisher, payload, host="elsewhere", received_at=NOW) is None
 
 
-def test_a_rescue_must_carry_the_rescue_payload():
-    with pytest.raises(RejectedMessage, match="InstanceActionRescuePayload"):
-        nn.parse("instance.rescue.start", f"nova-compute:{HOST}", versioned(), host=HOST,
-                 received_at=NOW, actions=ALL_ACTIONS)
+def test_the_list_covers_both_forms_of_each_action():
+    assert sorted(nn.LEGACY_PROCESS_ENDING.values()) == sorted(
+        nn.VERSIONED_PROCESS_ENDING.values())
+    assert {"delete", "power_off", "reboot", "shelve", "rescue", "resize",
+            "suspend"} <= set(nn.PROCESS_ENDING.values())
+    assert nn.PROCESS_ENDING["compute.instance.resize.revert.start"] == "resize_revert"
+
+
+def exists_versioned(begin="2026-11-22T01:00:00Z", end="2026-11-22T02:00:00Z", **changes):
+    payload = versioned(**changes)
+    payload["nova_object.name"] = "InstanceExistsPayload"
+    payload["nova_object.version"] = "2.1"
+    payload["nova_object.data"]["audit_period"] = {
+        "nova_object.name": "AuditPeriodPayload", "nova_object.version": "1.0",
+        "nova_object.data": {"audit_period_beginning": begin, "audit_period_ending": end}}
+    return payload
+
+
+def test_nova_legacy_and_versioned_exists_give_the_same_window():
+    legacy_payload = legacy(audit_period_beginning="2026-11-22 01:00:00",
+                            audit_period_ending="2026-11-22 02:00:00")
+    one = nn.parse("compute.instance.exists", f"compute.{HOST}", legacy_payload, host=HOST,
+                   received_at=NOW)
+    two = nn.parse("instance.exists", f"nova-compute:{HOST}", exists_versioned(), host=HOST,
+                   received_at=NOW)
+    for window in (one, two):
+        assert window.instance_id == UUID
+        assert window.begin == datetime.datetime(2026, 11, 22, 1, tzinfo=datetime.timezone.utc)
+        assert window.end == datetime.datetime(2026, 11, 22, 2, tzinfo=datetime.timezone.utc)
+
+
+def test_exists_from_anyone_but_nova_compute_is_not_nova_s():
+    payload = legacy(audit_period_beginning="2026-11-22 01:00:00",
+                     audit_period_ending="2026-11-22 02:00:00")
+    for publisher in (f"lifecycle-stats.{HOST}", None, f"nova-api:{HOST}"):
+        assert nn.parse("compute.instance.exists", publisher, payload, host=HOST,
+                        received_at=NOW) is None
+
+
+@pytest.mark.parametrize("begin, end, reason", [
+    ("yesterday", "2026-11-22T02:00:00Z", "audit_period_beginning is not a date-time"),
+    ("2026-11-22T03:00:00Z", "2026-11-22T02:00:00Z", "ends"),
+    (None, "2026-11-22T02:00:00Z", "must be a date-time string"),
+])
+def test_a_malformed_exists_is_rejected_with_the_reason(begin, end, reason):
+    with pytest.raises(RejectedMessage, match=reason):
+        nn.parse("instance.exists", f"nova-compute:{HOST}", exists_versioned(begin, end),
+                 host=HOST, received_at=NOW)
+
+
+def test_actions_narrows_what_is_a_trigger():
+    only_deletes = frozenset({"delete"})
+    assert nn.parse("compute.instance.power_off.start", f"compute.{HOST}", legacy(), host=HOST,
+                    received_at=NOW, actions=only_deletes) is None
+    assert nn.parse("compute.instance.delete.start", f"compute.{HOST}", legacy(), host=HOST,
+                    received_at=NOW, actions=only_deletes).action == "delete"

@@ -1,0 +1,44 @@
+"""msgpack forms of the records the usage ledger keeps (readings and instance identity)."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from typing import Any
+
+import msgpack
+
+from lifecycle_stats.records import UTC, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def unpack(body: bytes) -> Any:
+    return msgpack.unpackb(body, raw=False)
+
+
+def encode_reading(reading: DomainReading) -> bytes:
+    doc = dataclasses.asdict(reading)
+    doc["read_at"] = reading.read_at.timestamp()
+    return pack(doc)
+
+
+def decode_reading(body: bytes) -> DomainReading:
+
+    doc = unpack(body)
+    doc["read_at"] = datetime.datetime.fromtimestamp(doc["read_at"], UTC)
+    doc["disks"] = tuple(DiskStats(**d) for d in doc["disks"])
+    doc["vnics"] = tuple(VnicStats(**v) for v in doc["vnics"])
+    known = {f.name for f in dataclasses.fields(DomainReading)}
+    return DomainReading(**{k: v for k, v in doc.items() if k in known})
+
+
+def encode_info(info: InstanceInfo) -> bytes:
+    return pack(dataclasses.asdict(info))
+
+
+def decode_info(body: bytes) -> InstanceInfo:
+    doc = unpack(body)
+    doc["flavor"] = Flavor(**doc["flavor"])
+    return InstanceInfo(**doc)

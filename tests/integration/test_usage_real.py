@@ -1,0 +1,292 @@
+"""Usage over an instance's whole life, on the real libvirtd with real QEMU guests and the
+real RabbitMQ, the agent running as its own process (harness.AgentProcess).
+
+Nova is played as nova-compute does it: a process-ending `.start` on the bus, then the driver
+call (destroy / create). Bounds come from our own reads of the guest's counters just before
+the announcement and just after the agent took its reading; the agent's first reading of each
+instance (its baseline) is read from the persisted ledger.
+"""
+from __future__ import annotations
+
+import datetime
+import sqlite3
+import time
+import uuid
+
+import libvirt
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+
+from lifecycle_stats.capture import usage_codec
+from lifecycle_stats.publishing import payloads
+from tests.integration import harness
+from tests.integration.conftest import amqp_url
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+RUN = uuid.uuid4().hex[:8]
+HOST = f"lst-usage-{RUN}"
+KILL_HOST = f"lst-usage-{RUN}-kill"
+ENRICH_HOST = f"lst-usage-{RUN}-enrich"
+EVENT_WAIT = 20.0
+
+
+@pytest.fixture(scope="module")
+def names():
+    return harness.BusNames()
+
+
+@pytest.fixture(scope="module")
+def bus(rabbit_url, names):
+    conf = cfg.ConfigOpts()
+    conf([], project="lifecycle-stats-usage", default_config_files=[])
+    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+    billing = None
+    try:
+        billing = harness.BillingConsumer(transport, names, event_types=None)
+        yield billing, harness.Nova(transport, names)
+    finally:
+        try:
+            if billing is not None:
+                billing.stop()
+            transport.cleanup()
+        finally:
+            harness.delete_queues(amqp_url(rabbit_url),
+                                  names.queues([HOST, KILL_HOST, ENRICH_HOST]),
+                                  [names.nova_exchange, names.control_exchange])
+
+
+@pytest.fixture(scope="module")
+def billing(bus):
+    return bus[0]
+
+
+@pytest.fixture(scope="module")
+def nova(bus):
+    return bus[1]
+
+
+def start_agent(workdir, host, names, libvirt_uri, rabbit_url,
+                extra=None) -> harness.AgentProcess:
+    process = harness.AgentProcess(workdir, host=host, transport_url=rabbit_url, names=names,
+                                   libvirt_uri=libvirt_uri, poll_interval=1.0, extra=extra)
+    process.start()
+    return process
+
+
+@pytest.fixture(scope="module")
+def agent(names, libvirt_uri, rabbit_url, tmp_path_factory, bus):
+    process = start_agent(tmp_path_factory.mktemp("usage"), HOST, names, libvirt_uri,
+                          rabbit_url)
+    try:
+        yield process
+    finally:
+        try:
+            process.stop(timeout=20)
+        finally:
+            process.kill()
+
+
+@pytest.fixture
+def reader(libvirt_uri):
+    conn = libvirt.open(libvirt_uri)
+    yield conn
+    conn.close()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def cpu(conn, guest) -> int:
+    return conn.lookupByUUIDString(guest.instance_id).info()[4]
+
+
+def bump(agent, counter: str, action) -> None:
+    """Run action (nova's announcement), then wait until the agent counted its reading."""
+    before = agent.counter(counter)
+    action()
+    agent.wait_for(lambda s: s.get("counters", {}).get(counter, 0) > before, 20.0, counter)
+
+
+def polled(agent, times: int = 2) -> None:
+    """Wait for bulk polls that started after now (a running one may predate our change)."""
+    target = agent.counter("poller.polls") + times
+    agent.wait_for(lambda s: s.get("counters", {}).get("poller.polls", 0) >= target, 45.0,
+                   "poller.polls")
+
+
+def delete_events(billing, guest) -> dict[str, dict]:
+    """delete.samples and the final exists of guest, once both arrived."""
+    deadline = time.monotonic() + EVENT_WAIT
+    while time.monotonic() < deadline:
+        got = {e["event_type"]: e for e in billing.by_instance().get(guest.instance_id, [])}
+        if {"compute.instance.delete.samples", "compute.instance.exists"} <= set(got):
+            for event in got.values():
+                payloads.validate_payload(event["event_type"], event["payload"])
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"events of {guest.instance_id}: {billing.by_instance()}")
+
+
+def ledger_first_cpu(agent, guest) -> int:
+    """The agent's baseline: the cpu of its first reading of the instance (usage.sqlite)."""
+    db = sqlite3.connect(f"file:{agent.state_path / 'usage.sqlite'}?mode=ro", uri=True)
+    try:
+        [body] = db.execute("SELECT first FROM processes WHERE instance_id = ? AND number = 1",
+                            (guest.instance_id,)).fetchone()
+    finally:
+        db.close()
+    return usage_codec.decode_reading(body).cpu_time_ns
+
+
+def running_guest(guest_factory, agent):
+    guest, dom = guest_factory.create(paused=False)
+    polled(agent)
+    return guest, dom
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+def test_usage_continues_across_power_off_and_on(agent, nova, billing, guest_factory,
+                                                 reader):
+    guest, dom = running_guest(guest_factory, agent)
+    first_low = cpu(reader, guest)
+    bump(agent, "flush.action.power_off",
+         lambda: nova.delete_start(guest, HOST, action="power_off"))
+    first_high = cpu(reader, guest)
+    dom.destroy()  # nova's power-off: the first QEMU process ends, the domain stays defined
+    dom.create()  # power-on: a new QEMU process, counters from zero
+    polled(agent)
+    second_low = cpu(reader, guest)
+    bump(agent, "flush.final", lambda: nova.delete_start(guest, HOST))
+    second_high = cpu(reader, guest)
+    guest_factory.destroy(guest)
+    events = delete_events(billing, guest)
+    usage = events["compute.instance.exists"]["payload"]["usage"]
+    base = ledger_first_cpu(agent, guest)
+    assert first_low - base + second_low <= usage["cpu_time_ns"]
+    assert usage["cpu_time_ns"] <= first_high - base + second_high
+    assert usage["processes"] == 2 and usage["complete"] is True
+    assert events["compute.instance.delete.samples"]["payload"]["capture"]["complete"] is True
+
+
+def test_usage_continues_across_a_hard_reboot(agent, nova, billing, guest_factory, reader):
+    guest, dom = running_guest(guest_factory, agent)
+    first_low = cpu(reader, guest)
+    bump(agent, "flush.action.reboot",
+         lambda: nova.delete_start(guest, HOST, action="reboot", versioned=True))
+    first_high = cpu(reader, guest)
+    dom.destroy()  # nova's hard reboot: destroy, then create the domain again
+    dom.create()
+    polled(agent)
+    second_low = cpu(reader, guest)
+    bump(agent, "flush.final", lambda: nova.delete_start(guest, HOST, versioned=True))
+    second_high = cpu(reader, guest)
+    guest_factory.destroy(guest)
+    usage = delete_events(billing, guest)["compute.instance.exists"]["payload"]["usage"]
+    base = ledger_first_cpu(agent, guest)
+    assert first_low - base + second_low <= usage["cpu_time_ns"]
+    assert usage["cpu_time_ns"] <= first_high - base + second_high
+    assert usage["processes"] == 2 and usage["usage_incomplete"] == []
+
+
+def test_power_off_then_delete_is_complete_with_the_domain_shut_off(agent, nova, billing,
+                                                                    guest_factory, reader):
+    guest, dom = running_guest(guest_factory, agent)
+    bump(agent, "flush.action.power_off",
+         lambda: nova.delete_start(guest, HOST, action="power_off"))
+    closing_high = cpu(reader, guest)
+    dom.destroy()
+    time.sleep(1.5)  # powered off for a while (polls skip it: only active domains are read)
+    bump(agent, "flush.last_known", lambda: nova.delete_start(guest, HOST))
+    guest_factory.destroy(guest)
+    events = delete_events(billing, guest)
+    capture = events["compute.instance.delete.samples"]["payload"]["capture"]
+    assert capture["kind"] == "last_known" and capture["complete"] is True
+    assert capture["domain_state"] == "shutoff" and capture["read_state"] == "running"
+    samples = events["compute.instance.delete.samples"]["payload"]["samples"]
+    [cpu_sample] = [s for s in samples if s["name"] == "cpu"]
+    assert 0 < cpu_sample["volume"] <= closing_high
+    usage = events["compute.instance.exists"]["payload"]["usage"]
+    assert usage["complete"] is True
+    assert usage["cpu_time_ns"] == cpu_sample["volume"] - ledger_first_cpu(agent, guest)
+
+
+def test_a_delete_racing_destroy_is_stale_and_the_loss_is_bounded(agent, nova, billing,
+                                                                  guest_factory, reader):
+    guest, dom = running_guest(guest_factory, agent)
+    cpu_at_destroy = cpu(reader, guest)
+    nova.delete_start(guest, HOST)
+    dom.destroy()  # Δ ≈ 0: nova destroys before the agent's read
+    guest_factory.destroy(guest)
+    events = delete_events(billing, guest)
+    capture = events["compute.instance.delete.samples"]["payload"]["capture"]
+    usage = events["compute.instance.exists"]["payload"]["usage"]
+    if capture["kind"] == "final":  # the agent won the race after all: nothing to bound
+        assert capture["complete"] is True and usage["complete"] is True
+        return
+    assert capture["kind"] == "last_known" and capture["complete"] is False
+    assert capture["domain_state"] in ("shutoff", "gone")  # destroyed; undefined or not yet
+    [missed] = usage["usage_incomplete"]
+    assert usage["complete"] is False and 0 < missed["seconds"] < 45
+    # what the polls read before the destroy is accounted (a poll may land in the few ms
+    # between our read and the destroy: 1 s of cpu of slack); the rest is the bounded loss
+    assert 0 < usage["cpu_time_ns"] <= cpu_at_destroy - ledger_first_cpu(agent, guest) + 10**9
+
+
+def test_kill_minus_9_mid_period_keeps_the_ledger(names, libvirt_uri, rabbit_url, nova,
+                                                   billing, guest_factory, reader, tmp_path):
+    process = start_agent(tmp_path, KILL_HOST, names, libvirt_uri, rabbit_url)
+    try:
+        guest, dom = running_guest(guest_factory, process)
+        before_kill = cpu(reader, guest)
+        polled(process)
+        process.kill()  # SIGKILL: nothing flushed, closed or drained
+        base = ledger_first_cpu(process, guest)
+        process.start()  # same state_path: the ledger is all it has
+        polled(process)
+        bump(process, "flush.final", lambda: nova.delete_start(guest, KILL_HOST))
+        guest_factory.destroy(guest)
+        usage = delete_events(billing, guest)["compute.instance.exists"]["payload"]["usage"]
+        assert usage["cpu_time_ns"] >= before_kill - base  # read before the kill, kept
+        assert usage["processes"] == 1 and usage["complete"] is True
+    finally:
+        try:
+            process.stop(timeout=20)
+        finally:
+            process.kill()
+
+
+def test_nova_s_own_exists_is_enriched_for_exactly_its_window(names, libvirt_uri, rabbit_url,
+                                                             nova, billing, guest_factory,
+                                                             tmp_path):
+    process = start_agent(tmp_path, ENRICH_HOST, names, libvirt_uri, rabbit_url,
+                          extra={"usage": {"enrich_nova_exists": "true"}})
+    try:
+        guest, _ = running_guest(guest_factory, process)
+        polled(process)
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        begin, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(hours=1)
+        nova.exists(guest, ENRICH_HOST, begin, end)
+        nova.exists(guest, ENRICH_HOST, begin, end, versioned=True)  # format "both"
+        process.wait_for(lambda s: s.get("counters", {}).get("bus.audits.versioned", 0) >= 1,
+                         20.0, "both exists heard")
+        deadline = time.monotonic() + EVENT_WAIT
+        while time.monotonic() < deadline and not billing.by_instance().get(guest.instance_id):
+            time.sleep(0.1)
+        time.sleep(1.0)  # a second copy would have arrived by now
+        [event] = billing.by_instance()[guest.instance_id]
+        payload = event["payload"]
+        payloads.validate_payload(event["event_type"], payload)
+        assert event["event_type"] == "compute.instance.exists"
+        assert event["publisher_id"] == f"lifecycle-stats.{ENRICH_HOST}"
+        assert payload["audit_period_beginning"] == str(begin.replace(tzinfo=None))
+        assert payload["audit_period_ending"] == str(end.replace(tzinfo=None))
+        assert payload["period_source"] == "nova_audit" and payload["final"] is False
+        assert payload["usage"]["cpu_time_ns"] > 0 and payload["usage"]["processes"] == 1
+        assert set(payload["bandwidth"]) == set(guest.vnics)
+    finally:
+        try:
+            process.stop(timeout=20)
+        finally:
+            process.kill()
