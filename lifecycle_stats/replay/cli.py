@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
 import time
+import warnings
 
 from lifecycle_stats.replay import format as fmt
 
@@ -97,14 +99,14 @@ def cmd_record(args) -> int:
                             poll_interval=args.poll_interval,
                             domains=lambda name: name.startswith(args.domain_prefix))
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    for signum in (signal.SIGINT, signal.SIGTERM):  # every frame is whole: stop between them
+        signal.signal(signum, lambda *_: stopping.set())
     started = time.monotonic()
-    rec.start()
-    print(f"recording host {args.host} to {args.output} (Ctrl-C to stop)", file=sys.stderr)
     try:
+        rec.start()
+        print(f"recording host {args.host} to {args.output} (Ctrl-C to stop)", file=sys.stderr,
+              flush=True)
         stopping.wait(args.duration)
-    except KeyboardInterrupt:
-        pass
     finally:
         rec.stop()
         writer.close()
@@ -165,6 +167,8 @@ def cmd_show(args) -> int:
 
 
 def main(argv=None) -> int:
+    # oslo.messaging imports oslo.service, which warns that eventlet (unused here) is deprecated
+    warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     command = {"record": cmd_record, "run": cmd_run, "show": cmd_show}[args.command]
@@ -173,6 +177,9 @@ def main(argv=None) -> int:
     except fmt.RecordingError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `show ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

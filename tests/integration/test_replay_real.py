@@ -122,3 +122,43 @@ def test_record_replay_and_live_replay_to_the_real_agent(
         billing.stop()
         harness.delete_queues(amqp_url(rabbit_url), names.queues([AGENT_HOST]),
                               [names.nova_exchange, names.control_exchange])
+
+
+def test_ctrl_c_leaves_a_valid_recording_and_no_queue(tmp_path, rabbit_url, libvirt_uri):
+    import kombu
+    import signal
+
+    names = harness.BusNames()
+    pool = f"lst-rec-ctrlc-{RUN}"
+    path = tmp_path / "ctrl-c.lsrec"
+    proc = subprocess.Popen(
+        [REPLAY, "record", "-o", str(path), "--host", RECORDED_HOST, "--uri", libvirt_uri,
+         "--url", rabbit_url, "--exchange", names.nova_exchange,
+         "--legacy-topic", names.legacy_topic, "--versioned-topic", names.versioned_topic,
+         "--pool", pool, "--poll-interval", "0.5", "--domain-prefix", f"lst-{RUN}-none"],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        lines = iter(proc.stderr.readline, "")
+        assert any("recording host" in line for line in lines)
+        time.sleep(1.8)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        summary = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        harness.delete_queues(amqp_url(rabbit_url), [f"{pool}.legacy", f"{pool}.versioned"],
+                              [names.nova_exchange])
+    recording = fmt.read(str(path))
+    assert recording.header["host"] == RECORDED_HOST
+    assert recording.header["hypervisor"] == "QEMU" and recording.header["qemu_version"]
+    polls = [e for e in recording.entries if e.kind == fmt.POLL]
+    assert polls and f"recorded {len(recording.entries)} entries" in summary
+    with kombu.Connection(amqp_url(rabbit_url), connect_timeout=5) as conn:
+        for queue in (f"{pool}.legacy", f"{pool}.versioned"):
+            try:
+                conn.channel().queue_declare(queue, passive=True)
+                exists = True
+            except Exception:  # the broker answers NOT_FOUND for a deleted queue
+                exists = False
+            assert not exists, f"recorder left queue {queue}"

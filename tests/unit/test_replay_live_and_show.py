@@ -1,0 +1,110 @@
+"""`run --live` over oslo.messaging's fake:// bus (pace, topics, host rewrite, progress) and
+`show`'s timeline of a shipped recording."""
+from __future__ import annotations
+
+import io
+import pathlib
+import threading
+
+import oslo_messaging
+import pytest
+from oslo_config import cfg
+
+from lifecycle_stats.replay import cli, live
+from lifecycle_stats.replay import format as fmt
+
+RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
+BURST = RECORDINGS / "burst-of-deletes.lsrec"
+
+
+class Heard:
+    def __init__(self):
+        self.messages = []
+        self.cond = threading.Condition()
+
+    def info(self, ctxt, publisher_id, event_type, payload, metadata):
+        with self.cond:
+            self.messages.append((publisher_id, event_type, payload))
+            self.cond.notify_all()
+
+
+class FakeTime:
+    def __init__(self):
+        self.now = 100.0
+        self.slept = []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(round(seconds, 6))
+        self.now += seconds
+
+
+def listen(transport, topic):
+    heard = Heard()
+    server = oslo_messaging.get_notification_listener(
+        transport, [oslo_messaging.Target(exchange="nova-x", topic=topic)], [heard],
+        executor="threading", pool=f"test-{topic}")
+    server.start()
+    return heard, server
+
+
+def test_live_publishes_every_nova_message_on_its_topic_at_the_recorded_pace():
+    recording = fmt.read(str(BURST))
+    nova = [e for e in recording.entries if e.kind == fmt.NOVA]
+    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url="fake://")
+    legacy, legacy_server = listen(transport, "leg")
+    versioned, versioned_server = listen(transport, "ver")
+    clock = FakeTime()
+    try:
+        summary = live.publish(recording, transport, speed=2.0, exchange="nova-x",
+                               topics={"legacy": "leg", "versioned": "ver"},
+                               as_host="other-host", progress=io.StringIO(),
+                               monotonic=clock.monotonic, sleep=clock.sleep)
+        with legacy.cond:
+            legacy.cond.wait_for(lambda: len(legacy.messages) == 2, 5)
+        with versioned.cond:
+            versioned.cond.wait_for(lambda: len(versioned.messages) == 3, 5)
+    finally:
+        for server in (legacy_server, versioned_server):
+            server.stop()
+            server.wait()
+        transport.cleanup()
+    assert (summary.sent, summary.total) == (5, 5)
+    gaps = [round((b.t - a.t) / 2, 6) for a, b in zip(nova, nova[1:])]
+    assert clock.slept == pytest.approx([g for g in gaps if g > 0], abs=2e-6)
+    assert {p for p, _, _ in legacy.messages} == {"compute.other-host"}
+    assert {p for p, _, _ in versioned.messages} == {"nova-compute:other-host"}
+    assert {m[2]["host"] for m in legacy.messages} == {"other-host"}
+    assert {m[2]["nova_object.data"]["host"] for m in versioned.messages} == {"other-host"}
+    assert summary.line().startswith("sent 5 of 5 nova notifications in ")
+
+
+def test_progress_draws_only_on_a_terminal():
+    quiet = io.StringIO()
+    live.Progress(quiet, 4).update(2, 1.0, force=True)
+    assert quiet.getvalue() == ""
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = live.Progress(tty, 4)
+    bar.update(2, 1.0, force=True)
+    bar.end()
+    assert tty.getvalue() == "\r[" + "#" * 15 + "." * 15 + "] 2/4  2.0/s \n"
+
+
+def test_show_prints_the_timeline(capsys):
+    assert cli.main(["show", str(RECORDINGS / "agent-restart.lsrec")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"recording {RECORDINGS / 'agent-restart.lsrec'} (format 1)"
+    assert "host compute-rec-1, QEMU" in lines[1]
+    body = "\n".join(lines[2:])
+    for expected in ("agent stopped", "agent started", "nova compute.instance.delete.start",
+                     "nova instance.delete.start", "libvirt stopped/destroyed",
+                     "↳ read: domain gone", "metadata: nova's, m1.nano"):
+        assert expected in body
+    assert len(lines) == 2 + len(fmt.read(str(RECORDINGS / "agent-restart.lsrec")).entries)
