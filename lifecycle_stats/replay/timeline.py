@@ -30,11 +30,18 @@ def header_lines(recording: fmt.Recording) -> list[str]:
 def lines(recording: fmt.Recording) -> Iterator[str]:
     yield from header_lines(recording)
     known = names(recording)
+    last_event = None  # the newest entry that is not an answer
     for entry in recording.entries:
         data = entry.data
         who, what = describe(entry.kind, data)
         label = f"{known.get(who, '')} {who[:8]}".strip() if who else ""
-        indent = "    ↳ " if "cause" in data else ""
+        indent = ""
+        if "cause" in data:
+            indent = "    ↳ "
+            if data["cause"] != last_event:  # answers a call made earlier: say which
+                what += f"  (answers +{recording.entries[data['cause']].t:.3f}s)"
+        else:
+            last_event = entry.index
         yield f"  +{entry.t:9.3f}s  {label:<22} {indent}{what}"
 
 
