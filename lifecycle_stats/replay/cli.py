@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="record a live host")
     rec.add_argument("-o", "--output", required=True, help="recording file to write")
     rec.add_argument("--host", default=socket.gethostname(),
-                     help="this compute host's name, as nova-compute's `host` (default: %(default)s)")
+                     help="this compute host's name, as nova-compute's `host` "
+                          "(default: %(default)s)")
     rec.add_argument("--uri", default="qemu:///system", help="libvirt URI (default: %(default)s)")
     _bus_args(rec)
     rec.add_argument("--pool", default=None,

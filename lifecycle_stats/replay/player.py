@@ -91,7 +91,8 @@ class Player:
                                      conduits=[CONDUIT], clock=self.clock,
                                      counters=self.counters)
         self.hostname = recording.host
-        self.publisher_id = recording.header.get("publisher_id") or f"lifecycle-stats.{self.hostname}"
+        self.publisher_id = (recording.header.get("publisher_id")
+                             or f"lifecycle-stats.{self.hostname}")  # the agent's default
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 
