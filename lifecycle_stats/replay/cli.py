@@ -23,6 +23,10 @@ PROG = "lifecycle-stats-replay"
 DEFAULT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 
 
+class CommandError(Exception):
+    """A failure the user can act on; printed as one line."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,11 +91,18 @@ def cmd_record(args) -> int:
 
     libvirt_events.ensure_event_loop()
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    conn = libvirt.open(args.uri)
+    try:
+        conn = libvirt.open(args.uri)
+    except libvirt.libvirtError as exc:
+        raise CommandError(f"cannot connect to libvirt at {args.uri}: {exc}") from None
     try:
         header = recorder.host_header(conn, args.host, args.uri)
     finally:
         conn.close()
+    try:
+        recorder.check_bus(args.url)
+    except ConnectionError as exc:
+        raise CommandError(f"cannot reach the bus at {args.url.split('@')[-1]}: {exc}") from None
     transport = _transport(args.url)
     writer = fmt.open_writer(args.output, {**header, "exchange": args.exchange,
                                            "topics": _topics(args)})
@@ -152,6 +163,8 @@ def _run_live(args, recording: fmt.Recording) -> int:
         summary = live.publish(recording, transport, speed=args.speed,
                                exchange=args.exchange, topics=_topics(args),
                                as_host=args.as_host)
+    except live.PublishError as exc:
+        raise CommandError(f"{args.url.split('@')[-1]}: {exc}") from None
     finally:
         transport.cleanup()
     print(summary.line(), file=sys.stderr)
@@ -175,7 +188,7 @@ def main(argv=None) -> int:
     command = {"record": cmd_record, "run": cmd_run, "show": cmd_show}[args.command]
     try:
         return command(args)
-    except fmt.RecordingError as exc:
+    except (fmt.RecordingError, CommandError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `show ... | head`: the reader has all it wanted

@@ -18,6 +18,10 @@ from typing import IO, Any, Callable
 from lifecycle_stats.records import isotime, utcnow
 from lifecycle_stats.replay import format as fmt
 
+class PublishError(Exception):
+    """The bus refused a notification; str() says how far the replay got."""
+
+
 DEFAULT_TOPICS = {"legacy": "notifications", "versioned": "versioned_notifications"}
 
 
@@ -103,7 +107,12 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
         topic = topics.get(data.get("topic"), topics["legacy"])
         target = oslo_messaging.Target(exchange=exchange,
                                        topic=f"{topic}.{message['priority'].lower()}")
-        transport._send_notification(target, {}, message, version=2.0, retry=3)
+        try:
+            transport._send_notification(target, {}, message, version=2.0, retry=3)
+        except Exception as exc:  # any failure of the bus ends the run: say where it stopped
+            bar.end()
+            raise PublishError(f"bus refused notification {done + 1} of {len(entries)} "
+                               f"(offset {entry.offset}): {type(exc).__name__}: {exc}") from exc
         lags.append(max(0.0, (monotonic() - due) * 1000))
         bar.update(done + 1, monotonic() - start)
     bar.update(len(entries), monotonic() - start, force=True)

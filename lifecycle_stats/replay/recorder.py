@@ -189,14 +189,36 @@ class Recorder:
                 LOG.warning("poll failed: %s", exc)
 
 
-def delete_queues(transport_url: str, queues: list[str]) -> None:
-    """Remove the recorder's pool queues, which would otherwise keep filling (rabbit only)."""
+def _amqp_url(transport_url: str) -> str | None:
+    """kombu's URL of the first broker of a rabbit:// transport URL; None for other drivers."""
     if not transport_url.startswith("rabbit://"):
+        return None
+    return "amqp://" + transport_url.split("://", 1)[1].split(",")[0]
+
+
+def check_bus(transport_url: str) -> None:
+    """Raise ConnectionError when the broker does not answer: oslo.messaging's listener would
+    retry for ever in start() instead (rabbit only; other drivers are not checked)."""
+    url = _amqp_url(transport_url)
+    if url is None:
         return
     import kombu
 
-    with kombu.Connection("amqp://" + transport_url.split("://", 1)[1].split(",")[0],
-                          connect_timeout=5) as conn:
+    with kombu.Connection(url, connect_timeout=5) as conn:
+        try:
+            conn.ensure_connection(max_retries=1, interval_start=0.5, timeout=10)
+        except Exception as exc:  # kombu raises OperationalError, socket or auth errors
+            raise ConnectionError(f"{exc}") from None
+
+
+def delete_queues(transport_url: str, queues: list[str]) -> None:
+    """Remove the recorder's pool queues, which would otherwise keep filling (rabbit only)."""
+    url = _amqp_url(transport_url)
+    if url is None:
+        return
+    import kombu
+
+    with kombu.Connection(url, connect_timeout=5) as conn:
         for queue in queues:
             try:
                 conn.channel().queue_delete(queue)

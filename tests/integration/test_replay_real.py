@@ -162,3 +162,18 @@ def test_ctrl_c_leaves_a_valid_recording_and_no_queue(tmp_path, rabbit_url, libv
             except Exception:  # the broker answers NOT_FOUND for a deleted queue
                 exists = False
             assert not exists, f"recorder left queue {queue}"
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--live", "tests/recordings/single-delete.lsrec", "--speed", "0"],
+    ["record", "-o", "{tmp}/never.lsrec", "--duration", "1"],
+], ids=["live", "record"])
+def test_an_unreachable_bus_is_one_line_and_a_non_zero_exit(command, tmp_path, libvirt_uri):
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in command]
+    done = subprocess.run([REPLAY, *argv, "--url", "rabbit://guest:guest@127.0.0.1:1/"],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 1
+    (line,) = [l for l in done.stderr.splitlines() if l.startswith("lifecycle-stats-replay:")]
+    assert "127.0.0.1:1/" in line and "Connection refused" in line
+    assert not (tmp_path / "never.lsrec").exists()
