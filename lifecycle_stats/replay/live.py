@@ -96,6 +96,7 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
     first = entries[0].t if entries else 0.0
     start = monotonic()
     lags = []
+    targets: dict[tuple[str, str], oslo_messaging.Target] = {}
     for done, entry in enumerate(entries):
         due = start + ((entry.t - first) / speed if speed > 0 else 0.0)
         if (wait := due - monotonic()) > 0:
@@ -104,9 +105,10 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
         message = {"message_id": data.get("message_id"), "publisher_id": data["publisher_id"],
                    "event_type": data["event_type"], "priority": data.get("priority", "INFO"),
                    "payload": data["payload"], "timestamp": isotime(utcnow())}
-        topic = topics.get(data.get("topic"), topics["legacy"])
-        target = oslo_messaging.Target(exchange=exchange,
-                                       topic=f"{topic}.{message['priority'].lower()}")
+        key = (topics.get(data.get("topic"), topics["legacy"]), message["priority"].lower())
+        if key not in targets:
+            targets[key] = oslo_messaging.Target(exchange=exchange, topic=".".join(key))
+        target = targets[key]
         try:
             transport._send_notification(target, {}, message, version=2.0, retry=3)
         except Exception as exc:  # any failure of the bus ends the run: say where it stopped
