@@ -1,6 +1,6 @@
 """`lifecycle-stats-replay run --live` as a load generator, on the real RabbitMQ.
 
-A synthetic recording of N legacy delete.start messages, 1 ms apart, is published in
+A synthetic recording of N legacy delete.start messages, --gap-ms apart, is published in
 interleaved rounds three ways: a bare loop of transport._send_notification over the same
 messages (the baseline: what the bus takes), live.publish at --speed 0 (back to back, the
 replay's own overhead on top), and live.publish at the recorded pace (--speed 1: how close it
@@ -8,7 +8,7 @@ keeps to the schedule). A queue of its own is bound to the run's exchange so the
 really stores every message; queue and exchange are removed at the end. Also: offline replay
 (`run`) throughput of a recording of D deletes, each answered by a live read.
 
-    .venv/bin/python benchmarks/replay_live.py [--messages 2000] [--rounds 3] [--deletes 200]
+    .venv/bin/python benchmarks/replay_live.py [--messages 1000] [--gap-ms 5] [--rounds 3] [--deletes 200]
 """
 from __future__ import annotations
 
@@ -39,9 +39,13 @@ HOST = "bench-host"
 START = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)
 
 
-def synthetic(path: str, messages: int, answered: bool) -> fmt.Recording:
-    """messages delete.start 1 ms apart; answered: each followed by the read of its domain."""
-    ticks = itertools.chain([0.0], itertools.count(0.001, 0.0005))
+def synthetic(path: str, messages: int, answered: bool, gap: float = 0.0) -> fmt.Recording:
+    """messages delete.start gap seconds apart; answered: each followed by the read of its
+    domain (and its metadata), all at once."""
+    per_message = 3 if answered else 1
+    times = itertools.chain.from_iterable((i * gap,) * per_message
+                                          for i in range(1, messages + 1))
+    ticks = itertools.chain([0.0], times)
     with open(path, "wb") as stream:
         writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
                                      monotonic=lambda: next(ticks))
@@ -90,7 +94,9 @@ def bare_loop(recording: fmt.Recording, transport, exchange: str) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--gap-ms", type=float, default=5.0,
+                        help="recorded spacing of the messages (5 ms: 200/s at --speed 1)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--deletes", type=int, default=200)
     parser.add_argument("--url", default="rabbit://guest:guest@127.0.0.1:5672/")
@@ -105,18 +111,22 @@ def main() -> int:
     rows, lags = {"bare loop (baseline)": [], "run --live --speed 0": [],
                   "run --live --speed 1": []}, []
     with tempfile.TemporaryDirectory() as tmp:
-        recording = synthetic(os.path.join(tmp, "load.lsrec"), args.messages, answered=False)
+        recording = synthetic(os.path.join(tmp, "load.lsrec"), args.messages, answered=False,
+                              gap=args.gap_ms / 1000)
         try:
             bare_loop(recording, transport, exchange)  # warm-up: connection, exchange
-            for _ in range(args.rounds):
-                rows["bare loop (baseline)"].append(bare_loop(recording, transport, exchange))
-                for speed in (0, 1):
-                    summary = live.publish(recording, transport, speed=speed, exchange=exchange,
-                                           progress=io.StringIO())
-                    rows[f"run --live --speed {speed}"].append(summary.seconds)
-                    if speed:
-                        lags.extend(summary.lags_ms)
-                channel.queue_purge(queue)
+            channel.queue_purge(queue)
+            paths = list(rows)
+            for round_number in range(args.rounds):  # the order rotates: no path always first
+                for path in paths[round_number % 3:] + paths[:round_number % 3]:
+                    if path.startswith("bare"):
+                        rows[path].append(bare_loop(recording, transport, exchange))
+                    else:
+                        summary = live.publish(recording, transport, speed=float(path[-1]),
+                                               exchange=exchange, progress=io.StringIO())
+                        rows[path].append(summary.seconds)
+                        lags.extend(summary.lags_ms if path.endswith("1") else ())
+                    channel.queue_purge(queue)  # every path meets an empty queue
         finally:
             channel.queue_delete(queue)
             channel.exchange_delete(exchange)
