@@ -56,7 +56,7 @@ class Case:
             poll_interval=2.0, domains=lambda name: name.startswith(prefix))
 
     def guests(self, n: int):
-        return [self.factory.create(paused=True, display_name=f"web-{i + 1}",
+        return [self.factory.create(paused=False, display_name=f"web-{i + 1}",
                                     flavor_name="m1.nano")
                 for i in range(n)]
 
@@ -105,7 +105,7 @@ def power_cycle_then_delete(case: Case) -> None:
     time.sleep(0.5)
     dom.destroy()  # power off (the domain stays defined)
     time.sleep(0.5)
-    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)  # power on
+    dom.create()  # power on: a new QEMU process, its counters start again
     time.sleep(2.5)  # one periodic poll of the new process
     case.delete_start(guest)
     time.sleep(0.3)
@@ -113,12 +113,14 @@ def power_cycle_then_delete(case: Case) -> None:
 
 
 def delete_racing_destroy(case: Case) -> None:
-    """nova's destroy runs while its delete.start is still on the way."""
+    """nova's destroy is under way (begun 0.5 s earlier; QEMU takes ~2 s to stop here) when
+    its delete.start arrives: the read waits behind the destroy and finds the domain shut off."""
     (guest, _), = case.guests(1)
     case.recorder.start()
     time.sleep(2.5)  # a periodic poll caches the domain's figures
     racer = threading.Thread(target=case.destroy, args=(guest,))
     racer.start()
+    time.sleep(0.5)
     case.delete_start(guest)
     racer.join()
 
@@ -160,6 +162,23 @@ def golden(path: pathlib.Path) -> pathlib.Path:
     return out
 
 
+def record_case(name: str, args) -> Case:
+    """One attempt at one case, on a fresh libvirt connection and transport."""
+    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=args.url)
+    conn = libvirt.open(args.uri)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lst-rec-") as workdir:
+            case = Case(conn, transport, workdir, args.out / f"{name}.lsrec", args.uri)
+            try:
+                CASES[name](case)
+            finally:
+                case.finish(args.url)
+        return case
+    finally:
+        conn.close()
+        transport.cleanup()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -167,27 +186,32 @@ def main(argv=None) -> int:
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--url", default="rabbit://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--attempts", type=int, default=3,
+                        help="tries per case: a daemon or broker restarted by someone else "
+                             "on a shared machine spoils a recording")
     args = parser.parse_args(argv)
     libvirt_events.ensure_event_loop()
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=args.url)
-    conn = libvirt.open(args.uri)
-    try:
-        for name in args.only:
-            path = args.out / f"{name}.lsrec"
-            with tempfile.TemporaryDirectory(prefix="lst-rec-") as workdir:
-                case = Case(conn, transport, workdir, path, args.uri)
-                try:
-                    CASES[name](case)
-                finally:
-                    case.finish(args.url)
-            out = golden(path)
-            print(f"{name}: {path.stat().st_size} bytes, {case.writer.count} entries, "
-                  f"{sum(1 for _ in open(out))} notifications -> {out.name}")
-    finally:
-        conn.close()
-        transport.cleanup()
-    return 0
+    failed = []
+    for name in args.only:
+        for attempt in range(1, args.attempts + 1):
+            try:
+                case = record_case(name, args)
+                break
+            except Exception as exc:  # infrastructure trouble: record the case again
+                print(f"{name}: attempt {attempt} failed: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                time.sleep(5)
+        else:
+            failed.append(name)
+            continue
+        path = args.out / f"{name}.lsrec"
+        out = golden(path)
+        print(f"{name}: {path.stat().st_size} bytes, {case.writer.count} entries, "
+              f"{sum(1 for _ in open(out))} notifications -> {out.name}")
+    if failed:
+        print(f"not recorded: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="replay a recording")
     run.add_argument("recording")
     run.add_argument("-o", "--output", default="-", help="JSON lines output (default: stdout)")
+    run.add_argument("--brief", action="store_true",
+                     help="one readable line per notification instead of JSON")
     run.add_argument("--live", action="store_true",
                      help="publish the nova notifications onto --url instead of replaying")
     _bus_args(run)
@@ -138,12 +140,15 @@ def cmd_run(args) -> int:
     from lifecycle_stats.replay import player
 
     player.check(recording)
-    out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
-    try:
-        counters = player.run(recording, out)
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if args.brief:
+        counters = _run_brief(recording)
+    else:
+        out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
+        try:
+            counters = player.run(recording, out)
+        finally:
+            if out is not sys.stdout:
+                out.close()
     snap = counters.snapshot()
     flushed = ", ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(snap.items())
                         if k.startswith("flush."))
@@ -151,6 +156,19 @@ def cmd_run(args) -> int:
           f"{snap.get('replay.emitted', 0)} notifications ({flushed or 'no flushes'})",
           file=sys.stderr)
     return 0
+
+
+def _run_brief(recording: fmt.Recording):
+    import io
+    import json
+
+    from lifecycle_stats.replay import player, timeline
+
+    out = io.StringIO()
+    counters = player.run(recording, out)
+    for line in out.getvalue().splitlines():
+        print(timeline.notification_line(json.loads(line), recording))
+    return counters
 
 
 def _run_live(args, recording: fmt.Recording) -> int:

@@ -86,3 +86,20 @@ def _nova_instance(data: dict[str, Any]) -> str | None:
         return inner.get("uuid") if isinstance(inner, dict) else None
     value = payload.get("instance_id")
     return value if isinstance(value, str) else None
+
+
+def notification_line(doc: dict[str, Any], recording: fmt.Recording) -> str:
+    """One produced delete.samples, briefly: when, which instance, how it was captured."""
+    payload = doc["payload"]
+    capture = payload["capture"]
+    offset = (fmt.parse_time(doc["timestamp"]) - recording.started_at).total_seconds()
+    how = capture["kind"]
+    if "age_ms" in capture:
+        how += f" age {capture['age_ms']} ms"
+    volumes = {s["name"]: s["volume"] for s in payload["samples"]
+               if s["resource_id"] == payload["instance_id"]}
+    figures = ", ".join(f"{name}={volumes[name]}" for name in ("cpu", "disk.read.bytes")
+                        if name in volumes)
+    return (f"  +{offset:9.3f}s  {str(payload.get('display_name'))[:12]:<12} "
+            f"{payload['instance_id'][:8]}  {how:<22} via {capture['trigger']:<30} "
+            f"{len(payload['samples'])} samples{': ' + figures if figures else ''}")

@@ -108,3 +108,14 @@ def test_show_prints_the_timeline(capsys):
                      "↳ read: domain gone", "metadata: nova's, m1.nano"):
         assert expected in body
     assert len(lines) == 2 + len(fmt.read(str(RECORDINGS / "agent-restart.lsrec")).entries)
+
+
+def test_run_brief_says_what_each_notification_captured(capsys):
+    assert cli.main(["run", "--brief", str(RECORDINGS / "agent-restart.lsrec")]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert "unavailable" in lines[0] and "via compute.instance.delete.start  0 samples" in lines[0]
+    assert "final" in lines[1] and "via instance.delete.start" in lines[1]
+    assert "21 samples: cpu=" in lines[1]
+    assert "2 notifications (duplicates 1, final 1, unavailable 1)" in err
