@@ -114,8 +114,11 @@ def test_record_replay_and_live_replay_to_the_real_agent(
             assert payload["host"] == AGENT_HOST
             assert payload["capture"]["kind"] == "final"
             assert payload["capture"]["read_path"] == "single"
-        assert agent.counter("bus.triggers.legacy") == 1
-        assert agent.counter("bus.triggers.versioned") == 1
+        status = agent.wait_for(  # the status file is rewritten every 0.5 s
+            lambda s: s.get("counters", {}).get("flush.final") == 2, 10, "two final flushes")
+        counters = status["counters"]
+        assert (counters.get("bus.triggers.legacy"), counters.get("bus.triggers.versioned")) \
+            == (1, 1)
         assert agent.stop() == 0
     finally:
         agent.kill()
