@@ -110,7 +110,9 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
             targets[key] = oslo_messaging.Target(exchange=exchange, topic=".".join(key))
         target = targets[key]
         try:
-            transport._send_notification(target, {}, message, version=2.0, retry=3)
+            context = data.get("context")
+            transport._send_notification(target, context if isinstance(context, dict) else {},
+                                         message, version=2.0, retry=3)
         except Exception as exc:  # any failure of the bus ends the run: say where it stopped
             bar.end()
             raise PublishError(f"bus refused notification {done + 1} of {len(entries)} "

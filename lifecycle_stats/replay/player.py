@@ -130,7 +130,9 @@ class Player:
             self.waiting.append(entry)  # the agent's queue keeps it until it is back
             return
         data = entry.data
-        self.agent.endpoint.info({}, data.get("publisher_id"), data.get("event_type"),
+        context = data.get("context")
+        self.agent.endpoint.info(context if isinstance(context, dict) else {},
+                                 data.get("publisher_id"), data.get("event_type"),
                                  data.get("payload"), {"message_id": data.get("message_id"),
                                                        "timestamp": data.get("timestamp")})
 

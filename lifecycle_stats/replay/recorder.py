@@ -54,7 +54,8 @@ class NovaTap:
         self._topic = topic
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        self._recorder.nova(self._topic, "INFO", publisher_id, event_type, payload, metadata)
+        self._recorder.nova(self._topic, "INFO", publisher_id, event_type, payload, metadata,
+                            context=ctxt)
         return oslo_messaging.NotificationResult.HANDLED
 
 
@@ -109,8 +110,11 @@ class Recorder:
 
     # -- taps ----------------------------------------------------------------------------
     def nova(self, topic: str, priority: str, publisher_id, event_type, payload,
-             metadata) -> None:
+             metadata, context=None) -> None:
+        """Write one notification as heard, with its request context (nova's request_id
+        tells delete attempts apart), then the read the agent's flush would make."""
         index = self.writer.write(fmt.NOVA, topic=topic, priority=priority,
+                                  context=context if isinstance(context, dict) else {},
                                   publisher_id=publisher_id, event_type=event_type,
                                   payload=payload, message_id=metadata.get("message_id"),
                                   timestamp=metadata.get("timestamp"))

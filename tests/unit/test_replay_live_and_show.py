@@ -20,11 +20,13 @@ BURST = RECORDINGS / "burst-of-deletes.lsrec"
 class Heard:
     def __init__(self):
         self.messages = []
+        self.contexts = []
         self.cond = threading.Condition()
 
     def info(self, ctxt, publisher_id, event_type, payload, metadata):
         with self.cond:
             self.messages.append((publisher_id, event_type, payload))
+            self.contexts.append(ctxt)
             self.cond.notify_all()
 
 
@@ -119,3 +121,27 @@ def test_run_brief_says_what_each_notification_captured(capsys):
     assert "final" in lines[1] and "via instance.delete.start" in lines[1]
     assert "21 samples: cpu=" in lines[1]
     assert "2 notifications (duplicates 1, final 1, unavailable 1)" in err
+
+
+def test_live_sends_the_recorded_request_context(tmp_path):
+    """nova's request_id (in the context) tells delete attempts apart: it must survive."""
+    path = tmp_path / "ctx.lsrec"
+    with open(path, "wb") as stream:
+        writer = fmt.RecordingWriter(stream, {"host": "h1", "started_at":
+                                              "2026-11-22T00:00:00.000000+00:00"})
+        writer.write(fmt.NOVA, topic="legacy", priority="INFO", publisher_id="compute.h1",
+                     event_type="compute.instance.delete.start", payload={"host": "h1"},
+                     message_id="m-1", timestamp="2026-11-22T00:00:00.000000+00:00",
+                     context={"request_id": "req-6a1f"})
+    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url="fake://")
+    heard, server = listen(transport, "leg")
+    try:
+        live.publish(fmt.read(str(path)), transport, speed=0, exchange="nova-x",
+                     topics={"legacy": "leg"}, progress=io.StringIO())
+        with heard.cond:
+            heard.cond.wait_for(lambda: heard.contexts, 5)
+    finally:
+        server.stop()
+        server.wait()
+        transport.cleanup()
+    assert heard.contexts[0].get("request_id") == "req-6a1f"
