@@ -91,6 +91,39 @@ def bare_loop(recording: fmt.Recording, transport, exchange: str) -> float:
     return time.perf_counter() - started
 
 
+def measure_live(recording: fmt.Recording, url: str, rounds: int):
+    """Seconds per round of each path, and the --speed 1 lags; removes its queue/exchange."""
+    run = uuid.uuid4().hex[:8]
+    exchange, queue = f"lst-bench-nova-{run}", f"lst-bench-replay-{run}"
+    amqp = kombu.Connection("amqp://" + url.split("://", 1)[1], connect_timeout=5)
+    channel = amqp.channel()
+    kombu.Queue(queue, kombu.Exchange(exchange, "topic", durable=False),
+                routing_key="notifications.info", channel=channel).declare()
+    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=url)
+    rows = {"bare loop (baseline)": [], "run --live --speed 0": [], "run --live --speed 1": []}
+    lags: list[float] = []
+    try:
+        bare_loop(recording, transport, exchange)  # warm-up: connection, exchange
+        channel.queue_purge(queue)
+        paths = list(rows)
+        for round_number in range(rounds):  # the order rotates: no path always first
+            for path in paths[round_number % 3:] + paths[:round_number % 3]:
+                if path.startswith("bare"):
+                    rows[path].append(bare_loop(recording, transport, exchange))
+                else:
+                    summary = live.publish(recording, transport, speed=float(path[-1]),
+                                           exchange=exchange, progress=io.StringIO())
+                    rows[path].append(summary.seconds)
+                    lags.extend(summary.lags_ms if path.endswith("1") else ())
+                channel.queue_purge(queue)  # every path meets an empty queue
+    finally:
+        channel.queue_delete(queue)
+        channel.exchange_delete(exchange)
+        amqp.release()
+        transport.cleanup()
+    return rows, lags
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,37 +134,10 @@ def main() -> int:
     parser.add_argument("--deletes", type=int, default=200)
     parser.add_argument("--url", default="rabbit://guest:guest@127.0.0.1:5672/")
     args = parser.parse_args()
-    run = uuid.uuid4().hex[:8]
-    exchange, queue = f"lst-bench-nova-{run}", f"lst-bench-replay-{run}"
-    amqp = kombu.Connection("amqp://" + args.url.split("://", 1)[1], connect_timeout=5)
-    channel = amqp.channel()
-    kombu.Queue(queue, kombu.Exchange(exchange, "topic", durable=False),
-                routing_key="notifications.info", channel=channel).declare()
-    transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=args.url)
-    rows, lags = {"bare loop (baseline)": [], "run --live --speed 0": [],
-                  "run --live --speed 1": []}, []
     with tempfile.TemporaryDirectory() as tmp:
         recording = synthetic(os.path.join(tmp, "load.lsrec"), args.messages, answered=False,
                               gap=args.gap_ms / 1000)
-        try:
-            bare_loop(recording, transport, exchange)  # warm-up: connection, exchange
-            channel.queue_purge(queue)
-            paths = list(rows)
-            for round_number in range(args.rounds):  # the order rotates: no path always first
-                for path in paths[round_number % 3:] + paths[:round_number % 3]:
-                    if path.startswith("bare"):
-                        rows[path].append(bare_loop(recording, transport, exchange))
-                    else:
-                        summary = live.publish(recording, transport, speed=float(path[-1]),
-                                               exchange=exchange, progress=io.StringIO())
-                        rows[path].append(summary.seconds)
-                        lags.extend(summary.lags_ms if path.endswith("1") else ())
-                    channel.queue_purge(queue)  # every path meets an empty queue
-        finally:
-            channel.queue_delete(queue)
-            channel.exchange_delete(exchange)
-            amqp.release()
-            transport.cleanup()
+        rows, lags = measure_live(recording, args.url, args.rounds)
         offline = synthetic(os.path.join(tmp, "offline.lsrec"), args.deletes, answered=True)
         started = time.perf_counter()
         counters = player.run(offline, io.StringIO())

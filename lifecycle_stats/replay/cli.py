@@ -31,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _record_parser(sub.add_parser("record", help="record a live host"))
+    _run_parser(sub.add_parser("run", help="replay a recording"))
+    sub.add_parser("show", help="print a recording's timeline").add_argument("recording")
+    return parser
 
-    rec = sub.add_parser("record", help="record a live host")
+
+def _record_parser(rec: argparse.ArgumentParser) -> None:
     rec.add_argument("-o", "--output", required=True, help="recording file to write")
     rec.add_argument("--host", default=socket.gethostname(),
                      help="this compute host's name, as nova-compute's `host` "
@@ -49,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--duration", type=float, default=None,
                      help="stop after this many seconds (default: at Ctrl-C / SIGTERM)")
 
-    run = sub.add_parser("run", help="replay a recording")
+
+def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("recording")
     run.add_argument("-o", "--output", default="-", help="JSON lines output (default: stdout)")
     run.add_argument("--brief", action="store_true",
@@ -61,10 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--live pace: 1 as recorded, 10 ten times faster, 0 at once")
     run.add_argument("--as-host", default=None,
                      help="--live: send as this compute host instead of the recorded one")
-
-    show = sub.add_parser("show", help="print a recording's timeline")
-    show.add_argument("recording")
-    return parser
 
 
 def _bus_args(parser: argparse.ArgumentParser) -> None:
@@ -86,21 +88,9 @@ def _transport(url: str):
 
 
 def cmd_record(args) -> int:
-    from lifecycle_stats.listeners import libvirt_events
     from lifecycle_stats.replay import recorder
 
-    import libvirt
-
-    libvirt_events.ensure_event_loop()
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        conn = libvirt.open(args.uri)
-    except libvirt.libvirtError as exc:
-        raise CommandError(f"cannot connect to libvirt at {args.uri}: {exc}") from None
-    try:
-        header = recorder.host_header(conn, args.host, args.uri)
-    finally:
-        conn.close()
+    header = _host_header(args)
     try:
         recorder.check_bus(args.url)
     except ConnectionError as exc:
@@ -112,15 +102,9 @@ def cmd_record(args) -> int:
                             exchange=args.exchange, topics=_topics(args), pool=args.pool,
                             poll_interval=args.poll_interval,
                             domains=lambda name: name.startswith(args.domain_prefix))
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):  # every frame is whole: stop between them
-        signal.signal(signum, lambda *_: stopping.set())
     started = time.monotonic()
     try:
-        rec.start()
-        print(f"recording host {args.host} to {args.output} (Ctrl-C to stop)", file=sys.stderr,
-              flush=True)
-        stopping.wait(args.duration)
+        _record_until_stopped(rec, args)
     finally:
         rec.stop()
         writer.close()
@@ -131,6 +115,35 @@ def cmd_record(args) -> int:
           f"{counts.get('record.nova', 0)} nova, {counts.get('record.libvirt', 0)} libvirt, "
           f"{counts.get('record.polls', 0)} polls", file=sys.stderr)
     return 0
+
+
+def _host_header(args) -> dict:
+    """The recording's header from the host's libvirt; first of all, the event loop."""
+    import libvirt
+
+    from lifecycle_stats.listeners import libvirt_events
+    from lifecycle_stats.replay import recorder
+
+    libvirt_events.ensure_event_loop()  # before any connection opens
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.open(args.uri)
+    except libvirt.libvirtError as exc:
+        raise CommandError(f"cannot connect to libvirt at {args.uri}: {exc}") from None
+    try:
+        return recorder.host_header(conn, args.host, args.uri)
+    finally:
+        conn.close()
+
+
+def _record_until_stopped(rec, args) -> None:
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):  # every frame is whole: stop between them
+        signal.signal(signum, lambda *_: stopping.set())
+    rec.start()
+    print(f"recording host {args.host} to {args.output} (Ctrl-C to stop)", file=sys.stderr,
+          flush=True)
+    stopping.wait(args.duration)
 
 
 def cmd_run(args) -> int:

@@ -87,32 +87,21 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
             topics: dict[str, str] | None = None, as_host: str | None = None,
             progress: IO[str] = sys.stderr, monotonic: Callable[[], float] = time.monotonic,
             sleep: Callable[[float], None] = time.sleep) -> Summary:
-    """speed: 1 is the recorded pace, 10 ten times faster, 0 as fast as the bus takes them."""
-    import oslo_messaging
-
-    topics = {**DEFAULT_TOPICS, **(topics or {})}
+    """speed: 1 is the recorded pace, 10 ten times faster, 0 as fast as the bus takes them.
+    Every entry is checked before the first is sent (fmt.RecordingError names a bad one)."""
     entries = [e for e in recording.entries if e.kind == fmt.NOVA]
+    messages = [message_of(recording, e, as_host) for e in entries]
+    send = Sender(transport, exchange, {**DEFAULT_TOPICS, **(topics or {})})
     bar = Progress(progress, len(entries))
     first = entries[0].t if entries else 0.0
     start = monotonic()
     lags = []
-    targets: dict[tuple[str, str], oslo_messaging.Target] = {}
-    for done, entry in enumerate(entries):
+    for done, (entry, (topic, context, message)) in enumerate(zip(entries, messages)):
         due = start + ((entry.t - first) / speed if speed > 0 else 0.0)
         if (wait := due - monotonic()) > 0:
             sleep(wait)
-        data = entry.data if as_host is None else rehost(entry.data, recording.host, as_host)
-        message = {"message_id": data.get("message_id"), "publisher_id": data["publisher_id"],
-                   "event_type": data["event_type"], "priority": data.get("priority", "INFO"),
-                   "payload": data["payload"], "timestamp": isotime(utcnow())}
-        key = (topics.get(data.get("topic"), topics["legacy"]), message["priority"].lower())
-        if key not in targets:
-            targets[key] = oslo_messaging.Target(exchange=exchange, topic=".".join(key))
-        target = targets[key]
         try:
-            context = data.get("context")
-            transport._send_notification(target, context if isinstance(context, dict) else {},
-                                         message, version=2.0, retry=3)
+            send(topic, context, {**message, "timestamp": isotime(utcnow())})
         except Exception as exc:  # any failure of the bus ends the run: say where it stopped
             bar.end()
             raise PublishError(f"bus refused notification {done + 1} of {len(entries)} "
@@ -123,3 +112,38 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
     bar.end()
     return Summary(sent=len(lags), total=len(entries), seconds=monotonic() - start,
                    lags_ms=lags)
+
+
+def message_of(recording: fmt.Recording, entry: fmt.Entry,
+               as_host: str | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(topic role, request context, message) of a nova entry, as nova sent it."""
+    data = entry.data if as_host is None else rehost(entry.data, recording.host, as_host)
+    for key in ("publisher_id", "event_type"):
+        if not isinstance(data.get(key), str):
+            raise fmt.RecordingError(recording.path, entry.offset,
+                                     f"corrupt: nova entry {entry.index} has no {key}")
+    context = data.get("context")
+    message = {"message_id": data.get("message_id"), "publisher_id": data["publisher_id"],
+               "event_type": data["event_type"], "priority": str(data.get("priority", "INFO")),
+               "payload": data.get("payload")}
+    return str(data.get("topic")), context if isinstance(context, dict) else {}, message
+
+
+class Sender:
+    """Sends to nova's exchange on the topic of a role (legacy/versioned) and priority."""
+
+    def __init__(self, transport, exchange: str, topics: dict[str, str]) -> None:
+        self._transport = transport
+        self._exchange = exchange
+        self._topics = topics
+        self._targets: dict[tuple[str, str], Any] = {}
+
+    def __call__(self, role: str, context: dict[str, Any], message: dict[str, Any]) -> None:
+        key = (self._topics.get(role, self._topics["legacy"]), message["priority"].lower())
+        if key not in self._targets:
+            import oslo_messaging
+
+            self._targets[key] = oslo_messaging.Target(exchange=self._exchange,
+                                                       topic=".".join(key))
+        self._transport._send_notification(self._targets[key], context, message, version=2.0,
+                                           retry=3)
