@@ -145,3 +145,19 @@ def test_live_sends_the_recorded_request_context(tmp_path):
         server.wait()
         transport.cleanup()
     assert heard.contexts[0].get("request_id") == "req-6a1f"
+
+
+def test_live_names_the_offset_of_a_nova_entry_it_cannot_send(tmp_path, capsys):
+    path = tmp_path / "bad.lsrec"
+    with open(path, "wb") as stream:
+        writer = fmt.RecordingWriter(stream, {"host": "h1", "started_at":
+                                              "2026-11-22T00:00:00.000000+00:00"})
+        writer.write(fmt.NOVA, topic="legacy", publisher_id="compute.h1",
+                     event_type="compute.instance.delete.start", payload={})
+        writer.write(fmt.NOVA, topic="legacy", event_type="compute.instance.delete.start",
+                     payload={})
+    bad = fmt.read(str(path)).entries[1].offset
+    assert cli.main(["run", "--live", str(path), "--url", "fake://", "--speed", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"lifecycle-stats-replay: {path}: offset {bad}: corrupt: nova entry 1 has "
+                   "no publisher_id\n")
