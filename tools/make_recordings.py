@@ -9,6 +9,8 @@ tools/setup_hypervisor.sh and tools/start_rabbitmq.sh:
     .venv/bin/python tools/make_recordings.py [--only NAME ...]
 
 Re-running replaces the recordings (new uuids, new timings) and their goldens; commit both.
+After a change of what the agent publishes, `--goldens-only` re-derives the goldens from the
+same recordings: review the diff, it is the change as billing sees it.
 """
 from __future__ import annotations
 
@@ -186,10 +188,18 @@ def main(argv=None) -> int:
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--url", default="rabbit://guest:guest@127.0.0.1:5672/")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--goldens-only", action="store_true",
+                        help="only replay the shipped recordings into their goldens again "
+                             "(after a change of the payloads; no services needed)")
     parser.add_argument("--attempts", type=int, default=3,
                         help="tries per case: a daemon or broker restarted by someone else "
                              "on a shared machine spoils a recording")
     args = parser.parse_args(argv)
+    if args.goldens_only:
+        for name in args.only:
+            out = golden(args.out / f"{name}.lsrec")
+            print(f"{name}: {sum(1 for _ in open(out))} notifications -> {out.name}")
+        return 0
     libvirt_events.ensure_event_loop()
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     failed = []

@@ -30,7 +30,9 @@ from lifecycle_stats.listeners import bus
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import LifecycleEvent, Notification
 from lifecycle_stats.replay import format as fmt
-from lifecycle_stats.replay.standins import NOT_NOVA, RecordedHost, RecordedRegistry, VirtualClock
+from lifecycle_stats.replay.standins import (
+    NOT_NOVA, UNUSABLE, RecordedHost, RecordedRegistry, VirtualClock,
+)
 
 LOG = logging.getLogger(__name__)
 CONDUIT = "replay"
@@ -63,7 +65,8 @@ class AgentState:
         self.readings = last_readings.LastReadings(clock=clock)
         self.flusher = flush.Flusher(
             inspector=host, registry=self.registry, last_readings=self.readings, spool=store,
-            host=hostname, publisher_id=publisher_id, counters=counters, clock=clock)
+            host=hostname, publisher_id=publisher_id, counters=counters, clock=clock,
+            sleep=clock.sleep)
         self.poller = poller.Poller(inspector=host, registry=self.registry,
                                     last_readings=self.readings, interval=60.0,
                                     counters=counters)
@@ -98,8 +101,12 @@ class Player:
 
     def run(self) -> Counters:
         answers = answers_by_cause(self.recording)
-        self._start_agent()
-        for entry in self.recording.entries:
+        entries = self.recording.entries
+        known = leading_sync(entries)
+        for entry in entries[:known]:  # the host as it was when recording began
+            self._apply_to_host(entry)
+        self._start_agent()  # an agent already running then: its registry knows those domains
+        for entry in entries[known:]:
             if "cause" in entry.data:
                 continue
             self.clock.advance_to(entry.t)
@@ -170,12 +177,28 @@ class Player:
             self.counters.incr("replay.emitted")
 
 
+def leading_sync(entries: list[fmt.Entry]) -> int:
+    """How many entries open the recording with the recorder's sync (its metadata reads of
+    every domain there was, caused by nothing)."""
+    count = 0
+    while count < len(entries) and entries[count].kind == fmt.INSTANCE \
+            and "cause" not in entries[count].data:
+        count += 1
+    return count
+
+
 def metadata_of(data: dict[str, Any]):
-    """An `instance` entry's answer: InstanceInfo, NOT_NOVA, or None for a gone domain."""
+    """An `instance` entry's answer: InstanceInfo; NOT_NOVA; why nova's metadata was unusable
+    (registry.REJECTED / MALFORMED); or None for a gone domain."""
     if data.get("gone"):
         return None
     info = data.get("info")
-    return NOT_NOVA if info is None else fmt.info_from_data(info)
+    if info is not None:
+        return fmt.info_from_data(info)
+    unusable = data.get("unusable")
+    if unusable is not None and unusable not in UNUSABLE:
+        raise ValueError(f"unusable must be one of {UNUSABLE}, got {unusable!r}")
+    return unusable or NOT_NOVA
 
 
 def lifecycle_event(entry: fmt.Entry, now) -> LifecycleEvent:

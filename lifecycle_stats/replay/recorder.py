@@ -165,6 +165,9 @@ class Recorder:
             return
         gone = info is None and not self._registry.is_known(instance_id)
         extra = {} if cause is None else {"cause": cause}
+        unusable = self._registry.unusable(instance_id)
+        if unusable is not None:  # nova's metadata, but hostile or broken
+            extra["unusable"] = unusable
         self.writer.write(fmt.INSTANCE, instance_id=instance_id, gone=gone,
                           info=None if info is None else fmt.info_to_data(info), **extra)
 

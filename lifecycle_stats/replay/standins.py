@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime
 
 from lifecycle_stats.exceptions import DomainGone
+from lifecycle_stats.reading.registry import MALFORMED, NOT_NOVA, REJECTED
 from lifecycle_stats.records import DomainReading, InstanceInfo
 
-NOT_NOVA = "not-nova"
+UNUSABLE = (REJECTED, MALFORMED)  # why nova metadata was not usable, as the registry says
 
 
 class VirtualClock:
@@ -30,6 +31,10 @@ class VirtualClock:
 
     def __call__(self) -> datetime.datetime:
         return self._start + datetime.timedelta(seconds=self._offset)
+
+    def sleep(self, seconds: float) -> None:
+        """A retry's wait passes on the virtual clock, at once."""
+        self._offset += max(0.0, seconds)
 
 
 class RecordedHost:
@@ -88,6 +93,10 @@ class RecordedRegistry:
 
     def is_known(self, instance_id: str) -> bool:
         return instance_id in self._cache
+
+    def unusable(self, instance_id: str) -> str | None:
+        entry = self._cache.get(instance_id)
+        return entry if entry in UNUSABLE else None
 
     def refresh_by_uuid(self, instance_id: str, missing=None) -> InstanceInfo | None:
         entry = self._host.domains().get(instance_id)

@@ -58,6 +58,8 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str | None, str]:
         info = data.get("info")
         if data.get("gone"):
             return data["instance_id"], "metadata: domain gone"
+        if info is None and data.get("unusable"):
+            return data["instance_id"], f"metadata: nova's but unusable ({data['unusable']})"
         if info is None:
             return data["instance_id"], "metadata: not nova's"
         return data["instance_id"], (f"metadata: nova's, {info['flavor']['name']}, "

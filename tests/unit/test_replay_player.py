@@ -164,3 +164,35 @@ def test_a_shutdown_event_read_is_what_a_later_delete_reports(tmp_path):
         (fmt.READING, {"cause": 4, "instance_id": GUEST.instance_id, "reading": None}),
     ), [1.0, 1.0, 5.0, 5.0, 6.0, 6.01])
     assert [s["volume"] for s in out[0]["payload"]["samples"] if s["name"] == "cpu"] == [7_777]
+
+
+def test_a_domain_whose_nova_metadata_was_unusable_is_unavailable_not_ignored(tmp_path):
+    path = tmp_path / "r.lsrec"
+    ticks = iter([0.0, 1.0, 2.0, 2.01])
+    with open(path, "wb") as stream:
+        writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
+                                     monotonic=lambda: next(ticks))
+        writer.write(fmt.INSTANCE, instance_id=GUEST.instance_id, gone=False, info=None,
+                     unusable="metadata.rejected")
+        kind, fields = delete_start()
+        writer.write(kind, **fields)
+        writer.write(fmt.READING, cause=1, instance_id=GUEST.instance_id, reading=None)
+    recording = fmt.read(str(path))
+    player.check(recording)
+    out = io.StringIO()
+    counters = player.run(recording, out)
+    (event,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert event["payload"]["capture"]["kind"] == "unavailable"
+    assert event["payload"]["display_name"] == "web-1"  # nova's word, from the announcement
+    assert counters.get("flush.metadata_unusable") == 1
+
+
+def test_an_unknown_unusable_reason_is_a_corrupt_entry(tmp_path):
+    path = tmp_path / "r.lsrec"
+    with open(path, "wb") as stream:
+        writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()})
+        writer.write(fmt.INSTANCE, instance_id=GUEST.instance_id, gone=False, info=None,
+                     unusable="cursed")
+    recording = fmt.read(str(path))
+    with pytest.raises(fmt.RecordingError, match="bad instance entry 0: ValueError: unusable"):
+        player.check(recording)
