@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
@@ -137,13 +138,26 @@ def _host_header(args) -> dict:
 
 
 def _record_until_stopped(rec, args) -> None:
-    stopping = threading.Event()
+    """Until Ctrl-C / SIGTERM / --duration. SIGUSR1 and SIGUSR2 note that the agent on this
+    host was stopped and started again (a restart in the middle of a case)."""
+    marks: queue.Queue = queue.Queue()
     for signum in (signal.SIGINT, signal.SIGTERM):  # every frame is whole: stop between them
-        signal.signal(signum, lambda *_: stopping.set())
+        signal.signal(signum, lambda *_: marks.put(None))
+    signal.signal(signal.SIGUSR1, lambda *_: marks.put("stopped"))
+    signal.signal(signal.SIGUSR2, lambda *_: marks.put("started"))
     rec.start()
-    print(f"recording host {args.host} to {args.output} (Ctrl-C to stop)", file=sys.stderr,
-          flush=True)
-    stopping.wait(args.duration)
+    print(f"recording host {args.host} to {args.output} (Ctrl-C to stop; SIGUSR1/SIGUSR2: "
+          "the agent stopped/started)", file=sys.stderr, flush=True)
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    while deadline is None or time.monotonic() < deadline:
+        try:
+            mark = marks.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if mark is None:
+            return
+        rec.mark_agent(mark)
+        print(f"agent {mark} (noted)", file=sys.stderr, flush=True)
 
 
 def cmd_run(args) -> int:

@@ -127,7 +127,7 @@ def test_record_replay_and_live_replay_to_the_real_agent(
                               [names.nova_exchange, names.control_exchange])
 
 
-def test_ctrl_c_leaves_a_valid_recording_and_no_queue(tmp_path, rabbit_url, libvirt_uri):
+def test_ctrl_c_leaves_a_valid_recording_and_no_queue_and_signals_mark_a_restart(tmp_path, rabbit_url, libvirt_uri):
     import kombu
     import signal
 
@@ -143,7 +143,11 @@ def test_ctrl_c_leaves_a_valid_recording_and_no_queue(tmp_path, rabbit_url, libv
     try:
         lines = iter(proc.stderr.readline, "")
         assert any("recording host" in line for line in lines)
-        time.sleep(1.8)
+        proc.send_signal(signal.SIGUSR1)  # the agent stopped ...
+        assert "agent stopped (noted)" in next(lines)
+        proc.send_signal(signal.SIGUSR2)  # ... and started again
+        assert "agent started (noted)" in next(lines)
+        time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         summary = proc.stderr.read()
@@ -156,6 +160,9 @@ def test_ctrl_c_leaves_a_valid_recording_and_no_queue(tmp_path, rabbit_url, libv
     assert recording.header["host"] == RECORDED_HOST
     assert recording.header["hypervisor"] == "QEMU" and recording.header["qemu_version"]
     polls = [e for e in recording.entries if e.kind == fmt.POLL]
+    marks = [e for e in recording.entries if e.kind == fmt.AGENT]
+    assert [m.data["state"] for m in marks] == ["stopped", "started"]
+    assert [p.data.get("cause") for p in polls].count(marks[1].index) == 1  # start: a poll
     assert polls and f"recorded {len(recording.entries)} entries" in summary
     with kombu.Connection(amqp_url(rabbit_url), connect_timeout=5) as conn:
         for queue in (f"{pool}.legacy", f"{pool}.versioned"):
