@@ -106,7 +106,8 @@ def test_a_delete_start_is_captured_with_the_read_the_recorder_made_for_it(tmp_p
     payload = event["payload"]
     assert payload["capture"]["kind"] == "final"
     assert payload["capture"]["captured_at"] == "2026-11-22T01:00:10.010000+00:00"
-    assert event["timestamp"] == "2026-11-22T01:00:10.000000+00:00"  # virtual, not wall clock
+    # nova's envelope time: the announcement, as recorded (never the wall clock)
+    assert event["timestamp"] == "2026-11-22T01:00:00.000000+00:00"
     cpu = [s["volume"] for s in payload["samples"] if s["name"] == "cpu"]
     assert cpu == [5_000_000_000]
     assert event["publisher_id"] == "lifecycle-stats.h1"
@@ -135,7 +136,9 @@ def test_a_restart_empties_the_agents_memory_but_not_its_spool(tmp_path):
         delete_start(),
     ), [1.0, 1.0, 2.0, 3.0, 3.01, 3.02, 5.0, 6.0])
     assert [e["payload"]["capture"]["kind"] for e in out] == ["unavailable"]
-    assert out[0]["timestamp"] == "2026-11-22T01:00:05.000000+00:00"  # delivered at start
+    # read when the agent was back (virtual time 5 s), stamped with nova's announcement
+    assert out[0]["payload"]["capture"]["captured_at"] == "2026-11-22T01:00:05.000000+00:00"
+    assert out[0]["timestamp"] == "2026-11-22T01:00:00.000000+00:00"
     assert out[0]["payload"]["display_name"] == "web-1"  # from nova's payload
 
 
