@@ -59,6 +59,9 @@ def _record_parser(rec: argparse.ArgumentParser) -> None:
 def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("recording")
     run.add_argument("-o", "--output", default="-", help="JSON lines output (default: stdout)")
+    run.add_argument("--telemetry-secret", default=None,
+                     help="the agent's [publisher] telemetry_secret, to sign samples as it "
+                          "would (default: Ceilometer's default secret, as the agent's)")
     run.add_argument("--brief", action="store_true",
                      help="one readable line per notification instead of JSON")
     run.add_argument("--live", action="store_true",
@@ -167,12 +170,13 @@ def cmd_run(args) -> int:
     from lifecycle_stats.replay import player
 
     player.check(recording)
+    secret = {} if args.telemetry_secret is None else {"telemetry_secret": args.telemetry_secret}
     if args.brief:
-        counters = _run_brief(recording)
+        counters = _run_brief(recording, secret)
     else:
         out = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")
         try:
-            counters = player.run(recording, out)
+            counters = player.run(recording, out, **secret)
         finally:
             if out is not sys.stdout:
                 out.close()
@@ -185,14 +189,14 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _run_brief(recording: fmt.Recording):
+def _run_brief(recording: fmt.Recording, secret: dict):
     import io
     import json
 
     from lifecycle_stats.replay import player, timeline
 
     out = io.StringIO()
-    counters = player.run(recording, out)
+    counters = player.run(recording, out, **secret)
     for line in out.getvalue().splitlines():
         print(timeline.notification_line(json.loads(line), recording))
     return counters

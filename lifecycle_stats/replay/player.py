@@ -27,6 +27,7 @@ from typing import IO, Any
 from lifecycle_stats.capture import domain_events, flush, last_readings, poller
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import bus
+from lifecycle_stats.publishing import signing
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import LifecycleEvent, Notification
 from lifecycle_stats.replay import format as fmt
@@ -55,18 +56,28 @@ class JsonLinesConduit:
         self._out.flush()
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The agent's options that shape what it publishes (agent.OPTS, signing.OPTS)."""
+
+    hostname: str
+    publisher_id: str
+    telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET
+
+
 class AgentState:
     """What one agent process holds in memory; a restart builds a new one over the same spool
-    (compare agent.Agent._build_capture)."""
+    (compare agent.Agent._build_capture; a new capture part is wired in both)."""
 
     def __init__(self, host: RecordedHost, store: spool_mod.Spool, clock: VirtualClock,
-                 hostname: str, publisher_id: str, counters: Counters) -> None:
+                 settings: Settings, counters: Counters) -> None:
+        hostname = settings.hostname
         self.registry = RecordedRegistry(host)
         self.readings = last_readings.LastReadings(clock=clock)
         self.flusher = flush.Flusher(
             inspector=host, registry=self.registry, last_readings=self.readings, spool=store,
-            host=hostname, publisher_id=publisher_id, counters=counters, clock=clock,
-            sleep=clock.sleep)
+            host=hostname, publisher_id=settings.publisher_id, counters=counters, clock=clock,
+            sleep=clock.sleep, telemetry_secret=settings.telemetry_secret)
         self.poller = poller.Poller(inspector=host, registry=self.registry,
                                     last_readings=self.readings, interval=60.0,
                                     counters=counters)
@@ -84,7 +95,8 @@ class AgentState:
 
 
 class Player:
-    def __init__(self, recording: fmt.Recording, out: IO[str], state_dir: str) -> None:
+    def __init__(self, recording: fmt.Recording, out: IO[str], state_dir: str,
+                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
         self.recording = recording
         self.counters = Counters()
         self.clock = VirtualClock(recording.started_at)
@@ -93,9 +105,11 @@ class Player:
         self.spool = spool_mod.Spool(os.path.join(state_dir, spool_mod.SPOOL_FILENAME),
                                      conduits=[CONDUIT], clock=self.clock,
                                      counters=self.counters)
-        self.hostname = recording.host
-        self.publisher_id = (recording.header.get("publisher_id")
-                             or f"lifecycle-stats.{self.hostname}")  # the agent's default
+        self.settings = Settings(
+            hostname=recording.host,
+            publisher_id=(recording.header.get("publisher_id")
+                          or f"lifecycle-stats.{recording.host}"),  # the agent's default
+            telemetry_secret=telemetry_secret)
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 
@@ -154,8 +168,8 @@ class Player:
                 self._nova(queued)
 
     def _start_agent(self) -> None:
-        self.agent = AgentState(self.host, self.spool, self.clock, self.hostname,
-                                self.publisher_id, self.counters)
+        self.agent = AgentState(self.host, self.spool, self.clock, self.settings,
+                                self.counters)
         self.agent.start()
 
     def _apply_to_host(self, entry: fmt.Entry) -> None:
@@ -259,7 +273,8 @@ def check(recording: fmt.Recording) -> None:
     answers_by_cause(recording)
 
 
-def run(recording: fmt.Recording, out: IO[str]) -> Counters:
+def run(recording: fmt.Recording, out: IO[str],
+        telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> Counters:
     """Replay a checked recording into out, with a throw-away spool."""
     with tempfile.TemporaryDirectory(prefix="lifecycle-stats-replay-") as state_dir:
-        return Player(recording, out, state_dir).run()
+        return Player(recording, out, state_dir, telemetry_secret).run()

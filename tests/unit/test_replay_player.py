@@ -199,3 +199,19 @@ def test_an_unknown_unusable_reason_is_a_corrupt_entry(tmp_path):
     recording = fmt.read(str(path))
     with pytest.raises(fmt.RecordingError, match="bad instance entry 0: ValueError: unusable"):
         player.check(recording)
+
+
+def test_the_telemetry_secret_signs_the_samples_as_the_agent_would(tmp_path):
+    """Only the signatures change with the secret; the same secret gives the same bytes."""
+    recording = str(RECORDINGS / "single-delete.lsrec")
+    outputs = {}
+    for name, argv in (("default", []), ("other", ["--telemetry-secret", "s3cret"]),
+                       ("other-again", ["--telemetry-secret", "s3cret"])):
+        out = tmp_path / f"{name}.jsonl"
+        assert cli.main(["run", recording, "-o", str(out), *argv]) == 0
+        outputs[name] = out.read_text()
+    assert outputs["default"] == (RECORDINGS / "single-delete.jsonl").read_text()
+    assert outputs["other"] == outputs["other-again"] != outputs["default"]
+    default, other = (json.loads(outputs[n])["payload"]["samples"] for n in ("default", "other"))
+    assert [{k: v for k, v in s.items() if k != "message_signature"} for s in default] == \
+        [{k: v for k, v in s.items() if k != "message_signature"} for s in other]
