@@ -185,10 +185,11 @@ class Player:
 
     def _deliver(self) -> None:
         """What the sender thread does, synchronously: emit pending records in spool order."""
-        for seq, notification in self.spool.pending(CONDUIT, 1000):
-            self.conduit.emit(notification)
-            self.spool.confirm(seq, CONDUIT)
-            self.counters.incr("replay.emitted")
+        while pending := self.spool.pending(CONDUIT, 1000):
+            for seq, notification in pending:
+                self.conduit.emit(notification)
+                self.spool.confirm(seq, CONDUIT)
+                self.counters.incr("replay.emitted")
 
 
 def leading_sync(entries: list[fmt.Entry]) -> int:
