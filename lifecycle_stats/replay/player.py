@@ -1,0 +1,281 @@
+"""Replay a recording through the agent's real pipeline, deterministically.
+
+The same parts the agent wires (agent.py) run here: nova notifications go through the bus
+listener's endpoint (listeners.bus.DeleteStartEndpoint → nova_notifications.parse), triggers
+through capture.flush.Flusher, lifecycle events through capture.domain_events, polls through
+capture.poller.Poller, readings into capture.last_readings.LastReadings, notifications
+through publishing.payloads into a real publishing.spool.Spool, and out of the spool to a
+conduit that writes JSON lines. Only libvirt and time are stand-ins (standins.py): every
+clock in that path is the recording's virtual clock and every id derives from the recorded
+data, so the same recording always gives byte-identical output.
+
+Entries that answer another (`cause`: the reads the recorder made because of a delete.start,
+an event, an agent start) are applied to the host stand-in just before the entry they answer.
+An `agent` stopped/started pair models a restart: nova's messages wait in the bus queue, libvirt
+events and polls are missed, and the agent comes back with empty memory over the same spool.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from typing import IO, Any
+
+from lifecycle_stats.capture import domain_events, flush, last_readings, poller
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.listeners import bus
+from lifecycle_stats.publishing import signing
+from lifecycle_stats.publishing import spool as spool_mod
+from lifecycle_stats.records import LifecycleEvent, Notification
+from lifecycle_stats.replay import format as fmt
+from lifecycle_stats.replay.standins import (
+    NOT_NOVA, UNUSABLE, RecordedHost, RecordedRegistry, VirtualClock,
+)
+
+LOG = logging.getLogger(__name__)
+CONDUIT = "replay"
+
+
+class JsonLinesConduit:
+    """A Conduit (interfaces.Conduit) writing each notification as one sorted-keys JSON line."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self.count = 0
+
+    def emit(self, notification: Notification) -> None:
+        doc = dataclasses.asdict(notification)
+        doc["payload"] = dict(notification.payload)
+        self._out.write(json.dumps(doc, sort_keys=True) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        self._out.flush()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The agent's options that shape what it publishes (agent.OPTS, signing.OPTS)."""
+
+    hostname: str
+    publisher_id: str
+    telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET
+
+
+class AgentState:
+    """What one agent process holds in memory; a restart builds a new one over the same spool
+    (compare agent.Agent._build_capture; a new capture part is wired in both)."""
+
+    def __init__(self, host: RecordedHost, store: spool_mod.Spool, clock: VirtualClock,
+                 settings: Settings, counters: Counters) -> None:
+        hostname = settings.hostname
+        self.registry = RecordedRegistry(host)
+        self.readings = last_readings.LastReadings(clock=clock)
+        self.flusher = flush.Flusher(
+            inspector=host, registry=self.registry, last_readings=self.readings, spool=store,
+            host=hostname, publisher_id=settings.publisher_id, counters=counters, clock=clock,
+            sleep=clock.sleep, telemetry_secret=settings.telemetry_secret)
+        self.poller = poller.Poller(inspector=host, registry=self.registry,
+                                    last_readings=self.readings, interval=60.0,
+                                    counters=counters)
+        self.events = domain_events.DomainEventHandler(
+            inspector=host, registry=self.registry, last_readings=self.readings,
+            counters=counters)
+        self.endpoint = bus.DeleteStartEndpoint(
+            host=hostname, on_trigger=self.flusher.handle, counters=counters, clock=clock,
+            allow_requeue=False)
+
+    def start(self) -> None:
+        """As Agent.start: resync the registry, then the poller's first poll."""
+        self.registry.sync()
+        self.poller.poll_once()
+
+
+class Player:
+    def __init__(self, recording: fmt.Recording, out: IO[str], state_dir: str,
+                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
+        self.recording = recording
+        self.counters = Counters()
+        self.clock = VirtualClock(recording.started_at)
+        self.host = RecordedHost()
+        self.conduit = JsonLinesConduit(out)
+        self.spool = spool_mod.Spool(os.path.join(state_dir, spool_mod.SPOOL_FILENAME),
+                                     conduits=[CONDUIT], clock=self.clock,
+                                     counters=self.counters)
+        self.settings = Settings(
+            hostname=recording.host,
+            publisher_id=(recording.header.get("publisher_id")
+                          or f"lifecycle-stats.{recording.host}"),  # the agent's default
+            telemetry_secret=telemetry_secret)
+        self.agent: AgentState | None = None
+        self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
+
+    def run(self) -> Counters:
+        answers = answers_by_cause(self.recording)
+        entries = self.recording.entries
+        known = leading_sync(entries)
+        for entry in entries[:known]:  # the host as it was when recording began
+            self._apply_to_host(entry)
+        self._start_agent()  # an agent already running then: its registry knows those domains
+        for entry in entries[known:]:
+            if "cause" in entry.data:
+                continue
+            self.clock.advance_to(entry.t)
+            for answer in answers.get(entry.index, ()):
+                self._apply_to_host(answer)
+            self._dispatch(entry)
+            self._deliver()
+        self.spool.close()
+        self.conduit.close()
+        return self.counters
+
+    # -- entries -----------------------------------------------------------------------
+    def _dispatch(self, entry: fmt.Entry) -> None:
+        self.counters.incr(f"replay.entries.{entry.kind}")
+        if entry.kind == fmt.NOVA:
+            self._nova(entry)
+        elif entry.kind == fmt.AGENT:
+            self._agent(entry)
+        elif entry.kind == fmt.LIBVIRT and self.agent is not None:
+            self.agent.events(lifecycle_event(entry, self.clock()))
+        elif entry.kind in (fmt.READING, fmt.INSTANCE, fmt.POLL):
+            self._apply_to_host(entry)
+            if entry.kind == fmt.POLL and self.agent is not None:
+                self.agent.poller.poll_once()
+
+    def _nova(self, entry: fmt.Entry) -> None:
+        if self.agent is None:
+            self.waiting.append(entry)  # the agent's queue keeps it until it is back
+            return
+        data = entry.data
+        context = data.get("context")
+        self.agent.endpoint.info(context if isinstance(context, dict) else {},
+                                 data.get("publisher_id"), data.get("event_type"),
+                                 data.get("payload"), {"message_id": data.get("message_id"),
+                                                       "timestamp": data.get("timestamp")})
+
+    def _agent(self, entry: fmt.Entry) -> None:
+        state = entry.data.get("state")
+        if state == "stopped":
+            self.agent = None
+        elif state == "started" and self.agent is None:
+            self._start_agent()
+            waiting, self.waiting = self.waiting, []
+            for queued in waiting:
+                self._nova(queued)
+
+    def _start_agent(self) -> None:
+        self.agent = AgentState(self.host, self.spool, self.clock, self.settings,
+                                self.counters)
+        self.agent.start()
+
+    def _apply_to_host(self, entry: fmt.Entry) -> None:
+        data = entry.data
+        if entry.kind == fmt.READING:
+            reading = data.get("reading")
+            self.host.set_reading(data["instance_id"],
+                                  None if reading is None else fmt.reading_from_data(reading))
+        elif entry.kind == fmt.INSTANCE:
+            self.host.set_metadata(data["instance_id"], metadata_of(data))
+        elif entry.kind == fmt.POLL:
+            self.host.set_poll([fmt.reading_from_data(r) for r in data["readings"]])
+
+    def _deliver(self) -> None:
+        """What the sender thread does, synchronously: emit pending records in spool order."""
+        while pending := self.spool.pending(CONDUIT, 1000):
+            for seq, notification in pending:
+                self.conduit.emit(notification)
+                self.spool.confirm(seq, CONDUIT)
+                self.counters.incr("replay.emitted")
+
+
+def leading_sync(entries: list[fmt.Entry]) -> int:
+    """How many entries open the recording with the recorder's sync (its metadata reads of
+    every domain there was, caused by nothing)."""
+    count = 0
+    while count < len(entries) and entries[count].kind == fmt.INSTANCE \
+            and "cause" not in entries[count].data:
+        count += 1
+    return count
+
+
+def metadata_of(data: dict[str, Any]):
+    """An `instance` entry's answer: InstanceInfo; NOT_NOVA; why nova's metadata was unusable
+    (registry.REJECTED / MALFORMED); or None for a gone domain."""
+    if data.get("gone"):
+        return None
+    info = data.get("info")
+    if info is not None:
+        return fmt.info_from_data(info)
+    unusable = data.get("unusable")
+    if unusable is not None and unusable not in UNUSABLE:
+        raise ValueError(f"unusable must be one of {UNUSABLE}, got {unusable!r}")
+    return unusable or NOT_NOVA
+
+
+def lifecycle_event(entry: fmt.Entry, now) -> LifecycleEvent:
+    data = entry.data
+    return LifecycleEvent(instance_id=data["instance_id"], domain_name=data["domain_name"],
+                          event=data["event"], detail=data["detail"], received_at=now)
+
+
+def answers_by_cause(recording: fmt.Recording) -> dict[int, list[fmt.Entry]]:
+    answers: dict[int, list[fmt.Entry]] = collections.defaultdict(list)
+    for entry in recording.entries:
+        if "cause" not in entry.data:
+            continue
+        cause = entry.data["cause"]
+        if not isinstance(cause, int) or isinstance(cause, bool) or not 0 <= cause < entry.index:
+            raise fmt.RecordingError(recording.path, entry.offset,
+                                     f"corrupt: entry {entry.index} answers entry {cause!r}, "
+                                     "which does not precede it")
+        answers[cause].append(entry)
+    return answers
+
+
+def check_entries(recording: fmt.Recording) -> None:
+    """Decode every entry's records once before anything runs, so a bad entry fails the
+    replay with its offset and no partial output."""
+    for entry in recording.entries:
+        try:
+            _check(entry)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise fmt.RecordingError(recording.path, entry.offset,
+                                     f"corrupt: bad {entry.kind} entry {entry.index}: "
+                                     f"{type(exc).__name__}: {exc}") from None
+
+
+def _check(entry: fmt.Entry) -> None:
+    data = entry.data
+    if entry.kind == fmt.READING:
+        str(data["instance_id"])
+        if data.get("reading") is not None:
+            fmt.reading_from_data(data["reading"])
+    elif entry.kind == fmt.INSTANCE:
+        str(data["instance_id"])
+        metadata_of(data)
+    elif entry.kind == fmt.POLL:
+        for reading in data["readings"]:
+            fmt.reading_from_data(reading)
+    elif entry.kind == fmt.LIBVIRT:
+        for key in ("instance_id", "domain_name", "event", "detail"):
+            if not isinstance(data[key], str):
+                raise TypeError(f"{key} must be a string")
+    elif entry.kind == fmt.AGENT and data.get("state") not in ("stopped", "started"):
+        raise ValueError(f"agent state {data.get('state')!r}")
+
+
+def check(recording: fmt.Recording) -> None:
+    """Raise fmt.RecordingError (with the offset) for any entry the replay could not use."""
+    check_entries(recording)
+    answers_by_cause(recording)
+
+
+def run(recording: fmt.Recording, out: IO[str],
+        telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> Counters:
+    """Replay a checked recording into out, with a throw-away spool."""
+    with tempfile.TemporaryDirectory(prefix="lifecycle-stats-replay-") as state_dir:
+        return Player(recording, out, state_dir, telemetry_secret).run()

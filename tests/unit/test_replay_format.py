@@ -1,0 +1,140 @@
+"""The recording format: round trip, and a one-line error with the offset for every kind of
+bad file (corrupt, truncated, newer version), through the CLI as a user meets it."""
+from __future__ import annotations
+
+import io
+import itertools
+import pathlib
+import shutil
+
+import msgpack
+import pytest
+
+from lifecycle_stats.replay import cli
+from lifecycle_stats.replay import format as fmt
+
+RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
+SINGLE = RECORDINGS / "single-delete.lsrec"
+HEADER = {"host": "h1", "started_at": "2026-11-22T00:00:00.000000+00:00"}
+
+
+def write(entries, monotonic_values=None) -> bytes:
+    stream = io.BytesIO()
+    stream.close = lambda: None
+    ticks = iter(monotonic_values or itertools.count(0.0, 0.5))
+    writer = fmt.RecordingWriter(stream, HEADER, monotonic=lambda: next(ticks))
+    indexes = [writer.write(kind, **fields) for kind, fields in entries]
+    assert indexes == list(range(len(entries)))
+    return stream.getvalue()
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_round_trip_keeps_header_entries_and_offsets(tmp_path):
+    path = tmp_path / "r.lsrec"
+    path.write_bytes(write([(fmt.AGENT, {"state": "stopped"}),
+                            (fmt.POLL, {"readings": []})]))
+    recording = fmt.read(str(path))
+    assert recording.header["format_version"] == fmt.FORMAT_VERSION
+    assert recording.host == "h1"
+    assert [(e.index, e.kind, e.t) for e in recording.entries] == [
+        (0, fmt.AGENT, 0.5), (1, fmt.POLL, 1.0)]
+    assert recording.entries[0].offset == len(fmt.MAGIC) + 4 + len(
+        msgpack.packb({**HEADER, "format_version": 1}))
+
+
+def test_writer_refuses_unknown_kinds():
+    with pytest.raises(ValueError, match="unknown entry kind"):
+        write([("telepathy", {})])
+
+
+def test_a_truncated_recording_names_the_offset_of_the_cut_frame(tmp_path, capsys):
+    data = SINGLE.read_bytes()
+    last = fmt.read(str(SINGLE)).entries[-1].offset
+    path = tmp_path / "cut.lsrec"
+    path.write_bytes(data[:-3])
+    code, out, err = run_cli(capsys, "run", str(path))
+    assert code == 1 and out == ""
+    assert err == f"lifecycle-stats-replay: {path}: offset {last}: truncated: frame of " \
+                  f"{len(data) - last - 4} bytes has only {len(data) - last - 7}\n"
+
+
+def test_a_corrupt_frame_is_reported_with_its_offset(tmp_path, capsys):
+    recording = fmt.read(str(SINGLE))
+    target = recording.entries[3].offset
+    data = bytearray(SINGLE.read_bytes())
+    data[target + 4] = 0xC1  # msgpack's never-used byte: the frame cannot be decoded
+    path = tmp_path / "corrupt.lsrec"
+    path.write_bytes(bytes(data))
+    for command in ("run", "show"):
+        code, out, err = run_cli(capsys, command, str(path))
+        assert code == 1 and out == ""
+        assert err.startswith(f"lifecycle-stats-replay: {path}: offset {target}: corrupt: "
+                              "undecodable frame")
+        assert err.count("\n") == 1
+
+
+def test_a_huge_length_is_corrupt_not_an_allocation(tmp_path, capsys):
+    data = bytearray(SINGLE.read_bytes())
+    target = fmt.read(str(SINGLE)).entries[0].offset
+    data[target:target + 4] = b"\xff\xff\xff\xff"
+    path = tmp_path / "len.lsrec"
+    path.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "run", str(path))
+    assert code == 1
+    assert f"offset {target}: corrupt: frame length 4294967295 exceeds" in err
+
+
+def test_a_newer_format_version_is_refused_at_the_header(tmp_path, capsys):
+    path = tmp_path / "new.lsrec"
+    body = msgpack.packb({**HEADER, "format_version": fmt.FORMAT_VERSION + 1})
+    path.write_bytes(fmt.MAGIC + len(body).to_bytes(4, "big") + body)
+    code, out, err = run_cli(capsys, "run", str(path))
+    assert code == 1 and out == ""
+    assert err == (f"lifecycle-stats-replay: {path}: offset 8: format version 2 is newer "
+                   "than this tool reads (1); upgrade it\n")
+
+
+def test_not_a_recording_at_all(tmp_path, capsys):
+    path = tmp_path / "x.lsrec"
+    path.write_bytes(b"{}\n")
+    code, _, err = run_cli(capsys, "show", str(path))
+    assert code == 1
+    assert err.strip() == f"lifecycle-stats-replay: {path}: offset 0: not a lifecycle-stats " \
+                          "recording (bad magic)"
+
+
+def test_an_entry_with_a_broken_reading_fails_before_any_output(tmp_path, capsys):
+    path = tmp_path / "bad.lsrec"
+    path.write_bytes(write([(fmt.READING, {"instance_id": "i", "cause": 0,
+                                           "reading": {"state": "running"}})]))
+    code, out, err = run_cli(capsys, "run", str(path), "-o", str(tmp_path / "out.jsonl"))
+    assert code == 1 and out == ""
+    offset = fmt.read(str(path)).entries[0].offset
+    assert err.startswith(f"lifecycle-stats-replay: {path}: offset {offset}: corrupt: bad "
+                          "reading entry 0: KeyError")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_an_answer_must_follow_what_it_answers(tmp_path, capsys):
+    path = tmp_path / "cause.lsrec"
+    path.write_bytes(write([(fmt.READING, {"instance_id": "i", "cause": 5, "reading": None})]))
+    code, _, err = run_cli(capsys, "run", str(path))
+    assert code == 1
+    assert "corrupt: entry 0 answers entry 5, which does not precede it" in err
+
+
+def test_a_recording_stopped_between_frames_is_valid(tmp_path):
+    """What Ctrl-C leaves: every frame whole, however many there are."""
+    recording = fmt.read(str(SINGLE))
+    data = SINGLE.read_bytes()
+    for entry in recording.entries:
+        path = tmp_path / "partial.lsrec"
+        path.write_bytes(data[:entry.offset])
+        assert len(fmt.read(str(path)).entries) == entry.index
+    shutil.copy(SINGLE, tmp_path / "whole.lsrec")
+    assert len(fmt.read(str(tmp_path / "whole.lsrec")).entries) == len(recording.entries)
