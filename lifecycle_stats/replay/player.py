@@ -24,7 +24,10 @@ import os
 import tempfile
 from typing import IO, Any
 
-from lifecycle_stats.capture import domain_events, flush, last_readings, poller
+from lifecycle_stats.capture import (
+    closing_reads, domain_events, flush, last_readings, periods, poller, usage_ledger,
+    usage_reports, usage_store,
+)
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import bus
 from lifecycle_stats.publishing import signing
@@ -65,28 +68,52 @@ class Settings:
     telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET
 
 
+class Usage:
+    """The usage ledger and its exists reporter: on disk beside the spool, so, like the spool,
+    they outlive an agent restart (compare agent.Agent._build_usage). Periodic exists are not
+    replayed (no period closer: a recording spans minutes); the final exists at deletion is."""
+
+    def __init__(self, state_dir: str, store: spool_mod.Spool, clock: VirtualClock,
+                 settings: Settings, counters: Counters) -> None:
+        self.ledger = usage_ledger.UsageLedger(usage_store.ledger_path(state_dir),
+                                               periods.parse("hour"), counters=counters)
+        self.reporter = usage_reports.ExistsReporter(
+            ledger=self.ledger, spool=store, host=settings.hostname,
+            publisher_id=settings.publisher_id, counters=counters, clock=clock)
+
+
 class AgentState:
     """What one agent process holds in memory; a restart builds a new one over the same spool
-    (compare agent.Agent._build_capture; a new capture part is wired in both)."""
+    and ledger (compare agent.Agent._build_capture; a new capture part is wired in both)."""
 
     def __init__(self, host: RecordedHost, store: spool_mod.Spool, clock: VirtualClock,
-                 settings: Settings, counters: Counters) -> None:
+                 settings: Settings, counters: Counters, usage: Usage) -> None:
         hostname = settings.hostname
         self.registry = RecordedRegistry(host)
         self.readings = last_readings.LastReadings(clock=clock)
         self.flusher = flush.Flusher(
             inspector=host, registry=self.registry, last_readings=self.readings, spool=store,
             host=hostname, publisher_id=settings.publisher_id, counters=counters, clock=clock,
-            sleep=clock.sleep, telemetry_secret=settings.telemetry_secret)
+            sleep=clock.sleep, telemetry_secret=settings.telemetry_secret,
+            usage=usage.ledger, on_deleted=usage.reporter.final)
+        self.closing_reads = closing_reads.ClosingReads(
+            inspector=host, registry=self.registry, last_readings=self.readings,
+            usage=usage.ledger, counters=counters, clock=clock)
         self.poller = poller.Poller(inspector=host, registry=self.registry,
                                     last_readings=self.readings, interval=60.0,
-                                    counters=counters)
+                                    counters=counters, usage=usage.ledger)
         self.events = domain_events.DomainEventHandler(
             inspector=host, registry=self.registry, last_readings=self.readings,
-            counters=counters)
+            counters=counters, usage=usage.ledger)
         self.endpoint = bus.DeleteStartEndpoint(
-            host=hostname, on_trigger=self.flusher.handle, counters=counters, clock=clock,
+            host=hostname, on_trigger=self._on_trigger, counters=counters, clock=clock,
             allow_requeue=False)
+
+    def _on_trigger(self, trigger):
+        """As Agent._on_trigger: deletes to the flush, other actions to a closing read."""
+        if trigger.action == closing_reads.DELETE:
+            return self.flusher.handle(trigger)
+        return self.closing_reads.handle(trigger)
 
     def start(self) -> None:
         """As Agent.start: resync the registry, then the poller's first poll."""
@@ -110,6 +137,7 @@ class Player:
             publisher_id=(recording.header.get("publisher_id")
                           or f"lifecycle-stats.{recording.host}"),  # the agent's default
             telemetry_secret=telemetry_secret)
+        self.usage = Usage(state_dir, self.spool, self.clock, self.settings, self.counters)
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 
@@ -129,6 +157,7 @@ class Player:
             self._dispatch(entry)
             self._deliver()
         self.spool.close()
+        self.usage.ledger.close()
         self.conduit.close()
         return self.counters
 
@@ -169,7 +198,7 @@ class Player:
 
     def _start_agent(self) -> None:
         self.agent = AgentState(self.host, self.spool, self.clock, self.settings,
-                                self.counters)
+                                self.counters, self.usage)
         self.agent.start()
 
     def _apply_to_host(self, entry: fmt.Entry) -> None:

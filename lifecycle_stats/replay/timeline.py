@@ -91,8 +91,11 @@ def _nova_instance(data: dict[str, Any]) -> str | None:
 
 
 def notification_line(doc: dict[str, Any], recording: fmt.Recording) -> str:
-    """One produced delete.samples, briefly: when, which instance, how it was captured."""
+    """One produced notification, briefly: when, which instance, how it was captured (a
+    delete.samples) or what usage it reports (a compute.instance.exists)."""
     payload = doc["payload"]
+    if "capture" not in payload:
+        return exists_line(doc, recording)
     capture = payload["capture"]
     offset = (fmt.parse_time(doc["timestamp"]) - recording.started_at).total_seconds()
     how = capture["kind"]
@@ -105,3 +108,15 @@ def notification_line(doc: dict[str, Any], recording: fmt.Recording) -> str:
     return (f"  +{offset:9.3f}s  {str(payload.get('display_name'))[:12]:<12} "
             f"{payload['instance_id'][:8]}  {how:<22} via {capture['trigger']:<30} "
             f"{len(payload['samples'])} samples{': ' + figures if figures else ''}")
+
+
+def exists_line(doc: dict[str, Any], recording: fmt.Recording) -> str:
+    payload = doc["payload"]
+    usage = payload.get("usage") or {}
+    offset = (fmt.parse_time(doc["timestamp"]) - recording.started_at).total_seconds()
+    kind = "final exists" if payload.get("final") else "exists"
+    state = "complete" if usage.get("complete") else \
+        f"incomplete {usage.get('incomplete_seconds')} s"
+    return (f"  +{offset:9.3f}s  {str(payload.get('display_name'))[:12]:<12} "
+            f"{str(payload.get('instance_id'))[:8]}  {kind:<22} "
+            f"cpu_time_ns={usage.get('cpu_time_ns')}, {state}")

@@ -116,11 +116,13 @@ def test_run_brief_says_what_each_notification_captured(capsys):
     assert cli.main(["run", "--brief", str(RECORDINGS / "agent-restart.lsrec")]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert len(lines) == 2
-    assert "unavailable" in lines[0] and "via compute.instance.delete.start  0 samples" in lines[0]
-    assert "final" in lines[1] and "via instance.delete.start" in lines[1]
-    assert " samples: cpu=" in lines[1]
-    assert "2 notifications (duplicates 1, final 1, unavailable 1)" in err
+    assert len(lines) == 4  # each delete.samples with its final exists
+    assert "last_known" in lines[0] and "via compute.instance.delete.start  30 samples" in lines[0]
+    assert "final exists" in lines[1] and "incomplete" in lines[1]
+    assert "final " in lines[2] and "via instance.delete.start" in lines[2]
+    assert " samples: cpu=" in lines[2]
+    assert "final exists" in lines[3] and "complete" in lines[3]
+    assert "4 notifications (duplicates 1, final 1, last_known 1)" in err
 
 
 def test_live_sends_the_recorded_request_context(tmp_path):

@@ -40,13 +40,14 @@ def test_shipped_recording_replays_to_its_golden_byte_for_byte(recording, tmp_pa
 
 def test_golden_kinds_tell_each_case_apart():
     """What each real case produced (so a golden regenerated wrongly is noticed)."""
-    kinds = {p.stem: [json.loads(line)["payload"]["capture"]["kind"]
-                      for line in p.with_suffix(".jsonl").read_text().splitlines()]
+    kinds = {p.stem: [event["payload"]["capture"]["kind"]
+                      for event in delete_samples(p.with_suffix(".jsonl").read_text())]
              for p in SHIPPED}
     assert kinds["single-delete"] == ["final"]
     assert kinds["burst-of-deletes"] == ["final"] * 4
     assert kinds["power-cycle-then-delete"] == ["final"]
-    assert kinds["agent-restart"] == ["unavailable", "final"]
+    # the restarted agent has lost its memory, not its ledger: the last poll stands in
+    assert kinds["agent-restart"] == ["last_known", "final"]
     assert kinds["delete-racing-destroy"] == ["last_known"]
 
 
@@ -89,7 +90,13 @@ def replay(tmp_path, entries, times) -> list[dict]:
     player.check(recording)
     out = io.StringIO()
     player.run(recording, out)
-    return [json.loads(line) for line in out.getvalue().splitlines()]
+    return delete_samples(out.getvalue())
+
+
+def delete_samples(text: str) -> list[dict]:
+    """The delete.samples of a replay's output (each delete also has its final exists)."""
+    events = [json.loads(line) for line in text.splitlines()]
+    return [e for e in events if e["event_type"] == "compute.instance.delete.samples"]
 
 
 def known_then(*entries) -> list:
@@ -123,9 +130,10 @@ def test_a_domain_gone_before_the_read_reports_the_last_poll_with_its_age(tmp_pa
     assert [s["volume"] for s in out[0]["payload"]["samples"] if s["name"] == "cpu"] == [1_000]
 
 
-def test_a_restart_empties_the_agents_memory_but_not_its_spool(tmp_path):
-    """Deleted while the agent was down: at start the domain is gone and nothing was cached,
-    so the capture is unavailable; nova's second announcement is then a duplicate."""
+def test_a_restart_empties_the_agents_memory_but_not_its_spool_nor_its_ledger(tmp_path):
+    """Deleted while the agent was down: at start the domain is gone and the in-memory cache
+    is empty, but the usage ledger (on disk, like the spool) still holds the last poll, so the
+    capture is last_known, not unavailable; nova's second announcement is then a duplicate."""
     out = replay(tmp_path, known_then(
         (fmt.AGENT, {"state": "stopped"}),
         delete_start(),
@@ -135,9 +143,10 @@ def test_a_restart_empties_the_agents_memory_but_not_its_spool(tmp_path):
         (fmt.AGENT, {"state": "started"}),
         delete_start(),
     ), [1.0, 1.0, 2.0, 3.0, 3.01, 3.02, 5.0, 6.0])
-    assert [e["payload"]["capture"]["kind"] for e in out] == ["unavailable"]
-    # read when the agent was back (virtual time 5 s), stamped with nova's announcement
-    assert out[0]["payload"]["capture"]["captured_at"] == "2026-11-22T01:00:05.000000+00:00"
+    assert [e["payload"]["capture"]["kind"] for e in out] == ["last_known"]
+    assert out[0]["payload"]["capture"]["complete"] is False
+    # the ledger's last reading (the poll at virtual time 1 s), stamped with nova's announcement
+    assert out[0]["payload"]["capture"]["captured_at"] == "2026-11-22T01:00:01.000000+00:00"
     assert out[0]["timestamp"] == "2026-11-22T01:00:00.000000+00:00"
     assert out[0]["payload"]["display_name"] == "web-1"  # from nova's payload
 
@@ -184,7 +193,7 @@ def test_a_domain_whose_nova_metadata_was_unusable_is_unavailable_not_ignored(tm
     player.check(recording)
     out = io.StringIO()
     counters = player.run(recording, out)
-    (event,) = [json.loads(line) for line in out.getvalue().splitlines()]
+    (event,) = delete_samples(out.getvalue())
     assert event["payload"]["capture"]["kind"] == "unavailable"
     assert event["payload"]["display_name"] == "web-1"  # nova's word, from the announcement
     assert counters.get("flush.metadata_unusable") == 1
@@ -212,6 +221,7 @@ def test_the_telemetry_secret_signs_the_samples_as_the_agent_would(tmp_path):
         outputs[name] = out.read_text()
     assert outputs["default"] == (RECORDINGS / "single-delete.jsonl").read_text()
     assert outputs["other"] == outputs["other-again"] != outputs["default"]
-    default, other = (json.loads(outputs[n])["payload"]["samples"] for n in ("default", "other"))
+    default, other = (delete_samples(outputs[n])[0]["payload"]["samples"]
+                      for n in ("default", "other"))
     assert [{k: v for k, v in s.items() if k != "message_signature"} for s in default] == \
         [{k: v for k, v in s.items() if k != "message_signature"} for s in other]
