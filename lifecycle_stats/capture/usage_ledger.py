@@ -20,7 +20,7 @@ import dataclasses
 import datetime
 import sqlite3
 import threading
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from lifecycle_stats.capture import usage_codec as codec
 from lifecycle_stats.capture import usage_math
@@ -28,6 +28,7 @@ from lifecycle_stats.capture.usage_store import guarded as _guarded
 from lifecycle_stats.capture.usage_store import open_ledger
 from lifecycle_stats.capture.periods import AuditPeriod
 from lifecycle_stats.counters import Counters
+from lifecycle_stats import sqlite_tx
 from lifecycle_stats.records import (
     UTC, DomainReading, InstanceInfo, LatestUsage, Unobserved, Usage,
 )
@@ -284,16 +285,8 @@ class UsageLedger:
             db.execute(f"DELETE FROM processes WHERE instance_id IN ({gone})", (cut,))
             db.execute(f"DELETE FROM instances WHERE instance_id IN ({gone})", (cut,))
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return sqlite_tx.immediate(self._db, self._lock)
 
     def close(self) -> None:
         with self._lock:

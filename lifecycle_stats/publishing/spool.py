@@ -25,11 +25,12 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Callable, Iterator
+from typing import Callable
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.publishing import spool_schema
 from lifecycle_stats.records import Notification, utcnow
+from lifecycle_stats import sqlite_tx
 
 LOG = logging.getLogger(__name__)
 CAPTURE_EVENT = "compute.instance.delete.samples"
@@ -75,16 +76,8 @@ class Spool:
         with self._tx() as db:
             self._retire_complete(db)
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return sqlite_tx.immediate(self._db, self._lock)
 
     def _now(self) -> float:
         return self._clock().timestamp()

@@ -14,7 +14,6 @@ import queue
 import signal
 import socket
 import sys
-import threading
 import time
 import warnings
 
