@@ -236,6 +236,26 @@ def test_ceilometer_libvirt_inspector_imports_in_the_interop_venv(ceilometer_pyt
     assert int(done.stdout.strip()) >= 9_000_000
 
 
+def test_poll_cycle_baseline_worker_runs_ceilometers_inspector(ceilometer_python):
+    """benchmarks/poll_cycle.py's baseline worker polls with the real LibvirtInspector: the test
+    driver's domain is read, an unknown uuid is skipped as Ceilometer skips it, a bad request
+    is a clear error. Figures are printed by the benchmark, never asserted."""
+    from benchmarks import _ceilometer_inspector as baseline
+    test_domain = {"id": "6695eb01-f6a4-8304-79aa-97f2502e193f", "name": "test",
+                   "instance_name": "test"}  # libvirt's test:///default ships this domain
+    inspector = baseline.CeilometerInspector("test:///default", str(ceilometer_python))
+    try:
+        assert inspector.versions["ceilometer"] and inspector.versions["libvirt"] >= 9_000_000
+        cycle = inspector.cycle([test_domain, {"id": "00000000-0000-4000-8000-00000000dead"}])
+        assert (cycle.instances, cycle.read) == (2, 1)
+        assert cycle.errors == {"InstanceNotFoundException": 1}
+        with pytest.raises(baseline.WorkerError, match="KeyError"):
+            inspector.cycle([{"name": "no id"}])
+        assert inspector.cycle([test_domain]).read == 1  # the worker survives a bad request
+    finally:
+        inspector.close()
+
+
 def test_catalogue_matches_ceilometers_own_compute_pollsters(ceilometer_python):
     """Every non-legacy row has a Ceilometer pollster of that name, type and unit; every
     Ceilometer libvirt pollster we do not publish is one the README explains."""
