@@ -135,7 +135,8 @@ class Flusher:
                  legacy_meters: bool = True,
                  telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET,
                  usage: UsageAccounts | None = None,
-                 on_deleted: Callable[[InstanceInfo, datetime.datetime], object] | None = None,
+                 on_deleted: Callable[[InstanceInfo, datetime.datetime, datetime.datetime | None],
+                                     object] | None = None,
                  ) -> None:
         if max_attempts < 1 or tries_per_attempt < 1:
             raise ValueError(f"max_attempts and tries_per_attempt must be >= 1, got "
@@ -206,17 +207,20 @@ class Flusher:
             self._attempts.keep_built(message_id, built)
         kind, notification, info, ended = built
         self._gate.write(self._spool.put, notification, kind="final")
-        self._account_deletion(trigger.instance_id, info, ended)
+        self._account_deletion(trigger, info, ended)
         return Outcome(kind)
 
-    def _account_deletion(self, instance_id: str, info: InstanceInfo | None,
+    def _account_deletion(self, trigger: DeleteTrigger, info: InstanceInfo | None,
                           ended: datetime.datetime) -> None:
         """The ledger closes the instance; its final exists follows the delete.samples (same
-        reading). Never at the delete.samples' expense: a failure here is logged, counted."""
+        reading, stamped no later than nova's announcement either: Ceilometer's stock
+        definitions turn a compute.instance.exists into samples stamped with its envelope time).
+        Never at the delete.samples' expense: a failure here is logged, counted."""
+        instance_id = trigger.instance_id
         try:
             self._usage.instance_deleted(instance_id, ended)
             if info is not None and self._on_deleted is not None:
-                self._on_deleted(info, ended)
+                self._on_deleted(info, ended, trigger.announced_at)
         except Exception:
             self._counters.incr("usage.final_exists_errors")
             LOG.exception("final exists of %s not spooled", instance_id)

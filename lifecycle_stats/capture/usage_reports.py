@@ -33,10 +33,14 @@ class ExistsReporter:
         self._on_spooled = on_spooled
         self._clock = clock
 
-    def final(self, info: InstanceInfo, deleted_at: datetime.datetime) -> bool:
-        """The deleted instance's last, partial period: (period begin, deletion]."""
+    def final(self, info: InstanceInfo, deleted_at: datetime.datetime,
+              announced_at: datetime.datetime | None = None) -> bool:
+        """The deleted instance's last, partial period: (period begin, deletion]. Its envelope
+        time is never later than nova's delete announcement (announced_at), as delete.samples':
+        a later one would let Ceilometer's stock samples of it un-end the instance in Gnocchi."""
         begin, _ = self.ledger.period.current(deleted_at)
-        return self._report(info, begin, deleted_at, exists.DELETED, kind="final")
+        return self._report(info, begin, deleted_at, exists.DELETED, kind="final",
+                            sent_by=announced_at)
 
     def period(self, begin: datetime.datetime, end: datetime.datetime) -> int:
         """One exists per instance hosted in the completed period; returns how many."""
@@ -65,11 +69,13 @@ class ExistsReporter:
                             extra={"nova_event_type": window.event_type})
 
     def _report(self, info: InstanceInfo, begin: datetime.datetime, end: datetime.datetime,
-                source: str, *, kind: str, extra: dict | None = None) -> bool:
+                source: str, *, kind: str, extra: dict | None = None,
+                sent_by: datetime.datetime | None = None) -> bool:
         used = self.ledger.usage(info.instance_id, begin, end)
+        now = self._clock() if sent_by is None else min(self._clock(), sent_by)
         notification = exists.exists(
             info=info, used=used, begin=begin, end=end, source=source, host=self._host,
-            publisher_id=self._publisher_id, now=self._clock(), extra=extra)
+            publisher_id=self._publisher_id, now=now, extra=extra)
         payloads.validate(notification)
         if self._spool.seen(notification.message_id):
             self._counters.incr("usage.exists_duplicates")

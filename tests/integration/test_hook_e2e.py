@@ -202,16 +202,17 @@ def test_a_power_off_through_the_driver_caches_a_reading_and_publishes_nothing(
     socket_path = agent.config_file.parent / "run" / "hook.sock"
     nova = nova_process(tmp_path, names, rabbit_url, "threading", str(socket_path))
     guest, dom = guest_factory.create(paused=False)
-    refreshed = agent.counter("flush.refreshed")
+    closing_reads = agent.counter("flush.action.power_off")
     try:
         result = nova.call({"op": "notify", "event_type": "compute.instance.power_off.start",
                             "publisher_id": f"compute.{HOST}",
                             "payload": legacy_payload(guest, HOST)})
         assert "error" not in result
-        assert "power_off.start cached (cached)" in nova.log(), nova.log_tail()
+        assert "power_off.start cached (read)" in nova.log(), nova.log_tail()
         dom.destroy()  # nova's power-off ends the QEMU process right after
-        agent.wait_for(lambda s: s.get("counters", {}).get("flush.refreshed", 0) > refreshed,
-                       EVENT_WAIT, "the reading refreshed")
+        agent.wait_for(
+            lambda s: s.get("counters", {}).get("flush.action.power_off", 0) > closing_reads,
+            EVENT_WAIT, "the closing reading taken")
         assert agent.counter("hook.triggers.power_off") >= 1
         time.sleep(QUIET)
         assert guest.instance_id not in billing.by_instance()  # a stop is not a deletion

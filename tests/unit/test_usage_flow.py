@@ -13,7 +13,7 @@ from lifecycle_stats.capture import (
     closing_reads, flush, last_readings, periods, usage_ledger, usage_reports,
 )
 from lifecycle_stats.publishing import payloads, spool
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import DeleteTrigger, isotime
 from tests.unit.test_flush import FakeInspector, FakeRegistry
 from tests.unit.test_samples import AT, UUID, make_info, make_reading
 
@@ -192,3 +192,17 @@ def test_a_final_exists_is_not_the_capture_a_retried_delete_supersedes(host, clo
     host.handle(action("delete", clock.now))
     samples = host.spooled()["compute.instance.delete.samples"]
     assert host.spool.last_capture(UUID) == samples.message_id
+
+
+def test_the_final_exists_is_stamped_no_later_than_nova_announced_the_delete(host, clock, live):
+    """Ceilometer's stock meters.yaml turns compute.instance.exists into samples stamped with
+    the envelope time; stamped after nova's delete.start they would un-end the instance in
+    Gnocchi (as a late delete.samples would)."""
+    live.readings[UUID] = reading_at(clock.advance(60), 9_000)
+    announced = clock.now
+    clock.advance(2)  # the agent handles the announcement two seconds after nova sent it
+    trigger = dataclasses.replace(action("delete", clock.now), announced_at=announced)
+    assert host.handle(trigger) is flush.Outcome.FINAL
+    events = host.spooled()
+    assert events["compute.instance.exists"].timestamp == isotime(announced)
+    assert events["compute.instance.delete.samples"].timestamp == isotime(announced)
