@@ -126,6 +126,8 @@ class UsageLedger:
             return
         if at <= current.latest_at:
             return  # older than what we hold (a poll that finished after a newer flush read)
+        if current.ended_at is not None and at <= current.ended_at:
+            return  # taken before its process ended (a poll that finished after the stop)
         previous = usage_math.flatten(current.latest)
         if self._is_new_process(current, reading, previous, counters):
             if current.ended_at is None:  # its end went unseen: bounded by this reading

@@ -7,6 +7,7 @@ real Ceilometer on the same broker reads, and delete_queues() removes what a run
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -204,6 +205,32 @@ class Nova:
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
         publish_exists(self.transport, guest, host, begin, end, versioned=versioned,
                        exchange=self.names.nova_exchange, topic=topic)
+
+
+@contextlib.contextmanager
+def billing_bus(rabbit_url: str, amqp: str, names: BusNames, hosts, *, project: str,
+                extra_queues=(), **consumer_kw):
+    """A transport on the test broker and a billing consumer on it: (transport, billing).
+    Afterwards the consumer is stopped, the transport cleaned up, and the hosts' queues (plus
+    extra_queues) and the run's nova and control exchanges deleted, whatever happened."""
+    import oslo_messaging
+    from oslo_config import cfg
+
+    conf = cfg.ConfigOpts()
+    conf([], project=project, default_config_files=[])
+    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+    billing = None
+    try:
+        billing = BillingConsumer(transport, names, **consumer_kw)
+        yield transport, billing
+    finally:
+        try:
+            if billing is not None:
+                billing.stop()
+            transport.cleanup()
+        finally:
+            delete_queues(amqp, [*names.queues(hosts), *extra_queues],
+                          [names.nova_exchange, names.control_exchange])
 
 
 def delete_queues(amqp_url: str, queues, exchanges=()) -> None:

@@ -15,9 +15,7 @@ import uuid
 
 import jsonschema
 import libvirt
-import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from lifecycle_stats.publishing import meters, payloads, samples
 from lifecycle_stats.testing import nova as nova_messages
@@ -46,21 +44,9 @@ def names():
 @pytest.fixture(scope="module")
 def bus(rabbit_url, names):
     """(transport, billing consumer, nova); queues and exchanges removed afterwards."""
-    conf = cfg.ConfigOpts()
-    conf([], project="lifecycle-stats-e2e", default_config_files=[])
-    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-    billing = None
-    try:
-        billing = harness.BillingConsumer(transport, names)
+    with harness.billing_bus(rabbit_url, amqp_url(rabbit_url), names, [HOST, TERM_HOST],
+                             project="lifecycle-stats-e2e") as (transport, billing):
         yield transport, billing, harness.Nova(transport, names)
-    finally:
-        try:
-            if billing is not None:
-                billing.stop()
-            transport.cleanup()
-        finally:
-            harness.delete_queues(amqp_url(rabbit_url), names.queues([HOST, TERM_HOST]),
-                                  [names.nova_exchange, names.control_exchange])
 
 
 @pytest.fixture(scope="module")

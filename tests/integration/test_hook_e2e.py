@@ -18,7 +18,6 @@ import uuid
 
 import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
@@ -70,24 +69,15 @@ def names():
 
 @pytest.fixture(scope="module")
 def bus(rabbit_url, names):
-    conf = cfg.ConfigOpts()
-    conf([], project="lifecycle-stats-hook-e2e", default_config_files=[])
-    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
     watch_pool = f"lst-novawatch-{RUN}"
-    billing = watcher = None
-    try:
-        billing = harness.BillingConsumer(transport, names)
+    with harness.billing_bus(rabbit_url, amqp_url(rabbit_url), names, [HOST],
+                             project="lifecycle-stats-hook-e2e",
+                             extra_queues=[watch_pool]) as (transport, billing):
         watcher = NovaWatcher(transport, names, watch_pool)
-        yield billing, watcher
-    finally:
         try:
-            for consumer in (billing, watcher):
-                if consumer is not None:
-                    consumer.stop()
-            transport.cleanup()
+            yield billing, watcher
         finally:
-            harness.delete_queues(amqp_url(rabbit_url), names.queues([HOST]) + [watch_pool],
-                                  [names.nova_exchange, names.control_exchange])
+            watcher.stop()
 
 
 @pytest.fixture(scope="module")

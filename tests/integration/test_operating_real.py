@@ -9,9 +9,7 @@ import signal
 import time
 import uuid
 
-import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from tests.integration import harness, prom
 from tests.integration.conftest import amqp_url
@@ -31,21 +29,9 @@ def names():
 
 @pytest.fixture(scope="module")
 def bus(rabbit_url, names):
-    conf = cfg.ConfigOpts()
-    conf([], project="lifecycle-stats-ops", default_config_files=[])
-    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-    billing = None
-    try:
-        billing = harness.BillingConsumer(transport, names)
+    with harness.billing_bus(rabbit_url, amqp_url(rabbit_url), names, [HOST],
+                             project="lifecycle-stats-ops") as (transport, billing):
         yield billing, harness.Nova(transport, names)
-    finally:
-        try:
-            if billing is not None:
-                billing.stop()
-            transport.cleanup()
-        finally:
-            harness.delete_queues(amqp_url(rabbit_url), names.queues([HOST]),
-                                  [names.nova_exchange, names.control_exchange])
 
 
 @pytest.fixture(scope="module")

@@ -199,3 +199,17 @@ def test_a_process_id_of_minus_one_is_unknown_not_a_new_process(ledger):
     ledger.record(INFO, reading(3, 600, domain_id=7))
     assert ledger.processes(IID) == 1
     assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 500
+
+
+def test_a_reading_taken_before_its_process_ended_is_not_a_new_process(ledger):
+    """A bulk poll requested before nova's destroy returns after libvirt's STOPPED was
+    handled: its reading (same QEMU process, stamped before the end) is late, not a new
+    process counting from zero (measured on the real daemon: cpu counted twice)."""
+    ledger.record(INFO, reading(1, 350, domain_id=7))
+    ledger.record(INFO, reading(2, 500, domain_id=7), closing=True)  # nova's power_off.start
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=3))  # libvirt: stopped
+    ledger.record(INFO, reading(2.5, 540, domain_id=7))  # the poll that finished late
+    ledger.record(INFO, reading(4, 100, domain_id=8))  # powered on again
+    ledger.record(INFO, reading(5, 550, domain_id=8))
+    assert ledger.processes(IID) == 2
+    assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 150 + 550
