@@ -18,7 +18,7 @@ from benchmarks import _common  # noqa: E402
 
 from prometheus_client import generate_latest  # noqa: E402
 
-from lifecycle_stats import metrics, metrics_export, status  # noqa: E402
+from lifecycle_stats.operations import exposition as metrics_export, metrics, status  # noqa: E402
 from lifecycle_stats.counters import Counters  # noqa: E402
 from lifecycle_stats.publishing import spool as spool_mod  # noqa: E402
 from lifecycle_stats.records import Notification  # noqa: E402

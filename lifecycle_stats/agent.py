@@ -18,16 +18,16 @@ import time
 from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import metrics, metrics_export, records, status
-from lifecycle_stats.capture import (
-    closing_reads, domain_events, flush, last_readings, period_closer, poller, usage_ledger,
-    usage_reports, usage_store,
-)
+from lifecycle_stats import records
+from lifecycle_stats.capture import closing_reads, domain_events, flush, last_readings, poller
+from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, registry
+from lifecycle_stats.usage import closer, reports, store
+from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LOG = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Agent:
         self._build_usage()
         self._build_capture()
         self._build_listeners(listen_transport)
-        self.metrics = metrics_export.MetricsExporter(conf, metrics_export.make_registry(
+        self.metrics = exposition.MetricsExporter(conf, exposition.make_registry(
             metrics.AgentCollector(self.snapshot, self.counters)))
         self.status = status.StatusWriter(status.status_path(conf.state_path), self.snapshot,
                                           conf.status_interval, host=conf.host,
@@ -123,11 +123,10 @@ class Agent:
     def _build_usage(self) -> None:
         """The usage ledger (its own SQLite file beside the spool) and its exists reports."""
         conf = self.conf
-        period, retention = period_closer.settings(conf["usage"])  # conf.usage is taken
-        self.ledger = usage_ledger.UsageLedger(usage_store.ledger_path(conf.state_path),
-                                               period, retention=retention,
-                                               counters=self.counters)
-        self.reporter = usage_reports.ExistsReporter(
+        period, retention = closer.settings(conf["usage"])  # conf.usage is taken
+        self.ledger = UsageLedger(store.ledger_path(conf.state_path), period,
+                                  retention=retention, counters=self.counters)
+        self.reporter = reports.ExistsReporter(
             ledger=self.ledger, spool=self.spool, host=conf.host,
             publisher_id=conf.publisher_id, counters=self.counters,
             on_spooled=self._wake_senders)
@@ -154,7 +153,7 @@ class Agent:
         self.event_handler = domain_events.DomainEventHandler(
             inspector=self._inspector(self.events_hv), registry=self.registry,
             last_readings=self.readings, counters=self.counters, usage=self.ledger)
-        self.periods = period_closer.PeriodCloser(
+        self.periods = closer.PeriodCloser(
             reporter=self.reporter, instances=self.registry.instances,
             poll=self.poller.poll_once, emit_own=not conf["usage"].enrich_nova_exists,
             backlog=conf["usage"].max_backlog_periods, counters=self.counters)

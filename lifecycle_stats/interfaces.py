@@ -102,7 +102,7 @@ class ReadingCache(Protocol):
 
 class UsageSink(Protocol):
     """Where every reading the agent takes also goes: the usage ledger
-    (capture.usage_ledger.UsageLedger). closing=True marks a reading taken because the QEMU
+    (usage.ledger.UsageLedger). closing=True marks a reading taken because the QEMU
     process is about to end (nova's .start of a stop, libvirt's SHUTDOWN)."""
 
     def record(self, info: InstanceInfo, reading: DomainReading, *,

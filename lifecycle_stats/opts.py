@@ -9,9 +9,11 @@ from oslo_config import cfg
 
 def list_opts():
     from lifecycle_stats.emitters import ceilometer, file, messaging, udp
-    from lifecycle_stats import agent, metrics_export
+    from lifecycle_stats import agent
+    from lifecycle_stats.operations import exposition
     from lifecycle_stats.reading import hypervisor
-    from lifecycle_stats.capture import flush, period_closer, poller
+    from lifecycle_stats.capture import flush, poller
+    from lifecycle_stats.usage import closer
     from lifecycle_stats.publishing import samples, sender, signing
     from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 
@@ -20,12 +22,12 @@ def list_opts():
         ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
         ("poller", poller.OPTS),
         ("flush", flush.OPTS),
-        ("usage", period_closer.OPTS),
+        ("usage", closer.OPTS),
         ("spool", sender.OPTS),
         ("notification_listener", bus.OPTS),
         ("hook", hook_server.OPTS),
         ("messaging_emitter", messaging.OPTS),
-        ("metrics", metrics_export.OPTS),
+        ("metrics", exposition.OPTS),
         ("ceilometer_emitter", ceilometer.OPTS),
         ("udp_emitter", udp.OPTS),
         ("file_emitter", file.OPTS),

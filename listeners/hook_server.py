@@ -27,7 +27,8 @@ from oslo_config import cfg
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
 from lifecycle_stats.records import DeleteTrigger, utcnow
-from lifecycle_stats.listeners import hook_protocol, nova_notifications, socket_file
+from lifecycle_stats.listeners import nova_notifications, socket_file
+from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
 LOG = logging.getLogger(__name__)
 GROUP = "hook"

@@ -27,7 +27,7 @@ import uuid
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
-from lifecycle_stats.listeners import hook_protocol
+from lifecycle_stats.listeners.nova import protocol as hook_protocol
 from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LEGACY_DELETE_START = "compute.instance.delete.start"

@@ -11,7 +11,8 @@ import threading
 from oslo_config import cfg
 from oslo_log import log
 
-from lifecycle_stats import opts, reload, sd_notify
+from lifecycle_stats import opts
+from lifecycle_stats.operations import reload, sd_notify
 from lifecycle_stats.exceptions import ConfigError, HypervisorError
 
 LOG = log.getLogger(__name__)

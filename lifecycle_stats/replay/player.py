@@ -25,8 +25,7 @@ import tempfile
 from typing import IO, Any
 
 from lifecycle_stats.capture import (
-    closing_reads, domain_events, flush, last_readings, periods, poller, usage_ledger,
-    usage_reports, usage_store,
+    closing_reads, domain_events, flush, last_readings, poller,
 )
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import bus
@@ -34,6 +33,9 @@ from lifecycle_stats.publishing import signing
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import LifecycleEvent, Notification
 from lifecycle_stats.replay import format as fmt
+from lifecycle_stats.usage import periods, reports
+from lifecycle_stats.usage import store as usage_store
+from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.replay.standins import (
     NOT_NOVA, UNUSABLE, RecordedHost, RecordedRegistry, VirtualClock,
 )
@@ -75,9 +77,9 @@ class Usage:
 
     def __init__(self, state_dir: str, store: spool_mod.Spool, clock: VirtualClock,
                  settings: Settings, counters: Counters) -> None:
-        self.ledger = usage_ledger.UsageLedger(usage_store.ledger_path(state_dir),
-                                               periods.parse("hour"), counters=counters)
-        self.reporter = usage_reports.ExistsReporter(
+        self.ledger = UsageLedger(usage_store.ledger_path(state_dir), periods.parse("hour"),
+                                  counters=counters)
+        self.reporter = reports.ExistsReporter(
             ledger=self.ledger, spool=store, host=settings.hostname,
             publisher_id=settings.publisher_id, counters=counters, clock=clock)
 

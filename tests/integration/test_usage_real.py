@@ -16,7 +16,7 @@ import uuid
 import libvirt
 import pytest
 
-from lifecycle_stats.capture import usage_codec
+from lifecycle_stats.usage import codec as usage_codec
 from lifecycle_stats.publishing import payloads
 from tests.integration import harness
 from tests.integration.conftest import amqp_url

@@ -70,7 +70,7 @@ def test_a_bad_value_names_the_option_and_the_value(tmp_path):
     ("audit_period = year\nretention_days = 62", r"\[usage\] retention_days"),
 ])
 def test_bad_usage_settings_name_the_option(tmp_path, values, option):
-    from lifecycle_stats.capture import period_closer
+    from lifecycle_stats.usage import closer as period_closer
     from lifecycle_stats.exceptions import ConfigError
 
     bad = tmp_path / "bad.conf"

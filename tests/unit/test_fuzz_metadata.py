@@ -8,10 +8,13 @@ every unusable document, never raise.
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 import xml.etree.ElementTree as ET
 
 import libvirt
+import re
+
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -190,7 +193,10 @@ def test_a_dtd_is_always_rejected(dtd):
 def test_hostile_insertions_never_resolve_anything(xml):
     kind, _ = outcome(xml)
     event(kind)
-    if "<!DOCTYPE" in xml or "<!ENTITY" in xml:
+    # A declaration quoted inside a processing instruction or a comment is only text there
+    # (hypothesis once nested one insertion inside another's PI): only real ones must reject.
+    markup = re.sub(r"<\?.*?\?>|<!--.*?-->", "", xml, flags=re.S)
+    if "<!DOCTYPE" in markup or "<!ENTITY" in markup:
         assert kind != "info"
 
 

@@ -19,7 +19,8 @@ from oslo_config import cfg
 from oslo_context import context
 
 from lifecycle_stats.exceptions import ConfigError
-from lifecycle_stats.listeners import hook_protocol, hook_server, nova_driver, socket_file
+from lifecycle_stats.listeners import hook_server, socket_file
+from lifecycle_stats.listeners.nova import driver as nova_driver, protocol as hook_protocol
 
 HOST = "cmp1"
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)

@@ -8,7 +8,7 @@ from oslo_config import cfg
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lifecycle_stats import metrics, metrics_export
+from lifecycle_stats.operations import exposition as metrics_export, metrics
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError
 

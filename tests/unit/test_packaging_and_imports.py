@@ -61,7 +61,8 @@ def test_the_editable_install_maps_the_folders_without_top_level_names(tmp_path)
 def test_dependency_contracts_hold(installed):
     result = lint_imports(installed)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 kept, 0 broken" in result.stdout
+    declared = (REPO / "setup.cfg").read_text().count("[importlinter:contract:")
+    assert f"{declared} kept, 0 broken" in result.stdout
 
 
 def test_a_core_module_importing_a_listener_breaks_the_contract(installed, tmp_path):

@@ -8,7 +8,8 @@ import datetime
 import pytest
 
 from lifecycle_stats import counters
-from lifecycle_stats.capture import period_closer, periods, usage_ledger, usage_reports
+from lifecycle_stats.usage import closer as period_closer, ledger as usage_ledger, periods
+from lifecycle_stats.usage import reports as usage_reports
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import AuditWindow
 from tests.unit.test_samples import UUID, make_info, make_reading

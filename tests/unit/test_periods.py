@@ -6,7 +6,7 @@ import datetime
 import pytest
 from hypothesis import given, strategies as st
 
-from lifecycle_stats.capture import periods
+from lifecycle_stats.usage import periods
 from lifecycle_stats.exceptions import ConfigError
 
 UTC = datetime.timezone.utc

@@ -5,7 +5,7 @@ import logging
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats import reload
+from lifecycle_stats.operations import reload
 
 
 @pytest.fixture

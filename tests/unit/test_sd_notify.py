@@ -1,6 +1,6 @@
 import socket
 
-from lifecycle_stats import sd_notify
+from lifecycle_stats.operations import sd_notify
 
 
 def receiver(address):

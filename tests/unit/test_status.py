@@ -7,7 +7,7 @@ import stat
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats import status
+from lifecycle_stats.operations import status
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.spool import Spool

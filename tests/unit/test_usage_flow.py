@@ -9,9 +9,8 @@ import datetime
 import pytest
 
 from lifecycle_stats import counters
-from lifecycle_stats.capture import (
-    closing_reads, flush, last_readings, periods, usage_ledger, usage_reports,
-)
+from lifecycle_stats.capture import closing_reads, flush, last_readings
+from lifecycle_stats.usage import ledger as usage_ledger, periods, reports as usage_reports
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import DeleteTrigger, isotime
 from tests.unit.test_flush import FakeInspector, FakeRegistry

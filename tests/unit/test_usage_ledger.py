@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lifecycle_stats.capture import periods, usage_ledger
+from lifecycle_stats.usage import ledger as usage_ledger, periods
 from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
 
 UTC = datetime.timezone.utc

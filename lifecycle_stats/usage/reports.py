@@ -11,7 +11,7 @@ import datetime
 import logging
 from typing import Callable
 
-from lifecycle_stats.capture.usage_ledger import UsageLedger
+from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.interfaces import NotificationStore
 from lifecycle_stats.publishing import exists, payloads

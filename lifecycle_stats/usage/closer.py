@@ -15,8 +15,8 @@ from typing import Callable, Mapping
 
 from oslo_config import cfg
 
-from lifecycle_stats.capture import periods
-from lifecycle_stats.capture.usage_reports import ExistsReporter
+from lifecycle_stats.usage import periods
+from lifecycle_stats.usage.reports import ExistsReporter
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError, HypervisorError
 from lifecycle_stats.records import InstanceInfo, utcnow

@@ -22,11 +22,11 @@ import sqlite3
 import threading
 from typing import Iterable
 
-from lifecycle_stats.capture import usage_codec as codec
-from lifecycle_stats.capture import usage_math
-from lifecycle_stats.capture.usage_store import guarded as _guarded
-from lifecycle_stats.capture.usage_store import open_ledger
-from lifecycle_stats.capture.periods import AuditPeriod
+from lifecycle_stats.usage import codec
+from lifecycle_stats.usage import arithmetic as usage_math
+from lifecycle_stats.usage.store import guarded as _guarded
+from lifecycle_stats.usage.store import open_ledger
+from lifecycle_stats.usage.periods import AuditPeriod
 from lifecycle_stats.counters import Counters
 from lifecycle_stats import sqlite_tx
 from lifecycle_stats.records import (

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from lifecycle_stats import threads
 from lifecycle_stats.exceptions import ConfigError
-from lifecycle_stats.metrics import AgentCollector
+from lifecycle_stats.operations.metrics import AgentCollector
 
 LOG = logging.getLogger(__name__)
 GROUP = "metrics"

@@ -23,7 +23,7 @@ import time
 from oslo_config import cfg
 from oslo_messaging.notify import notifier
 
-from lifecycle_stats.listeners import hook_protocol
+from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
 LOG = logging.getLogger(__name__)
 GROUP = "lifecycle_stats"
