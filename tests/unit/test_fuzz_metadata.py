@@ -13,8 +13,6 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import libvirt
-import re
-
 import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
