@@ -2,7 +2,7 @@
 
 `[metrics] port` 0 (the default) keeps the endpoint off: several agents, tests and demos may
 share a machine, and a fixed port would make the second one fail to start. Operators set a
-port (9891 in the shipped sample and README); the listener binds `[metrics] listen`,
+port (9891 in the shipped sample and doc/operating.md); the listener binds `[metrics] listen`,
 127.0.0.1 unless changed, because the figures describe the host's tenants' activity.
 """
 from __future__ import annotations
