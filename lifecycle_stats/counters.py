@@ -14,7 +14,7 @@ import time
 from typing import Callable
 
 # Upper bounds (seconds) for latency histograms: a flush takes ~10 ms idle, ~200 ms in a
-# burst of 20 and ~2 s when the read waits out nova's destroy (README benchmarks).
+# burst of 20 and ~2 s when the read waits out nova's destroy (doc/benchmarks.md).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 

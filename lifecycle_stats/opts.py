@@ -14,7 +14,7 @@ def list_opts():
     from lifecycle_stats.reading import hypervisor
     from lifecycle_stats.capture import flush, poller
     from lifecycle_stats.usage import closer
-    from lifecycle_stats.publishing import samples, sender, signing
+    from lifecycle_stats.publishing import samples, signing, spool_options
     from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 
     return [
@@ -23,7 +23,7 @@ def list_opts():
         ("poller", poller.OPTS),
         ("flush", flush.OPTS),
         ("usage", closer.OPTS),
-        ("spool", sender.OPTS),
+        ("spool", spool_options.OPTS),
         ("notification_listener", bus.OPTS),
         ("hook", hook_server.OPTS),
         ("messaging_emitter", messaging.OPTS),

@@ -1,4 +1,4 @@
-"""Suite-wide test policy. Two things live here, both documented in the README's test section.
+"""Suite-wide test policy. Two things live here, both documented in doc/testing.md.
 
 1. Required services. Integration fixtures call the `service_unavailable` fixture's function
    when libvirtd or RabbitMQ does not answer. In CI (CI=true), with

@@ -2,14 +2,12 @@
 
 `[metrics] port` 0 (the default) keeps the endpoint off: several agents, tests and demos may
 share a machine, and a fixed port would make the second one fail to start. Operators set a
-port (9891 in the shipped sample and README); the listener binds `[metrics] listen`,
+port (9891 in the shipped sample and doc/operating.md); the listener binds `[metrics] listen`,
 127.0.0.1 unless changed, because the figures describe the host's tenants' activity.
 """
 from __future__ import annotations
 
 import logging
-import os
-import threading
 
 import prometheus_client
 from oslo_config import cfg
@@ -17,6 +15,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from lifecycle_stats import threads
 from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.operations import files
 from lifecycle_stats.operations.metrics import AgentCollector
 
 LOG = logging.getLogger(__name__)
@@ -51,20 +50,7 @@ def make_registry(collector: AgentCollector, *, process: bool = True) -> Collect
 
 def write_textfile(path: str, registry: CollectorRegistry) -> None:
     """Atomically replace path, mode 0644 so node_exporter (another user) can read it."""
-    data = prometheus_client.generate_latest(registry)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)  # the unit's UMask=0077 would otherwise make it private
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    files.write_atomically(path, prometheus_client.generate_latest(registry), 0o644)
 
 
 class MetricsExporter:

@@ -1,4 +1,4 @@
-"""Build `compute.instance.exists` with usage, per the contract in the README.
+"""Build `compute.instance.exists` with usage, per the contract in doc/billing.md.
 
 Nova's legacy exists fields the agent can know (from the domain's nova metadata), the audit
 window in nova's own format (`str(datetime)`: "2026-11-22 01:00:00"), `bandwidth` in nova's

@@ -29,7 +29,7 @@ class Meter:
     stat: str  # attribute of the scope's record; None there means: no sample
     needs_active: bool = False  # only meaningful while the domain runs
     legacy: bool = False  # removed from Ceilometer; kept unless [meters] legacy is off
-    since: str = ""  # for the README table: the Ceilometer that removed a legacy meter
+    since: str = ""  # for the doc/ceilometer.md table: the Ceilometer that removed a legacy meter
 
 
 def _disk_io(prefix: str, scope: str, legacy: bool = False) -> list[Meter]:

@@ -1,4 +1,4 @@
-"""Build the notifications the agent publishes, per the contracts in the README.
+"""Build the notifications the agent publishes, per the contracts in doc/billing.md.
 
 `compute.instance.delete.samples`: who the instance was (nova metadata, completed from the
 trigger), how its figures were captured (`capture`), and one sample per meter and device.

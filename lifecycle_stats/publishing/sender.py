@@ -19,7 +19,6 @@ import threading
 from typing import Callable
 
 import tenacity
-from oslo_config import cfg
 
 from lifecycle_stats import threads
 from lifecycle_stats.counters import Counters
@@ -29,27 +28,6 @@ from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.spool import Spool
 
 LOG = logging.getLogger(__name__)
-
-GROUP = "spool"
-OPTS = [
-    cfg.IntOpt("max_records", default=100000, min=1,
-               help="Bound of the on-disk spool (<state_path>/spool.sqlite). Over it, periodic "
-                    "records are shed oldest-first; final samples are never shed."),
-    cfg.FloatOpt("retry_initial_wait", default=0.5, min=0.001,
-                 help="Seconds before the first retry of a notification a conduit refused; "
-                      "doubles with each failure."),
-    cfg.FloatOpt("retry_max_wait", default=30.0, min=0.001,
-                 help="Longest wait between retries of one notification."),
-    cfg.IntOpt("poison_probe_attempts", default=5, min=1,
-               help="After this many failed attempts of one notification, try the next one "
-                    "once: if that is delivered, the failing one is poison and moves to the "
-                    "spool's rejects table."),
-    cfg.FloatOpt("max_age_seconds", default=0.0, min=0.0,
-                 help="Move a notification a conduit still cannot deliver at this age (seconds "
-                      "since it was spooled) to the rejects table. 0: never (a long broker "
-                      "outage must not discard billing data)."),
-]
-
 
 class _Stopped(Exception):
     """stop() was called before the next attempt."""

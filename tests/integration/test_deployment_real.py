@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats.conf.sample"
-INSTALL_PREFIX = "/opt/lifecycle-stats"  # the venv the README installs into
+INSTALL_PREFIX = "/opt/lifecycle-stats"  # the venv doc/operating.md installs into
 RUN = uuid.uuid4().hex[:8]
 HOST = f"lst-deploy-{RUN}"
 

@@ -130,7 +130,7 @@ def known_double_count(counted: int, most: int) -> None:
     than hidden: now and then (about 1 run in 3 of this module, never alone) the first QEMU
     process is counted from zero instead of from the agent's first reading, i.e. over by
     exactly that reading. It is reported as XFAIL naming the overcount; any other excess fails.
-    README "Decisions and known limits" tracks it."""
+    doc/decisions.md tracks it."""
     if counted <= most:
         return
     pytest.xfail(f"known open bug: cpu counted {counted} > {most}, over by {counted - most} ns "

@@ -60,7 +60,7 @@ def udp_socket():
 def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
     """The agent with four conduits, nova, billing and a Ceilometer-side consumer."""
     names = harness.BusNames()
-    # delete.samples go where Ceilometer listens (README: control_exchange = ceilometer)
+    # delete.samples go where Ceilometer listens (doc/ceilometer.md: control_exchange = ceilometer)
     names.control_exchange, names.samples_topic = CEILOMETER_EXCHANGE, CEILOMETER_TOPIC
     workdir = tmp_path_factory.mktemp("interop")
     secret = secrets.token_hex(16)
@@ -260,7 +260,7 @@ def test_poll_cycle_baseline_worker_runs_ceilometers_inspector(ceilometer_python
 
 def test_catalogue_matches_ceilometers_own_compute_pollsters(ceilometer_python):
     """Every non-legacy row has a Ceilometer pollster of that name, type and unit; every
-    Ceilometer libvirt pollster we do not publish is one the README explains."""
+    Ceilometer libvirt pollster we do not publish is one doc/ceilometer.md explains."""
     script = ("import json, importlib.metadata as md\n"
               "out = {}\n"
               "for ep in md.entry_points(group='ceilometer.poll.compute'):\n"

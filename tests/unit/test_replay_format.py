@@ -10,7 +10,7 @@ import shutil
 import msgpack
 import pytest
 
-from lifecycle_stats.replay import cli
+from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import format as fmt
 
 RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"

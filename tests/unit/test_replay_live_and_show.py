@@ -10,7 +10,8 @@ import oslo_messaging
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats.replay import cli, live
+from lifecycle_stats.cmd import replay as cli
+from lifecycle_stats.replay import live
 from lifecycle_stats.replay import format as fmt
 
 RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"

@@ -11,7 +11,8 @@ import pathlib
 import pytest
 
 from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
-from lifecycle_stats.replay import cli, player
+from lifecycle_stats.cmd import replay as cli
+from lifecycle_stats.replay import player
 from lifecycle_stats.replay import format as fmt
 from lifecycle_stats.testing import nova
 from lifecycle_stats.testing.guests import NovaGuest

@@ -8,7 +8,7 @@ from oslo_config import cfg
 
 from lifecycle_stats.emitters.base import Emitter
 from lifecycle_stats.emitters.memory import MemoryEmitter
-from lifecycle_stats.publishing import sender as sender_mod
+from lifecycle_stats.publishing import spool_options
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.records import Notification
@@ -172,9 +172,9 @@ def test_unknown_conduit_fails_in_the_constructor(spool):
         Sender(spool, "file", MemoryEmitter())
 
 
-def test_opts():
+def test_spool_options_defaults():
     conf = cfg.ConfigOpts()
-    conf.register_opts(sender_mod.OPTS, group=sender_mod.GROUP)
+    conf.register_opts(spool_options.OPTS, group=spool_options.GROUP)
     conf([])
     assert conf.spool.max_records == 100000
     assert conf.spool.retry_initial_wait == 0.5

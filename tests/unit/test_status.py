@@ -7,6 +7,8 @@ import stat
 import pytest
 from oslo_config import cfg
 
+from lifecycle_stats import opts
+from lifecycle_stats.cmd import status as status_cmd
 from lifecycle_stats.operations import status
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
@@ -78,7 +80,7 @@ def test_round_trip_running(agent, tmp_path, clock):
     writer, _ = agent
     writer.write()
     clock.advance(2)
-    got = status.read_status(str(tmp_path), clock=clock)
+    got = status_cmd.read_status(str(tmp_path), clock=clock)
     assert got["agent"] == "running"
     assert got["status_age_seconds"] == 2.0
     assert got["connections"] == {"libvirt": "connected", "bus": "disconnected"}
@@ -92,7 +94,7 @@ def test_stale_status_means_not_running(agent, tmp_path, clock):
     writer, _ = agent
     writer.write()
     clock.advance(16)  # > 3 intervals of 5 s
-    got = status.read_status(str(tmp_path), clock=clock)
+    got = status_cmd.read_status(str(tmp_path), clock=clock)
     assert got["agent"] == "not running"
     assert "not written for 16.0 s" in got["problems"][0]
 
@@ -102,7 +104,7 @@ def test_dead_pid_means_not_running_but_spool_is_live(agent, tmp_path, clock):
     writer.write()
     sp.close()
     clock.advance(60)
-    got = status.read_status(str(tmp_path), clock=clock, pid_alive=lambda pid: False)
+    got = status_cmd.read_status(str(tmp_path), clock=clock, pid_alive=lambda pid: False)
     assert got["agent"] == "not running"
     assert f"pid {os.getpid()} is gone" in got["problems"][0]
     assert got["spool"]["depth"] == 2
@@ -111,7 +113,7 @@ def test_dead_pid_means_not_running_but_spool_is_live(agent, tmp_path, clock):
 
 
 def test_nothing_there(tmp_path, clock):
-    got = status.read_status(str(tmp_path), clock=clock)
+    got = status_cmd.read_status(str(tmp_path), clock=clock)
     assert got["agent"] == "not running"
     assert got["spool"]["depth"] is None
     assert len(got["problems"]) == 2
@@ -148,11 +150,11 @@ def test_main_prints_json_and_table(agent, tmp_path, capsys):
     writer.write()
     conf_file = tmp_path / "ls.conf"
     conf_file.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n")
-    rc = status.main(["--config-file", str(conf_file), "--json"], conf=cfg.ConfigOpts())
+    rc = status_cmd.main(["--config-file", str(conf_file), "--json"], conf=cfg.ConfigOpts())
     doc = json.loads(capsys.readouterr().out)
     assert doc["spool"]["depth"] == 2 and doc["host"] == "h1"
     assert rc == (0 if doc["agent"] == "running" else 1)
-    status.main(["--config-file", str(conf_file)], conf=cfg.ConfigOpts())
+    status_cmd.main(["--config-file", str(conf_file)], conf=cfg.ConfigOpts())
     table = capsys.readouterr().out
     assert "spool:       depth 2" in table
     assert re.search(r"conduit: +file +pending 1\n", table)
@@ -161,10 +163,11 @@ def test_main_prints_json_and_table(agent, tmp_path, capsys):
     assert "last poll:   never" in table
 
 
-def test_main_keeps_an_already_registered_state_path(tmp_path, capsys):
+def test_main_reads_the_agents_own_options_on_a_conf_that_already_has_them(tmp_path, capsys):
     conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.StrOpt("state_path", default=str(tmp_path), help="the agent's"))
-    assert status.main(["--json"], conf=conf) == 1
+    opts.register_all(conf)  # e.g. the agent's process: the same definitions, registered once
+    conf.set_default("state_path", str(tmp_path))
+    assert status_cmd.main(["--json"], conf=conf) == 1
     assert json.loads(capsys.readouterr().out)["agent"] == "not running"
 
 
@@ -172,7 +175,7 @@ def test_a_dead_thread_is_a_problem_while_the_agent_runs(agent, tmp_path, clock)
     writer, _ = agent
     writer._snapshot = lambda: {"threads": {"poller": "dead", "bus": "connecting"}}
     writer.write()
-    got = status.read_status(str(tmp_path), clock=clock)
+    got = status_cmd.read_status(str(tmp_path), clock=clock)
     assert got["agent"] == "running" and got["problems"] == ["thread poller is dead"]
 
 
@@ -200,7 +203,7 @@ def test_status_shows_pending_per_real_conduit_and_every_thread(real_agent, tmp_
     real_agent.spool.put(note(2), "final")
     real_agent.spool.confirm(1, "first")
     real_agent.status.write()
-    got = status.read_status(str(tmp_path))
+    got = status_cmd.read_status(str(tmp_path))
     assert got["spool"]["pending_by_conduit"] == {"first": 1, "second": 2}
     assert set(got["threads"]) >= {"poller", "bus", "status-writer", "sender-first",
                                    "sender-second", "libvirt-events-worker",
@@ -209,6 +212,6 @@ def test_status_shows_pending_per_real_conduit_and_every_thread(real_agent, tmp_
     real_agent.start()
     real_agent.poller.poll_logged()  # as the poller's thread does; the first poll may lag
     real_agent.status.write()
-    got = status.read_status(str(tmp_path))
+    got = status_cmd.read_status(str(tmp_path))
     assert {name: state for name, state in got["threads"].items() if state != "alive"} == {}
     assert got["last_poll_at"] is not None and got["problems"] == []
