@@ -1,10 +1,12 @@
 """Flush latency: delete trigger received → final samples built and durably spooled.
 
-Real QEMU guests (most paused, a few running) and an in-process core wired as
-lifecycle_stats.agent.Agent wires it: DomainRegistry, LastReadings, a Flusher reading through
-its own Hypervisor (libvirt connection), a Poller on another, and a Spool on disk. Timed is
-Flusher.handle(trigger); every measured flush gets a fresh spool, so dedupe never
-short-circuits it. Scenarios, interleaved in rotating order within each round:
+Real QEMU guests (most paused, a few running) and an in-process core built as
+lifecycle_stats.agent.Agent builds it, through capture.pipeline.Pipeline: a DomainRegistry,
+one Hypervisor (libvirt connection) per reader, the device memory, a Spool and a usage
+ledger on disk. Timed is Pipeline.announced(trigger) for a deletion: the read, the
+delete.samples spooled, the ledger closing the instance and its final exists spooled (what
+nova waits for on the hook). Every scenario gets a fresh spool and ledger, so dedupe never
+short-circuits a flush. Scenarios, interleaved in rotating order within each round:
 
   (a) idle      one delete at a time, nothing else running (the baseline)
   (b) poll      one delete at a time while the poller's bulk poll of every guest runs in a
@@ -19,6 +21,7 @@ short-circuits it. Scenarios, interleaved in rotating order within each round:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -29,11 +32,14 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
 from lifecycle_stats import agent, counters  # noqa: E402
-from lifecycle_stats.capture import flush, last_readings, poller  # noqa: E402
-from lifecycle_stats.reading import registry  # noqa: E402
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings  # noqa: E402
+from lifecycle_stats.interfaces import Outcome  # noqa: E402
 from lifecycle_stats.publishing import spool  # noqa: E402
+from lifecycle_stats.reading import processes, registry  # noqa: E402
 from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
 from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
+from lifecycle_stats.usage import periods, store as usage_store  # noqa: E402
+from lifecycle_stats.usage.ledger import UsageLedger  # noqa: E402
 
 HOST = "bench-host"
 SCENARIOS = ("a idle", "b poll", "c burst", "d shared")
@@ -64,34 +70,44 @@ class TimedSpool:
 
 
 class Core:
-    """The agent's core parts, wired as Agent.__init__ wires them (no bus, no senders)."""
+    """The agent's core (no bus, no senders): its connections and registry, and a fresh
+    Pipeline over a fresh spool and ledger per scenario (fresh())."""
 
     def __init__(self, uri: str, directory: str):
         self.directory = directory
         self.counters = counters.Counters()
         self.flush_hv, self.poll_hv, self.meta_hv = Hypervisor(uri), Hypervisor(uri), Hypervisor(uri)
         self.registry = registry.DomainRegistry(self.meta_hv, self.counters)
-        self.readings = last_readings.LastReadings()
-        self.flush_inspector = Inspector(self.flush_hv, counters=self.counters)
-        self.poll_inspector = Inspector(self.poll_hv, counters=self.counters)
-        self.poller = poller.Poller(
-            inspector=self.poll_inspector, registry=self.registry,
-            last_readings=self.readings, interval=60.0, counters=self.counters)
+        memory = processes.DeviceMemory()  # shared, as the agent's
+        self.readers = Readers(
+            announced=Inspector(self.flush_hv, counters=self.counters, memory=memory),
+            poll=Inspector(self.poll_hv, counters=self.counters, memory=memory),
+            events=Inspector(self.meta_hv, counters=self.counters, memory=memory))
         self.put_ms: list[float] = []
-        self._spools = 0
+        self._fresh = 0
         self.registry.sync()
 
-    def flusher(self, *, shared: bool) -> tuple[flush.Flusher, spool.Spool]:
-        """A Flusher over a fresh spool; shared=True reads through the poller's connection."""
-        self._spools += 1
-        store = spool.Spool(os.path.join(self.directory, f"spool-{self._spools}.sqlite"),
+    @contextlib.contextmanager
+    def fresh(self, *, shared: bool = False):
+        """A Pipeline over a fresh spool and ledger; shared=True reads deletions through the
+        poller's connection (the counterfactual)."""
+        self._fresh += 1
+        store = spool.Spool(os.path.join(self.directory, f"spool-{self._fresh}.sqlite"),
                             conduits=["bench"], counters=self.counters)
-        insp = self.poll_inspector if shared else self.flush_inspector
-        flusher = flush.Flusher(
-            inspector=insp, registry=self.registry, last_readings=self.readings,
-            spool=TimedSpool(store, self.put_ms), host=HOST,
-            publisher_id=f"lifecycle-stats.{HOST}", counters=self.counters)
-        return flusher, store
+        ledger_dir = os.path.join(self.directory, f"ledger-{self._fresh}")
+        os.makedirs(ledger_dir)
+        ledger = UsageLedger(usage_store.ledger_path(ledger_dir), periods.parse("hour"),
+                             counters=self.counters)
+        readers = self.readers
+        if shared:
+            readers = Readers(announced=readers.poll, poll=readers.poll, events=readers.events)
+        try:
+            yield Pipeline(readers=readers, registry=self.registry,
+                           spool=TimedSpool(store, self.put_ms), ledger=ledger,
+                           settings=Settings.for_host(HOST), counters=self.counters)
+        finally:
+            store.close()
+            ledger.close()
 
     def close(self) -> None:
         for hv in (self.flush_hv, self.poll_hv, self.meta_hv):
@@ -99,9 +115,9 @@ class Core:
 
 
 class BulkPollLoop:
-    """Poller.poll_once() back to back on the poller's connection, while the block runs."""
+    """Pipeline.poll() back to back on the poller's connection, while the block runs."""
 
-    def __init__(self, core: Core, poll_ms: list[float]):
+    def __init__(self, core: Pipeline, poll_ms: list[float]):
         self._core = core
         self._poll_ms = poll_ms
         self._stop = threading.Event()
@@ -119,7 +135,7 @@ class BulkPollLoop:
     def _run(self) -> None:
         while not self._stop.is_set():
             start = time.perf_counter()
-            self._core.poller.poll_once()
+            self._core.poll()
             self._poll_ms.append(_common.ms_since(start))
 
 
@@ -131,29 +147,24 @@ class Results:
         self.idle_poll_ms: list[float] = []
         self.loaded_poll_ms: list[float] = []
 
-    def record(self, scenario: str, ms: float, outcome: flush.Outcome) -> None:
+    def record(self, scenario: str, ms: float, outcome: Outcome) -> None:
         self.flush_ms[scenario].append(ms)
         counts = self.outcomes[scenario]
         counts[outcome.value] = counts.get(outcome.value, 0) + 1
 
 
-def one_at_a_time(core: Core, made: list, results: Results, scenario: str, *,
-                  shared: bool = False, jitter_s: float = 0.0) -> None:
-    flusher, store = core.flusher(shared=shared)
-    try:
-        for guest, _ in random.sample(made, len(made)):
-            trigger = _common.trigger(guest, HOST)
-            start = time.perf_counter()
-            outcome = flusher.handle(trigger)
-            results.record(scenario, _common.ms_since(start), outcome)
-            if jitter_s:
-                time.sleep(random.uniform(0, jitter_s))  # land at varying points of a poll
-    finally:
-        store.close()
+def one_at_a_time(core: Pipeline, made: list, results: Results, scenario: str, *,
+                  jitter_s: float = 0.0) -> None:
+    for guest, _ in random.sample(made, len(made)):
+        trigger = _common.trigger(guest, HOST)
+        start = time.perf_counter()
+        outcome = core.announced(trigger)
+        results.record(scenario, _common.ms_since(start), outcome)
+        if jitter_s:
+            time.sleep(random.uniform(0, jitter_s))  # land at varying points of a poll
 
 
-def burst(core: Core, made: list, results: Results) -> None:
-    flusher, store = core.flusher(shared=False)
+def burst(core: Pipeline, made: list, results: Results) -> None:
     barrier = threading.Barrier(len(made))
     spans: list[tuple[float, float]] = []
 
@@ -161,41 +172,33 @@ def burst(core: Core, made: list, results: Results) -> None:
         trigger = _common.trigger(guest, HOST)
         barrier.wait()
         start = time.perf_counter()
-        outcome = flusher.handle(trigger)
+        outcome = core.announced(trigger)
         end = time.perf_counter()
         spans.append((start, end))
         results.record("c burst", (end - start) * 1e3, outcome)
 
     threads = [threading.Thread(target=delete, args=(guest,)) for guest, _ in made]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        store.close()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     results.burst_wall_ms.append((max(e for _, e in spans) - min(s for s, _ in spans)) * 1e3)
 
 
 def run_round(core: Core, made: list, results: Results, n: int, jitter_s: float) -> None:
-    steps = {
-        "a idle": lambda: one_at_a_time(core, made, results, "a idle"),
-        "b poll": lambda: one_at_a_time(core, made, results, "b poll", jitter_s=jitter_s),
-        "c burst": lambda: burst(core, made, results),
-        "d shared": lambda: one_at_a_time(core, made, results, "d shared", shared=True,
-                                          jitter_s=jitter_s),
-    }
     order = SCENARIOS[n % 4:] + SCENARIOS[:n % 4]
     for name in order:
-        if name == "a idle":
-            steps[name]()
-            for _ in range(2):
-                start = time.perf_counter()
-                core.poller.poll_once()
-                results.idle_poll_ms.append(_common.ms_since(start))
-        else:
-            with BulkPollLoop(core, results.loaded_poll_ms):
-                steps[name]()
+        with core.fresh(shared=name == "d shared") as pipe:
+            if name == "a idle":
+                one_at_a_time(pipe, made, results, name)
+                for _ in range(2):
+                    results.idle_poll_ms.append(_timed(pipe.poll))
+                continue
+            with BulkPollLoop(pipe, results.loaded_poll_ms):
+                if name == "c burst":
+                    burst(pipe, made, results)
+                else:
+                    one_at_a_time(pipe, made, results, name, jitter_s=jitter_s)
 
 
 def report(results: Results, guests: int, rounds: int, put_ms: list[float]) -> None:
@@ -207,7 +210,8 @@ def report(results: Results, guests: int, rounds: int, put_ms: list[float]) -> N
         rows.append([name, s["n"], s["p50"], s["p99"], s["max"],
                      f"{s['p50'] / base['p50']:.2f}x", f"{s['p99'] / base['p99']:.2f}x",
                      outcomes])
-    print(f"\nflush latency (Flusher.handle, ms), {guests} guests, {rounds} rounds")
+    print(f"\nflush latency (Pipeline.announced of a deletion, ms), {guests} guests, "
+          f"{rounds} rounds")
     print(_common.table(["scenario", "n", "p50", "p99", "max", "p50/a", "p99/a", "outcomes"],
                         rows))
     b, d = (_common.summary(results.flush_ms[k]) for k in ("b poll", "d shared"))
@@ -217,7 +221,8 @@ def report(results: Results, guests: int, rounds: int, put_ms: list[float]) -> N
     print(f"burst of {guests} concurrent deletes: wall p50 {w['p50']:.1f} ms, "
           f"max {w['max']:.1f} ms ({w['n']} bursts)")
     s = _common.summary(put_ms)
-    print(f"spool.put inside the flushes (fsynced commit): p50 {s['p50']:.1f} ms, "
+    print(f"spool.put inside the flushes (fsynced commit; delete.samples and final exists): "
+          f"p50 {s['p50']:.1f} ms, "
           f"p99 {s['p99']:.1f} ms")
     for label, values in (("idle", results.idle_poll_ms),
                           ("during (b)-(d)", results.loaded_poll_ms)):
@@ -242,10 +247,10 @@ def main() -> int:
             running=args.running) as (_, made):
         core = Core(args.uri, directory)
         try:
-            core.poller.poll_once()  # warm both connections and the cache
-            one_at_a_time(core, made, Results(), "a idle")
-            poll_ms = statistics.median(
-                [_timed(core.poller.poll_once) for _ in range(3)])
+            with core.fresh() as warm:  # warm the connections
+                warm.poll()
+                one_at_a_time(warm, made, Results(), "a idle")
+                poll_ms = statistics.median([_timed(warm.poll) for _ in range(3)])
             results = Results()
             core.put_ms.clear()
             for n in range(args.rounds):

@@ -19,16 +19,15 @@ from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
 from lifecycle_stats import records
-from lifecycle_stats.capture import closing_reads, domain_events, flush, last_readings, poller
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, registry
-from lifecycle_stats.usage import closer, reports, store
+from lifecycle_stats.usage import closer, store
 from lifecycle_stats.usage.ledger import UsageLedger
-from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LOG = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class Agent:
         self._build_reading()
         self._build_publishing(emitters)
         self._build_usage()
-        self._build_capture()
+        self._build_core()
         self._build_listeners(listen_transport)
         self.metrics = exposition.MetricsExporter(conf, exposition.make_registry(
             metrics.AgentCollector(self.snapshot, self.counters)))
@@ -101,7 +100,6 @@ class Agent:
         self.poll_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.registry = registry.DomainRegistry(self.events_hv, self.counters)
-        self.readings = last_readings.LastReadings()
         self.device_memory = processes.DeviceMemory()  # shared: the torn rule's memory
 
     def _build_publishing(self, emitters: dict[str, Conduit] | None) -> None:
@@ -121,63 +119,38 @@ class Agent:
             for name, emitter in self.emitters.items()]
 
     def _build_usage(self) -> None:
-        """The usage ledger (its own SQLite file beside the spool) and its exists reports."""
-        conf = self.conf
-        period, retention = closer.settings(conf["usage"])  # conf.usage is taken
-        self.ledger = UsageLedger(store.ledger_path(conf.state_path), period,
+        """The usage ledger: its own SQLite file beside the spool."""
+        period, retention = closer.settings(self.conf["usage"])  # conf.usage is taken
+        self.ledger = UsageLedger(store.ledger_path(self.conf.state_path), period,
                                   retention=retention, counters=self.counters)
-        self.reporter = reports.ExistsReporter(
-            ledger=self.ledger, spool=self.spool, host=conf.host,
-            publisher_id=conf.publisher_id, counters=self.counters,
-            on_spooled=self._wake_senders)
 
-    def _build_capture(self) -> None:
+    def _build_core(self) -> None:
+        """The core, through its one front door (capture/pipeline.py), and its period closer."""
         conf = self.conf
-        self.flusher = flush.Flusher(
-            inspector=self._inspector(self.flush_hv), registry=self.registry,
-            last_readings=self.readings, spool=self.spool, host=conf.host,
-            publisher_id=conf.publisher_id, on_spooled=self._wake_senders,
-            counters=self.counters, max_attempts=conf.flush.max_attempts,
-            tries_per_attempt=conf.flush.tries_per_attempt, retry_wait=conf.flush.retry_wait,
-            retry_max_wait=conf.flush.retry_max_wait,
-            legacy_meters=conf.meters.legacy,
-            telemetry_secret=conf.publisher.telemetry_secret,
-            usage=self.ledger, on_deleted=self.reporter.final)
-        self.closing_reads = closing_reads.ClosingReads(
-            inspector=self._inspector(self.flush_hv), registry=self.registry,
-            last_readings=self.readings, usage=self.ledger, counters=self.counters)
-        self.poller = poller.Poller(
-            inspector=self._inspector(self.poll_hv), registry=self.registry,
-            last_readings=self.readings, interval=conf.poller.interval, counters=self.counters,
-            usage=self.ledger)
-        self.event_handler = domain_events.DomainEventHandler(
-            inspector=self._inspector(self.events_hv), registry=self.registry,
-            last_readings=self.readings, counters=self.counters, usage=self.ledger)
+        self.pipeline = Pipeline(
+            readers=Readers(announced=self._inspector(self.flush_hv),
+                            poll=self._inspector(self.poll_hv),
+                            events=self._inspector(self.events_hv)),
+            registry=self.registry, spool=self.spool, ledger=self.ledger,
+            settings=Settings.from_conf(conf), counters=self.counters,
+            on_spooled=self._wake_senders)
+        self.poller = self.pipeline.poller
         self.periods = closer.PeriodCloser(
-            reporter=self.reporter, instances=self.registry.instances,
-            poll=self.poller.poll_once, emit_own=not conf["usage"].enrich_nova_exists,
+            reporter=self.pipeline.reporter, instances=self.registry.instances,
+            poll=self.pipeline.poll, emit_own=not conf["usage"].enrich_nova_exists,
             backlog=conf["usage"].max_backlog_periods, counters=self.counters)
 
     def _build_listeners(self, listen_transport) -> None:
-        conf = self.conf
+        conf, core = self.conf, self.pipeline
         self.lifecycle = libvirt_events.LifecycleListener.from_conf(
-            conf, self.event_handler, self.event_handler.resync, self.counters)
-        on_trigger = metrics.timed(self._on_trigger, self.counters)
-        on_audit = self._enrich_nova_exists if conf["usage"].enrich_nova_exists else None
+            conf, core.lifecycle, core.resync, self.counters)
+        on_trigger = metrics.timed(core.announced, self.counters)
+        on_audit = core.audit if conf["usage"].enrich_nova_exists else None
         self.bus = bus.from_conf(conf, conf.host, on_trigger, self.counters,
                                  transport=listen_transport, holds=self.registry.is_known,
                                  on_audit=on_audit)
-        # nova's notifier driver (zero race): same triggers, same routing; None when disabled
+        # nova's notifier driver (zero race): same triggers, same door; None when disabled
         self.hook = hook_server.from_conf(conf, conf.host, on_trigger, self.counters)
-
-    def _on_trigger(self, trigger: DeleteTrigger):
-        """A delete gets its delete.samples; any other process-ending action a closing read."""
-        if trigger.action == closing_reads.DELETE:
-            return self.flusher.handle(trigger)
-        return self.closing_reads.handle(trigger)
-
-    def _enrich_nova_exists(self, window: AuditWindow) -> None:
-        self.reporter.nova_audit(window, self.registry.get(window.instance_id))
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
@@ -188,7 +161,7 @@ class Agent:
         for s in self.senders:
             s.start()
         self.lifecycle.start()  # before the resync, so no domain change falls in between
-        self.event_handler.resync()
+        self.pipeline.resync()
         self.poller.start()
         self.periods.start()
         self.bus.start()  # returns soon even when the broker is unreachable: connects later
@@ -210,7 +183,7 @@ class Agent:
         if self.hook is not None:  # nova has stopped waiting for these after its timeout
             self.hook.stop(timeout=left(0.1))
         self.bus.stop(timeout=left(0.4))
-        if not self.flusher.close(left(0.3)):
+        if not self.pipeline.close(left(0.3)):
             LOG.warning("flushes still running at stop: their triggers will be redelivered")
         self.lifecycle.stop(timeout=left(0.3))
         self.periods.request_stop()  # ends with the poller's join (a pre-end poll at worst)

@@ -7,6 +7,7 @@ The agent (agent.py, the composition root) is the one place that picks the imple
 from __future__ import annotations
 
 import datetime
+import enum
 from typing import Callable, Iterable, Mapping, Protocol, TypeVar
 
 from lifecycle_stats.records import (
@@ -35,11 +36,32 @@ class Conduit(Protocol):
     def close(self) -> None: ...
 
 
-class TriggerHandler(Protocol):
-    """What a listener hands a delete announcement to (capture.flush.Flusher.handle). It returns
-    once the capture is durably spooled; the returned outcome has a string `value`."""
+class Outcome(enum.Enum):
+    """What became of one nova stop announcement (capture.pipeline.Pipeline.announced): the
+    one answer the core gives; the bus and the hook map it to their own replies."""
 
-    def __call__(self, trigger: DeleteTrigger) -> object: ...
+    # a deletion: its delete.samples is durably spooled as ...
+    FINAL = "final"  # read from the live domain
+    LAST_KNOWN = "last_known"  # the domain was gone: the newest known reading, with its age
+    UNAVAILABLE = "unavailable"  # nothing ever read: identity only
+    FLAGGED = "flagged"  # could not be published as captured: kept in rejects, sent flagged
+    DUPLICATE = "duplicate"  # this delete attempt was spooled before: nothing new
+    NOT_NOVA = "not_nova"  # a domain nova does not own: never reported
+    # another stop (reboot, power-off, shelve, ...): nothing is published
+    READ = "read"  # the closing reading was taken
+    MISSED = "missed"  # the domain was not running any more (or not nova's)
+
+    @property
+    def spooled(self) -> bool:
+        """A new delete.samples went into the spool."""
+        return self in (Outcome.FINAL, Outcome.LAST_KNOWN, Outcome.UNAVAILABLE, Outcome.FLAGGED)
+
+
+class TriggerHandler(Protocol):
+    """What a listener hands a nova stop announcement to (capture.pipeline.Pipeline.announced).
+    It returns once a deletion's capture is durably spooled."""
+
+    def __call__(self, trigger: DeleteTrigger) -> Outcome: ...
 
 
 LifecycleHandler = Callable[[LifecycleEvent], None]

@@ -129,6 +129,9 @@ class Sample:
         return out
 
 
+DELETE = "delete"  # the stop action that ends the instance (DeleteTrigger.action)
+
+
 @dataclasses.dataclass(frozen=True)
 class DeleteTrigger:
     """Someone announced that an instance is about to be deleted."""
@@ -147,7 +150,7 @@ class DeleteTrigger:
     announced_at: datetime.datetime | None = None
     # What nova is about to do: "delete" (publish delete.samples), or an action that ends the
     # QEMU process (power_off, reboot, shelve, ...): read for the usage ledger, publish nothing.
-    action: str = "delete"
+    action: str = DELETE
 
 
 @dataclasses.dataclass(frozen=True)

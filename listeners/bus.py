@@ -47,6 +47,7 @@ from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import (
     CaptureDeferred, ConfigError, RejectedMessage, ShuttingDown,
 )
+from lifecycle_stats.interfaces import Outcome, TriggerHandler
 from lifecycle_stats.records import AuditWindow, DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications
 from lifecycle_stats.listeners.background_start import BackgroundStart
@@ -87,6 +88,10 @@ OPTS = [
                help="With source = router: the router's [router] out_exchange."),
 ]
 
+# The core's outcome of an announcement, as the bus's reply: whatever became of it (spooled,
+# spooled before, read, not nova's), the message is done; only an exception requeues it.
+REPLY = dict.fromkeys(Outcome, oslo_messaging.NotificationResult.HANDLED)
+
 _PAYLOAD_REPR = reprlib.Repr()
 _PAYLOAD_REPR.maxlevel = 3
 _PAYLOAD_REPR.maxdict = 12
@@ -105,7 +110,7 @@ def default_pool(host: str) -> str:
 class DeleteStartEndpoint:
     """oslo.messaging endpoint: parse, count, hand triggers on; never raises."""
 
-    def __init__(self, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+    def __init__(self, *, host: str, on_trigger: TriggerHandler,
                  counters: Counters, clock: Callable[[], datetime.datetime],
                  allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False,
                  on_audit: Callable[[AuditWindow], Any] | None = None):
@@ -163,7 +168,7 @@ class DeleteStartEndpoint:
             self._counters.incr("bus.triggers." + form)
             handler = self._on_trigger
         try:
-            handler(trigger)
+            outcome = handler(trigger)
         except CaptureDeferred as exc:  # nothing spooled yet: the message must come back
             LOG.info("requeued %s of %s: %s", trigger.event_type, trigger.instance_id, exc)
             self._counters.incr("bus.requeued")
@@ -177,7 +182,8 @@ class DeleteStartEndpoint:
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
             self._counters.incr("bus.handler_errors")
             return self.failure_outcome()
-        return oslo_messaging.NotificationResult.HANDLED
+        # an audit (or a handler that answers no Outcome) is done too
+        return REPLY.get(outcome, oslo_messaging.NotificationResult.HANDLED)
 
     def failure_outcome(self):
         """REQUEUE (redeliver later) only when allowed; else HANDLED (acknowledge, drop)."""
@@ -189,7 +195,7 @@ class DeleteStartEndpoint:
 class NotificationListener:
     """Listens on nova's legacy and/or versioned topics with a per-host pool."""
 
-    def __init__(self, transport, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+    def __init__(self, transport, *, host: str, on_trigger: TriggerHandler,
                  exchange: str = "nova", legacy_topic: str = "notifications",
                  versioned_topic: str = "versioned_notifications", pool: str | None = None,
                  counters: Counters | None = None,
@@ -286,7 +292,7 @@ class NotificationListener:
             LOG.exception("listener %s failed while stopping", self.pool)
 
 
-def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
               counters: Counters | None = None, transport=None,
               holds: Callable[[str], bool] = lambda _uuid: False,
               on_audit: Callable[[AuditWindow], Any] | None = None) -> NotificationListener:

@@ -2,8 +2,8 @@
 
 The driver inside nova-compute sends nova's own .start message (hook_protocol) and waits; the
 server parses it exactly as the bus listener does (nova_notifications.parse, here with every
-action of hook_protocol.ACTIONS), hands the trigger to the same handler (Flusher.handle), and
-answers only once that returned: for a delete, once the delete.samples is spooled. Nova goes
+action of hook_protocol.ACTIONS), hands the trigger to the same handler (the core's front door,
+capture.pipeline.Pipeline.announced), and answers only once that returned: for a delete, once the delete.samples is spooled. Nova goes
 on with the destroy after the answer (or after its own timeout).
 
 Both paths may deliver one delete (nova keeps publishing to the bus through messagingv2): the
@@ -20,13 +20,14 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
-from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.interfaces import Outcome, TriggerHandler
+from lifecycle_stats.records import utcnow
 from lifecycle_stats.listeners import nova_notifications, socket_file
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
@@ -39,6 +40,17 @@ ACCEPT_JOIN = 1.0  # seconds stop() waits for the accept thread (woken at once b
 # (0.5 s by default); the flushes behind them are also the bus listener's to finish
 STOP_TIMEOUT = 3.0
 DEFAULT_GROUP = "nova"
+# The core's outcome of an announcement, as the driver's status (hook_protocol).
+STATUS = {
+    Outcome.FINAL: hook_protocol.CAPTURED,  # a deletion: its delete.samples is spooled
+    Outcome.LAST_KNOWN: hook_protocol.CAPTURED,
+    Outcome.UNAVAILABLE: hook_protocol.CAPTURED,
+    Outcome.FLAGGED: hook_protocol.CAPTURED,
+    Outcome.DUPLICATE: hook_protocol.CAPTURED,  # spooled before (the bus copy was first)
+    Outcome.NOT_NOVA: hook_protocol.IGNORED,
+    Outcome.READ: hook_protocol.CACHED,  # another stop: its closing reading was taken
+    Outcome.MISSED: hook_protocol.IGNORED,
+}
 
 OPTS = [
     cfg.BoolOpt("enabled", default=True,
@@ -70,7 +82,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 
 class HookServer:
-    def __init__(self, path: str, *, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+    def __init__(self, path: str, *, host: str, on_trigger: TriggerHandler,
                  counters: Counters | None = None, group: str | None = None,
                  max_connections: int = 16, request_timeout: float = 5.0,
                  clock: Callable[[], datetime.datetime] = utcnow) -> None:
@@ -209,7 +221,7 @@ class HookServer:
             self.counters.incr("hook.handler_errors")
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
             return _answer(hook_protocol.ERROR, detail="handler failed; see the agent's log")
-        return _answer(_status(trigger, getattr(outcome, "value", outcome)), outcome=outcome)
+        return _answer(STATUS[outcome], outcome=outcome.value)
 
 
 def _wake(path: str) -> None:
@@ -222,23 +234,11 @@ def _wake(path: str) -> None:
         pass
 
 
-def _status(trigger: DeleteTrigger, outcome: object) -> str:
-    if outcome == "not_nova":
-        return hook_protocol.IGNORED
-    if trigger.action == hook_protocol.DELETE:
-        return hook_protocol.CAPTURED  # final, last_known, unavailable: spooled; or duplicate
-    # a closing read (capture.closing_reads): "read" when the counters were taken
-    return hook_protocol.CACHED if outcome == "read" else hook_protocol.IGNORED
-
-
 def _answer(status: str, **extra) -> dict:
-    outcome = extra.pop("outcome", None)
-    if outcome is not None:
-        extra["outcome"] = str(getattr(outcome, "value", outcome))
     return {"v": hook_protocol.VERSION, "status": status, **extra}
 
 
-def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: Callable[[DeleteTrigger], Any],
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
               counters: Counters | None = None) -> HookServer | None:
     """The server configured by ``[hook]``, or None when it is disabled."""
     register_opts(conf)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 
+from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import HypervisorError
-from lifecycle_stats.interfaces import NoUsage, Reader, ReadingCache, Registry, UsageSink
+from lifecycle_stats.interfaces import Reader, Registry
 from lifecycle_stats.records import LifecycleEvent
 
 LOG = logging.getLogger(__name__)
@@ -24,15 +25,15 @@ REFRESH_ON = frozenset({"defined", "started", "resumed", "metadata_changed"})
 
 
 class DomainEventHandler:
-    """Reads through its own connection (the inspector it is given), never the flush's."""
+    """Reads through its own connection (the reader it is given), never the flush's."""
 
-    def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
-                 counters: Counters | None = None, usage: UsageSink | None = None):
-        self._inspector = inspector
+    def __init__(self, *, reader: Reader, registry: Registry, observations: Observations,
+                 counters: Counters):
+        self._reader = reader
         self._registry = registry
-        self._readings = last_readings
-        self._counters = counters if counters is not None else Counters()
-        self._usage = usage if usage is not None else NoUsage()
+        self._observations = observations
+        self._readings = observations.cache
+        self._counters = counters
 
     def __call__(self, event: LifecycleEvent) -> None:
         if event.event in ("defined", "started"):  # hard reboot, rescue, resize: back again
@@ -44,7 +45,7 @@ class DomainEventHandler:
         elif event.event in ("shutdown", "suspended"):
             self._read_before_stop(event)
         elif event.event == "stopped":
-            self._usage.process_ended(event.instance_id, event.received_at)
+            self._observations.process_ended(event.instance_id, event.received_at)
         elif event.event == "undefined":
             self._registry.forget(event.instance_id)
             self._readings.domain_gone(event.instance_id)
@@ -66,15 +67,14 @@ class DomainEventHandler:
         if info is None:
             return
         try:
-            reading = self._inspector.read(instance_id)
+            reading = self._reader.read(instance_id)
         except HypervisorError:  # gone already: the cached reading stands
             reading = None
         if reading is not None and reading.active:
-            self._readings.update(info, reading)
-            self._usage.record(info, reading, closing=True)
+            self._observations.observe(info, reading, closing=True)
             self._counters.incr("events.stop_reads")
         elif event.event == "shutdown":  # QEMU said it is shutting down: the end, at the latest
-            self._usage.process_ended(instance_id, event.received_at)
+            self._observations.process_ended(instance_id, event.received_at)
             self._counters.incr("events.stop_read_missed")
         else:
             self._counters.incr("events.stop_read_missed")
@@ -85,10 +85,9 @@ class DomainEventHandler:
         if info is None:
             return
         try:
-            reading = self._inspector.read(instance_id)
+            reading = self._reader.read(instance_id)
         except HypervisorError:
             return  # stopped again already; the next poll will tell
         if reading.active:
-            self._readings.update(info, reading)
-            self._usage.record(info, reading)
+            self._observations.observe(info, reading)
             self._counters.incr("events.start_reads")

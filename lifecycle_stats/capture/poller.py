@@ -13,9 +13,10 @@ from typing import Callable
 from oslo_config import cfg
 
 from lifecycle_stats import threads
+from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
-from lifecycle_stats.interfaces import NoUsage, Reader, ReadingCache, Registry, UsageSink
+from lifecycle_stats.interfaces import Reader, Registry
 from lifecycle_stats.records import utcnow
 
 LOG = logging.getLogger(__name__)
@@ -27,17 +28,15 @@ OPTS = [
 
 
 class Poller:
-    def __init__(self, *, inspector: Reader, registry: Registry, last_readings: ReadingCache,
-                 interval: float, counters: Counters | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow,
-                 usage: UsageSink | None = None) -> None:
-        self._inspector = inspector
+    def __init__(self, *, reader: Reader, registry: Registry, observations: Observations,
+                 interval: float, counters: Counters,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+        self._reader = reader
         self._registry = registry
-        self._readings = last_readings
+        self._observations = observations
         self.interval = interval
-        self._counters = counters if counters is not None else Counters()
+        self._counters = counters
         self._clock = clock
-        self._usage = usage if usage is not None else NoUsage()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_success_at: datetime.datetime | None = None
@@ -48,7 +47,7 @@ class Poller:
 
     def poll_once(self) -> int:
         """One bulk read; returns how many nova instances were updated."""
-        readings = self._inspector.poll()
+        readings = self._reader.poll()
         identified = []
         for instance_id, reading in readings.items():
             try:
@@ -56,10 +55,8 @@ class Poller:
             except DomainGone:  # deleted since the poll read it
                 continue
             if info is not None:
-                self._readings.update(info, reading)
                 identified.append((info, reading))
-        self._usage.record_all(identified)  # one ledger transaction per poll
-        self._readings.prune()
+        self._observations.observe_poll(identified)  # one ledger transaction per poll
         return len(identified)
 
     def start(self) -> None:

@@ -1,11 +1,13 @@
 """Replay a recording through the agent's real pipeline, deterministically.
 
-The same parts the agent wires (agent.py) run here: nova notifications go through the bus
-listener's endpoint (listeners.bus.DeleteStartEndpoint → nova_notifications.parse), triggers
-through capture.flush.Flusher, lifecycle events through capture.domain_events, polls through
-capture.poller.Poller, readings into capture.last_readings.LastReadings, notifications
-through publishing.payloads into a real publishing.spool.Spool, and out of the spool to a
-conduit that writes JSON lines. Only libvirt and time are stand-ins (standins.py): every
+The core is built as the agent builds it (agent.py), through its one front door
+(capture.pipeline.Pipeline), with the agent's settings (the recording's host and publisher_id;
+[meters] legacy, [publisher] telemetry_secret, [flush] and [usage] audit_period from the
+agent's configuration when one is given): nova notifications go through the bus listener's
+endpoint (listeners.bus.DeleteStartEndpoint → nova_notifications.parse) to
+Pipeline.announced, libvirt events to Pipeline.lifecycle, polls to Pipeline.poll; the
+notifications go into a real publishing.spool.Spool and out of it to a conduit that writes
+JSON lines. Only libvirt and time are stand-ins (standins.py): every
 clock in that path is the recording's virtual clock and every id derives from the recorded
 data, so the same recording always gives byte-identical output.
 
@@ -24,16 +26,15 @@ import os
 import tempfile
 from typing import IO, Any
 
-from lifecycle_stats.capture import (
-    closing_reads, domain_events, flush, last_readings, poller,
-)
+from oslo_config import cfg
+
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Retry, Settings
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import bus
-from lifecycle_stats.publishing import signing
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import LifecycleEvent, Notification
 from lifecycle_stats.replay import format as fmt
-from lifecycle_stats.usage import periods, reports
+from lifecycle_stats.usage import closer, periods
 from lifecycle_stats.usage import store as usage_store
 from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.replay.standins import (
@@ -62,70 +63,56 @@ class JsonLinesConduit:
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """The agent's options that shape what it publishes (agent.OPTS, signing.OPTS)."""
+class Replayed:
+    """What shapes a replay's output besides the recording: the core's settings (the agent's
+    own, for the recorded host) and the usage ledger's audit period."""
 
-    hostname: str
-    publisher_id: str
-    telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET
+    settings: Settings
+    period: periods.AuditPeriod
 
-
-class Usage:
-    """The usage ledger and its exists reporter: on disk beside the spool, so, like the spool,
-    they outlive an agent restart (compare agent.Agent._build_usage). Periodic exists are not
-    replayed (no period closer: a recording spans minutes); the final exists at deletion is."""
-
-    def __init__(self, state_dir: str, store: spool_mod.Spool, clock: VirtualClock,
-                 settings: Settings, counters: Counters) -> None:
-        self.ledger = UsageLedger(usage_store.ledger_path(state_dir), periods.parse("hour"),
-                                  counters=counters)
-        self.reporter = reports.ExistsReporter(
-            ledger=self.ledger, spool=store, host=settings.hostname,
-            publisher_id=settings.publisher_id, counters=counters, clock=clock)
+    @classmethod
+    def of(cls, recording: fmt.Recording, conf: cfg.ConfigOpts | None = None,
+           telemetry_secret: str | None = None) -> "Replayed":
+        """The recording's host and publisher_id; the rest from the agent's configuration
+        (conf, with every option registered: opts.register_all), else the agent's defaults."""
+        publisher_id = (recording.header.get("publisher_id")
+                        or f"lifecycle-stats.{recording.host}")  # the agent's default
+        options, period = {}, periods.parse("hour")
+        if conf is not None:
+            flush = conf.flush
+            options = {"legacy_meters": conf.meters.legacy,
+                       "telemetry_secret": conf.publisher.telemetry_secret,
+                       "retry": Retry(flush.max_attempts, flush.tries_per_attempt,
+                                      flush.retry_wait, flush.retry_max_wait)}
+            period, _ = closer.settings(conf["usage"])
+        if telemetry_secret is not None:
+            options["telemetry_secret"] = telemetry_secret
+        return cls(Settings(host=recording.host, publisher_id=publisher_id, **options), period)
 
 
 class AgentState:
     """What one agent process holds in memory; a restart builds a new one over the same spool
-    and ledger (compare agent.Agent._build_capture; a new capture part is wired in both)."""
+    and ledger. The core is the agent's own (capture.pipeline.Pipeline)."""
 
-    def __init__(self, host: RecordedHost, store: spool_mod.Spool, clock: VirtualClock,
-                 settings: Settings, counters: Counters, usage: Usage) -> None:
-        hostname = settings.hostname
+    def __init__(self, host: RecordedHost, store: spool_mod.Spool, ledger: UsageLedger,
+                 clock: VirtualClock, settings: Settings, counters: Counters) -> None:
         self.registry = RecordedRegistry(host)
-        self.readings = last_readings.LastReadings(clock=clock)
-        self.flusher = flush.Flusher(
-            inspector=host, registry=self.registry, last_readings=self.readings, spool=store,
-            host=hostname, publisher_id=settings.publisher_id, counters=counters, clock=clock,
-            sleep=clock.sleep, telemetry_secret=settings.telemetry_secret,
-            usage=usage.ledger, on_deleted=usage.reporter.final)
-        self.closing_reads = closing_reads.ClosingReads(
-            inspector=host, registry=self.registry, last_readings=self.readings,
-            usage=usage.ledger, counters=counters, clock=clock)
-        self.poller = poller.Poller(inspector=host, registry=self.registry,
-                                    last_readings=self.readings, interval=60.0,
-                                    counters=counters, usage=usage.ledger)
-        self.events = domain_events.DomainEventHandler(
-            inspector=host, registry=self.registry, last_readings=self.readings,
-            counters=counters, usage=usage.ledger)
+        self.core = Pipeline(readers=Readers.one(host), registry=self.registry, spool=store,
+                             ledger=ledger, settings=settings, counters=counters,
+                             clock=clock, sleep=clock.sleep)
         self.endpoint = bus.DeleteStartEndpoint(
-            host=hostname, on_trigger=self._on_trigger, counters=counters, clock=clock,
-            allow_requeue=False)
-
-    def _on_trigger(self, trigger):
-        """As Agent._on_trigger: deletes to the flush, other actions to a closing read."""
-        if trigger.action == closing_reads.DELETE:
-            return self.flusher.handle(trigger)
-        return self.closing_reads.handle(trigger)
+            host=settings.host, on_trigger=self.core.announced, counters=counters,
+            clock=clock, allow_requeue=False)
 
     def start(self) -> None:
         """As Agent.start: resync the registry, then the poller's first poll."""
-        self.registry.sync()
-        self.poller.poll_once()
+        self.core.resync()
+        self.core.poll()
 
 
 class Player:
     def __init__(self, recording: fmt.Recording, out: IO[str], state_dir: str,
-                 telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> None:
+                 replayed: Replayed | None = None) -> None:
         self.recording = recording
         self.counters = Counters()
         self.clock = VirtualClock(recording.started_at)
@@ -134,12 +121,12 @@ class Player:
         self.spool = spool_mod.Spool(os.path.join(state_dir, spool_mod.SPOOL_FILENAME),
                                      conduits=[CONDUIT], clock=self.clock,
                                      counters=self.counters)
-        self.settings = Settings(
-            hostname=recording.host,
-            publisher_id=(recording.header.get("publisher_id")
-                          or f"lifecycle-stats.{recording.host}"),  # the agent's default
-            telemetry_secret=telemetry_secret)
-        self.usage = Usage(state_dir, self.spool, self.clock, self.settings, self.counters)
+        self.replayed = replayed if replayed is not None else Replayed.of(recording)
+        # on disk beside the spool: like the spool, the ledger outlives an agent restart.
+        # Periodic exists are not replayed (no period closer: a recording spans minutes);
+        # the final exists at deletion is.
+        self.ledger = UsageLedger(usage_store.ledger_path(state_dir), self.replayed.period,
+                                  counters=self.counters)
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 
@@ -159,7 +146,7 @@ class Player:
             self._dispatch(entry)
             self._deliver()
         self.spool.close()
-        self.usage.ledger.close()
+        self.ledger.close()
         self.conduit.close()
         return self.counters
 
@@ -171,11 +158,11 @@ class Player:
         elif entry.kind == fmt.AGENT:
             self._agent(entry)
         elif entry.kind == fmt.LIBVIRT and self.agent is not None:
-            self.agent.events(lifecycle_event(entry, self.clock()))
+            self.agent.core.lifecycle(lifecycle_event(entry, self.clock()))
         elif entry.kind in (fmt.READING, fmt.INSTANCE, fmt.POLL):
             self._apply_to_host(entry)
             if entry.kind == fmt.POLL and self.agent is not None:
-                self.agent.poller.poll_once()
+                self.agent.core.poll()
 
     def _nova(self, entry: fmt.Entry) -> None:
         if self.agent is None:
@@ -199,8 +186,8 @@ class Player:
                 self._nova(queued)
 
     def _start_agent(self) -> None:
-        self.agent = AgentState(self.host, self.spool, self.clock, self.settings,
-                                self.counters, self.usage)
+        self.agent = AgentState(self.host, self.spool, self.ledger, self.clock,
+                                self.replayed.settings, self.counters)
         self.agent.start()
 
     def _apply_to_host(self, entry: fmt.Entry) -> None:
@@ -305,8 +292,10 @@ def check(recording: fmt.Recording) -> None:
     answers_by_cause(recording)
 
 
-def run(recording: fmt.Recording, out: IO[str],
-        telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET) -> Counters:
-    """Replay a checked recording into out, with a throw-away spool."""
+def run(recording: fmt.Recording, out: IO[str], telemetry_secret: str | None = None,
+        conf: cfg.ConfigOpts | None = None) -> Counters:
+    """Replay a checked recording into out, with a throw-away spool; as an agent configured by
+    conf (the agent's options registered) would have, else as one with default options."""
+    replayed = Replayed.of(recording, conf, telemetry_secret)
     with tempfile.TemporaryDirectory(prefix="lifecycle-stats-replay-") as state_dir:
-        return Player(recording, out, state_dir, telemetry_secret).run()
+        return Player(recording, out, state_dir, replayed).run()

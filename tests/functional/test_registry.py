@@ -12,7 +12,10 @@ import uuid as uuidlib
 import libvirt
 import pytest
 
-from lifecycle_stats.capture import flush, last_readings
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
+from lifecycle_stats.interfaces import Outcome
+from lifecycle_stats.usage import periods
+from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.reading.hypervisor import Hypervisor
 from lifecycle_stats.reading.inspector import Inspector
@@ -321,15 +324,15 @@ def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
     try:
         inspector = Inspector(Hypervisor("test:///default", open_fn=lambda _uri: conn,
                                          retry_attempts=1), counters=Counters())
-        flusher = flush.Flusher(inspector=inspector, registry=registry,
-                                last_readings=last_readings.LastReadings(), spool=store,
-                                host="cmp1", publisher_id="lifecycle-stats.cmp1")
+        ledger = UsageLedger(str(tmp_path / "usage.sqlite"), periods.parse("hour"))
+        core = Pipeline(readers=Readers.one(inspector), registry=registry, spool=store,
+                        ledger=ledger, settings=Settings.for_host("cmp1"))
         trigger = DeleteTrigger(instance_id=guest.instance_id,
                                 event_type="compute.instance.delete.start", host="cmp1",
                                 received_at=datetime.datetime.now(datetime.timezone.utc),
                                 identity={"tenant_id": guest.project_id,
                                           "display_name": guest.display_name})
-        assert flusher.handle(trigger) is flush.Outcome.UNAVAILABLE
+        assert core.announced(trigger) is Outcome.UNAVAILABLE
         [(_, note)] = store.pending("test", 10)
         payloads.validate(note)
         assert note.payload["instance_id"] == guest.instance_id
@@ -337,4 +340,5 @@ def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
         assert note.payload["display_name"] == guest.display_name
     finally:
         store.close()
+        ledger.close()
         dom.destroy()

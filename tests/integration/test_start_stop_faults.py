@@ -89,8 +89,10 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
     """The agent's stop sequence on the real broker: the listener stops (its bound expires
     with a flush in hand), the flusher closes, the spool closes; the flush then ends, writes
     nothing, and its message is requeued: the next run of the agent receives it."""
-    from lifecycle_stats.capture import flush, last_readings
+    from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
     from lifecycle_stats.publishing import spool as spool_mod
+    from lifecycle_stats.usage import periods
+    from lifecycle_stats.usage.ledger import UsageLedger
     from tests.integration.test_bus_real import Broker
     from tests.unit.test_flush import FakeRegistry, GatedInspector
 
@@ -99,14 +101,14 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
     path = str(tmp_path / "spool.sqlite")
     spool = spool_mod.Spool(path, conduits=["test"])
     inspector = GatedInspector({})
-    flusher = flush.Flusher(inspector=inspector, registry=FakeRegistry(),
-                            last_readings=last_readings.LastReadings(), spool=spool, host=host,
-                            publisher_id="p")
+    ledger = UsageLedger(str(tmp_path / "usage.sqlite"), periods.parse("hour"))
+    core = Pipeline(readers=Readers.one(inspector), registry=FakeRegistry(), spool=spool,
+                    ledger=ledger, settings=Settings(host, "p"))
     outcomes = []
 
     def on_trigger(trigger):
         try:
-            return flusher.handle(trigger)
+            return core.announced(trigger)
         except BaseException as exc:
             outcomes.append(exc)
             raise
@@ -116,7 +118,7 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
         instance_id = Nova(broker, host).legacy()
         assert inspector.entered.acquire(timeout=10)  # the flush is reading the domain
         assert first.stop(timeout=0.3) is False  # as Agent.stop: bounded, a flush in hand
-        assert flusher.close(0.1) is False
+        assert core.close(0.1) is False
         spool.close()
         inspector.gates[0].set()
         deadline = time.monotonic() + 10
@@ -135,3 +137,4 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
     finally:
         inspector.gates[0].set()
         broker.close()
+        ledger.close()

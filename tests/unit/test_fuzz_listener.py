@@ -19,7 +19,10 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats.capture import flush, last_readings
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
+from lifecycle_stats.interfaces import Outcome
+from lifecycle_stats.usage import periods
+from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.records import DeleteTrigger
@@ -124,32 +127,34 @@ envelopes = st.one_of(
 # -- the box under test ---------------------------------------------------------------------------
 
 class Box:
-    """A real endpoint over a real Flusher and Spool; the libvirt side is in memory."""
+    """A real endpoint over the real core (Pipeline), Spool and ledger; the libvirt side is in memory."""
 
     def __init__(self, state_dir: str):
         self.counters = counters_mod.Counters()
         self.spool = spool.Spool(f"{state_dir}/spool.sqlite", conduits=["test"],
                                  counters=self.counters)
-        readings = last_readings.LastReadings(clock=lambda: NOW)
-        readings.update(make_info(instance_id=CACHED),
-                        dataclasses.replace(make_reading(), instance_id=CACHED))
-        self.flusher = flush.Flusher(
-            inspector=FakeInspector({LIVE: make_reading()}),
+        self.ledger = UsageLedger(f"{state_dir}/usage.sqlite", periods.parse("hour"))
+        self.core = Pipeline(
+            readers=Readers.one(FakeInspector({LIVE: make_reading()})),
             registry=FakeRegistry({LIVE: make_info(instance_id=LIVE)}, not_nova={NOT_NOVA}),
-            last_readings=readings, spool=self.spool, host=HOST,
-            publisher_id=f"lifecycle-stats.{HOST}", counters=self.counters, clock=lambda: NOW)
+            spool=self.spool, ledger=self.ledger, settings=Settings.for_host(HOST),
+            counters=self.counters, clock=lambda: NOW)
+        self.core.observations.cache.update(
+            make_info(instance_id=CACHED), dataclasses.replace(make_reading(), instance_id=CACHED))
         self.triggers: list[DeleteTrigger] = []
-        self.outcomes: list[flush.Outcome] = []
+        self.outcomes: list[Outcome] = []
         self.endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=self._on_trigger,
                                                 counters=self.counters, clock=lambda: NOW,
                                                 allow_requeue=False)
 
     def _on_trigger(self, trigger: DeleteTrigger) -> None:
         self.triggers.append(trigger)
-        self.outcomes.append(self.flusher.handle(trigger))
+        self.outcomes.append(self.core.announced(trigger))
 
     def spooled(self):
-        return [n for _, n in self.spool.pending("test", 10_000)]
+        """The delete.samples spooled (each deletion's final exists follows it)."""
+        return [n for _, n in self.spool.pending("test", 10_000)
+                if n.event_type == payloads.DELETE_SAMPLES]
 
 
 def _check_trigger(trigger: DeleteTrigger) -> None:
@@ -194,12 +199,13 @@ def test_endpoint_counts_every_message_once_and_spools_only_valid_notifications(
                 assert notification.payload["host"] == HOST
             # every trigger of a nova instance ended up spooled, once per instance
             reported = {t.instance_id for t, o in zip(box.triggers, box.outcomes)
-                        if o is not flush.Outcome.NOT_NOVA}
+                        if o is not Outcome.NOT_NOVA}
             assert {n.payload["instance_id"] for n in spooled} == reported
             assert len(spooled) == len(reported)
             assert NOT_NOVA not in reported
         finally:
             box.spool.close()
+            box.ledger.close()
 
 
 @FUZZ
@@ -264,3 +270,4 @@ def test_our_deletes_are_always_captured_whatever_the_identity(known, other, eve
             assert bool(notification.payload["samples"]) == (expected != payloads.UNAVAILABLE)
         finally:
             box.spool.close()
+            box.ledger.close()

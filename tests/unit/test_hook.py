@@ -19,6 +19,7 @@ from oslo_config import cfg
 from oslo_context import context
 
 from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.listeners import hook_server, socket_file
 from lifecycle_stats.listeners.nova import driver as nova_driver, protocol as hook_protocol
 
@@ -43,7 +44,7 @@ def versioned(instance_id, host=HOST):
 class Recorder:
     """The agent's trigger handler: records, optionally blocks or fails."""
 
-    def __init__(self, outcome="final"):
+    def __init__(self, outcome=Outcome.FINAL):
         self.triggers = []
         self.outcome = outcome
         self.release = threading.Event()

@@ -7,6 +7,8 @@ import pytest
 
 from lifecycle_stats import counters
 from lifecycle_stats.capture import domain_events, last_readings, poller
+from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.interfaces import NoUsage
 from lifecycle_stats.records import LifecycleEvent
 from tests.unit.test_flush import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
 
@@ -42,17 +44,18 @@ def test_poll_caches_nova_instances_only():
     registry = RecordingRegistry({UUID: make_info()}, not_nova=[OTHER])
     readings = last_readings.LastReadings(clock=lambda: NOW)
     other = dataclasses.replace(make_reading(), instance_id=OTHER)
-    p = poller.Poller(inspector=PollingInspector({UUID: make_reading(), OTHER: other}),
-                      registry=registry,
-                      last_readings=readings, interval=60)
+    p = poller.Poller(reader=PollingInspector({UUID: make_reading(), OTHER: other}),
+                      registry=registry, observations=Observations(readings, NoUsage()),
+                      interval=60, counters=counters.Counters())
     assert p.poll_once() == 1
     assert readings.get(UUID)[1].cpu_time_ns == 5_000_000 and readings.get(OTHER) is None
 
 
 def handler(registry, inspector, readings):
     c = counters.Counters()
-    h = domain_events.DomainEventHandler(inspector=inspector, registry=registry,
-                                         last_readings=readings, counters=c)
+    h = domain_events.DomainEventHandler(reader=inspector, registry=registry,
+                                         observations=Observations(readings, NoUsage()),
+                                         counters=c)
     return h, c
 
 
@@ -180,8 +183,9 @@ class FlakyInspector(PollingInspector):
 def test_the_poller_survives_any_exception_and_says_when_it_last_succeeded(caplog):
     c = counters.Counters()
     readings = last_readings.LastReadings(clock=lambda: NOW)
-    p = poller.Poller(inspector=FlakyInspector({UUID: make_reading()}),
-                      registry=RecordingRegistry({UUID: make_info()}), last_readings=readings,
+    p = poller.Poller(reader=FlakyInspector({UUID: make_reading()}),
+                      registry=RecordingRegistry({UUID: make_info()}),
+                      observations=Observations(readings, NoUsage()),
                       interval=0.01, counters=c, clock=lambda: NOW)
     assert p.thread_state == "not started" and p.last_success_at is None
     p.start()

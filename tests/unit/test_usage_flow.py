@@ -1,4 +1,4 @@
-"""Usage through the flush: process-ending actions take closing readings, delete.samples says
+"""Usage through the core's front door (capture.pipeline.Pipeline): process-ending actions take closing readings, delete.samples says
 complete or stale and the domain's real state, and a final exists goes out with it.
 Real SQLite spool and ledger, in-memory libvirt stand-ins, an injected clock."""
 from __future__ import annotations
@@ -9,8 +9,9 @@ import datetime
 import pytest
 
 from lifecycle_stats import counters
-from lifecycle_stats.capture import closing_reads, flush, last_readings
-from lifecycle_stats.usage import ledger as usage_ledger, periods, reports as usage_reports
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
+from lifecycle_stats.interfaces import Outcome
+from lifecycle_stats.usage import ledger as usage_ledger, periods
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import DeleteTrigger, isotime
 from tests.unit.test_flush import FakeInspector, FakeRegistry
@@ -49,23 +50,15 @@ class Host:
                                  counters=self.counters)
         self.ledger = usage_ledger.UsageLedger(str(state / "usage.sqlite"),
                                                periods.parse("hour"))
-        self.readings = last_readings.LastReadings(clock=clock)
-        self.reporter = usage_reports.ExistsReporter(
-            ledger=self.ledger, spool=self.spool, host="cmp1", publisher_id="ls.cmp1",
-            counters=self.counters, clock=clock)
-        self.flusher = flush.Flusher(
-            inspector=inspector, registry=registry, last_readings=self.readings,
-            spool=self.spool, host="cmp1", publisher_id="ls.cmp1", counters=self.counters,
-            clock=clock, usage=self.ledger, on_deleted=self.reporter.final)
-        self.closing = closing_reads.ClosingReads(
-            inspector=inspector, registry=registry, last_readings=self.readings,
-            usage=self.ledger, counters=self.counters, clock=clock)
+        self.core = Pipeline(readers=Readers.one(inspector), registry=registry,
+                             spool=self.spool, ledger=self.ledger,
+                             settings=Settings("cmp1", "ls.cmp1"), counters=self.counters,
+                             clock=clock)
+        self.readings = self.core.observations.cache
 
     def handle(self, trigger):
-        """As the agent routes nova's announcements: delete to the flush, others to a read."""
-        if trigger.action == closing_reads.DELETE:
-            return self.flusher.handle(trigger)
-        return self.closing.handle(trigger)
+        """As the agent hands nova's announcements to the core."""
+        return self.core.announced(trigger)
 
     def spooled(self):
         return {n.event_type: n for _, n in self.spool.pending("test", 100)}
@@ -96,7 +89,7 @@ def host(tmp_path, clock, live):
 def test_a_process_ending_action_takes_a_closing_reading_and_publishes_nothing(host, clock,
                                                                                 live):
     live.readings[UUID] = reading_at(clock.advance(30), 4_000)
-    assert host.handle(action("power_off", clock.now)) is closing_reads.Outcome.READ
+    assert host.handle(action("power_off", clock.now)) is Outcome.READ
     assert host.spooled() == {}
     latest = host.ledger.latest(UUID)
     assert latest.closed and latest.reading.cpu_time_ns == 4_000
@@ -106,7 +99,7 @@ def test_a_process_ending_action_takes_a_closing_reading_and_publishes_nothing(h
 
 def test_an_action_on_a_domain_already_off_is_counted_missed(host, clock, live):
     live.readings[UUID] = reading_at(clock.advance(30), 0, active=False)
-    assert host.handle(action("shelve", clock.now)) is closing_reads.Outcome.MISSED
+    assert host.handle(action("shelve", clock.now)) is Outcome.MISSED
     assert host.counters.get("flush.action_missed") == 1
 
 
@@ -119,7 +112,7 @@ def power_off_then_delete(host, clock, live, days=3):
 
 
 def test_power_off_then_delete_is_complete_and_says_the_domain_is_off(host, clock, live):
-    assert power_off_then_delete(host, clock, live) is flush.Outcome.LAST_KNOWN
+    assert power_off_then_delete(host, clock, live) is Outcome.LAST_KNOWN
     events = host.spooled()
     capture = events["compute.instance.delete.samples"].payload["capture"]
     assert capture["complete"] is True
@@ -139,7 +132,7 @@ def test_after_an_agent_restart_the_ledger_stands_in_for_the_cache(tmp_path, hos
     host.close()
     restarted = Host(tmp_path, clock, live, FakeRegistry({UUID: make_info()}))
     live.readings[UUID] = reading_at(clock.advance(600), 0, active=False)
-    assert restarted.handle(action("delete", clock.now)) is flush.Outcome.LAST_KNOWN
+    assert restarted.handle(action("delete", clock.now)) is Outcome.LAST_KNOWN
     note = restarted.spooled()["compute.instance.delete.samples"]
     assert note.payload["capture"]["complete"] is True
     assert [s["volume"] for s in note.payload["samples"] if s["name"] == "cpu"] == [4_000]
@@ -152,7 +145,7 @@ def test_a_delete_racing_destroy_is_stale_and_the_final_exists_bounds_the_loss(h
     host.ledger.record(make_info(), live.readings[UUID])
     del live.readings[UUID]  # nova destroyed it before our read
     clock.advance(2)
-    assert host.handle(action("delete", clock.now)) is flush.Outcome.LAST_KNOWN
+    assert host.handle(action("delete", clock.now)) is Outcome.LAST_KNOWN
     events = host.spooled()
     capture = events["compute.instance.delete.samples"].payload["capture"]
     assert capture["complete"] is False and capture["domain_state"] == "gone"
@@ -164,7 +157,7 @@ def test_a_delete_racing_destroy_is_stale_and_the_final_exists_bounds_the_loss(h
 
 def test_a_live_delete_is_complete_with_all_usage_in_the_final_exists(host, clock, live):
     live.readings[UUID] = reading_at(clock.advance(60), 9_000)
-    assert host.handle(action("delete", clock.now)) is flush.Outcome.FINAL
+    assert host.handle(action("delete", clock.now)) is Outcome.FINAL
     events = host.spooled()
     assert events["compute.instance.delete.samples"].payload["capture"]["complete"] is True
     final = events["compute.instance.exists"]
@@ -177,7 +170,7 @@ def test_a_live_delete_is_complete_with_all_usage_in_the_final_exists(host, cloc
 def test_an_instance_never_seen_running_still_gets_its_gauges(tmp_path, clock):
     off = FakeInspector({UUID: reading_at(AT, 0, active=False)})
     fresh = Host(tmp_path, clock, off, FakeRegistry({UUID: make_info()}))
-    assert fresh.handle(action("delete", clock.now)) is flush.Outcome.FINAL
+    assert fresh.handle(action("delete", clock.now)) is Outcome.FINAL
     note = fresh.spooled()["compute.instance.delete.samples"]
     names = {s["name"] for s in note.payload["samples"]}
     assert {"vcpus", "memory", "instance", "instance:m1.small"} <= names
@@ -201,7 +194,7 @@ def test_the_final_exists_is_stamped_no_later_than_nova_announced_the_delete(hos
     announced = clock.now
     clock.advance(2)  # the agent handles the announcement two seconds after nova sent it
     trigger = dataclasses.replace(action("delete", clock.now), announced_at=announced)
-    assert host.handle(trigger) is flush.Outcome.FINAL
+    assert host.handle(trigger) is Outcome.FINAL
     events = host.spooled()
     assert events["compute.instance.exists"].timestamp == isotime(announced)
     assert events["compute.instance.delete.samples"].timestamp == isotime(announced)

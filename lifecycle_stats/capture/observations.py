@@ -1,0 +1,84 @@
+"""Where every reading the core takes goes, and what it knows of past ones: the reading cache
+(last_readings.LastReadings) and the usage ledger (usage.ledger.UsageLedger), behind one door.
+
+Every call into the ledger from capture is in this module, so a change of the ledger's API
+lands here only. Also here: the one live read + identification of a domain, shared by the
+delete capture (flush.py) and the closing reads of other stops (closing_reads.py).
+"""
+from __future__ import annotations
+
+import datetime
+from typing import Iterable
+
+from lifecycle_stats.exceptions import DomainGone, HypervisorError
+from lifecycle_stats.interfaces import Reader, ReadingCache, Registry, UsageAccounts
+from lifecycle_stats.records import DomainReading, InstanceInfo
+
+GONE = "gone"  # domain_state when the domain no longer exists
+STAYED_OFF = frozenset({"shutoff", "crashed", GONE})  # no QEMU process ran on after the reading
+
+
+class Observations:
+    def __init__(self, cache: ReadingCache, ledger: UsageAccounts) -> None:
+        self.cache = cache
+        self._ledger = ledger
+
+    def observe(self, info: InstanceInfo, reading: DomainReading, *,
+                closing: bool = False) -> None:
+        """One reading of a nova domain: the newest in the cache, accounted in the ledger.
+        closing: taken because the QEMU process is about to end (nova's .start of a stop,
+        libvirt's SHUTDOWN)."""
+        self.cache.update(info, reading)
+        self._ledger.record(info, reading, closing=closing)
+
+    def observe_poll(self, items: Iterable[tuple[InstanceInfo, DomainReading]]) -> None:
+        """A bulk poll's readings: each in the cache, all in one ledger transaction; cache
+        entries of domains gone long enough expire."""
+        items = list(items)
+        for info, reading in items:
+            self.cache.update(info, reading)
+        self._ledger.record_all(items)
+        self.cache.prune()
+
+    def process_ended(self, instance_id: str, at: datetime.datetime) -> None:
+        """The domain's QEMU process ended at `at` at the latest (its counters are gone)."""
+        self._ledger.process_ended(instance_id, at)
+
+    def instance_deleted(self, instance_id: str, at: datetime.datetime) -> None:
+        self._ledger.instance_deleted(instance_id, at)
+
+    def newest_known(self, instance_id: str) -> tuple[InstanceInfo, DomainReading] | None:
+        """The newest reading of the instance: the in-memory cache's or the ledger's (which
+        stands in for the cache after an agent restart)."""
+        cached = self.cache.get(instance_id)
+        ledger = self._ledger.latest(instance_id)
+        if ledger is not None and (cached is None or ledger.reading.read_at > cached[1].read_at):
+            return ledger.info, ledger.reading
+        return cached
+
+    def figures(self, live: bool, reading: DomainReading | None, state: str) -> dict:
+        """`complete`: read from the live domain, or the newest reading of its newest process,
+        closed by a closing reading, the domain off (or gone) now; `domain_state`: now."""
+        if live:
+            complete = reading is not None and reading.active
+        else:
+            latest = self._ledger.latest(reading.instance_id) if reading is not None else None
+            complete = (latest is not None and latest.closed and state in STAYED_OFF
+                        and latest.reading.read_at == reading.read_at)
+        return {"complete": complete, "domain_state": state}
+
+
+def read_live(reader: Reader, instance_id: str) -> DomainReading | None:
+    """The domain's counters now; None when it is gone. HypervisorError passes."""
+    try:
+        return reader.read(instance_id)
+    except DomainGone:
+        return None
+
+
+def identify(registry: Registry, instance_id: str) -> InstanceInfo | None:
+    """Nova's identity of the domain; None when it is not nova's or cannot be asked now."""
+    try:
+        return registry.identify(instance_id)
+    except HypervisorError:
+        return None

@@ -1,0 +1,127 @@
+"""The core's one front door: what the outside world does to it, and nothing else.
+
+  announced(trigger)  nova announced a stop (bus, hook): a deletion gets its delete.samples
+                      and the instance's final exists; any other stop a closing reading
+  lifecycle(event)    libvirt told of a domain's lifecycle (registry upkeep, stop/start reads)
+  audit(window)       nova audited an instance's usage (its own exists, enriched)
+  poll()              the periodic bulk read (also the poller thread's, and the period closer's)
+  resync()            re-list libvirt's domains (at start, after the event connection was lost)
+
+The agent (agent.py), the replay player (replay/player.py) and every benchmark build the core
+through Pipeline; nothing else builds its parts. Follow a deletion from here:
+announced → Flusher.capture (delete_read.DeleteReader.read → payloads → spool.put) →
+observations.instance_deleted (the ledger closes the instance) → ExistsReporter.final.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import time
+from typing import Callable
+
+from lifecycle_stats.capture import closing_reads, domain_events, flush, poller
+from lifecycle_stats.capture.last_readings import LastReadings
+from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.capture.settings import Retry, Settings
+from lifecycle_stats.capture.stop_gate import StopGate
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.interfaces import (
+    NotificationStore, Outcome, Reader, Registry, UsageAccounts,
+)
+from lifecycle_stats.records import (
+    DELETE, AuditWindow, DeleteTrigger, LifecycleEvent, utcnow,
+)
+from lifecycle_stats.usage.reports import ExistsReporter
+
+__all__ = ["Pipeline", "Readers", "Retry", "Settings"]
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Readers:
+    """One reader per job, so none waits behind another (the agent gives each its own libvirt
+    connection): the read at nova's announcement, the bulk poll, the reads at libvirt events."""
+
+    announced: Reader
+    poll: Reader
+    events: Reader
+
+    @classmethod
+    def one(cls, reader: Reader) -> "Readers":
+        return cls(announced=reader, poll=reader, events=reader)
+
+
+class Pipeline:
+    def __init__(self, *, readers: Readers, registry: Registry, spool: NotificationStore,
+                 ledger: UsageAccounts, settings: Settings, counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow,
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_spooled: Callable[[], None] = lambda: None) -> None:
+        counters = counters if counters is not None else Counters()
+        self.settings = settings
+        self.registry = registry
+        self._on_spooled = on_spooled
+        self._counters = counters
+        self._gate = StopGate()
+        self.observations = Observations(LastReadings(clock=clock), ledger)
+        self.reporter = ExistsReporter(
+            ledger=ledger, spool=spool, host=settings.host,
+            publisher_id=settings.publisher_id, counters=counters, on_spooled=on_spooled,
+            clock=clock)
+        seen = dict(registry=registry, observations=self.observations, counters=counters)
+        self._flusher = flush.Flusher(reader=readers.announced, spool=spool, gate=self._gate,
+                                      settings=settings, clock=clock, sleep=sleep, **seen)
+        self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
+                                                   **seen)
+        self._events = domain_events.DomainEventHandler(reader=readers.events, **seen)
+        self.poller = poller.Poller(reader=readers.poll, interval=settings.poll_interval,
+                                    clock=clock, **seen)
+
+    # -- what the outside world does -------------------------------------------------
+    def announced(self, trigger: DeleteTrigger) -> Outcome:
+        """Nova announced a stop. Returns once a deletion's delete.samples is durably spooled;
+        raises CaptureDeferred (nothing spooled yet: redeliver) or ShuttingDown (after
+        close(): redeliver to the next run)."""
+        if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
+            return self._closing.handle(trigger)
+        with self._gate.working(f"flushing {trigger.instance_id}"):
+            captured = self._flusher.capture(trigger)
+            if captured.outcome.spooled and captured.ended is not None:
+                self._account_deletion(trigger, captured)
+        if captured.outcome.spooled:
+            self._on_spooled()
+        return captured.outcome
+
+    def lifecycle(self, event: LifecycleEvent) -> None:
+        self._events(event)
+
+    def audit(self, window: AuditWindow) -> None:
+        self.reporter.nova_audit(window, self.registry.get(window.instance_id))
+
+    def poll(self) -> int:
+        """One bulk poll; returns how many nova instances were read."""
+        return self.poller.poll_once()
+
+    def resync(self) -> None:
+        self._events.resync()
+
+    def close(self, timeout: float) -> bool:
+        """Refuse new deletions, wait (bounded) for those in flight; False if some still run.
+        Nothing is spooled by a deletion after this returns (stop_gate.py)."""
+        return self._gate.close(timeout)
+
+    # -- the deletion, after its delete.samples ----------------------------------------
+    def _account_deletion(self, trigger: DeleteTrigger, captured: flush.Captured) -> None:
+        """The ledger closes the instance; its final exists follows the delete.samples (same
+        reading, stamped no later than nova's announcement either: Ceilometer's stock
+        definitions turn a compute.instance.exists into samples stamped with its envelope time).
+        Never at the delete.samples' expense: a failure here is logged, counted."""
+        try:
+            self.observations.instance_deleted(trigger.instance_id, captured.ended)
+            if captured.info is not None:
+                self.reporter.final(captured.info, captured.ended, trigger.announced_at)
+        except Exception:
+            self._counters.incr("usage.final_exists_errors")
+            LOG.exception("final exists of %s not spooled", trigger.instance_id)
