@@ -7,8 +7,11 @@ every unusable document, never raise.
 """
 from __future__ import annotations
 
+import atexit
 import copy
+import os
 import re
+import tempfile
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -28,9 +31,14 @@ FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 NS_1_1, NS_1_0 = novalike.NOVA_NS_1_1, novalike.NOVA_NS_1_0
 INSTANCE_ID = "7a1e8d2c-3b4f-4e5a-9c6d-1f2e3d4c5b6a"
-SECRET = "/etc/hostname"  # what an external entity would try to pull in
-with open(SECRET) as _f:
-    SECRET_TEXT = _f.read().strip()
+# What an external entity would try to pull in: a file of the test's own with a token no fuzzed
+# value can produce by chance (/etc/hostname was used once; on a host named "vm" a fuzzed image
+# uuid "vm" looked like a leak).
+SECRET_TEXT = f"secret-{uuid.uuid4().hex}"
+with tempfile.NamedTemporaryFile("w", suffix=".secret", delete=False) as _f:
+    _f.write(SECRET_TEXT)
+SECRET = _f.name
+atexit.register(os.unlink, SECRET)
 
 
 def outcome(xml, namespace=NS_1_1):
