@@ -61,6 +61,10 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--telemetry-secret", default=None,
                      help="the agent's [publisher] telemetry_secret, to sign samples as it "
                           "would (default: Ceilometer's default secret, as the agent's)")
+    run.add_argument("--config-file", default=None,
+                     help="the agent's configuration file: replay as that agent would publish "
+                          "([meters] legacy, [publisher] telemetry_secret, [flush], [usage] "
+                          "audit_period; default: the agent's defaults)")
     run.add_argument("--brief", action="store_true",
                      help="one readable line per notification instead of JSON")
     run.add_argument("--live", action="store_true",
@@ -169,7 +173,7 @@ def cmd_run(args) -> int:
     from lifecycle_stats.replay import player
 
     player.check(recording)
-    secret = {} if args.telemetry_secret is None else {"telemetry_secret": args.telemetry_secret}
+    secret = {"telemetry_secret": args.telemetry_secret, "conf": _agent_conf(args.config_file)}
     if args.brief:
         counters = _run_brief(recording, secret)
     else:
@@ -186,6 +190,23 @@ def cmd_run(args) -> int:
           f"{snap.get('replay.emitted', 0)} notifications ({flushed or 'no flushes'})",
           file=sys.stderr)
     return 0
+
+
+def _agent_conf(path: str | None):
+    """The agent's options, read from its configuration file; None without one."""
+    if path is None:
+        return None
+    from oslo_config import cfg
+
+    from lifecycle_stats import opts
+
+    if not os.path.isfile(path):
+        raise CommandError(f"no configuration file {path}")
+    conf = cfg.ConfigOpts()
+    opts.register_all(conf)
+    conf(["--config-file", path], project="lifecycle-stats", prog=PROG,
+         default_config_files=[], default_config_dirs=[])
+    return conf
 
 
 def _run_brief(recording: fmt.Recording, secret: dict):

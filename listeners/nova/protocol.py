@@ -42,7 +42,6 @@ ACTION_EVENTS: dict[str, tuple[str, str]] = {
     "suspend": ("suspend.start", "suspend.start"),
 }
 ACTIONS = tuple(ACTION_EVENTS)
-DELETE = "delete"
 LEGACY = "legacy"
 VERSIONED = "versioned"
 START_EVENTS: dict[str, tuple[str, str]] = {  # event type -> (action, format)

@@ -226,3 +226,31 @@ def test_the_telemetry_secret_signs_the_samples_as_the_agent_would(tmp_path):
                       for n in ("default", "other"))
     assert [{k: v for k, v in s.items() if k != "message_signature"} for s in default] == \
         [{k: v for k, v in s.items() if k != "message_signature"} for s in other]
+
+
+def test_replay_publishes_as_the_configured_agent_would(tmp_path):
+    """Issue 20.7: the player wires the core with the agent's settings, not hard-coded
+    defaults: [meters] legacy off drops the legacy meters, [usage] audit_period sets the
+    final exists' period, [publisher] telemetry_secret signs the samples."""
+    from lifecycle_stats.publishing import signing
+
+    conf = tmp_path / "agent.conf"
+    conf.write_text("[meters]\nlegacy = false\n[usage]\naudit_period = day\n"
+                    "[publisher]\ntelemetry_secret = s3cret\n")
+    recording = RECORDINGS / "single-delete.lsrec"
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["run", str(recording), "-o", str(out), "--config-file", str(conf)]) == 0
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    [samples] = [e["payload"]["samples"] for e in events if "samples" in e["payload"]]
+    names = {s["name"] for s in samples}
+    assert "disk.device.read.bytes" in names
+    assert not names & {"disk.read.bytes", "instance"}  # legacy meters
+    assert all(signing.verify(s, "s3cret") for s in samples)
+    [exists] = [e["payload"] for e in events if e["event_type"] == "compute.instance.exists"]
+    assert exists["audit_period_beginning"] == "2026-11-22 00:00:00"  # the day, not the hour
+
+
+def test_a_missing_configuration_file_is_a_clear_error(tmp_path, capsys):
+    recording = RECORDINGS / "single-delete.lsrec"
+    assert cli.main(["run", str(recording), "--config-file", str(tmp_path / "nope.conf")]) != 0
+    assert "no configuration file" in capsys.readouterr().err
