@@ -34,9 +34,9 @@ broker that cannot be reached at start never holds up the agent, nor its SIGTERM
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
-import reprlib
 import threading
 from typing import Any, Callable
 
@@ -44,13 +44,11 @@ import oslo_messaging
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import (
-    CaptureDeferred, ConfigError, RejectedMessage, ShuttingDown,
-)
-from lifecycle_stats.interfaces import Outcome, TriggerHandler
-from lifecycle_stats.records import AuditWindow, DeleteTrigger, utcnow
-from lifecycle_stats.listeners import nova_notifications
+from lifecycle_stats.exceptions import ConfigError
+from lifecycle_stats.interfaces import TriggerHandler
 from lifecycle_stats.listeners.background_start import BackgroundStart
+from lifecycle_stats.listeners.bus_endpoint import REPLY, DeleteStartEndpoint  # noqa: F401
+from lifecycle_stats.records import AuditWindow, utcnow
 
 LOG = logging.getLogger(__name__)
 GROUP = "notification_listener"
@@ -88,17 +86,6 @@ OPTS = [
                help="With source = router: the router's [router] out_exchange."),
 ]
 
-# The core's outcome of an announcement, as the bus's reply: whatever became of it (spooled,
-# spooled before, read, not nova's), the message is done; only an exception requeues it.
-REPLY = dict.fromkeys(Outcome, oslo_messaging.NotificationResult.HANDLED)
-
-_PAYLOAD_REPR = reprlib.Repr()
-_PAYLOAD_REPR.maxlevel = 3
-_PAYLOAD_REPR.maxdict = 12
-_PAYLOAD_REPR.maxstring = 80
-_PAYLOAD_REPR.maxother = 80
-
-
 def register_opts(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(OPTS, group=GROUP)
 
@@ -107,121 +94,63 @@ def default_pool(host: str) -> str:
     return POOL_PREFIX + host
 
 
-class DeleteStartEndpoint:
-    """oslo.messaging endpoint: parse, count, hand triggers on; never raises."""
+@dataclasses.dataclass(frozen=True)
+class Subscription:
+    """What the listener hears and how it behaves (`[notification_listener]`)."""
 
-    def __init__(self, *, host: str, on_trigger: TriggerHandler,
-                 counters: Counters, clock: Callable[[], datetime.datetime],
-                 allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False,
-                 on_audit: Callable[[AuditWindow], Any] | None = None):
-        self._host = host
-        self._holds = holds
-        self._on_trigger = on_trigger
-        self._on_audit = on_audit
-        self._counters = counters
-        self._clock = clock
-        self._allow_requeue = allow_requeue
+    exchange: str = "nova"
+    legacy_topic: str = "notifications"
+    versioned_topic: str = "versioned_notifications"
+    listen_legacy: bool = True
+    listen_versioned: bool = True
+    pool: str | None = None  # unset: lifecycle-stats.<host>
+    allow_requeue: bool = False
+    stop_timeout: float = STOP_TIMEOUT
+    connect_wait: float = CONNECT_WAIT
+    retry_max_wait: float = 30.0
 
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        # Here and below: log first, count second; whoever sees a counter may rely on the log.
-        received_at = self._clock()
-        try:
-            trigger = nova_notifications.parse_any(
-                event_type, publisher_id, payload, received_at=received_at, context=ctxt,
-                announced_at=nova_notifications.envelope_time(metadata))
-        except RejectedMessage as exc:
-            LOG.warning("rejected %s from %s: %s; payload %s", _short(event_type),
-                        _short(publisher_id), exc, _PAYLOAD_REPR.repr(payload))
-            self._counters.incr("bus.rejected")
-            return oslo_messaging.NotificationResult.HANDLED
-        except Exception:  # a bug in parse must not kill the listener or loop on requeue
-            LOG.exception("could not parse %s from %s", _short(event_type), _short(publisher_id))
-            self._counters.incr("bus.handler_errors")
-            return oslo_messaging.NotificationResult.HANDLED
-        if trigger is None or trigger.host != self._host:
-            self._not_mine(event_type, publisher_id, trigger)
-            return oslo_messaging.NotificationResult.HANDLED
-        if isinstance(trigger, AuditWindow) and self._on_audit is None:
-            self._counters.incr("bus.ignored")  # nova's exists, enrichment off
-            return oslo_messaging.NotificationResult.HANDLED
-        return self._deliver(trigger)
+    @classmethod
+    def from_opts(cls, opts, host: str) -> "Subscription":
+        """From `[notification_listener]`: nova's own exchange and topics, or (source =
+        router) the router's topic for this host, on which both nova formats arrive."""
+        common = {"pool": opts.pool, "allow_requeue": opts.allow_requeue}
+        if opts.source == "router":
+            from lifecycle_stats.listeners.router.events import host_topic
 
-    def _not_mine(self, event_type, publisher_id,
-                  trigger: DeleteTrigger | AuditWindow | None) -> None:
-        """Another host's (or, host null, nobody's) message. If this host holds the domain
-        nevertheless, [DEFAULT] host probably differs from nova-compute's: say so."""
-        if trigger is not None and trigger.host is not None and self._holds(trigger.instance_id):
-            LOG.warning("%s of %s names host %s, but its domain is on this host (%s): is "
-                        "[DEFAULT] host the same as nova-compute's host?", trigger.event_type,
-                        trigger.instance_id, _short(trigger.host), self._host)
-            self._counters.incr("bus.host_mismatch")
-        else:
-            LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
-        self._counters.incr("bus.ignored")
-
-    def _deliver(self, trigger: DeleteTrigger | AuditWindow):
-        form = nova_notifications.classify(trigger.event_type)
-        if isinstance(trigger, AuditWindow):
-            self._counters.incr("bus.audits." + form)
-            handler = self._on_audit
-        else:
-            self._counters.incr("bus.triggers." + form)
-            handler = self._on_trigger
-        try:
-            outcome = handler(trigger)
-        except CaptureDeferred as exc:  # nothing spooled yet: the message must come back
-            LOG.info("requeued %s of %s: %s", trigger.event_type, trigger.instance_id, exc)
-            self._counters.incr("bus.requeued")
-            return oslo_messaging.NotificationResult.REQUEUE
-        except ShuttingDown:  # the agent stops: the next run gets it
-            LOG.warning("stopping: %s of %s left for redelivery", trigger.event_type,
-                        trigger.instance_id)
-            self._counters.incr("bus.requeued_at_stop")
-            return oslo_messaging.NotificationResult.REQUEUE
-        except Exception:
-            LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
-            self._counters.incr("bus.handler_errors")
-            return self.failure_outcome()
-        # an audit (or a handler that answers no Outcome) is done too
-        return REPLY.get(outcome, oslo_messaging.NotificationResult.HANDLED)
-
-    def failure_outcome(self):
-        """REQUEUE (redeliver later) only when allowed; else HANDLED (acknowledge, drop)."""
-        if self._allow_requeue:
-            return oslo_messaging.NotificationResult.REQUEUE
-        return oslo_messaging.NotificationResult.HANDLED
+            return cls(exchange=opts.router_exchange, legacy_topic=host_topic(host),
+                       listen_legacy=True, listen_versioned=False, **common)
+        return cls(exchange=opts.exchange, legacy_topic=opts.legacy_topic,
+                   versioned_topic=opts.versioned_topic, listen_legacy=opts.listen_legacy,
+                   listen_versioned=opts.listen_versioned, **common)
 
 
 class NotificationListener:
     """Listens on nova's legacy and/or versioned topics with a per-host pool."""
 
     def __init__(self, transport, *, host: str, on_trigger: TriggerHandler,
-                 exchange: str = "nova", legacy_topic: str = "notifications",
-                 versioned_topic: str = "versioned_notifications", pool: str | None = None,
+                 subscription: Subscription = Subscription(),
                  counters: Counters | None = None,
-                 clock: Callable[[], datetime.datetime] = utcnow,
-                 listen_legacy: bool = True, listen_versioned: bool = True,
-                 allow_requeue: bool = False, stop_timeout: float = STOP_TIMEOUT,
-                 own_transport: bool = False,
+                 clock: Callable[[], datetime.datetime] = utcnow, own_transport: bool = False,
                  holds: Callable[[str], bool] = lambda _uuid: False,
-                 connect_wait: float = CONNECT_WAIT, retry_max_wait: float = 30.0,
                  on_audit: Callable[[AuditWindow], Any] | None = None):
+        heard = subscription
         _check_name("host", host)
-        _check_name(f"[{GROUP}] exchange", exchange)
+        _check_name(f"[{GROUP}] exchange", heard.exchange)
         self.host = host
-        self.pool = pool if pool is not None else default_pool(host)
+        self.pool = heard.pool if heard.pool is not None else default_pool(host)
         _check_name(f"[{GROUP}] pool", self.pool)
         self.counters = counters if counters is not None else Counters()
-        self.targets = _targets(exchange, legacy_topic if listen_legacy else None,
-                                versioned_topic if listen_versioned else None)
+        self.targets = _targets(heard.exchange,
+                                heard.legacy_topic if heard.listen_legacy else None,
+                                heard.versioned_topic if heard.listen_versioned else None)
         self.endpoint = DeleteStartEndpoint(host=host, on_trigger=on_trigger,
                                             counters=self.counters, clock=clock,
-                                            allow_requeue=allow_requeue, holds=holds,
+                                            allow_requeue=heard.allow_requeue, holds=holds,
                                             on_audit=on_audit)
         self._transport = transport
         self._own_transport = own_transport
-        self._stop_timeout = stop_timeout
-        self._connect_wait = connect_wait
+        self._stop_timeout = heard.stop_timeout
+        self._connect_wait = heard.connect_wait
         # Requeue-capable at the server: a deferred capture and a trigger refused at stop are
         # never acknowledged; allow_requeue decides only what a failed handler returns.
         self._server = oslo_messaging.get_notification_listener(
@@ -230,7 +159,7 @@ class NotificationListener:
         self._starter = BackgroundStart(
             self._server.start, self._server.stop, name=f"listener {self.pool}",
             counters=self.counters, error_counter="bus.connect_errors",
-            retry_max_wait=retry_max_wait, on_started=self._log_started)
+            retry_max_wait=heard.retry_max_wait, on_started=self._log_started)
 
     @property
     def state(self) -> str:
@@ -305,26 +234,13 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
         transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
     try:
         return NotificationListener(
-            transport, host=host, on_trigger=on_trigger, pool=opts.pool, counters=counters,
-            allow_requeue=opts.allow_requeue, own_transport=own_transport, holds=holds,
-            on_audit=on_audit, **_source_targets(opts, host))
+            transport, host=host, on_trigger=on_trigger,
+            subscription=Subscription.from_opts(opts, host), counters=counters,
+            own_transport=own_transport, holds=holds, on_audit=on_audit)
     except Exception:
         if own_transport:
             transport.cleanup()
         raise
-
-
-def _source_targets(opts, host: str) -> dict[str, Any]:
-    """The exchange/topics to bind: nova's own, or the router's topic for this host (on
-    which both nova formats arrive, unchanged)."""
-    if opts.source == "router":
-        from lifecycle_stats.listeners.router.events import host_topic
-
-        return {"exchange": opts.router_exchange, "legacy_topic": host_topic(host),
-                "listen_legacy": True, "listen_versioned": False}
-    return {"exchange": opts.exchange, "legacy_topic": opts.legacy_topic,
-            "versioned_topic": opts.versioned_topic, "listen_legacy": opts.listen_legacy,
-            "listen_versioned": opts.listen_versioned}
 
 
 def _targets(exchange: str, legacy_topic: str | None,
@@ -341,7 +257,3 @@ def _targets(exchange: str, legacy_topic: str | None,
 def _check_name(option: str, value: object) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(option, value, "must be a non-empty string")
-
-
-def _short(value: object) -> str:
-    return _PAYLOAD_REPR.repr(value)

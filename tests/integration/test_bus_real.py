@@ -89,14 +89,15 @@ class Broker:
     def host(self, suffix):
         return f"lst-{self.run}-{suffix}"
 
-    def listen(self, host, on_trigger=None, **kwargs):
+    def listen(self, host, on_trigger=None, **heard):
         received: queue.Queue = queue.Queue()
         listen_transport = oslo_messaging.get_notification_transport(
             make_conf(self.exchange), url=self.url)
         listener = bus.NotificationListener(
             listen_transport, host=host, on_trigger=on_trigger or received.put,
-            exchange=self.exchange, legacy_topic=self.legacy_topic,
-            versioned_topic=self.versioned_topic, own_transport=True, **kwargs)
+            subscription=bus.Subscription(exchange=self.exchange, legacy_topic=self.legacy_topic,
+                                          versioned_topic=self.versioned_topic, **heard),
+            own_transport=True)
         listener.received = received
         self.listeners.append(listener)
         self.queues.add(listener.pool)

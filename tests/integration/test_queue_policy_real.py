@@ -46,8 +46,10 @@ def idle_agent_queue(rabbit_url):
     conf([], project="lifecycle-stats-policy-test", default_config_files=[])
     transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
     listener = bus.NotificationListener(
-        transport, host=host, on_trigger=lambda t: None, exchange=names.nova_exchange,
-        legacy_topic=names.legacy_topic, versioned_topic=names.versioned_topic,
+        transport, host=host, on_trigger=lambda t: None,
+        subscription=bus.Subscription(exchange=names.nova_exchange,
+                                      legacy_topic=names.legacy_topic,
+                                      versioned_topic=names.versioned_topic),
         counters=Counters())
     listener.start()
     listener.stop()

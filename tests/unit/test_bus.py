@@ -74,11 +74,11 @@ class Bus:
         notifier.info({}, "instance.delete.start", versioned_payload(instance_id, host))
         return instance_id
 
-    def listen(self, host=HOST, on_trigger=None, **kwargs):
+    def listen(self, host=HOST, on_trigger=None, **heard):
         received: queue.Queue = queue.Queue()
         listener = bus.NotificationListener(
             self.transport, host=host, on_trigger=on_trigger or received.put,
-            exchange=self.exchange, clock=lambda: NOW, **kwargs)
+            subscription=bus.Subscription(exchange=self.exchange, **heard), clock=lambda: NOW)
         listener.received = received
         listener.start()
         self.listeners.append(listener)
@@ -250,8 +250,9 @@ def test_stop_is_bounded_when_a_handler_hangs(fake_bus, caplog):
         entered.set()
         release.wait(WAIT)
 
-    listener = bus.NotificationListener(fake_bus.transport, host=HOST, on_trigger=on_trigger,
-                                        exchange=fake_bus.exchange, stop_timeout=0.3)
+    listener = bus.NotificationListener(
+        fake_bus.transport, host=HOST, on_trigger=on_trigger,
+        subscription=bus.Subscription(exchange=fake_bus.exchange, stop_timeout=0.3))
     listener.start()
     fake_bus.legacy(HOST)
     assert entered.wait(WAIT)
@@ -305,9 +306,10 @@ def test_endpoint_outcomes(allow_requeue, outcome):
     ({"legacy_topic": ""}, "[notification_listener] topic"),
 ])
 def test_bad_configuration_fails_in_the_constructor(fake_bus, kwargs, option):
-    kwargs = {"host": HOST, **kwargs}
+    host = kwargs.pop("host", HOST)
     with pytest.raises(ConfigError) as info:
-        bus.NotificationListener(fake_bus.transport, on_trigger=print, **kwargs)
+        bus.NotificationListener(fake_bus.transport, host=host, on_trigger=print,
+                                 subscription=bus.Subscription(**kwargs))
     assert option in str(info.value)
 
 
