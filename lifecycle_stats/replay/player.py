@@ -7,9 +7,9 @@ agent's configuration when one is given): nova notifications go through the bus 
 endpoint (listeners.bus.DeleteStartEndpoint → nova_notifications.parse) to
 Pipeline.announced, libvirt events to Pipeline.lifecycle, polls to Pipeline.poll; the
 notifications go into a real publishing.spool.Spool and out of it to a conduit that writes
-JSON lines. Only libvirt and time are stand-ins (standins.py): every
-clock in that path is the recording's virtual clock and every id derives from the recorded
-data, so the same recording always gives byte-identical output.
+JSON lines. Only libvirt and time are stand-ins (standins.py): every clock in that path is the
+recording's virtual clock and every id derives from the recorded data, so the same recording
+always gives byte-identical output.
 
 Entries that answer another (`cause`: the reads the recorder made because of a delete.start,
 an event, an agent start) are applied to the host stand-in just before the entry they answer.
@@ -49,8 +49,7 @@ class JsonLinesConduit:
     """A Conduit (interfaces.Conduit) writing each notification as one sorted-keys JSON line."""
 
     def __init__(self, out: IO[str]) -> None:
-        self._out = out
-        self.count = 0
+        self._out, self.count = out, 0
 
     def emit(self, notification: Notification) -> None:
         doc = dataclasses.asdict(notification)
