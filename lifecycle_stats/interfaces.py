@@ -6,6 +6,7 @@ The agent (agent.py, the composition root) is the one place that picks the imple
 """
 from __future__ import annotations
 
+import abc
 import datetime
 import enum
 from typing import Callable, Iterable, Mapping, Protocol, TypeVar
@@ -23,7 +24,8 @@ T = TypeVar("T")
 
 
 class Conduit(Protocol):
-    """Publishes notifications through one conduit (emitters/).
+    """Publishes notifications through one conduit (emitters/: a conduit may subclass this
+    for the default close()).
 
     emit() returns only when the conduit has confirmed the notification (the broker's publisher
     confirm, a flushed file, ...). On any failure it raises lifecycle_stats.exceptions.EmitError;
@@ -31,9 +33,11 @@ class Conduit(Protocol):
     on its own.
     """
 
+    @abc.abstractmethod
     def emit(self, notification: Notification) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release connections; the default has none."""
 
 
 class Outcome(enum.Enum):

@@ -248,6 +248,11 @@ def test_replay_publishes_as_the_configured_agent_would(tmp_path):
     assert all(signing.verify(s, "s3cret") for s in samples)
     [exists] = [e["payload"] for e in events if e["event_type"] == "compute.instance.exists"]
     assert exists["audit_period_beginning"] == "2026-11-22 00:00:00"  # the day, not the hour
+    assert cli.main(["run", str(recording), "-o", str(out), "--config-file", str(conf),
+                     "--telemetry-secret", "other"]) == 0  # the command line wins
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    [samples] = [e["payload"]["samples"] for e in events if "samples" in e["payload"]]
+    assert all(signing.verify(s, "other") for s in samples)
 
 
 def test_a_missing_configuration_file_is_a_clear_error(tmp_path, capsys):
