@@ -71,7 +71,8 @@ def quiet_libvirt_stderr() -> None:
 
 class Agent:
     """The composition root: the one place that picks every implementation and wires
-    listeners -> core -> spool -> conduits. Read build() top to bottom for the delete path."""
+    listeners -> core -> spool -> conduits. Read __init__ top to bottom; the delete path goes
+    on in capture/pipeline.py (Pipeline.announced)."""
 
     def __init__(self, conf: cfg.ConfigOpts, *, emitters: dict[str, Conduit] | None = None,
                  listen_transport=None) -> None:

@@ -183,7 +183,7 @@ def timed(handle: Callable[[Any], Any], counters: Counters,
           clock: Callable[[], float] = time.perf_counter) -> Callable[[Any], Any]:
     """handle, observing its duration into `flush.duration.<outcome>` (`error` if it raised).
 
-    The outcome is the returned value's `.value` (flush.Outcome) or its str()."""
+    The outcome is the returned value's `.value` (interfaces.Outcome) or its str()."""
     def timed_handle(trigger):
         started = clock()
         outcome = "error"
