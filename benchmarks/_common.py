@@ -23,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from lifecycle_stats.testing import guests as novalike  # noqa: E402
+from tests.support import guests as novalike  # noqa: E402
 from lifecycle_stats.records import DeleteTrigger  # noqa: E402
 
 PREFIX = "lst"  # the tests' prefix too: their session fixture sweeps a killed run's guests
@@ -165,7 +165,7 @@ def _close_quietly(conn) -> None:
 def trigger(guest: novalike.NovaGuest, host: str) -> DeleteTrigger:
     """The trigger the bus listener makes of nova's legacy delete.start for guest."""
     from lifecycle_stats.listeners import nova_notifications
-    from lifecycle_stats.testing.nova import legacy_payload
+    from tests.support.nova import legacy_payload
 
     received_at = datetime.datetime.now(datetime.timezone.utc)
     made = nova_notifications.parse(LEGACY_DELETE, f"compute.{host}",

@@ -30,7 +30,7 @@ import libvirt
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _ceilometer_inspector as ceilometer_side  # noqa: E402
-from lifecycle_stats.testing import guests as novalike  # noqa: E402
+from tests.support import guests as novalike  # noqa: E402
 from lifecycle_stats.exceptions import DomainGone, HypervisorError  # noqa: E402
 from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
 from lifecycle_stats.reading.inspector import Inspector  # noqa: E402

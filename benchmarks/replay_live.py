@@ -32,8 +32,8 @@ from benchmarks._common import percentile, table  # noqa: E402
 from lifecycle_stats.records import DomainReading, Flavor, InstanceInfo  # noqa: E402
 from lifecycle_stats.replay import format as fmt  # noqa: E402
 from lifecycle_stats.replay import live, player  # noqa: E402
-from lifecycle_stats.testing import nova  # noqa: E402
-from lifecycle_stats.testing.guests import NovaGuest  # noqa: E402
+from tests.support import nova  # noqa: E402
+from tests.support.guests import NovaGuest  # noqa: E402
 
 HOST = "bench-host"
 START = datetime.datetime(2026, 11, 22, tzinfo=datetime.timezone.utc)

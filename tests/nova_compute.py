@@ -101,8 +101,8 @@ def timed(fn) -> float:
 def delete(command, legacy, versioned, ticker, conn):
     from oslo_context import context
 
-    from lifecycle_stats.testing.guests import NovaGuest
-    from lifecycle_stats.testing.nova import legacy_payload, request_id, versioned_payload
+    from tests.support.guests import NovaGuest
+    from tests.support.nova import legacy_payload, request_id, versioned_payload
 
     guest = NovaGuest(**{k: tuple(v) if isinstance(v, list) else v
                          for k, v in command["guest"].items()})

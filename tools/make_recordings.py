@@ -27,11 +27,12 @@ import libvirt
 import oslo_messaging
 from oslo_config import cfg
 
-from lifecycle_stats.listeners import libvirt_events
-from lifecycle_stats.replay import format as fmt
-from lifecycle_stats.replay import player, recorder
-from lifecycle_stats.testing.guests import GuestFactory
-from lifecycle_stats.testing.nova import publish_delete_start
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests.support
+from lifecycle_stats.listeners import libvirt_events  # noqa: E402
+from lifecycle_stats.replay import format as fmt  # noqa: E402
+from lifecycle_stats.replay import player, recorder  # noqa: E402
+from tests.support.guests import GuestFactory  # noqa: E402
+from tests.support.nova import publish_delete_start  # noqa: E402
 
 HOST = "compute-rec-1"
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "recordings"

@@ -71,13 +71,13 @@ def run(show_json: bool) -> int:
     consumer, billing = start_billing(conf, transport)
     agent = Agent(conf, emitters={"messagingv2": MessagingEmitter(conf, transport)},
                   listen_transport=transport)
-    factory, guests = make_guests(state)
+    domains, guests = make_guests()
     agent.start()
     try:
         time.sleep(1.5)  # one bulk poll caches every nova domain's reading
         print(f"agent on {DEMO_HOST}: nova domains {len(agent.registry.instances())}, "
-              f"all domains {len(factory.conn.listAllDomains(0))}\n")
-        play_nova(transport, factory, guests)
+              f"all domains {len(domains.conn.listAllDomains(0))}\n")
+        play_nova(transport, domains, guests)
         consumer.wait_for(3, timeout=10)
         time.sleep(0.5)  # anything extra would show up now
         events = consumer.events
@@ -85,7 +85,7 @@ def run(show_json: bool) -> int:
         agent.stop()
         billing.stop()
         billing.wait()
-        factory.cleanup()
+        domains.cleanup()
     return report(events, agent.counters.snapshot(), show_json)
 
 
@@ -101,34 +101,31 @@ def start_billing(conf, transport):
     return consumer, billing
 
 
-def make_guests(state: str):
+def make_guests():
     """Three nova domains (web-1, db-1, batch-7) and one that is not nova's, all running."""
-    import libvirt
+    from lifecycle_stats.cmd.demo_nova import DemoDomains
 
-    from lifecycle_stats.testing.guests import GuestFactory
-
-    factory = GuestFactory(libvirt.open("test:///default"), state, hypervisor="test",
-                           prefix="demo")
-    nova = [factory.create(paused=False, display_name=name, flavor_name=flavor)[0]
+    domains = DemoDomains(prefix="demo")
+    nova = [domains.create(display_name=name, flavor_name=flavor)
             for name, flavor in (("web-1", "m1.small"), ("db-1", "m1.large"),
                                  ("batch-7", "m1.small"))]
-    foreign, _ = factory.create(paused=False, metadata=None, display_name="not-nova")
-    return factory, (*nova, foreign)
+    foreign = domains.create(metadata=None, display_name="not-nova")
+    return domains, (*nova, foreign)
 
 
-def play_nova(transport, factory, guests) -> None:
+def play_nova(transport, domains, guests) -> None:
     """nova's side: delete.start in both formats, a domain destroyed before its delete.start
     arrives, a domain that is not nova's, and a delete for another host."""
-    from lifecycle_stats.testing.nova import publish_delete_start
+    from lifecycle_stats.cmd.demo_nova import publish_start
 
     web, db, gone, foreign = guests
-    factory.destroy(gone)  # nova destroyed batch-7 before its delete.start reached us
+    domains.destroy(gone)  # nova destroyed batch-7 before its delete.start reached us
     plays = [(web, DEMO_HOST, False, ""), (web, DEMO_HOST, True, "  (same instance again)"),
              (db, DEMO_HOST, True, ""), (gone, DEMO_HOST, False, "  (domain already gone)"),
              (foreign, DEMO_HOST, False, "  (not nova's domain)"),
              (db, "another-host", False, " on another-host")]
     for guest, host, versioned, note in plays:
-        publish_delete_start(transport, guest, host, versioned=versioned)
+        publish_start(transport, guest, host, versioned=versioned)
         event = "instance.delete.start         " if versioned else "compute.instance.delete.start "
         print(f"  nova  → {event} {guest.display_name}{note}")
 

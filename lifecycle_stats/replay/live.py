@@ -3,7 +3,7 @@ pace or `speed` times faster — a load generator for the agent and for billing 
 
 Each notification goes to nova's exchange on the topic it was heard on, with its recorded
 publisher_id, event_type, payload and message id, as nova-compute sent it
-(transport._send_notification, as lifecycle_stats.testing.nova does, so the envelope keeps
+(transport._send_notification, as the demo's nova does (cmd/demo_nova.py), so the envelope keeps
 nova's publisher_id). `as_host` replays a recording as another compute host.
 """
 from __future__ import annotations

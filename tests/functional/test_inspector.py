@@ -10,7 +10,7 @@ import datetime
 import libvirt
 import pytest
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import DomainGone
 from lifecycle_stats.reading.hypervisor import Hypervisor

@@ -12,7 +12,7 @@ import uuid
 import libvirt
 import pytest
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.listeners import libvirt_events as le
 
 pytestmark = pytest.mark.libvirt_test_driver

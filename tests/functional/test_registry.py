@@ -20,7 +20,7 @@ from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.reading.hypervisor import Hypervisor
 from lifecycle_stats.reading.inspector import Inspector
 from lifecycle_stats.records import DeleteTrigger
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, HypervisorError
 from lifecycle_stats.records import Flavor

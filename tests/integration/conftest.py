@@ -12,7 +12,7 @@ import urllib.parse
 
 import pytest
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 
 # Overridable for a broker/daemon elsewhere on this machine (and to try the failure path).
 LIBVIRT_URI = os.environ.get("LIFECYCLE_STATS_LIBVIRT_URI", "qemu:///system")

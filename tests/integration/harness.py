@@ -20,7 +20,7 @@ import time
 import urllib.parse
 import uuid
 
-from lifecycle_stats.testing.nova import publish_delete_start, publish_exists
+from tests.support.nova import publish_delete_start, publish_exists
 
 AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
 

@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from lifecycle_stats.publishing import meters, payloads, samples
-from lifecycle_stats.testing import nova as nova_messages
+from tests.support import nova as nova_messages
 from tests.integration import harness
 from tests.integration.conftest import amqp_url
 

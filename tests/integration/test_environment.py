@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 
 pytestmark = pytest.mark.integration
 

@@ -25,9 +25,9 @@ import pytest
 from oslo_config import cfg
 from oslo_messaging import opts as messaging_opts
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.testing import nova as nova_messages
+from tests.support import nova as nova_messages
 from tests.integration import harness
 from tests.integration.conftest import GUEST_PREFIX, amqp_url
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.testing import nova as nova_messages
+from tests.support import nova as nova_messages
 from tests.integration import harness
 from tests.integration.test_failures import Bus
 

@@ -186,7 +186,7 @@ def test_without_a_working_agent_nova_goes_on_and_still_publishes(
 
 def test_a_power_off_through_the_driver_caches_a_reading_and_publishes_nothing(
         agent, bus, names, rabbit_url, libvirt_uri, guest_factory, tmp_path):
-    from lifecycle_stats.testing.nova import legacy_payload
+    from tests.support.nova import legacy_payload
 
     billing, _ = bus
     socket_path = agent.config_file.parent / "run" / "hook.sock"

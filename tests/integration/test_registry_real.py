@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Flavor
 from lifecycle_stats.reading.hypervisor import Hypervisor

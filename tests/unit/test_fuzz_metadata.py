@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from lifecycle_stats.reading import nova_metadata
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import MetadataMalformed, MetadataRejected
 from lifecycle_stats.records import InstanceInfo

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from lifecycle_stats.reading import nova_metadata
-from lifecycle_stats.testing import guests as novalike
+from tests.support import guests as novalike
 from lifecycle_stats.exceptions import MetadataMalformed, MetadataRejected
 from lifecycle_stats.records import Flavor
 

@@ -65,11 +65,37 @@ def test_dependency_contracts_hold(installed):
     assert f"{declared} kept, 0 broken" in result.stdout
 
 
-def test_a_core_module_importing_a_listener_breaks_the_contract(installed, tmp_path):
+def lint_with_a_leak(installed, tmp_path, module: str, line: str) -> subprocess.CompletedProcess:
+    """import-linter on a copy of the installed tree with one extra module holding line."""
     site = tmp_path / "site"
     shutil.copytree(installed, site)
-    (site / "lifecycle_stats/capture/leak.py").write_text(
-        "from lifecycle_stats.listeners import bus  # noqa\n")
-    result = lint_imports(site)
+    (site / (module.replace(".", "/") + ".py")).write_text(line + "  # noqa\n")
+    return lint_imports(site)
+
+
+def test_a_core_module_importing_a_listener_breaks_the_contract(installed, tmp_path):
+    result = lint_with_a_leak(installed, tmp_path, "lifecycle_stats.capture.leak",
+                              "from lifecycle_stats.listeners import bus")
     assert result.returncode != 0
     assert "lifecycle_stats.capture.leak -> lifecycle_stats.listeners.bus" in result.stdout
+
+
+def test_the_wheel_ships_no_test_scaffolding(installed):
+    """The guest factory (it destroys domains by name), nova's side and the shared fakes live
+    in tests/support/; the demo keeps what it needs in cmd/demo_nova.py (test:///default)."""
+    shipped = [p.relative_to(installed).as_posix() for p in installed.rglob("*.py")]
+    scaffolding = [name for name in shipped
+                   if {"testing", "tests", "support"} & set(name.split("/")[:-1])
+                   or name.rsplit("/", 1)[-1].startswith(("test_", "conftest"))]
+    assert scaffolding == []
+    sources = {name: (installed / name).read_text() for name in shipped}
+    assert [name for name, text in sources.items()
+            if "sweep_leftovers" in text or "GuestFactory" in text] == []
+    assert "lifecycle_stats/cmd/demo_nova.py" in shipped
+
+
+def test_a_product_module_importing_test_scaffolding_breaks_the_contract(installed, tmp_path):
+    result = lint_with_a_leak(installed, tmp_path, "lifecycle_stats.cmd.leak",
+                              "from tests.support import guests")
+    assert result.returncode != 0
+    assert "lifecycle_stats.cmd.leak -> tests" in result.stdout

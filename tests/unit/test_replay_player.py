@@ -14,8 +14,8 @@ from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceIn
 from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import player
 from lifecycle_stats.replay import format as fmt
-from lifecycle_stats.testing import nova
-from lifecycle_stats.testing.guests import NovaGuest
+from tests.support import nova
+from tests.support.guests import NovaGuest
 
 RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
 SHIPPED = sorted(RECORDINGS.glob("*.lsrec"))
