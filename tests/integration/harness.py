@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import pathlib
+import queue
 import signal
 import socket
 import subprocess
@@ -20,7 +21,15 @@ import time
 import urllib.parse
 import uuid
 
-from tests.support.nova import publish_delete_start, publish_exists
+import kombu
+import oslo_messaging
+
+from lifecycle_stats.listeners import bus as listeners_bus
+from tests.integration.conftest import amqp_url
+from tests.support.nova import (
+    legacy_start_payload, messaging_conf, publish_delete_start, publish_exists,
+    versioned_start_payload,
+)
 
 AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
 
@@ -330,3 +339,131 @@ def _close_socket(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+# -- buses of one test run -------------------------------------------------------------------
+
+class NovaNotifiers:
+    """Publishes as nova-compute on host: both delete.start forms (or other events) with bare
+    payloads (tests.support.nova), on the given topics of transport's exchange."""
+
+    def __init__(self, transport, host: str, legacy_topic: str, versioned_topic: str):
+        self.host = host
+        self.legacy_notifier = oslo_messaging.Notifier(
+            transport, publisher_id=f"compute.{host}", driver="messaging",
+            topics=[legacy_topic])
+        self.versioned_notifier = oslo_messaging.Notifier(
+            transport, publisher_id=f"nova-compute:{host}", driver="messagingv2",
+            topics=[versioned_topic])
+
+    def legacy(self, event_type="compute.instance.delete.start", instance_id=None) -> str:
+        instance_id = instance_id or str(uuid.uuid4())
+        self.legacy_notifier.info({}, event_type, legacy_start_payload(instance_id, self.host))
+        return instance_id
+
+    def versioned(self, event_type="instance.delete.start", instance_id=None) -> str:
+        instance_id = instance_id or str(uuid.uuid4())
+        self.versioned_notifier.info({}, event_type,
+                                     versioned_start_payload(instance_id, self.host))
+        return instance_id
+
+
+class Broker:
+    """nova's exchange and topics of one test run on the real broker, and bus listeners on
+    them; close() stops the listeners and deletes every queue and the exchange."""
+
+    def __init__(self, rabbit_url):
+        self.run = uuid.uuid4().hex[:10]
+        self.url = rabbit_url
+        self.exchange = f"lst-nova-{self.run}"
+        self.legacy_topic = f"lst-notifications-{self.run}"
+        self.versioned_topic = f"lst-versioned-{self.run}"
+        self.conf = messaging_conf(self.exchange)
+        self.transport = oslo_messaging.get_notification_transport(self.conf, url=rabbit_url)
+        self.listeners = []
+        self.queues = {f"{self.legacy_topic}.info", f"{self.versioned_topic}.info"}
+
+    def nova(self, host):
+        return NovaNotifiers(self.transport, host, self.legacy_topic, self.versioned_topic)
+
+    def host(self, suffix):
+        return f"lst-{self.run}-{suffix}"
+
+    def listen(self, host, on_trigger=None, **heard):
+        received: queue.Queue = queue.Queue()
+        listen_transport = oslo_messaging.get_notification_transport(
+            messaging_conf(self.exchange), url=self.url)
+        listener = listeners_bus.NotificationListener(
+            listen_transport, host=host, on_trigger=on_trigger or received.put,
+            subscription=listeners_bus.Subscription(
+                exchange=self.exchange, legacy_topic=self.legacy_topic,
+                versioned_topic=self.versioned_topic, **heard),
+            own_transport=True)
+        listener.received = received
+        self.listeners.append(listener)
+        self.queues.add(listener.pool)
+        listener.start()
+        return listener
+
+    def queue_state(self, name):
+        """(messages, consumers) of a queue, by a passive declare."""
+        with kombu.Connection(amqp_url(self.url)) as conn:
+            _, messages, consumers = conn.channel().queue_declare(queue=name, passive=True)
+            return messages, consumers
+
+    def close(self):
+        try:
+            for listener in self.listeners:
+                assert listener.stop()
+        finally:
+            self.transport.cleanup()
+            with kombu.Connection(amqp_url(self.url)) as conn:
+                channel = conn.channel()
+                for name in sorted(self.queues):
+                    channel.queue_delete(queue=name)
+                channel.exchange_delete(exchange=self.exchange)
+
+
+def _reconnecting_transport(rabbit_url: str):
+    conf = messaging_conf("openstack")
+    # reconnect within ~2 s of the broker's return instead of up to 30 s
+    conf.set_override("rabbit_interval_max", 2, group="oslo_messaging_rabbit")
+    return oslo_messaging.get_notification_transport(conf, url=rabbit_url)
+
+
+class Bus:
+    """nova (Nova) and billing consumers on the real broker, in names of one run, on a transport
+    that reconnects within ~2 s of the broker's return; close() deletes what the run declared."""
+
+    def __init__(self, rabbit_url: str):
+        self.url = rabbit_url
+        self.names = BusNames()
+        self.transport = _reconnecting_transport(rabbit_url)
+        self.nova = Nova(self.transport, self.names)
+        self.hosts: list[str] = []
+        self.consumers: list[BillingConsumer] = []
+
+    def host(self) -> str:
+        self.hosts.append(f"lst-fail-{self.names.nova_exchange[-8:]}-{len(self.hosts)}")
+        return self.hosts[-1]
+
+    def billing(self) -> BillingConsumer:
+        consumer = BillingConsumer(self.transport, self.names, shared_queue=True)
+        self.consumers.append(consumer)
+        return consumer
+
+    def consumers_of(self, queue: str) -> int:
+        with kombu.Connection(amqp_url(self.url), connect_timeout=5) as conn:
+            try:
+                return conn.channel().queue_declare(queue=queue, passive=True)[2]
+            except Exception:  # not declared (yet)
+                return 0
+
+    def close(self) -> None:
+        try:
+            for consumer in self.consumers:
+                consumer.stop()
+        finally:
+            self.transport.cleanup()
+            delete_queues(amqp_url(self.url), self.names.queues(self.hosts),
+                                  [self.names.nova_exchange, self.names.control_exchange])

@@ -24,7 +24,7 @@ from oslo_config import cfg
 
 from tests.integration import harness, prom
 from tests.integration.conftest import amqp_url
-from tests.unit.test_systemd_unit import UNIT, exec_start_argv, unit_settings
+from tests.support.systemd_unit import UNIT, exec_start_argv, unit_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 

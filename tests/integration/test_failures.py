@@ -19,17 +19,13 @@ import sys
 import time
 
 import jsonschema
-import kombu
-import oslo_messaging
 import pytest
-from oslo_config import cfg
-from oslo_messaging import opts as messaging_opts
 
 from tests.support import guests as novalike
 from lifecycle_stats.publishing import payloads
 from tests.support import nova as nova_messages
 from tests.integration import harness
-from tests.integration.conftest import GUEST_PREFIX, amqp_url
+from tests.integration.conftest import GUEST_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -108,54 +104,9 @@ def _wait(predicate, timeout: float, what: str, *, step: float = 0.2, fail: bool
 
 # -- the bus seen from nova and billing ---------------------------------------------------------
 
-def _transport(rabbit_url: str):
-    conf = cfg.ConfigOpts()
-    for group, opts in messaging_opts.list_opts():
-        conf.register_opts(opts, group=group)
-    conf([], project="lifecycle-stats-test", default_config_files=[])
-    # reconnect within ~2 s of the broker's return instead of up to 30 s
-    conf.set_override("rabbit_interval_max", 2, group="oslo_messaging_rabbit")
-    return oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-
-
-class Bus:
-    def __init__(self, rabbit_url: str):
-        self.url = rabbit_url
-        self.names = harness.BusNames()
-        self.transport = _transport(rabbit_url)
-        self.nova = harness.Nova(self.transport, self.names)
-        self.hosts: list[str] = []
-        self.consumers: list[harness.BillingConsumer] = []
-
-    def host(self) -> str:
-        self.hosts.append(f"lst-fail-{self.names.nova_exchange[-8:]}-{len(self.hosts)}")
-        return self.hosts[-1]
-
-    def billing(self) -> harness.BillingConsumer:
-        consumer = harness.BillingConsumer(self.transport, self.names, shared_queue=True)
-        self.consumers.append(consumer)
-        return consumer
-
-    def consumers_of(self, queue: str) -> int:
-        with kombu.Connection(amqp_url(self.url), connect_timeout=5) as conn:
-            try:
-                return conn.channel().queue_declare(queue=queue, passive=True)[2]
-            except Exception:  # not declared (yet)
-                return 0
-
-    def close(self) -> None:
-        try:
-            for consumer in self.consumers:
-                consumer.stop()
-        finally:
-            self.transport.cleanup()
-            harness.delete_queues(amqp_url(self.url), self.names.queues(self.hosts),
-                                  [self.names.nova_exchange, self.names.control_exchange])
-
-
 @pytest.fixture
 def bus(rabbit_url):
-    made = Bus(rabbit_url)
+    made = harness.Bus(rabbit_url)
     yield made
     made.close()
 

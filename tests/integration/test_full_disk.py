@@ -17,7 +17,6 @@ import pytest
 from lifecycle_stats.publishing import payloads
 from tests.support import nova as nova_messages
 from tests.integration import harness
-from tests.integration.test_failures import Bus
 
 ON_TEST_HOST = (os.environ.get("CI", "").lower() == "true"
                 or os.environ.get("LIFECYCLE_STATS_TEST_HOST") == "1")
@@ -56,7 +55,7 @@ def fill(mount) -> "os.PathLike":
 
 @pytest.fixture
 def bus(rabbit_url):
-    made = Bus(rabbit_url)
+    made = harness.Bus(rabbit_url)
     yield made
     made.close()
 

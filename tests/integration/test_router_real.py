@@ -24,7 +24,8 @@ from oslo_config import cfg
 from lifecycle_stats.listeners import bus
 from lifecycle_stats.listeners.router import relay
 from tests.integration.conftest import amqp_url
-from tests.integration.test_bus_real import legacy_payload, make_conf, versioned_payload
+from tests.integration import harness
+from tests.support.nova import messaging_conf
 
 pytestmark = pytest.mark.integration
 WAIT = 15.0
@@ -41,7 +42,7 @@ class Site:
         self.topics = (f"lst-notifications-{self.run}", f"lst-versioned-{self.run}")
         self.router_queue = f"lst-router-{self.run}"
         self.out_exchange = f"lst-routed-{self.run}"
-        self.transport = oslo_messaging.get_notification_transport(make_conf(self.exchange),
+        self.transport = oslo_messaging.get_notification_transport(messaging_conf(self.exchange),
                                                                    url=rabbit_url)
         self.relays: list[relay.Relay] = []
         self.listeners: list[bus.NotificationListener] = []
@@ -95,8 +96,8 @@ class Site:
         listener.start()
         return listener
 
-    def nova(self, host: str) -> "Nova":
-        return Nova(self, host)
+    def nova(self, host: str) -> harness.NovaNotifiers:
+        return harness.NovaNotifiers(self.transport, host, *self.topics)
 
     def publish_raw(self, body: bytes, topic_index: int = 0) -> None:
         """A message on nova's topic that no oslo.messaging Notifier would send."""
@@ -142,29 +143,6 @@ class Site:
                 channel.queue_delete(queue=name)
             for name in (self.exchange, self.out_exchange):
                 channel.exchange_delete(exchange=name)
-
-
-class Nova:
-    """Publishes as nova-compute on ``host``: both delete.start forms and other events."""
-
-    def __init__(self, site: Site, host: str):
-        self.host = host
-        self.legacy_notifier = oslo_messaging.Notifier(
-            site.transport, publisher_id=f"compute.{host}", driver="messaging",
-            topics=[site.topics[0]])
-        self.versioned_notifier = oslo_messaging.Notifier(
-            site.transport, publisher_id=f"nova-compute:{host}", driver="messagingv2",
-            topics=[site.topics[1]])
-
-    def legacy(self, event_type="compute.instance.delete.start", instance_id=None) -> str:
-        instance_id = instance_id or str(uuid.uuid4())
-        self.legacy_notifier.info({}, event_type, legacy_payload(instance_id, self.host))
-        return instance_id
-
-    def versioned(self, event_type="instance.delete.start", instance_id=None) -> str:
-        instance_id = instance_id or str(uuid.uuid4())
-        self.versioned_notifier.info({}, event_type, versioned_payload(instance_id, self.host))
-        return instance_id
 
 
 @pytest.fixture
@@ -337,7 +315,6 @@ def test_the_agent_process_in_router_mode_captures_a_real_guest(
         rabbit_url, libvirt_uri, guest_factory, tmp_path):
     """nova → router → the real lifecycle-stats-agent (source = router) reading a real QEMU
     guest → delete.samples consumed by billing; other hosts' deletes never reach it."""
-    from tests.integration import harness
 
     names = harness.BusNames()
     host = f"lst-router-e2e-{names.nova_exchange[-8:]}"

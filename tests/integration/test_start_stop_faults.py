@@ -11,8 +11,6 @@ import pytest
 
 from lifecycle_stats.exceptions import ShuttingDown
 from tests.integration import harness
-from tests.integration.test_bus_real import Nova
-from tests.integration.test_failures import Bus
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +19,7 @@ STOP_WITHIN = 10.0  # seconds from SIGTERM to exit
 
 @pytest.fixture
 def bus(rabbit_url):
-    made = Bus(rabbit_url)
+    made = harness.Bus(rabbit_url)
     yield made
     made.close()
 
@@ -93,10 +91,9 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
     from lifecycle_stats.publishing import spool as spool_mod
     from lifecycle_stats.usage import periods
     from lifecycle_stats.usage.ledger import UsageLedger
-    from tests.integration.test_bus_real import Broker
-    from tests.unit.test_flush import FakeRegistry, GatedInspector
+    from tests.support.fakes import FakeRegistry, GatedInspector
 
-    broker = Broker(rabbit_url)
+    broker = harness.Broker(rabbit_url)
     host = broker.host("cut")
     path = str(tmp_path / "spool.sqlite")
     spool = spool_mod.Spool(path, conduits=["test"])
@@ -115,7 +112,7 @@ def test_a_flush_cut_by_the_stop_leaves_its_delete_start_on_the_broker(rabbit_ur
 
     try:
         first = broker.listen(host, on_trigger=on_trigger)
-        instance_id = Nova(broker, host).legacy()
+        instance_id = broker.nova(host).legacy()
         assert inspector.entered.acquire(timeout=10)  # the flush is reading the domain
         assert first.stop(timeout=0.3) is False  # as Agent.stop: bounded, a flush in hand
         assert core.close(0.1) is False

@@ -10,12 +10,11 @@ import uuid
 
 import oslo_messaging
 import pytest
-from oslo_config import cfg
-from oslo_messaging import opts as messaging_opts
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, ConfigError
 from lifecycle_stats.listeners import bus
+from tests.support.nova import legacy_start_payload, messaging_conf, versioned_start_payload
 
 HOST = "compute-1"
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
@@ -24,37 +23,12 @@ HANDLED = oslo_messaging.NotificationResult.HANDLED
 REQUEUE = oslo_messaging.NotificationResult.REQUEUE
 
 
-def make_conf(exchange: str) -> cfg.ConfigOpts:
-    """A private ConfigOpts whose control_exchange (where Notifiers publish) is ``exchange``."""
-    conf = cfg.ConfigOpts()
-    for group, opts in messaging_opts.list_opts():
-        conf.register_opts(opts, group=group)
-    conf([], project="lifecycle-stats-test", default_config_files=[])
-    conf.set_override("control_exchange", exchange)
-    return conf
-
-
-def legacy_payload(instance_id, host):
-    return {"instance_id": instance_id, "host": host, "tenant_id": "t1", "user_id": "u1",
-            "display_name": "vm", "instance_type": "m1.tiny", "memory_mb": 512, "vcpus": 1,
-            "root_gb": 1, "ephemeral_gb": 0, "state": "active"}
-
-
-def versioned_payload(instance_id, host):
-    return {"nova_object.name": "InstanceActionPayload", "nova_object.namespace": "nova",
-            "nova_object.version": "1.8",
-            "nova_object.data": {"uuid": instance_id, "host": host, "tenant_id": "t1",
-                                 "user_id": "u1", "display_name": "vm",
-                                 "flavor": {"nova_object.data": {"name": "m1.tiny",
-                                                                 "memory_mb": 512}}}}
-
-
 class Bus:
     """A fake:// transport in a fresh exchange, with nova-like notifiers and listeners."""
 
     def __init__(self):
         self.exchange = "nova-" + uuid.uuid4().hex[:8]  # fake exchanges are process-global
-        self.conf = make_conf(self.exchange)
+        self.conf = messaging_conf(self.exchange)
         self.transport = oslo_messaging.get_notification_transport(self.conf, url="fake://")
         self.listeners = []
 
@@ -63,7 +37,7 @@ class Bus:
         notifier = oslo_messaging.Notifier(self.transport, publisher_id=f"compute.{host}",
                                            driver="messaging", topics=["notifications"])
         notifier.info({}, "compute.instance.delete.start",
-                      payload if payload is not None else legacy_payload(instance_id, host))
+                      payload if payload is not None else legacy_start_payload(instance_id, host))
         return instance_id
 
     def versioned(self, host, instance_id=None):
@@ -71,7 +45,7 @@ class Bus:
         notifier = oslo_messaging.Notifier(self.transport, publisher_id=f"nova-compute:{host}",
                                            driver="messagingv2",
                                            topics=["versioned_notifications"])
-        notifier.info({}, "instance.delete.start", versioned_payload(instance_id, host))
+        notifier.info({}, "instance.delete.start", versioned_start_payload(instance_id, host))
         return instance_id
 
     def listen(self, host=HOST, on_trigger=None, **heard):
@@ -206,9 +180,9 @@ def test_a_delete_start_for_a_domain_held_here_but_naming_another_host_is_report
                                        holds=lambda instance_id: instance_id == held)
     for instance_id in (held, str(uuid.uuid4())):
         assert endpoint.info({}, "compute.compute-9", "compute.instance.delete.start",
-                             legacy_payload(instance_id, "compute-9"), {}) == HANDLED
+                             legacy_start_payload(instance_id, "compute-9"), {}) == HANDLED
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start",
-                         legacy_payload(held, None), {}) == HANDLED  # host null: nobody's
+                         legacy_start_payload(held, None), {}) == HANDLED  # host null: nobody's
     assert counters.get("bus.host_mismatch") == 1 and counters.get("bus.ignored") == 3
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert held in warning.getMessage() and "'compute-9'" in warning.getMessage()
@@ -281,7 +255,7 @@ def test_endpoint_outcomes(allow_requeue, outcome):
     endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=on_trigger, counters=counters,
                                        clock=lambda: NOW, allow_requeue=allow_requeue)
     assert endpoint.failure_outcome() == outcome
-    legacy = legacy_payload(str(uuid.uuid4()), HOST)
+    legacy = legacy_start_payload(str(uuid.uuid4()), HOST)
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start", legacy,
                          {}) == outcome
     # an unexpected parse failure is acknowledged: requeueing it would only loop
@@ -315,7 +289,7 @@ def test_bad_configuration_fails_in_the_constructor(fake_bus, kwargs, option):
 
 def test_from_conf_defaults_and_notifications_transport_fallback():
     exchange = "nova-" + uuid.uuid4().hex[:8]
-    conf = make_conf(exchange)
+    conf = messaging_conf(exchange)
     bus.register_opts(conf)
     conf.set_override("transport_url", "fake://", group="oslo_messaging_notifications")
     conf.set_override("exchange", exchange, group="notification_listener")
@@ -329,7 +303,7 @@ def test_from_conf_defaults_and_notifications_transport_fallback():
         publisher = oslo_messaging.get_notification_transport(conf, url="fake://")
         oslo_messaging.Notifier(publisher, publisher_id=f"compute.{HOST}", driver="messaging",
                                 topics=["notifications"]).info(
-            {}, "compute.instance.delete.start", legacy_payload(str(uuid.uuid4()), HOST))
+            {}, "compute.instance.delete.start", legacy_start_payload(str(uuid.uuid4()), HOST))
         assert received.get(timeout=WAIT).host == HOST
     finally:
         assert listener.stop()
@@ -359,7 +333,7 @@ def test_a_trigger_refused_at_stop_is_requeued_never_acknowledged(allow_requeue)
 
     endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=on_trigger, counters=counters,
                                        clock=lambda: NOW, allow_requeue=allow_requeue)
-    legacy = legacy_payload(str(uuid.uuid4()), HOST)
+    legacy = legacy_start_payload(str(uuid.uuid4()), HOST)
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.delete.start", legacy,
                          {}) == REQUEUE
     assert counters.get("bus.requeued_at_stop") == 1 and counters.get("bus.handler_errors") == 0
@@ -380,7 +354,7 @@ def test_a_refused_trigger_comes_back_on_the_bus(fake_bus):
     wait_for(lambda: len(received) == 2)
     assert received == [first, first]
 def test_nova_exists_reaches_on_audit_only_when_enrichment_is_on():
-    exists = {**legacy_payload(str(uuid.uuid4()), HOST),
+    exists = {**legacy_start_payload(str(uuid.uuid4()), HOST),
               "audit_period_beginning": "2024-05-01 11:00:00",
               "audit_period_ending": "2024-05-01 12:00:00"}
     heard, counters = [], Counters()

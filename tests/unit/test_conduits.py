@@ -17,7 +17,7 @@ from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.cmd import verify
 from lifecycle_stats.exceptions import ConfigError, EmitError
 from lifecycle_stats.records import DeleteTrigger
-from tests.unit.test_samples import AT, UUID, make_info, make_reading
+from tests.support.fakes import AT, UUID, make_info, make_reading
 
 SECRET = "conduit-secret"
 

@@ -19,47 +19,12 @@ from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.interfaces import NoUsage, Outcome
 from lifecycle_stats.publishing import payloads, signing, spool
 from lifecycle_stats.exceptions import (
-    CaptureDeferred, DomainGone, HypervisorError, ShuttingDown,
+    CaptureDeferred, HypervisorError, ShuttingDown,
 )
 from lifecycle_stats.records import DeleteTrigger
-from tests.unit.test_samples import AT, UUID, make_info, make_reading
-
-NOW = AT + datetime.timedelta(seconds=42)
-
-
-class FakeInspector:
-    def __init__(self, readings=None, error=None):
-        self.readings = readings or {}
-        self.error = error
-        self.reads = 0
-
-    def read(self, instance_id):
-        self.reads += 1
-        if self.error is not None:
-            raise self.error
-        if instance_id not in self.readings:
-            raise DomainGone(instance_id)
-        return dataclasses.replace(self.readings[instance_id], path="single")  # as read() does
-
-
-class FakeRegistry:
-    def __init__(self, infos=None, not_nova=()):
-        self.infos = infos or {}
-        self.not_nova = set(not_nova)
-
-    def get(self, instance_id):
-        return self.infos.get(instance_id)
-
-    def is_known(self, instance_id):
-        return instance_id in self.infos or instance_id in self.not_nova
-
-    def unusable(self, instance_id):
-        return None
-
-    def identify(self, instance_id):
-        if self.is_known(instance_id):
-            return self.get(instance_id)
-        raise HypervisorError("not connected")  # an unknown domain needs a libvirt read
+from tests.support.fakes import (
+    AT, NOW, UUID, FakeInspector, FakeRegistry, GatedInspector, make_info, make_reading,
+)
 
 
 class Flusher(flush.Flusher):
@@ -144,31 +109,6 @@ def test_concurrent_triggers_for_one_instance_spool_once(box):
     assert outcomes.count(Outcome.FINAL) == 1
     assert outcomes.count(Outcome.DUPLICATE) == 15
     assert len(spooled(box)) == 1
-
-
-class GatedInspector(FakeInspector):
-    """The n-th read blocks until gates[n] is set; counts how many reads run at once."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.gates = [threading.Event() for _ in range(3)]
-        self.entered = threading.Semaphore(0)
-        self.running = self.most = self.calls = 0
-        self._guard = threading.Lock()
-
-    def read(self, instance_id):
-        with self._guard:
-            gate = self.gates[self.calls]
-            self.calls += 1
-            self.running += 1
-            self.most = max(self.most, self.running)
-        self.entered.release()
-        try:
-            gate.wait(5)
-            return super().read(instance_id)
-        finally:
-            with self._guard:
-                self.running -= 1
 
 
 class ForgetfulSpool:

@@ -27,8 +27,7 @@ from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.records import DeleteTrigger
 from lifecycle_stats.listeners import bus, nova_notifications
-from tests.unit.test_flush import FakeInspector, FakeRegistry
-from tests.unit.test_samples import make_info, make_reading
+from tests.support.fakes import FakeInspector, FakeRegistry, make_info, make_reading
 
 HOST = "cmp1"
 NOW = datetime.datetime(2026, 11, 21, 12, 0, 42, tzinfo=datetime.timezone.utc)

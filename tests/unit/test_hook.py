@@ -19,9 +19,10 @@ from oslo_config import cfg
 from oslo_context import context
 
 from lifecycle_stats.exceptions import ConfigError
-from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.listeners import hook_server, socket_file
 from lifecycle_stats.listeners.nova import driver as nova_driver, protocol as hook_protocol
+from tests.support.fakes import TriggerRecorder
+from tests.support.nova import IDENTITY, legacy_start_payload, versioned_start_payload
 
 HOST = "cmp1"
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
@@ -30,35 +31,11 @@ TIMEOUT = 0.3
 
 
 def legacy(instance_id, host=HOST):
-    return {"instance_id": instance_id, "host": host, "tenant_id": "t1", "user_id": "u1",
-            "display_name": "vm", "instance_type": "m1.tiny", "memory_mb": 64, "vcpus": 1}
+    return legacy_start_payload(instance_id, host)
 
 
 def versioned(instance_id, host=HOST):
-    return {"nova_object.name": "InstanceActionPayload", "nova_object.namespace": "nova",
-            "nova_object.version": "1.8",
-            "nova_object.data": {"uuid": instance_id, "host": host, "tenant_id": "t1",
-                                 "user_id": "u1", "display_name": "vm"}}
-
-
-class Recorder:
-    """The agent's trigger handler: records, optionally blocks or fails."""
-
-    def __init__(self, outcome=Outcome.FINAL):
-        self.triggers = []
-        self.outcome = outcome
-        self.release = threading.Event()
-        self.release.set()
-        self.entered = threading.Event()
-        self.error: Exception | None = None
-
-    def __call__(self, trigger):
-        self.entered.set()
-        self.release.wait(30)
-        if self.error is not None:
-            raise self.error
-        self.triggers.append(trigger)
-        return self.outcome
+    return versioned_start_payload(instance_id, host)
 
 
 @pytest.fixture
@@ -68,7 +45,7 @@ def sock_path(tmp_path):
 
 @pytest.fixture
 def recorder():
-    return Recorder()
+    return TriggerRecorder()
 
 
 @pytest.fixture
@@ -157,7 +134,7 @@ def test_notify_returns_after_the_agent_handled_the_delete(server, recorder, nov
     [trigger] = recorder.triggers  # handled before notify() returned
     assert (trigger.instance_id, trigger.action, trigger.host) == (instance, "delete", HOST)
     assert trigger.event_type == "compute.instance.delete.start"
-    assert trigger.identity["tenant_id"] == "t1"
+    assert trigger.identity["tenant_id"] == IDENTITY["tenant_id"]
     assert server.counters.get("hook.triggers.delete") == 1
     assert nova.wait_received(1) == ["compute.instance.delete.start"]  # messagingv2 too
 

@@ -4,6 +4,7 @@ Notifiers use fake://. The agent side is a HookServer (or a mute socket) in this
 from __future__ import annotations
 
 import datetime
+import grp
 import os
 import socket
 import subprocess
@@ -14,8 +15,11 @@ import pytest
 
 from lifecycle_stats.listeners import hook_server
 from tests.nova_compute import NovaComputeProcess, write_nova_conf
-from tests.unit.test_hook import HOST, MY_GROUP, Recorder, legacy
+from tests.support.fakes import TriggerRecorder
+from tests.support.nova import legacy_start_payload
 
+HOST = "cmp1"
+MY_GROUP = grp.getgrgid(os.getegid()).gr_name
 MODES = ("eventlet", "threading")
 TIMEOUT = 0.3
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
@@ -41,11 +45,11 @@ def nova(request, tmp_path, sock_path):
 
 def delete_start(instance_id=None):
     return {"op": "notify", "event_type": "compute.instance.delete.start",
-            "publisher_id": f"compute.{HOST}", "payload": legacy(instance_id or str(uuid.uuid4()))}
+            "publisher_id": f"compute.{HOST}", "payload": legacy_start_payload(instance_id or str(uuid.uuid4()), HOST)}
 
 
 def test_the_agent_gets_the_trigger_before_notify_returns(nova, sock_path):
-    recorder = Recorder()
+    recorder = TriggerRecorder()
     server = hook_server.HookServer(sock_path, host=HOST, on_trigger=recorder, group=MY_GROUP,
                                     clock=lambda: NOW)
     server.start()

@@ -11,14 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lifecycle_stats.operations import exposition as metrics_export, metrics
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError
-
-
-class Clock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from tests.support.fakes import Clock
 
 
 def snapshot_of(counters, **extra):
@@ -34,7 +27,7 @@ def snapshot_of(counters, **extra):
 def scrape(counters, clock=None, snapshot=None):
     """{(sample name, frozenset(labels)): value} as a Prometheus server would parse it."""
     collector = metrics.AgentCollector(lambda: snapshot or snapshot_of(counters), counters,
-                                       clock=clock or Clock())
+                                       clock=clock or Clock(1000.0))
     text = generate_latest(metrics_export.make_registry(collector, process=False)).decode()
     samples = {}
     for family in text_string_to_metric_families(text):

@@ -1,63 +1,30 @@
 """lifecycle_stats.listeners.nova_notifications: nova's two delete.start formats → DeleteTrigger."""
 from __future__ import annotations
 
-import copy
 import datetime
 
 import pytest
 
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners import nova_notifications as nn
+from tests.support.nova import (
+    DROP, IDENTITY, changed, legacy_start_payload, versioned_start_payload,
+)
 
 HOST = "compute-1"
 UUID = "178b0921-8f85-4257-88b6-2e743b5a975c"
 NOW = datetime.datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
-IDENTITY = {
-    "tenant_id": "6f70656e737461636b20342065766572", "user_id": "fake",
-    "display_name": "some-server", "instance_type": "m1.tiny", "memory_mb": 512,
-    "vcpus": 1, "root_gb": 1, "ephemeral_gb": 0,
-}
 
 
 def legacy(**changes):
-    """A compute.instance.delete.start payload shaped as nova's info_from_instance."""
-    payload = {
-        "instance_id": UUID, "host": HOST, "node": "fake-mini", "state": "active",
-        "state_description": "deleting", "tenant_id": IDENTITY["tenant_id"], "user_id": "fake",
-        "display_name": "some-server", "instance_type": "m1.tiny", "instance_type_id": 1,
-        "instance_flavor_id": "1", "memory_mb": 512, "disk_gb": 1, "vcpus": 1, "root_gb": 1,
-        "ephemeral_gb": 0, "image_ref_url": "http://glance/images/x", "metadata": {},
-        "launched_at": "2012-10-29T13:42:11.000000", "reservation_id": "r-npxv0e40",
-    }
-    return _changed(payload, changes)
+    return legacy_start_payload(changes.pop("instance_id", UUID), changes.pop("host", HOST),
+                                **changes)
 
 
 def versioned(**changes):
-    """An instance.delete.start payload shaped as nova's InstanceActionPayload 1.x."""
-    flavor = {"nova_object.name": "FlavorPayload", "nova_object.namespace": "nova",
-              "nova_object.version": "1.4",
-              "nova_object.data": {"flavorid": "a22d", "name": "m1.tiny", "root_gb": 1,
-                                   "vcpus": 1, "ephemeral_gb": 0, "memory_mb": 512, "swap": 0,
-                                   "extra_specs": {}, "is_public": True}}
-    data = {"uuid": UUID, "host": HOST, "node": "fake-mini", "state": "active",
-            "task_state": "deleting", "tenant_id": IDENTITY["tenant_id"], "user_id": "fake",
-            "display_name": "some-server", "flavor": flavor, "ip_addresses": [],
-            "metadata": {}, "fault": None, "block_devices": []}
-    return {"nova_object.name": "InstanceActionPayload", "nova_object.namespace": "nova",
-            "nova_object.version": "1.8", "nova_object.data": _changed(data, changes)}
+    return versioned_start_payload(UUID, changes.pop("host", HOST), **changes)
 
 
-def _changed(payload, changes):
-    payload = copy.deepcopy(payload)
-    for key, value in changes.items():
-        if value is DROP:
-            payload.pop(key, None)
-        else:
-            payload[key] = value
-    return payload
-
-
-DROP = object()
 LEGACY = ("compute.instance.delete.start", f"compute.{HOST}")
 VERSIONED = ("instance.delete.start", f"nova-compute:{HOST}")
 
@@ -171,7 +138,7 @@ def test_classify():
 
 
 def _versioned_envelope(**changes):
-    return _changed(versioned(), changes)
+    return changed(versioned(), changes)
 
 
 MALFORMED = [

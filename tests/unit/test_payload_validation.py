@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from lifecycle_stats.publishing import payloads
 from lifecycle_stats.records import DeleteTrigger, Notification
-from tests.unit.test_samples import UUID, make_info, make_reading
+from tests.support.fakes import UUID, make_info, make_reading
 
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
 ODD_VALUES = [None, "", "x" * 300, -1, 0, 2**64, 1.5, True, False, [], {}, [1], {"a": 1},

@@ -12,8 +12,7 @@ from lifecycle_stats.usage import closer as period_closer, ledger as usage_ledge
 from lifecycle_stats.usage import reports as usage_reports
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import AuditWindow
-from tests.unit.test_samples import UUID, make_info, make_reading
-from tests.unit.test_usage_flow import Clock
+from tests.support.fakes import UUID, Clock, make_info, make_reading
 
 UTC = datetime.timezone.utc
 START = datetime.datetime(2026, 11, 22, 0, 50, tzinfo=UTC)

@@ -10,7 +10,9 @@ from lifecycle_stats.capture import domain_events, last_readings, poller
 from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.interfaces import NoUsage
 from lifecycle_stats.records import LifecycleEvent
-from tests.unit.test_flush import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
+from tests.support.fakes import (
+    NOW, UUID, Clock, FakeInspector, FakeRegistry, make_info, make_reading,
+)
 
 OTHER = "0b0b0b0b-0000-4000-8000-000000000001"
 
@@ -122,16 +124,8 @@ def test_within_one_process_the_higher_counters_win_whatever_the_stamps():
     assert readings.get(UUID)[1] is restarted
 
 
-class Clock:
-    def __init__(self):
-        self.now = NOW
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_hard_reboot_does_not_start_the_retention_clock():
-    clock = Clock()
+    clock = Clock(NOW)
     readings = last_readings.LastReadings(retention=datetime.timedelta(hours=1), clock=clock)
     readings.update(make_info(), make_reading())
     h, _ = handler(RecordingRegistry({UUID: make_info()}), FakeInspector({}), readings)
@@ -152,7 +146,7 @@ class SyncingRegistry(RecordingRegistry):
 
 
 def test_resync_expires_entries_of_domains_that_vanished_while_events_were_down():
-    clock = Clock()
+    clock = Clock(NOW)
     readings = last_readings.LastReadings(retention=datetime.timedelta(hours=1), clock=clock)
     readings.update(make_info(), make_reading())
     readings.update(make_info(), dataclasses.replace(make_reading(), instance_id=OTHER))

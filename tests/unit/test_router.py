@@ -12,14 +12,14 @@ from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners import bus
 from lifecycle_stats.cmd import router as cmd
 from lifecycle_stats.listeners.router import events, relay
+from tests.support.fakes import UUID
+from tests.support.nova import DROP, versioned_start_payload
 
 HOST = "compute-1.example.org"
 
 
-def versioned(host=None, **data):
-    if host is not None:
-        data["host"] = host
-    return {"nova_object.name": "InstanceActionPayload", "nova_object.data": data}
+def versioned(host=DROP):
+    return versioned_start_payload(UUID, host)
 
 
 @pytest.mark.parametrize("action", ["delete", "power_off", "reboot", "shelve", "rescue",

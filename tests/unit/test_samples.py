@@ -4,40 +4,8 @@ import hashlib
 import pytest
 
 from lifecycle_stats.publishing import meters, samples
-from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
-
-UUID = "7a1e8d2c-3b4f-4e5a-9c6d-1f2e3d4c5b6a"
-AT = datetime.datetime(2026, 11, 21, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)
-
-
-def make_info(**kw):
-    fields = dict(
-        instance_id=UUID, domain_name="instance-0000002a", display_name="web-1",
-        flavor=Flavor("m1.small", memory_mb=2048, root_gb=20, swap_mb=0, ephemeral_gb=0,
-                      vcpus=1),
-        user_id="u1", user_name="alice", project_id="p1", project_name="shop",
-        image_ref="img-1", root_type="image", creation_time=None, metadata_version="1.1",
-    )
-    fields.update(kw)
-    return InstanceInfo(**fields)
-
-
-def make_reading(active=True, disks=None, vnics=None, memory_stats=None, perf=None):
-    disks = disks if disks is not None else (
-        DiskStats("vda", 10, 4096, 20, 8192, read_time_ns=700, write_time_ns=900,
-                  capacity=1 << 30, allocation=1 << 20, physical=1 << 21),
-        DiskStats("vdb", 1, 512, 2, 1024))
-    vnics = vnics if vnics is not None else (VnicStats("tap1", 100, 2, 0, 1, 300, 4, 1, 0),)
-    return DomainReading(
-        instance_id=UUID, domain_name="instance-0000002a",
-        state="running" if active else "shutoff", active=active,
-        cpu_time_ns=5_000_000 if active else None, vcpus=2, memory_kib=2097152,
-        memory_max_kib=2097152, disks=disks if active else (), vnics=vnics if active else (),
-        read_at=AT, path="bulk", state_code=1 if active else 5,
-        memory_stats=memory_stats if memory_stats is not None else {},
-        perf=perf if perf is not None else {},
-    )
-
+from lifecycle_stats.records import Flavor
+from tests.support.fakes import AT, UUID, make_info, make_reading
 
 def by_name(result):
     out = {}

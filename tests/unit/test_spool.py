@@ -16,20 +16,10 @@ from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.sender import Sender
 from lifecycle_stats.publishing.spool import Spool
+from tests.support.fakes import Clock
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.timezone.utc)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-class FakeClock:
-    def __init__(self, start=T0):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += datetime.timedelta(seconds=seconds)
 
 
 def note(n, **payload):
@@ -41,7 +31,7 @@ def note(n, **payload):
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return Clock(T0)
 
 
 @pytest.fixture

@@ -13,19 +13,9 @@ from lifecycle_stats.operations import status
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.spool import Spool
+from tests.support.fakes import Clock
 
 T0 = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.timezone.utc)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = T0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += datetime.timedelta(seconds=seconds)
 
 
 def note(n):
@@ -35,7 +25,7 @@ def note(n):
 
 @pytest.fixture
 def clock():
-    return FakeClock()
+    return Clock(T0)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """The shipped systemd unit: `systemd-analyze verify` accepts it (no systemd as PID 1 needed)
 and its settings match what the agent does (readiness, reload, drain time, state path)."""
 import pathlib
-import shlex
 import shutil
 import subprocess
 import sys
@@ -9,31 +8,11 @@ import sys
 import pytest
 
 from lifecycle_stats import agent
+from tests.support.systemd_unit import UNIT, exec_start_argv, unit_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-UNIT = ROOT / "etc" / "systemd" / "lifecycle-stats-agent.service"
 SYSUSERS = ROOT / "etc" / "sysusers.d" / "lifecycle-stats.conf"
 AGENT = pathlib.Path(sys.executable).with_name("lifecycle-stats-agent")
-
-
-def unit_settings(text: str) -> dict[tuple[str, str], list[str]]:
-    """{(section, key): [values in order]}: systemd keys may repeat."""
-    settings: dict[tuple[str, str], list[str]] = {}
-    section = None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        settings.setdefault((section, key), []).append(value)
-    return settings
-
-
-def exec_start_argv(text: str) -> list[str]:
-    return shlex.split(unit_settings(text)[("Service", "ExecStart")][0])
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path):

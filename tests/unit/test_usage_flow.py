@@ -4,7 +4,6 @@ Real SQLite spool and ledger, in-memory libvirt stand-ins, an injected clock."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
 
 import pytest
 
@@ -14,20 +13,7 @@ from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.usage import ledger as usage_ledger, periods
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import DeleteTrigger, isotime
-from tests.unit.test_flush import FakeInspector, FakeRegistry
-from tests.unit.test_samples import AT, UUID, make_info, make_reading
-
-
-class Clock:
-    def __init__(self, now: datetime.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime.datetime:
-        self.now += datetime.timedelta(seconds=seconds)
-        return self.now
+from tests.support.fakes import AT, UUID, Clock, FakeInspector, FakeRegistry, make_info, make_reading
 
 
 def reading_at(at, cpu, active=True, domain_id=1):
