@@ -28,7 +28,8 @@ OPTS = [
     cfg.StrOpt("audit_period", default="hour",
                help="Audit period of the agent's compute.instance.exists, in nova's "
                     "instance_usage_audit_period syntax: hour, day, month or year, optionally "
-                    "@N (hour@N: minute N; day@N: N:00 UTC; month@N: day N; year@N: month N). "
+                    "@N (hour@N: minute N; day@N: N:00 UTC; month@N: day N; year@N: month N); "
+                    "or Ns, N seconds (5 to 3600; the demo's, not a nova period). "
                     "Usage is accounted in buckets of this period: with enrich_nova_exists, "
                     "set it to nova's instance_usage_audit_period."),
     cfg.BoolOpt("enrich_nova_exists", default=False,
