@@ -22,8 +22,8 @@ from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import AuditWindow, DeleteTrigger, LifecycleEvent
 from lifecycle_stats.usage import periods
 from lifecycle_stats.usage.ledger import UsageLedger
-from tests.unit.test_flush import NOW, FakeInspector, FakeRegistry
-from tests.unit.test_samples import UUID, make_info, make_reading
+from tests.support.fakes import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
+from tests.support.nova import legacy_start_payload
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOST = "cmp1"
@@ -155,8 +155,7 @@ def hook_request(action: str, instance_id: str) -> dict:
     return {"v": hook_protocol.VERSION, "event_type": f"compute.instance.{legacy}",
             "publisher_id": f"compute.{HOST}", "request_id": f"req-{action}",
             "timestamp": "2026-11-22 01:00:00.000000",
-            "payload": {"instance_id": instance_id, "host": HOST, "tenant_id": "t1",
-                        "user_id": "u1", "display_name": "vm", "memory_mb": 64, "vcpus": 1}}
+            "payload": legacy_start_payload(instance_id, HOST)}
 
 
 @pytest.mark.parametrize("action, instance_id, status, outcome", [
