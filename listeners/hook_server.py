@@ -207,8 +207,8 @@ class HookServer:
             self.counters.incr("hook.handler_errors")
             LOG.exception("could not parse %.80r from the nova driver", event_type)
             return _answer(hook_protocol.ERROR, detail="parse failed; see the agent's log")
-        if trigger is None:
-            self.counters.incr("hook.ignored")
+        if not isinstance(trigger, DeleteTrigger):  # not ours, or an exists that is not a
+            self.counters.incr("hook.ignored")      # revert's (the bus brings those)
             return _answer(hook_protocol.IGNORED)
         self.counters.incr(f"hook.triggers.{trigger.action}")
         try:

@@ -217,11 +217,13 @@ class Nova:
                                     exchange=self.names.nova_exchange, topic=topic,
                                     request=request, action=action)
 
-    def exists(self, guest, host: str, begin, end, *, versioned: bool = False) -> None:
-        """nova's own compute.instance.exists / instance.exists (instance_usage_audit)."""
+    def exists(self, guest, host: str, begin, end, *, versioned: bool = False,
+               task_state: str | None = None) -> None:
+        """nova's own compute.instance.exists / instance.exists (instance_usage_audit; with
+        task_state "resize_reverting": revert_resize's, on the destination)."""
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
         publish_exists(self.transport, guest, host, begin, end, versioned=versioned,
-                       exchange=self.names.nova_exchange, topic=topic)
+                       exchange=self.names.nova_exchange, topic=topic, task_state=task_state)
 
 
 @contextlib.contextmanager
