@@ -27,7 +27,7 @@ from oslo_config import cfg
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
 from lifecycle_stats.interfaces import Outcome, TriggerHandler
-from lifecycle_stats.records import utcnow
+from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications, socket_file
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
