@@ -141,6 +141,7 @@ SCENARIOS = {  # name -> (run, closing read possible at every stop)
     "suspend-resume": (suspend_resume, True),
     "rescue": (rescue, True),
     "same-host-resize": (same_host_resize, True),
+    "same-host-resize-revert": (usage_world.resize_then_revert, True),
     "failed-delete-then-delete": (usage_world.failed_delete_then_delete, True),
     "soft-delete-then-reclaim": (usage_world.soft_delete_then_reclaim, True),
     "power-cycle-kill-9-delete": (usage_world.power_cycle_kill_delete, True),

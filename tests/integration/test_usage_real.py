@@ -305,3 +305,12 @@ def test_a_failed_delete_ends_nothing_and_the_real_delete_bills_everything(world
 def test_soft_delete_is_a_closing_read_and_the_reclaim_bills_everything(world):
     life = usage_world.soft_delete_then_reclaim(world)
     assert_adds_up(world, life, processes=1)
+
+
+def test_a_resize_revert_is_read_on_the_destination_before_it_destroys(world, agent):
+    """Defect 9 on a real guest: nova's exists with task_state resize_reverting, published
+    before the destroy, gets the destination's closing read."""
+    reverts = agent.counter("flush.action.resize_revert")
+    life = usage_world.resize_then_revert(world)
+    assert agent.counter("flush.action.resize_revert") == reverts + 1
+    assert_adds_up(world, life, processes=3)

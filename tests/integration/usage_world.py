@@ -13,6 +13,7 @@ Shared by tests/integration/test_usage_real.py and benchmarks/usage_accuracy.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 import uuid
 
@@ -123,6 +124,18 @@ class World:
         else:
             dom.destroy()
 
+    def revert_resize(self, life: Life) -> None:
+        """nova's revert_resize on the destination: its exists (task_state
+        resize_reverting, window period start → now) first, then driver.destroy."""
+        life.low.append(self.cpu(life))
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        self._bump(("flush.action.resize_revert", "flush.action_missed"),
+                   lambda: self.nova.exists(life.guest, self.agent.host,
+                                            now.replace(minute=0, second=0), now,
+                                            task_state="resize_reverting"))
+        life.high.append(self.cpu(life))
+        self.conn.lookupByUUIDString(life.guest.instance_id).destroy()
+
     def start(self, life: Life) -> None:
         """A new QEMU process of the same domain (power-on, resume, reboot's second half)."""
         self.conn.lookupByUUIDString(life.guest.instance_id).create()
@@ -214,4 +227,16 @@ def soft_delete_then_reclaim(world: World) -> Life:
     world.stop(life, "soft_delete")
     time.sleep(1.0)  # soft-deleted for a while
     world.delete(life, running=False, request=f"req-{uuid.uuid4()}")
+    return life
+
+
+def resize_then_revert(world: World) -> Life:
+    """A same-host resize (resize.start, power-off, the new flavor started), then its revert
+    (the exists before the destination's destroy, the old flavor started), then delete."""
+    life = world.boot()
+    world.stop(life, "resize")
+    world.start(life)
+    world.revert_resize(life)
+    world.start(life)
+    world.delete(life)
     return life
