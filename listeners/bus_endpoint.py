@@ -56,7 +56,7 @@ class DeleteStartEndpoint:
         # Here and below: log first, count second; whoever sees a counter may rely on the log.
         received_at = self._clock()
         try:
-            trigger = nova_notifications.parse_any(
+            found = nova_notifications.parse_all(
                 event_type, publisher_id, payload, received_at=received_at, context=ctxt,
                 announced_at=nova_notifications.envelope_time(metadata))
         except RejectedMessage as exc:
@@ -68,13 +68,18 @@ class DeleteStartEndpoint:
             LOG.exception("could not parse %s from %s", _short(event_type), _short(publisher_id))
             self._counters.incr("bus.handler_errors")
             return oslo_messaging.NotificationResult.HANDLED
-        if trigger is None or trigger.host != self._host:
-            self._not_mine(event_type, publisher_id, trigger)
+        if not found or found[0].host != self._host:
+            self._not_mine(event_type, publisher_id, found[0] if found else None)
             return oslo_messaging.NotificationResult.HANDLED
-        if isinstance(trigger, AuditWindow) and self._on_audit is None:
-            self._counters.incr("bus.ignored")  # nova's exists, enrichment off
-            return oslo_messaging.NotificationResult.HANDLED
-        return self._deliver(trigger)
+        outcome = oslo_messaging.NotificationResult.HANDLED
+        for trigger in found:  # a resize revert's exists: the closing read, then the window
+            if isinstance(trigger, AuditWindow) and self._on_audit is None:
+                self._counters.incr("bus.ignored")  # nova's exists, enrichment off
+                continue
+            outcome = self._deliver(trigger)
+            if outcome != oslo_messaging.NotificationResult.HANDLED:
+                break
+        return outcome
 
     def _not_mine(self, event_type, publisher_id,
                   trigger: DeleteTrigger | AuditWindow | None) -> None:

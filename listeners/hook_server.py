@@ -27,7 +27,7 @@ from oslo_config import cfg
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
 from lifecycle_stats.interfaces import Outcome, TriggerHandler
-from lifecycle_stats.records import utcnow
+from lifecycle_stats.records import DeleteTrigger, utcnow
 from lifecycle_stats.listeners import nova_notifications, socket_file
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
@@ -207,8 +207,8 @@ class HookServer:
             self.counters.incr("hook.handler_errors")
             LOG.exception("could not parse %.80r from the nova driver", event_type)
             return _answer(hook_protocol.ERROR, detail="parse failed; see the agent's log")
-        if trigger is None:
-            self.counters.incr("hook.ignored")
+        if not isinstance(trigger, DeleteTrigger):  # not ours, or an exists that is not a
+            self.counters.incr("hook.ignored")      # revert's (the bus brings those)
             return _answer(hook_protocol.IGNORED)
         self.counters.incr(f"hook.triggers.{trigger.action}")
         try:

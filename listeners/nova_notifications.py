@@ -12,11 +12,13 @@ Nova announces a delete twice, in two formats (``[notifications] notification_fo
 
 Nova announces the other actions that end a QEMU process the same way, before doing them
 (power_off, reboot, rebuild, shelve, shelve_offload, rescue, unrescue, resize on the source
-host, resize_revert, suspend): ``PROCESS_ENDING`` maps each event type, legacy and versioned,
-to its action. ``parse`` turns any of them into one ``DeleteTrigger`` (its ``action`` names
-the action; identity uses the legacy names), nova's own usage audit (legacy
-``compute.instance.exists``, versioned ``instance.exists``) into an ``AuditWindow``, and
-returns None for anything else or another host. Input it
+host, suspend, soft_delete; a resize revert on the destination by its exists):
+``PROCESS_ENDING`` maps each event type, legacy and versioned, to its action
+(hook_protocol.ACTION_EVENTS, the one table). ``parse`` turns any of them into one
+``DeleteTrigger`` (its ``action`` names the action; identity uses the legacy names), nova's
+own usage audit (legacy ``compute.instance.exists``, versioned ``instance.exists``) into an
+``AuditWindow``, and returns None for anything else or another host; ``parse_all`` returns
+both records of an exists that also announces a resize revert. Input it
 cannot trust raises ``RejectedMessage`` naming what is wrong. The work is bounded: only a
 fixed path of at most three nested dicts is looked at, dict sizes and kept strings are capped.
 """
@@ -39,7 +41,7 @@ VERSIONED_PROCESS_ENDING = {event: action for event, (action, form)
                             in hook_protocol.START_EVENTS.items()
                             if form == hook_protocol.VERSIONED}
 PROCESS_ENDING = {**LEGACY_PROCESS_ENDING, **VERSIONED_PROCESS_ENDING}  # event type -> action
-LEGACY_EXISTS = "compute.instance.exists"
+LEGACY_EXISTS = "compute.instance.exists"  # also resize_revert's, with its task_state
 VERSIONED_EXISTS = "instance.exists"
 VERSIONED_OBJECTS = frozenset({"InstanceActionPayload", "InstanceActionRescuePayload",
                                "InstanceActionRebuildPayload"})
@@ -105,20 +107,48 @@ def parse_any(event_type: str, publisher_id: object, payload: object, *,
               announced_at: datetime.datetime | None = None,
               actions: frozenset[str] | None = None,
               ) -> DeleteTrigger | AuditWindow | None:
-    """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's)."""
+    """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's).
+    The first of parse_all(): the trigger when a message is both."""
+    found = parse_all(event_type, publisher_id, payload, received_at=received_at,
+                      context=context, announced_at=announced_at, actions=actions)
+    return found[0] if found else None
+
+
+def parse_all(event_type: str, publisher_id: object, payload: object, *,
+              received_at: datetime.datetime, context: object = None,
+              announced_at: datetime.datetime | None = None,
+              actions: frozenset[str] | None = None,
+              ) -> list[DeleteTrigger | AuditWindow]:
+    """Everything one message says, the trigger first (its read races nova's destroy): nova's
+    exists on a resize revert's destination is both the closing read's trigger and an audit
+    window (hook_protocol.ACTION_EVENTS); any other message is at most one of them."""
     kind = classify(event_type)
     if kind == "other":
-        return None
-    if event_type in (LEGACY_EXISTS, VERSIONED_EXISTS):
-        return _audit_window(event_type, kind, publisher_id, payload, received_at)
-    if actions is not None and PROCESS_ENDING[event_type] not in actions:
-        return None
+        return []
+    found = hook_protocol.action_of(event_type, payload)
+    wanted = found is not None and (actions is None or found[0] in actions)
+    if event_type not in (LEGACY_EXISTS, VERSIONED_EXISTS):
+        return [_trigger(event_type, kind, publisher_id, payload, context, received_at,
+                         announced_at, VERSIONED_OBJECTS, VERSIONED_MAJOR)] if wanted else []
+    window = _audit_window(event_type, kind, publisher_id, payload, received_at)
+    if window is None:
+        return []
+    if not wanted:
+        return [window]
+    return [_trigger(event_type, kind, publisher_id, payload, context, received_at,
+                     announced_at, EXISTS_OBJECT, EXISTS_MAJOR), window]
+
+
+def _trigger(event_type: str, kind: str, publisher_id: object, payload: object,
+             context: object, received_at: datetime.datetime,
+             announced_at: datetime.datetime | None, objects: str | frozenset[str],
+             major: str) -> DeleteTrigger:
     if kind == "legacy":
         fields = _mapping(payload, "payload")
         instance_id = _instance_uuid(fields, "instance_id")
         identity = _identity(fields, fields)
     else:
-        fields = _versioned_data(payload)
+        fields = _versioned_data(payload, objects, major)
         instance_id = _instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,

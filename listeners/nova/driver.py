@@ -101,11 +101,11 @@ class LifecycleStatsDriver(notifier.Driver):
 
     def _trigger(self, ctxt, msg) -> dict | None:
         """The frame to send for ``msg``, or None when it is not ours to send."""
-        found = hook_protocol.START_EVENTS.get(msg.get("event_type"))
+        payload = msg.get("payload")
+        found = hook_protocol.action_of(msg.get("event_type"), payload)
         if found is None or str(msg.get("publisher_id", "")).startswith("nova-api:"):
             return None
         action, form = found
-        payload = msg.get("payload")
         fields = payload
         if form == hook_protocol.VERSIONED and isinstance(payload, dict):
             fields = payload.get("nova_object.data")

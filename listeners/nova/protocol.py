@@ -21,12 +21,12 @@ DEFAULT_SOCKET_PATH = "/run/lifecycle-stats/hook.sock"
 MAX_FRAME = 1024 * 1024  # nova's .start payloads are a few KiB; more is not nova
 _HEADER = struct.Struct("!I")
 
-# THE list of nova's .start announcements that come before a domain's QEMU process ends, in
-# the thread that then ends it (read from nova/compute/manager.py, master): the agent reads
-# the counters then (while nova waits, through the driver). "delete" alone means the instance
-# ends; the others end one QEMU process (usage accounting). Here, in the module the driver
-# inside nova imports, so nova's side stays stdlib-only; listeners.nova_notifications and the
-# router derive their tables from it.
+# THE table of what nova announces before a domain's QEMU process ends, in the thread that
+# then ends it (read from nova/compute/manager.py, master; doc/architecture.md §2 and the
+# "closing reads" section): the agent reads the counters then (while nova waits, through the
+# driver). "delete" alone means the instance ends; the others end one QEMU process (usage
+# accounting). Here, in the module the driver inside nova imports, so nova's side stays
+# stdlib-only; listeners.nova_notifications and the router derive their tables from it.
 # action -> (legacy suffix after "compute.instance.", versioned suffix after "instance.")
 ACTION_EVENTS: dict[str, tuple[str, str]] = {
     "delete": ("delete.start", "delete.start"),
@@ -38,9 +38,20 @@ ACTION_EVENTS: dict[str, tuple[str, str]] = {
     "rescue": ("rescue.start", "rescue.start"),
     "unrescue": ("unrescue.start", "unrescue.start"),
     "resize": ("resize.start", "resize.start"),  # source host, before migrate_disk_and_power_off
-    "resize_revert": ("resize.revert.start", "resize_revert.start"),
     "suspend": ("suspend.start", "suspend.start"),
+    # delete with [DEFAULT] reclaim_instance_interval: soft_delete_instance powers the guest
+    # off hard (libvirt has no soft_delete); the instance may be restored, the real delete
+    # (delete.start) comes at reclaim. A closing read, not a delete.
+    "soft_delete": ("soft_delete.start", "soft_delete.start"),
+    # Destination host of a resize revert: revert_resize (and the cross-cell
+    # revert_snapshot_based_resize_at_dest) sends nova's mid-period exists first, then tears
+    # down networks and calls driver.destroy. resize.revert.start comes later, from the
+    # source host (finish_revert_resize), when the destination's domain is gone.
+    "resize_revert": ("exists", "exists"),
 }
+# Announcements nova also sends for other reasons stand for their action only while the
+# instance's task_state (legacy payload "state_description", versioned "task_state") is this.
+ACTION_TASK_STATES: dict[str, str] = {"resize_revert": "resize_reverting"}
 ACTIONS = tuple(ACTION_EVENTS)
 LEGACY = "legacy"
 VERSIONED = "versioned"
@@ -50,6 +61,24 @@ START_EVENTS: dict[str, tuple[str, str]] = {  # event type -> (action, format)
     **{f"instance.{versioned}": (action, VERSIONED)
        for action, (_, versioned) in ACTION_EVENTS.items()},
 }
+
+
+def action_of(event_type: object, payload: object) -> tuple[str, str] | None:
+    """(action, format) when this notification announces a process-ending action, else None:
+    START_EVENTS, with ACTION_TASK_STATES checked in the payload."""
+    found = START_EVENTS.get(event_type) if isinstance(event_type, str) else None
+    if found is None:
+        return None
+    action, form = found
+    wanted = ACTION_TASK_STATES.get(action)
+    if wanted is None:
+        return found
+    fields = payload
+    if form == VERSIONED and isinstance(payload, dict):
+        fields = payload.get("nova_object.data")
+    key = "task_state" if form == VERSIONED else "state_description"
+    return found if isinstance(fields, dict) and fields.get(key) == wanted else None
+
 
 # Reply statuses. CAPTURED: the delete's notification is spooled (or already was); CACHED:
 # a non-delete action's reading is cached; IGNORED: not an instance of this host; the rest

@@ -2,7 +2,9 @@
 
 The kept events are the `.start` notifications nova sends before a QEMU process of an
 instance ends (issue 9 reads the counters then): delete, power_off, reboot, shelve, rescue,
-resize and cold migrate (resize.start on the source host), live migration, suspend. Both nova
+resize and cold migrate (resize.start on the source host), live migration, suspend,
+soft_delete, and a resize revert's exists on the destination (the one table:
+listeners.nova.protocol.ACTION_EVENTS; no other exists is kept). Both nova
 formats: legacy ``compute.instance.*`` on topic ``notifications`` and versioned ``instance.*``
 on ``versioned_notifications``.
 
@@ -15,13 +17,14 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
+from lifecycle_stats.listeners.nova.protocol import action_of
 from lifecycle_stats.listeners.nova_notifications import PROCESS_ENDING
 
 LEGACY_LIVE_MIGRATION = ("live_migration.pre", "live_migration._post")
 VERSIONED_LIVE_MIGRATION = ("live_migration_pre", "live_migration_post")
 
-# Every process-ending .start the agent parses (nova_notifications.PROCESS_ENDING: the one
-# list), and live migration's.
+# Every process-ending announcement the agent parses (nova_notifications.PROCESS_ENDING, from
+# the one table hook_protocol.ACTION_EVENTS), and live migration's.
 LIFECYCLE_START_EVENTS = frozenset(
     list(PROCESS_ENDING)
     + [f"compute.instance.{action}.start" for action in LEGACY_LIVE_MIGRATION]
@@ -46,8 +49,12 @@ def routing_key(host: str) -> str:
     return key
 
 
-def is_lifecycle_start(event_type: object) -> bool:
-    return isinstance(event_type, str) and event_type in LIFECYCLE_START_EVENTS
+def is_lifecycle_start(event_type: object, payload: object = None) -> bool:
+    """A process-ending announcement the agent reads at (hook_protocol.action_of: nova's
+    exists only on a resize revert's destination), or live migration's .start."""
+    if not isinstance(event_type, str) or event_type not in LIFECYCLE_START_EVENTS:
+        return False
+    return event_type not in PROCESS_ENDING or action_of(event_type, payload) is not None
 
 
 def origin_host(event_type: str, publisher_id: object, payload: object) -> str:

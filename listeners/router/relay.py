@@ -130,7 +130,7 @@ class Relay:
     def _on_message(self, message, producer: kombu.Producer) -> None:
         try:
             event_type, publisher_id, payload = decode(message.body)
-            if not events.is_lifecycle_start(event_type):
+            if not events.is_lifecycle_start(event_type, payload):
                 self.counters.incr("router.dropped")
                 message.ack()
                 return

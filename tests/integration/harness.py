@@ -8,18 +8,22 @@ real Ceilometer on the same broker reads, and delete_queues() removes what a run
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pathlib
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 import uuid
+import weakref
 
 import kombu
 import oslo_messaging
@@ -64,6 +68,7 @@ class AgentProcess:
         self.state_path = state_path or workdir / f"state-{host}"
         self.log_file = workdir / f"agent-{host}.log"
         self.config_file = workdir / f"agent-{host}.conf"
+        self.hook_socket = own_hook_socket(self)
         sections: dict[str, dict[str, str]] = {
             "DEFAULT": {"host": host, "state_path": str(self.state_path),
                         "control_exchange": names.control_exchange, "debug": "true",
@@ -77,6 +82,10 @@ class AgentProcess:
             "oslo_messaging_notifications": {
                 "transport_url": transport_url, "driver": "messagingv2",
                 "topics": names.samples_topic},
+            # Never the default /run/lifecycle-stats/hook.sock: on a compute host (one with a
+            # `nova` group) every agent would serve it, and a second one refuses to start.
+            "hook": {"socket_path": str(self.hook_socket),
+                     "socket_group": grp.getgrgid(os.getegid()).gr_name},
         }
         # A list value writes the option once per element (MultiStrOpt, e.g. driver).
         for section, values in (extra or {}).items():
@@ -133,6 +142,14 @@ class AgentProcess:
             return "\n".join(self.log_file.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return "(no agent log)"
+
+
+def own_hook_socket(owner) -> pathlib.Path:
+    """A hook socket path of owner's own, short enough for AF_UNIX (108 bytes, which a
+    pytest tmp_path may exceed), in a directory removed with owner."""
+    directory = tempfile.mkdtemp(prefix="lst-hook-")
+    weakref.finalize(owner, shutil.rmtree, directory, True)
+    return pathlib.Path(directory) / "hook.sock"
 
 
 class BillingConsumer:
@@ -209,11 +226,13 @@ class Nova:
                                     exchange=self.names.nova_exchange, topic=topic,
                                     request=request, action=action)
 
-    def exists(self, guest, host: str, begin, end, *, versioned: bool = False) -> None:
-        """nova's own compute.instance.exists / instance.exists (instance_usage_audit)."""
+    def exists(self, guest, host: str, begin, end, *, versioned: bool = False,
+               task_state: str | None = None) -> None:
+        """nova's own compute.instance.exists / instance.exists (instance_usage_audit; with
+        task_state "resize_reverting": revert_resize's, on the destination)."""
         topic = self.names.versioned_topic if versioned else self.names.legacy_topic
         publish_exists(self.transport, guest, host, begin, end, versioned=versioned,
-                       exchange=self.names.nova_exchange, topic=topic)
+                       exchange=self.names.nova_exchange, topic=topic, task_state=task_state)
 
 
 @contextlib.contextmanager

@@ -31,10 +31,13 @@ def expected_message_id(guest: NovaGuest, request: str | None = None) -> str:
 
 def publish_exists(transport, guest: NovaGuest, host: str, begin, end, *,
                    versioned: bool = False, exchange: str = "nova",
-                   topic: str | None = None) -> None:
-    """nova's own usage audit of guest for (begin, end] (`_instance_usage_audit`)."""
+                   topic: str | None = None, task_state: str | None = None) -> None:
+    """nova's own usage audit of guest for (begin, end] (`_instance_usage_audit`); with
+    task_state "resize_reverting", the exists revert_resize sends on the destination before
+    it destroys the domain there."""
     if versioned:
         payload = versioned_payload(guest, host)
+        payload["nova_object.data"]["task_state"] = task_state
         payload["nova_object.name"], payload["nova_object.version"] = (
             "InstanceExistsPayload", "2.1")
         payload["nova_object.data"]["audit_period"] = {
@@ -45,7 +48,8 @@ def publish_exists(transport, guest: NovaGuest, host: str, begin, end, *,
     else:
         payload = {**legacy_payload(guest, host),
                    "audit_period_beginning": str(begin.replace(tzinfo=None)),
-                   "audit_period_ending": str(end.replace(tzinfo=None))}
+                   "audit_period_ending": str(end.replace(tzinfo=None)),
+                   "state_description": task_state or ""}
         args = ("notifications", f"compute.{host}", "compute.instance.exists")
     send(transport, exchange, topic or args[0], args[1], args[2], payload, {})
 

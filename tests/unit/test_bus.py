@@ -372,3 +372,21 @@ def test_nova_exists_reaches_on_audit_only_when_enrichment_is_on():
     assert len(heard) == 2
     assert counters.snapshot() == {"bus.audits.legacy": 1, "bus.triggers.legacy": 1,
                                    "bus.ignored": 1}
+
+
+@pytest.mark.parametrize("enrich", [True, False])
+def test_a_resize_revert_s_exists_is_read_first_then_its_window_heard(enrich):
+    """nova's revert_resize on the destination sends its exists before destroying: the
+    closing read goes first (it races the destroy), the window after, only if enriching."""
+    exists = {**legacy_payload(str(uuid.uuid4()), HOST), "state_description": "resize_reverting",
+              "audit_period_beginning": "2024-05-01 11:00:00",
+              "audit_period_ending": "2024-05-01 11:41:07"}
+    heard, counters = [], Counters()
+    endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=heard.append, counters=counters,
+                                       clock=lambda: NOW, allow_requeue=False,
+                                       on_audit=heard.append if enrich else None)
+    assert endpoint.info({}, f"compute.{HOST}", "compute.instance.exists", exists, {}) == HANDLED
+    assert [type(h).__name__ for h in heard] == ["DeleteTrigger"] + ["AuditWindow"] * enrich
+    assert heard[0].action == "resize_revert"
+    assert counters.snapshot() == {"bus.triggers.legacy": 1,
+                                   ("bus.audits.legacy" if enrich else "bus.ignored"): 1}

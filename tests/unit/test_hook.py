@@ -152,8 +152,46 @@ def test_both_formats_of_one_request_send_one_trigger(server, recorder, nova):
 @pytest.mark.parametrize("action", hook_protocol.ACTIONS)
 def test_every_start_action_reaches_the_agent_with_its_action(server, recorder, nova, action):
     legacy_type = "compute.instance." + hook_protocol.ACTION_EVENTS[action][0]
-    nova.legacy.info(context.RequestContext(), legacy_type, legacy(new_id()))
+    payload = legacy(new_id())
+    if action in hook_protocol.ACTION_TASK_STATES:  # nova's exists, in that task_state
+        payload = revert_exists(payload["instance_id"], hook_protocol.ACTION_TASK_STATES[action])
+    nova.legacy.info(context.RequestContext(), legacy_type, payload)
     assert [t.action for t in recorder.triggers] == [action]
+
+
+def revert_exists(instance_id, task_state):
+    """nova's exists as revert_resize sends it (notify_usage_exists, current_period=True)."""
+    return {**legacy(instance_id), "state": "resized", "state_description": task_state,
+            "audit_period_beginning": "2026-11-22 02:00:00",
+            "audit_period_ending": "2026-11-22 02:41:07"}
+
+
+def test_defect_9_a_resize_revert_is_read_on_the_destination_before_nova_destroys(
+        server, recorder, nova):
+    """nova's revert_resize on the destination: notify_usage_exists, network teardown, then
+    driver.destroy. The driver must have had the agent read while nova waited in that first
+    notification: resize.revert.start comes later, from the source, with nothing left to
+    read here."""
+    instance = new_id()
+    ctxt = context.RequestContext()
+    nova.legacy.info(ctxt, "compute.instance.exists", revert_exists(instance,
+                                                                   "resize_reverting"))
+    assert [(t.instance_id, t.action) for t in recorder.triggers] == [
+        (instance, "resize_revert")]  # before nova.info returned: before the destroy
+    exists = revert_exists(instance, "resize_reverting")
+    versioned_exists = versioned(instance)
+    versioned_exists["nova_object.name"] = "InstanceExistsPayload"
+    versioned_exists["nova_object.version"] = "2.1"
+    versioned_exists["nova_object.data"]["task_state"] = exists["state_description"]
+    nova.versioned.info(ctxt, "instance.exists", versioned_exists)
+    assert len(recorder.triggers) == 1  # the same revert in its second format
+
+
+@pytest.mark.parametrize("task_state", ["", None, "resize_migrating"])
+def test_other_exists_never_make_nova_wait(server, recorder, nova, task_state):
+    nova.legacy.info(context.RequestContext(), "compute.instance.exists",
+                     revert_exists(new_id(), task_state))
+    assert recorder.triggers == [] and server.counters.snapshot() == {}
 
 
 @pytest.mark.parametrize("event_type,payload,publisher", [

@@ -7,6 +7,7 @@ import pytest
 
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners import nova_notifications as nn
+from lifecycle_stats.records import AuditWindow
 from tests.support.nova import (
     DROP, IDENTITY, changed, legacy_start_payload, versioned_start_payload,
 )
@@ -240,7 +241,9 @@ def test_envelope_time_is_nova_send_time_in_utc(metadata, expected):
 
 # -- process-ending actions and nova's exists (issue 9) -----------------------------------
 
-@pytest.mark.parametrize("event_type, action", sorted(nn.PROCESS_ENDING.items()))
+@pytest.mark.parametrize("event_type, action", sorted(
+    (event, action) for event, action in nn.PROCESS_ENDING.items()
+    if event not in (nn.LEGACY_EXISTS, nn.VERSIONED_EXISTS)))
 def test_every_process_ending_start_becomes_a_trigger_with_its_action(event_type, action):
     if event_type.startswith("compute."):
         payload, publisher = legacy(), f"compute.{HOST}"
@@ -260,7 +263,12 @@ def test_the_list_covers_both_forms_of_each_action():
         nn.VERSIONED_PROCESS_ENDING.values())
     assert {"delete", "power_off", "reboot", "shelve", "rescue", "resize",
             "suspend"} <= set(nn.PROCESS_ENDING.values())
-    assert nn.PROCESS_ENDING["compute.instance.resize.revert.start"] == "resize_revert"
+    assert nn.PROCESS_ENDING["compute.instance.soft_delete.start"] == "soft_delete"
+    assert nn.PROCESS_ENDING["instance.soft_delete.start"] == "soft_delete"
+    # a revert is read on the destination, at nova's exists (below), not at the source's
+    # resize.revert.start, which comes after the destination's domain is gone
+    assert nn.PROCESS_ENDING["compute.instance.exists"] == "resize_revert"
+    assert "compute.instance.resize.revert.start" not in nn.PROCESS_ENDING
 
 
 def exists_versioned(begin="2026-11-22T01:00:00Z", end="2026-11-22T02:00:00Z", **changes):
@@ -311,3 +319,44 @@ def test_actions_narrows_what_is_a_trigger():
                     received_at=NOW, actions=only_deletes) is None
     assert nn.parse("compute.instance.delete.start", f"compute.{HOST}", legacy(), host=HOST,
                     received_at=NOW, actions=only_deletes).action == "delete"
+
+
+# -- resize revert: read on the destination before it destroys (defect 9) ------------------
+
+def revert_exists(form: str, task_state="resize_reverting"):
+    """What nova's revert_resize sends on the destination before driver.destroy:
+    notify_usage_exists(current_period=True), with the instance's task_state."""
+    if form == "legacy":
+        return ("compute.instance.exists", f"compute.{HOST}",
+                legacy(state="resized", state_description=task_state,
+                       audit_period_beginning="2026-11-22 02:00:00",
+                       audit_period_ending="2026-11-22 02:41:07"))
+    return ("instance.exists", f"nova-compute:{HOST}",
+            exists_versioned(begin="2026-11-22T02:00:00Z", end="2026-11-22T02:41:07Z",
+                             state="resized", task_state=task_state))
+
+
+@pytest.mark.parametrize("form", ["legacy", "versioned"])
+def test_defect_9_a_revert_s_exists_on_the_destination_is_its_closing_read_and_a_window(form):
+    event_type, publisher, payload = revert_exists(form)
+    trigger, window = nn.parse_all(event_type, publisher, payload, received_at=NOW)
+    assert (trigger.action, trigger.instance_id, trigger.host) == ("resize_revert", UUID, HOST)
+    assert trigger.identity["tenant_id"] == IDENTITY["tenant_id"]
+    assert (window.instance_id, window.host) == (UUID, HOST)
+    assert window.end == datetime.datetime(2026, 11, 22, 2, 41, 7, tzinfo=datetime.timezone.utc)
+    assert nn.parse(event_type, publisher, payload, host=HOST, received_at=NOW) == trigger
+
+
+@pytest.mark.parametrize("form", ["legacy", "versioned"])
+@pytest.mark.parametrize("task_state", [None, "", "resize_migrating", "rebuilding"])
+def test_any_other_exists_is_only_a_window(form, task_state):
+    event_type, publisher, payload = revert_exists(form, task_state)
+    [window] = nn.parse_all(event_type, publisher, payload, received_at=NOW)
+    assert isinstance(window, AuditWindow) and window.instance_id == UUID
+
+
+def test_a_revert_s_exists_outside_the_wanted_actions_is_only_a_window():
+    event_type, publisher, payload = revert_exists("legacy")
+    [window] = nn.parse_all(event_type, publisher, payload, received_at=NOW,
+                            actions=frozenset({"delete"}))
+    assert isinstance(window, AuditWindow)

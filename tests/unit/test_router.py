@@ -29,6 +29,25 @@ def test_both_forms_of_every_lifecycle_start_are_kept(action):
     assert events.is_lifecycle_start(f"instance.{action}.start")
 
 
+@pytest.mark.parametrize("action", ["soft_delete"])
+def test_soft_delete_is_kept_in_both_forms(action):
+    assert events.is_lifecycle_start(f"compute.instance.{action}.start")
+    assert events.is_lifecycle_start(f"instance.{action}.start")
+
+
+def test_an_exists_is_kept_only_on_a_resize_revert_s_destination():
+    """nova's revert_resize sends its exists on the destination before destroying: the
+    agent there reads then (the one table: hook_protocol.ACTION_EVENTS)."""
+    reverting = {"host": HOST, "state_description": "resize_reverting"}
+    assert events.is_lifecycle_start("compute.instance.exists", reverting)
+    assert events.is_lifecycle_start("instance.exists", {"nova_object.data": {
+        "host": HOST, "task_state": "resize_reverting"}})
+    assert not events.is_lifecycle_start("compute.instance.exists", {"host": HOST,
+                                                                     "state_description": ""})
+    assert not events.is_lifecycle_start("instance.exists", {"nova_object.data": {
+        "host": HOST, "task_state": None}})
+
+
 @pytest.mark.parametrize("event_type", ["compute.instance.update", "instance.update",
                                         "compute.instance.exists", "instance.exists",
                                         "compute.instance.delete.end", "instance.delete.end",
