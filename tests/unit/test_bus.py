@@ -378,7 +378,8 @@ def test_nova_exists_reaches_on_audit_only_when_enrichment_is_on():
 def test_a_resize_revert_s_exists_is_read_first_then_its_window_heard(enrich):
     """nova's revert_resize on the destination sends its exists before destroying: the
     closing read goes first (it races the destroy), the window after, only if enriching."""
-    exists = {**legacy_payload(str(uuid.uuid4()), HOST), "state_description": "resize_reverting",
+    exists = {**legacy_start_payload(str(uuid.uuid4()), HOST),
+              "state_description": "resize_reverting",
               "audit_period_beginning": "2024-05-01 11:00:00",
               "audit_period_ending": "2024-05-01 11:41:07"}
     heard, counters = [], Counters()
