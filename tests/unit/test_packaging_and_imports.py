@@ -22,8 +22,14 @@ BIN = pathlib.Path(sys.executable).parent
 def installed(tmp_path_factory) -> pathlib.Path:
     """site-packages as `pip install .` leaves it (our package only, no dependencies)."""
     root = tmp_path_factory.mktemp("wheel")
+    # Built from a copy without build/ or egg-info: setuptools reuses an in-tree build/lib, so a
+    # stale one from an earlier build would ship modules the checkout no longer has.
+    source = root / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".ceilometer-venv", ".*-venv", "build", "*.egg-info", "__pycache__",
+        ".hypothesis", ".pytest_cache"), symlinks=True)
     subprocess.run([str(BIN / "pip"), "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(root / "dist"), str(REPO)], check=True, cwd=root)
+                    "-w", str(root / "dist"), str(source)], check=True, cwd=root)
     [wheel] = (root / "dist").glob("lifecycle_stats-*.whl")
     site = root / "site"
     with zipfile.ZipFile(wheel) as archive:
