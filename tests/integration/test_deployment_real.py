@@ -6,6 +6,7 @@ real libvirtd and broker, a scrape, SIGHUP, and SIGTERM within the unit's Timeou
 """
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pathlib
@@ -83,7 +84,10 @@ def operator_config(root: pathlib.Path, names: harness.BusNames, rabbit_url: str
             ("notification_listener", "versioned_topic", names.versioned_topic),
             ("oslo_messaging_notifications", "transport_url", rabbit_url),
             ("oslo_messaging_notifications", "driver", "messagingv2"),
-            ("oslo_messaging_notifications", "topics", names.samples_topic)):
+            ("oslo_messaging_notifications", "topics", names.samples_topic),
+            # its own hook socket, never /run/lifecycle-stats/hook.sock (a compute host's)
+            ("hook", "socket_path", str(root / "hook.sock")),
+            ("hook", "socket_group", grp.getgrgid(os.getegid()).gr_name)):
         text = set_option(text, section, key, value)
     path = root / "etc/lifecycle-stats/lifecycle-stats.conf"
     path.parent.mkdir(parents=True)

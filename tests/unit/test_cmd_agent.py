@@ -16,6 +16,11 @@ def test_help_lists_the_config_file_option():
     assert "--config-file" in result.stdout
 
 
+# Never the default hook socket: on a compute host (a `nova` group) a test agent would serve
+# /run/lifecycle-stats/hook.sock, which the host's own agent (or another test's) may hold.
+NO_HOOK = "[hook]\nenabled = false\n"
+
+
 def test_a_bad_option_value_fails_at_start_naming_option_and_value(tmp_path):
     conf = tmp_path / "bad.conf"
     conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n[spool]\nmax_records = plenty\n")
@@ -41,7 +46,7 @@ def test_an_unreachable_libvirt_is_a_clear_error_not_a_traceback(tmp_path):
                     "[libvirt]\nuri = qemu+tcp://127.0.0.1:1/system\n"
                     "connection_retry_attempts = 1\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
-                    "[notification_listener]\ntransport_url = fake://\n")
+                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK)
     result = run("--config-file", str(conf))
     assert result.returncode == 1
     assert "cannot reach libvirt at qemu+tcp://127.0.0.1:1/system" in result.stderr
@@ -59,7 +64,7 @@ def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
     conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\nstatus_interval = 0.5\n"
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
-                    "[notification_listener]\ntransport_url = fake://\n")
+                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK)
     for _ in range(3):
         proc = subprocess.Popen([str(AGENT), "--config-file", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -86,7 +91,7 @@ def test_a_taken_metrics_port_fails_at_start_naming_the_option(tmp_path):
         conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
                         "[libvirt]\nuri = test:///default\n"
                         "[oslo_messaging_notifications]\ndriver = log\n"
-                        "[notification_listener]\ntransport_url = fake://\n"
+                        "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK +
                         f"[metrics]\nport = {port}\n")
         result = run("--config-file", str(conf))
     assert result.returncode == 2
