@@ -35,9 +35,10 @@ def test_soft_delete_is_kept_in_both_forms(action):
     assert events.is_lifecycle_start(f"instance.{action}.start")
 
 
-def test_an_exists_is_kept_only_on_a_resize_revert_s_destination():
+def test_an_exists_is_a_closing_read_only_on_a_resize_revert_s_destination():
     """nova's revert_resize sends its exists on the destination before destroying: the
-    agent there reads then (the one table: hook_protocol.ACTION_EVENTS)."""
+    agent there reads then (the one table: hook_protocol.ACTION_EVENTS). Every exists is
+    routed all the same (is_routed: enrichment)."""
     reverting = {"host": HOST, "state_description": "resize_reverting"}
     assert events.is_lifecycle_start("compute.instance.exists", reverting)
     assert events.is_lifecycle_start("instance.exists", {"nova_object.data": {
