@@ -64,9 +64,10 @@ class Mode:
             nova = kombu.Exchange(self.names.nova_exchange, "topic", durable=False)
             return kombu.Queue(name, durable=False, auto_delete=False, bindings=[
                 kombu.binding(nova, routing_key=f"{topic}.info") for topic in self.names.topics])
-        routed = kombu.Exchange(self.names.router_exchange, "topic", durable=False)
+        # as the router and agents in router mode declare them by default: durable
+        routed = kombu.Exchange(self.names.router_exchange, "topic", durable=True)
         return kombu.Queue(name, exchange=routed, routing_key=events.routing_key(host),
-                           durable=False, auto_delete=False)
+                           durable=True, auto_delete=False)
 
     def start(self) -> None:
         started = time.perf_counter()
@@ -86,13 +87,17 @@ class Mode:
             f"[router]\nqueue = {self.names.router_queue}\n"
             f"nova_exchange = {self.names.nova_exchange}\n"
             f"topics = {','.join(self.names.topics)}\n"
-            f"out_exchange = {self.names.router_exchange}\nstats_interval = 0\n")
+            f"out_exchange = {self.names.router_exchange}\n"
+            f"parking_queue = {self.names.router_queue}-parked\nstats_interval = 0\n"
+            f"[metrics]\nport = 0\n")  # several replicas: no fixed metrics port
         return subprocess.Popen([str(ROUTER), "--config-file", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def expected_agent_deliveries(self, sent: dict) -> int:
         published = sum(sent[kind] for kind, _ in MIX)
-        return published * len(self.hosts) if self.name == "direct" else sent["delete"]
+        # the router hands each host its lifecycle events and its nova exists (enrichment)
+        return published * len(self.hosts) if self.name == "direct" else (
+            sent["delete"] + sent["exists"])
 
     def drained(self, sent: dict) -> bool:
         if self.agents.total() < self.expected_agent_deliveries(sent):
@@ -112,7 +117,8 @@ class Mode:
                     proc.kill()
                     proc.wait(5)
             delete_entities([self.names.agent_queue(h) for h in self.hosts]
-                            + [self.names.router_queue], [])
+                            + [self.names.router_queue, f"{self.names.router_queue}-parked"],
+                            [])
 
 
 
@@ -218,21 +224,23 @@ def projection(results: dict[str, dict], args) -> None:
 
     Model: nova's cluster rate grows with the hosts (per_host_rate each); direct delivers
     every notification to every host; the router takes each once, republishes each delete
-    and delivers it once more."""
+    and each exists (for enrichment) and delivers it once more."""
     c_pub, c_deliv = fit_costs(results)
     router_us = results["router"]["router_us_per_message"]
     delete_share = dict(MIX)["delete"]
+    routed_share = delete_share + dict(MIX)["exists"]
     print(f"\nprojection at {args.per_host_rate:g} nova notifications/s per host "
-          f"({delete_share:.0%} deletes); broker cost fitted from both runs: "
+          f"({delete_share:.0%} deletes, {routed_share:.0%} routed); broker cost fitted "
+          f"from both runs: "
           f"{c_pub:.1f} µs per publish, {c_deliv:.1f} µs per delivery; router "
           f"{router_us:.0f} µs per message:")
     rows = []
     for hosts in (args.agents, 1000, 10000):
         rate = hosts * args.per_host_rate
-        direct_rate, router_rate = hosts * rate, rate * (1 + delete_share)
+        direct_rate, router_rate = hosts * rate, rate * (1 + routed_share)
         rows.append([f"{hosts} hosts", rate, direct_rate,
                      (rate * c_pub + direct_rate * c_deliv) / 1e6, router_rate,
-                     (rate * (1 + delete_share) * c_pub + router_rate * c_deliv) / 1e6,
+                     (rate * (1 + routed_share) * c_pub + router_rate * c_deliv) / 1e6,
                      rate * router_us / 1e6])
     print(_common.table(["", "nova msg/s", "direct deliv/s", "direct broker cores",
                          "router deliv/s", "router broker cores", "router replicas cores"],

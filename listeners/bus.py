@@ -14,8 +14,8 @@ consume from nova's own ``notifications.info`` queue and steal messages from Cei
 
 Costs of that choice an operator should know: every agent receives every INFO notification of
 the ``nova`` exchange (routing keys cannot filter by host), and while an agent is down its
-queue keeps filling; a RabbitMQ policy (message TTL / max-length) on ``lifecycle-stats.*``
-bounds that (etc/rabbitmq/lifecycle-stats-queue-policy.sh: oslo.messaging declares these
+queue keeps filling; a RabbitMQ policy (a message TTL; a length bound would drop delete.start)
+on ``lifecycle-stats.*`` bounds that (etc/rabbitmq/lifecycle-stats-queue-policy.sh: oslo.messaging declares these
 queues without arguments, so the agent cannot). With ``source = router`` the queue binds
 only this host's routing key on the router's exchange (listeners/router), which removes the
 first cost.
@@ -84,6 +84,10 @@ OPTS = [
                     "on router_exchange, fed by lifecycle-stats-router (large sites)."),
     cfg.StrOpt("router_exchange", default="lifecycle_stats",
                help="With source = router: the router's [router] out_exchange."),
+    cfg.BoolOpt("router_durable_queues", default=True,
+                help="With source = router: declare this host's queue (and router_exchange) "
+                     "durable, whatever [oslo_messaging_rabbit] amqp_durable_queues says for "
+                     "the conduits. Must equal the router's [router] durable_host_queues."),
 ]
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
@@ -231,7 +235,7 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
     opts = conf[GROUP]
     own_transport = transport is None
     if own_transport:
-        transport = oslo_messaging.get_notification_transport(conf, url=opts.transport_url)
+        transport = oslo_messaging.get_notification_transport(conf, url=_listener_url(conf))
     try:
         return NotificationListener(
             transport, host=host, on_trigger=on_trigger,
@@ -241,6 +245,15 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
         if own_transport:
             transport.cleanup()
         raise
+
+
+def _listener_url(conf: cfg.ConfigOpts):
+    opts = conf[GROUP]
+    if opts.source == "router" and opts.router_durable_queues:
+        from lifecycle_stats.listeners.router.transport import durable_listener_url
+
+        return durable_listener_url(conf, opts.transport_url)
+    return opts.transport_url
 
 
 def _targets(exchange: str, legacy_topic: str | None,

@@ -14,6 +14,8 @@ done
 # systemd-analyze verifies the shipped unit (tests/unit/test_systemd_unit.py); it needs no
 # systemd running as PID 1.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# openssl makes the certificates of the router's TLS test (tests/integration/test_router_real.py).
+command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' || need+=(python3-dev)
 if ((${#need[@]})); then

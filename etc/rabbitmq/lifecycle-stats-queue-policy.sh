@@ -1,41 +1,79 @@
 #!/bin/sh
 # Bound the agents' per-host queues (lifecycle-stats.<host>) on the RabbitMQ node, as root on
-# a broker node. While an agent is down its queue keeps receiving every INFO notification of
-# nova's exchange; this caps it. oslo.messaging declares topic consumers' queues without
-# arguments (impl_rabbit declare_topic_consumer), so the bound is a policy, not the agent's.
+# a broker node, so that no bound ever drops a delete.start. oslo.messaging declares these
+# queues without arguments (impl_rabbit declare_topic_consumer), so the bound is a policy.
 #
-# An *operator* policy: RabbitMQ combines it with whatever regular policy (HA, quorum, ...)
-# also matches these queues, taking the lower of two limits, instead of one replacing the
-# other. Overflow is RabbitMQ's default, drop-head: the oldest messages go first.
+#   lifecycle-stats-queue-policy.sh [--mode direct|router] [--vhost /]
+#       [--pattern '^lifecycle-stats\.'] [--name lifecycle-stats-queues] [--clear]
+#       direct: [--message-ttl-ms 86400000] [--expires-ms 604800000]
+#       router: [--max-length 100000] [--priority 10]
 #
-#   lifecycle-stats-queue-policy.sh [--vhost /] [--message-ttl-ms 86400000]
-#       [--max-length 100000] [--expires-ms 604800000] [--pattern '^lifecycle-stats\.']
-#       [--name lifecycle-stats-queues] [--clear]
-#
-# message-ttl: a delete.start older than this is dropped (default 1 day).
-# max-length:  at most this many messages wait per host (default 100000).
-# expires:     a queue with no consumer for this long is deleted, e.g. a decommissioned
-#              host's (default 7 days; an agent down longer loses what was queued).
+# --mode direct (default; agents with [notification_listener] source = direct): each queue
+#   receives every INFO notification of nova's exchange. AMQP routes by topic and priority
+#   only (notifications.info), so a length bound cannot tell a delete.start from an
+#   instance.update: max-length drops the oldest message whatever it is, and under real
+#   cluster rates that is a delete.start after minutes of agent downtime. So this mode sets
+#   NO length bound (--max-length is refused), only an age bound: an operator policy with
+#     message-ttl  a message older than this is dropped (default 1 day): a delete.start
+#                  waits for its agent for that long, whatever the rate;
+#     expires      a queue with no consumer for this long is deleted with what it holds
+#                  (default 7 days: a decommissioned host's).
+#   The broker holds rate x TTL messages per down agent: doc/operating.md gives the bytes per
+#   message measured by tests/integration/test_queue_policy_real.py to size it. Large sites
+#   use the router, whose host queues hold only lifecycle events.
+# --mode router (agents with source = router, fed by lifecycle-stats-router): each queue holds
+#   only this host's lifecycle events and nova's exists for it. Two policies:
+#     an operator policy  max-length (default 100000)
+#     a regular policy    overflow: reject-publish (name <name>-overflow, --priority 10)
+#   A full queue refuses new events instead of dropping old ones; the broker nacks the
+#   router's publish and the router parks the event in its parking queue, counted
+#   (lifecycle_stats_router_messages_total{outcome="parked"}). No message-ttl and no expires:
+#   either would drop events silently; delete a decommissioned host's queue by hand.
+#   Only one regular policy applies to a queue: if another one (with a higher priority)
+#   matches these queues, add "overflow": "reject-publish" to it.
+# An operator policy combines with whatever regular policy also matches (the lower limit
+# wins) instead of replacing it; RabbitMQ 3.10 refuses "overflow" in operator policies.
 set -eu
-VHOST=/ TTL=86400000 MAXLEN=100000 EXPIRES=604800000 PATTERN='^lifecycle-stats\.'
-NAME=lifecycle-stats-queues CLEAR=
+MODE=direct VHOST=/ TTL=86400000 MAXLEN=100000 EXPIRES=604800000 PATTERN='^lifecycle-stats\.'
+NAME=lifecycle-stats-queues CLEAR= PRIORITY=10 DIRECT_ONLY= ROUTER_ONLY=
+die() { echo "lifecycle-stats-queue-policy: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || [ "$1" = --clear ] || die "$1 needs a value"
   case "$1" in
+    --mode) MODE=$2; shift 2 ;;
     --vhost) VHOST=$2; shift 2 ;;
-    --message-ttl-ms) TTL=$2; shift 2 ;;
-    --max-length) MAXLEN=$2; shift 2 ;;
-    --expires-ms) EXPIRES=$2; shift 2 ;;
+    --message-ttl-ms) TTL=$2; DIRECT_ONLY="$DIRECT_ONLY $1"; shift 2 ;;
+    --expires-ms) EXPIRES=$2; DIRECT_ONLY="$DIRECT_ONLY $1"; shift 2 ;;
+    --max-length) MAXLEN=$2; ROUTER_ONLY="$ROUTER_ONLY $1"; shift 2 ;;
+    --priority) PRIORITY=$2; ROUTER_ONLY="$ROUTER_ONLY $1"; shift 2 ;;
     --pattern) PATTERN=$2; shift 2 ;;
     --name) NAME=$2; shift 2 ;;
     --clear) CLEAR=1; shift ;;
-    *) echo "lifecycle-stats-queue-policy: unknown argument $1" >&2; exit 2 ;;
+    *) die "unknown argument $1" ;;
   esac
 done
-for n in "$TTL" "$MAXLEN" "$EXPIRES"; do
-  case "$n" in ''|*[!0-9]*) echo "lifecycle-stats-queue-policy: not a number: $n" >&2; exit 2 ;; esac
+case "$MODE" in
+  direct) [ -z "$ROUTER_ONLY" ] || die "--mode direct:$ROUTER_ONLY would drop delete.start" \
+            "(a length bound cannot tell it from nova's other INFO messages)" ;;
+  router) [ -z "$DIRECT_ONLY" ] || die "--mode router:$DIRECT_ONLY would drop lifecycle" \
+            "events silently" ;;
+  *) die "--mode must be direct or router, not $MODE" ;;
+esac
+for n in "$TTL" "$MAXLEN" "$EXPIRES" "$PRIORITY"; do
+  case "$n" in ''|*[!0-9]*) die "not a number: $n" ;; esac
 done
+ctl() { rabbitmqctl -q "$@"; }
 if [ -n "$CLEAR" ]; then
-  exec rabbitmqctl -q clear_operator_policy -p "$VHOST" "$NAME"
+  ctl clear_operator_policy -p "$VHOST" "$NAME"
+  ctl clear_policy -p "$VHOST" "$NAME-overflow" 2>/dev/null || true
+  exit 0
 fi
+if [ "$MODE" = direct ]; then
+  ctl clear_policy -p "$VHOST" "$NAME-overflow" 2>/dev/null || true
+  exec rabbitmqctl -q set_operator_policy -p "$VHOST" --apply-to queues "$NAME" "$PATTERN" \
+    "{\"message-ttl\": $TTL, \"expires\": $EXPIRES}"
+fi
+ctl set_policy -p "$VHOST" --apply-to queues --priority "$PRIORITY" "$NAME-overflow" \
+  "$PATTERN" '{"overflow": "reject-publish"}'
 exec rabbitmqctl -q set_operator_policy -p "$VHOST" --apply-to queues "$NAME" "$PATTERN" \
-  "{\"message-ttl\": $TTL, \"max-length\": $MAXLEN, \"expires\": $EXPIRES}"
+  "{\"max-length\": $MAXLEN}"

@@ -316,7 +316,7 @@ def test_options_are_listed_for_the_sample_config():
     names = {opt.name: opt for opt in opts}
     assert set(names) == {"transport_url", "exchange", "legacy_topic", "versioned_topic",
                           "listen_legacy", "listen_versioned", "pool", "allow_requeue",
-                          "source", "router_exchange"}
+                          "source", "router_exchange", "router_durable_queues"}
     assert names["source"].default == "direct"
     assert names["transport_url"].secret and names["pool"].default is None
     assert names["allow_requeue"].default is False

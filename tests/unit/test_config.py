@@ -12,6 +12,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SAMPLES = {  # generator config -> the sample it writes
     "lifecycle-stats.conf": ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats.conf.sample",
     "nova-driver.conf": ROOT / "etc" / "nova" / "nova.conf.lifecycle-stats.sample",
+    "lifecycle-stats-router.conf":
+        ROOT / "etc" / "lifecycle-stats" / "lifecycle-stats-router.conf.sample",
 }
 
 
