@@ -15,11 +15,11 @@ def list_opts():
     from lifecycle_stats.capture import flush, poller
     from lifecycle_stats.usage import closer
     from lifecycle_stats.publishing import samples, signing, spool_options
-    from lifecycle_stats.listeners import bus, hook_server, libvirt_events
+    from lifecycle_stats.listeners import bus, hook_server
 
     return [
         ("DEFAULT", agent.OPTS),
-        ("libvirt", list(itertools.chain(hypervisor.OPTS, libvirt_events.OPTS))),
+        ("libvirt", hypervisor.OPTS),
         ("poller", poller.OPTS),
         ("flush", flush.OPTS),
         ("usage", closer.OPTS),

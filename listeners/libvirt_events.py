@@ -15,7 +15,6 @@ import time
 from typing import Callable
 
 import libvirt
-from oslo_config import cfg
 
 from lifecycle_stats import exceptions, records, threads
 from lifecycle_stats.counters import Counters
@@ -27,15 +26,6 @@ from lifecycle_stats.listeners.libvirt_event_names import (  # noqa: F401 (re-ex
 from lifecycle_stats.reading import hypervisor
 
 LOG = logging.getLogger(__name__)
-
-OPTS = [
-    cfg.IntOpt("keepalive_interval", default=5, min=1,
-               help="Seconds between keepalive probes on the event connection."),
-    cfg.IntOpt("keepalive_count", default=3, min=1,
-               help="Unanswered keepalive probes before the connection counts as dead."),
-    cfg.FloatOpt("reconnect_max_wait", default=10.0, min=0.1,
-                 help="Longest wait, in seconds, between two reconnect attempts."),
-]
 
 _NO_SUPPORT = 3  # VIR_ERR_NO_SUPPORT: local drivers (test://) have no keepalive
 
@@ -120,12 +110,13 @@ class LifecycleListener:
     @classmethod
     def from_conf(cls, conf, on_event, on_reconnect=None, counters=None,
                   **kwargs) -> "LifecycleListener":
-        """Built from [libvirt] uri (defined elsewhere) and this module's OPTS.
+        """Built from the [libvirt] group (uri, keepalive_*, reconnect_max_wait), which the
+        reading room defines (reading/hypervisor.py) and registers here if needed.
 
         kwargs (clock, sleep, open_connection) pass through to the constructor.
         """
-        conf.register_opts(OPTS, group="libvirt")
-        group = conf.libvirt
+        conf.register_opts(hypervisor.OPTS, group=hypervisor.GROUP)
+        group = conf[hypervisor.GROUP]
         return cls(group.uri, on_event, on_reconnect=on_reconnect, counters=counters,
                    keepalive_interval=group.keepalive_interval,
                    keepalive_count=group.keepalive_count,

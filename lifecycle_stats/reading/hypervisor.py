@@ -32,6 +32,13 @@ OPTS = [
                     "drops; the connection is reopened before each retry."),
     cfg.FloatOpt("connection_retry_max_wait", default=2.0, min=0.0,
                  help="Upper bound in seconds of the exponential wait between reconnects."),
+    # the event connection's (listeners/libvirt_events.py): one [libvirt] group, defined here
+    cfg.IntOpt("keepalive_interval", default=5, min=1,
+               help="Seconds between keepalive probes on the event connection."),
+    cfg.IntOpt("keepalive_count", default=3, min=1,
+               help="Unanswered keepalive probes before the connection counts as dead."),
+    cfg.FloatOpt("reconnect_max_wait", default=10.0, min=0.1,
+                 help="Longest wait, in seconds, between two reconnect attempts."),
 ]
 
 # Transport failures: the socket to libvirtd broke ("Cannot write data: Broken pipe" is

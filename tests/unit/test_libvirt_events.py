@@ -17,6 +17,7 @@ from oslo_config import cfg
 from lifecycle_stats import exceptions
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.listeners import libvirt_events as le
+from lifecycle_stats.reading import hypervisor
 
 T0 = datetime.datetime(2026, 11, 21, 9, 0, tzinfo=datetime.timezone.utc)
 EVENT_NAMES = ("DEFINED", "UNDEFINED", "STARTED", "SUSPENDED", "RESUMED", "STOPPED",
@@ -430,9 +431,8 @@ def test_bad_settings_fail_in_constructor(kw):
 
 def test_from_conf_reads_libvirt_group():
     conf = cfg.ConfigOpts()
-    conf.register_opt(cfg.StrOpt("uri", default="qemu:///system"), group="libvirt")
     conf([], project="lifecycle-stats-test", default_config_files=[])
-    conf.register_opts(le.OPTS, group="libvirt")
+    conf.register_opts(hypervisor.OPTS, group=hypervisor.GROUP)  # the reading room's group
     conf.set_override("uri", "test:///default", group="libvirt")
     conf.set_override("keepalive_interval", 11, group="libvirt")
     conf.set_override("keepalive_count", 4, group="libvirt")
@@ -451,9 +451,11 @@ def test_from_conf_reads_libvirt_group():
         listener.stop()
 
 
-def test_options_have_sane_defaults_and_no_uri():
-    names = {opt.name: opt.default for opt in le.OPTS}
-    assert names == {"keepalive_interval": 5, "keepalive_count": 3, "reconnect_max_wait": 10.0}
+def test_the_event_connections_options_are_the_libvirt_groups():
+    names = {opt.name: opt.default for opt in hypervisor.OPTS}
+    assert {key: names[key] for key in ("keepalive_interval", "keepalive_count",
+                                        "reconnect_max_wait")} == {
+        "keepalive_interval": 5, "keepalive_count": 3, "reconnect_max_wait": 10.0}
 
 
 def test_ensure_event_loop_is_idempotent():
