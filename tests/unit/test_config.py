@@ -82,3 +82,17 @@ def test_bad_usage_settings_name_the_option(tmp_path, values, option):
     conf(["--config-file", str(bad)])
     with pytest.raises(ConfigError, match=option):
         period_closer.settings(conf["usage"])
+
+
+def test_each_option_group_is_defined_once_by_the_module_that_owns_it():
+    """opts.list_opts names every group once, and each group's options are one module's own
+    OPTS list (not a mix assembled there): that module is where to add an option."""
+    from lifecycle_stats import opts
+
+    listed = opts.list_opts()  # imports every module that owns a group
+    groups = [group for group, _ in listed]
+    assert len(groups) == len(set(groups))
+    owners = {id(module.OPTS): name for name, module in list(sys.modules.items())
+              if name.startswith("lifecycle_stats.")
+              and isinstance(getattr(module, "OPTS", None), list)}
+    assert [group for group, options in listed if id(options) not in owners] == []
