@@ -230,7 +230,7 @@ def test_direct_mode_ages_messages_out(rabbit_url, names):
 def test_router_mode_full_host_queue_parks_events(rabbit_url):
     """A host queue at its max-length (agent down for long) refuses new events; the router
     parks each in its parking queue, counted, instead of the broker dropping the oldest."""
-    from tests.integration.test_router_real import Site, wait_for
+    from tests.integration.router_site import Site, wait_for
 
     site = Site(rabbit_url)
     name = f"lst-qp-{uuid.uuid4().hex[:8]}"

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 
-from tests.unit.test_systemd_unit import exec_start_argv, unit_settings
+from tests.support.systemd_unit import exec_start_argv, unit_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UNIT = ROOT / "etc" / "systemd" / "lifecycle-stats-router.service"
