@@ -105,3 +105,23 @@ def test_a_product_module_importing_test_scaffolding_breaks_the_contract(install
                               "from tests.support import guests")
     assert result.returncode != 0
     assert "lifecycle_stats.cmd.leak -> tests" in result.stdout
+
+
+def test_no_test_module_imports_another():
+    """Fakes, nova's payloads and buses live once, in tests/support/ (or an integration helper
+    module such as harness.py); a test module never imports from a test module."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            offenders += [f"{path.relative_to(REPO)}: {name}" for name in names
+                          if name.startswith("tests.") and
+                          name.rsplit(".", 1)[-1].startswith("test_")]
+    assert offenders == []
