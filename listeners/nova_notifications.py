@@ -25,11 +25,12 @@ fixed path of at most three nested dicts is looked at, dict sizes and kept strin
 from __future__ import annotations
 
 import datetime
-import uuid
 from typing import Any, Mapping
 
 from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
+from lifecycle_stats.listeners import nova_fields as field
+from lifecycle_stats.listeners.nova_fields import MAX_COUNT, MAX_KEYS, MAX_STRING  # noqa: F401
 from lifecycle_stats.records import AuditWindow, DeleteTrigger
 
 LEGACY_DELETE_START = "compute.instance.delete.start"
@@ -51,11 +52,8 @@ EXISTS_OBJECT, EXISTS_MAJOR = "InstanceExistsPayload", "2"
 LEGACY_PUBLISHER_PREFIX = "compute."
 VERSIONED_PUBLISHER_PREFIX = "nova-compute:"
 
-MAX_KEYS = 1024  # nova's payloads have ~40 keys; more is not nova
-MAX_STRING = 255  # nova's own column limit for display_name, host, flavor name
 INT_FIELDS = ("memory_mb", "vcpus", "root_gb", "ephemeral_gb")
 IDENTITY_FIELDS = ("tenant_id", "user_id", "display_name", "instance_type") + INT_FIELDS
-MAX_COUNT = 2**63 - 1
 
 
 def classify(event_type: object) -> str:
@@ -144,12 +142,12 @@ def _trigger(event_type: str, kind: str, publisher_id: object, payload: object,
              announced_at: datetime.datetime | None, objects: str | frozenset[str],
              major: str) -> DeleteTrigger:
     if kind == "legacy":
-        fields = _mapping(payload, "payload")
-        instance_id = _instance_uuid(fields, "instance_id")
+        fields = field.mapping(payload, "payload")
+        instance_id = field.instance_uuid(fields, "instance_id")
         identity = _identity(fields, fields)
     else:
         fields = _versioned_data(payload, objects, major)
-        instance_id = _instance_uuid(fields, "uuid")
+        instance_id = field.instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
     return DeleteTrigger(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
@@ -169,7 +167,7 @@ def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
     for value in candidates:
         if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
             try:
-                return _encodable(value, "request_id", lenient=False)
+                return field.encodable(value, "request_id", lenient=False)
             except RejectedMessage:
                 continue
     return None
@@ -182,61 +180,40 @@ def _audit_window(event_type: str, kind: str, publisher_id: object, payload: obj
     if not isinstance(publisher_id, str) or not publisher_id.startswith(prefix):
         return None
     if kind == "legacy":
-        fields = _mapping(payload, "payload")
-        instance_id, period = _instance_uuid(fields, "instance_id"), fields
+        fields = field.mapping(payload, "payload")
+        instance_id, period = field.instance_uuid(fields, "instance_id"), fields
     else:
         fields = _versioned_data(payload, EXISTS_OBJECT, EXISTS_MAJOR)
-        instance_id = _instance_uuid(fields, "uuid")
-        period = _mapping(_mapping(fields.get("audit_period"), "audit_period")
+        instance_id = field.instance_uuid(fields, "uuid")
+        period = field.mapping(field.mapping(fields.get("audit_period"), "audit_period")
                           .get("nova_object.data"), "audit_period nova_object.data")
     origin = _origin_host(fields, publisher_id)
     if origin is None:
         return None
-    begin = _time(period.get("audit_period_beginning"), "audit_period_beginning")
-    end = _time(period.get("audit_period_ending"), "audit_period_ending")
+    begin = field.timestamp(period.get("audit_period_beginning"), "audit_period_beginning")
+    end = field.timestamp(period.get("audit_period_ending"), "audit_period_ending")
     if end <= begin:
         raise RejectedMessage(f"audit period ends ({end}) before it begins ({begin})")
     return AuditWindow(instance_id=instance_id, event_type=event_type, host=origin,
                        begin=begin, end=end, received_at=received_at)
 
 
-def _time(value: object, key: str) -> datetime.datetime:
-    """nova's "2026-11-22 01:00:00" (legacy str()) or "2026-11-22T01:00:00Z" (versioned)."""
-    if not isinstance(value, str) or len(value) > 40:
-        raise RejectedMessage(f"{key} must be a date-time string, got {_short(value)}")
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise RejectedMessage(f"{key} is not a date-time: {_short(value)}") from None
-    if moment.tzinfo is None:  # nova's naive datetimes are UTC
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)
-
-
-def _mapping(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise RejectedMessage(f"{where} must be a dict, got {type(value).__name__}")
-    if len(value) > MAX_KEYS:
-        raise RejectedMessage(f"{where} has {len(value)} keys, more than {MAX_KEYS}")
-    return value
-
-
 def _versioned_data(payload: object, objects: str | frozenset[str] = VERSIONED_OBJECTS,
                     major: str = VERSIONED_MAJOR) -> Mapping[str, Any]:
-    envelope = _mapping(payload, "payload")
+    envelope = field.mapping(payload, "payload")
     objects = frozenset({objects}) if isinstance(objects, str) else objects
     name = envelope.get("nova_object.name")
     if not isinstance(name, str) or name not in objects:  # a list is unhashable
         raise RejectedMessage(
-            f"payload nova_object.name {_short(name)} is not one of {sorted(objects)}")
+            f"payload nova_object.name {field.short(name)} is not one of {sorted(objects)}")
     namespace = envelope.get("nova_object.namespace", "nova")
     if namespace != "nova":
-        raise RejectedMessage(f"payload nova_object.namespace {_short(namespace)} is not 'nova'")
+        raise RejectedMessage(f"payload nova_object.namespace {field.short(namespace)} is not 'nova'")
     version = envelope.get("nova_object.version", major + ".0")
     if not isinstance(version, str) or version.split(".", 1)[0] != major:
         raise RejectedMessage(
-            f"payload nova_object.version {_short(version)} is not a {major}.x version")
-    return _mapping(envelope.get("nova_object.data"), "payload nova_object.data")
+            f"payload nova_object.version {field.short(version)} is not a {major}.x version")
+    return field.mapping(envelope.get("nova_object.data"), "payload nova_object.data")
 
 
 def _flavor_data(fields: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -244,7 +221,7 @@ def _flavor_data(fields: Mapping[str, Any]) -> Mapping[str, Any]:
     flavor = fields.get("flavor")
     if flavor is None:
         return {}
-    data = _mapping(_mapping(flavor, "flavor").get("nova_object.data"),
+    data = field.mapping(field.mapping(flavor, "flavor").get("nova_object.data"),
                     "flavor nova_object.data")
     renamed = {key: data[key] for key in INT_FIELDS if key in data}
     if "name" in data:
@@ -252,69 +229,23 @@ def _flavor_data(fields: Mapping[str, Any]) -> Mapping[str, Any]:
     return renamed
 
 
-def _instance_uuid(fields: Mapping[str, Any], key: str) -> str:
-    value = fields.get(key)
-    if not isinstance(value, str):
-        raise RejectedMessage(f"{key} must be a UUID string, got {_short(value)}")
-    if len(value) > 45:
-        raise RejectedMessage(f"{key} is not a UUID: {len(value)} characters")
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise RejectedMessage(f"{key} is not a UUID: {_short(value)}") from None
-
-
 def _identity(fields: Mapping[str, Any], flavor: Mapping[str, Any]) -> dict[str, Any]:
     """tenant/user/name from the instance fields, flavor figures from ``flavor``; None or
     absent fields are left out, wrongly typed ones reject the message."""
     found: dict[str, Any] = {}
     for key in ("tenant_id", "user_id"):
-        _put(found, key, _string(fields.get(key), key, truncate=False))
-    _put(found, "display_name", _string(fields.get("display_name"), "display_name", truncate=True))
-    _put(found, "instance_type", _string(flavor.get("instance_type"), "instance_type",
+        _put(found, key, field.text(fields.get(key), key, truncate=False))
+    _put(found, "display_name", field.text(fields.get("display_name"), "display_name", truncate=True))
+    _put(found, "instance_type", field.text(flavor.get("instance_type"), "instance_type",
                                           truncate=False))
     for key in INT_FIELDS:
-        _put(found, key, _count(flavor.get(key), key))
+        _put(found, key, field.count(flavor.get(key), key))
     return found
 
 
 def _put(found: dict[str, Any], key: str, value: object) -> None:
     if value is not None:
         found[key] = value
-
-
-def _string(value: object, key: str, *, truncate: bool) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RejectedMessage(f"{key} must be a string, got {type(value).__name__}")
-    if len(value) > MAX_STRING:
-        if not truncate:
-            raise RejectedMessage(f"{key} is {len(value)} characters, more than {MAX_STRING}")
-        value = value[:MAX_STRING]
-    return _encodable(value, key, lenient=truncate)
-
-
-def _encodable(value: str, key: str, *, lenient: bool) -> str:
-    """JSON may carry lone surrogates ("\\ud800" escapes, kept by json.loads), which no UTF-8
-    spool, file or bus can encode: a lenient field gets U+FFFD for each, others reject."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        if not lenient:
-            raise RejectedMessage(f"{key} is not valid Unicode (lone surrogates)") from None
-        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
-    return value
-
-
-def _count(value: object, key: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RejectedMessage(f"{key} must be an integer, got {type(value).__name__}")
-    if not 0 <= value <= MAX_COUNT:
-        raise RejectedMessage(f"{key} must be between 0 and {MAX_COUNT}, got {_short(value)}")
-    return value
 
 
 def _origin_host(fields: Mapping[str, Any], publisher_id: object) -> str | None:
@@ -325,7 +256,7 @@ def _origin_host(fields: Mapping[str, Any], publisher_id: object) -> str | None:
         value = fields["host"]
         if value is None:
             return None
-        host = _string(value, "host", truncate=False)
+        host = field.text(value, "host", truncate=False)
         if not host:
             raise RejectedMessage("host must not be empty")
         return host
@@ -335,14 +266,3 @@ def _origin_host(fields: Mapping[str, Any], publisher_id: object) -> str | None:
         if publisher_id.startswith(prefix) and len(publisher_id) > len(prefix):
             return publisher_id[len(prefix):]
     return None
-
-
-def _short(value: object) -> str:
-    """A bounded repr for error messages (the value came from the bus)."""
-    if isinstance(value, str):
-        return repr(value[:60]) + ("..." if len(value) > 60 else "")
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"<int of {value.bit_length()} bits>"
-    if isinstance(value, (int, float, bool, type(None))):
-        return repr(value)
-    return f"<{type(value).__name__}>"
