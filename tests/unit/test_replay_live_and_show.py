@@ -127,7 +127,8 @@ def test_run_brief_says_what_each_notification_captured(capsys):
 
 
 def test_live_sends_the_recorded_request_context(tmp_path):
-    """nova's request_id (in the context) tells delete attempts apart: it must survive."""
+    """nova's request_id (in the context) tells delete attempts apart: --recorded-ids keeps
+    it (fresh ones by default: test_replay_inputs.py)."""
     path = tmp_path / "ctx.lsrec"
     with open(path, "wb") as stream:
         writer = fmt.RecordingWriter(stream, {"host": "h1", "started_at":
@@ -140,7 +141,7 @@ def test_live_sends_the_recorded_request_context(tmp_path):
     heard, server = listen(transport, "leg")
     try:
         live.publish(fmt.read(str(path)), transport, speed=0, exchange="nova-x",
-                     topics={"legacy": "leg"}, progress=io.StringIO())
+                     topics={"legacy": "leg"}, progress=io.StringIO(), recorded_ids=True)
         with heard.cond:
             heard.cond.wait_for(lambda: heard.contexts, 5)
     finally:
