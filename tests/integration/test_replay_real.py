@@ -134,7 +134,7 @@ def test_record_replay_and_live_replay_to_the_real_agent(
         status = agent.wait_for(
             lambda s: s.get("counters", {}).get("flush.final") == 4, 20, "a second run")
         assert not status["counters"].get("flush.duplicates"), status["counters"]
-        # --recorded-ids resends the first run's ids: the agent knows them all.
+        # --recorded-ids sends the recorded ids: the second such run is all duplicates.
         live("--recorded-ids")
         live("--recorded-ids")
         status = agent.wait_for(
