@@ -64,7 +64,12 @@ def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
     conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\nstatus_interval = 0.5\n"
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
-                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK)
+                    "[notification_listener]
+transport_url = fake://
+" + NO_HOOK
+                    + "[metrics]
+port = 0
+")  # other agents run on this machine
     for _ in range(3):
         proc = subprocess.Popen([str(AGENT), "--config-file", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -111,6 +116,7 @@ def test_a_file_at_the_hook_socket_path_is_a_clear_error_and_is_kept(tmp_path):
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
                     "[notification_listener]\ntransport_url = fake://\n"
+                    "[metrics]\nport = 0\n"
                     f"[hook]\nsocket_path = {occupied}\n"
                     f"socket_group = {grp.getgrgid(os.getegid()).gr_name}\n")
     result = run("--config-file", str(conf))
