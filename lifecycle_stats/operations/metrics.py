@@ -35,6 +35,7 @@ POLL_COUNTER = "poller.polls"  # incremented after each successful bulk poll
 CAPTURE_KINDS = ("final", "last_known", "unavailable")
 FORMATS = ("legacy", "versioned")
 ACTIONS = tuple(ACTION_EVENTS)
+CLOSING_ACTIONS = tuple(a for a in ACTIONS if a != "delete")  # capture/closing_reads.py
 EXISTS_SOURCES = (exists.AGENT_PERIOD, exists.NOVA_AUDIT, exists.DELETED)
 # capture.flush.Outcome's values, and `error` when the handler raised (timed() below)
 FLUSH_OUTCOMES = ("final", "last_known", "unavailable", "flagged", "duplicate", "not_nova",
@@ -45,8 +46,9 @@ CONDUITS = object()  # known values: the configured conduits
 LABELLED = (
     (re.compile(r"flush\.(final|last_known|unavailable)$"), "captures", "kind",
      "delete.samples captured, by capture kind"),
-    (re.compile(r"flush\.action\.(\w+)$"), "flush_actions", "action",
-     "process-ending announcements handled (captured, cached or dropped), by nova action"),
+    (re.compile(r"flush\.action\.(\w+)$"), "closing_reads", "action",
+     "closing readings of a QEMU process nova announced it would stop (not a delete), "
+     "by nova action"),
     (re.compile(r"bus\.triggers\.(\w+)$"), "bus_triggers", "format",
      "delete.start triggers received for this host, by notification format"),
     (re.compile(r"bus\.audits\.(\w+)$"), "bus_audits", "format",
@@ -64,7 +66,7 @@ LABELLED = (
     (re.compile(r"usage\.exists\.(\w+)$"), "usage_exists", "source",
      "usage exists notifications spooled, by source"),
 )
-KNOWN_LABELS = {"captures": CAPTURE_KINDS, "flush_actions": ACTIONS, "bus_triggers": FORMATS,
+KNOWN_LABELS = {"captures": CAPTURE_KINDS, "closing_reads": CLOSING_ACTIONS, "bus_triggers": FORMATS,
                 "bus_audits": FORMATS, "hook_triggers": ACTIONS, "conduit_sent": CONDUITS,
                 "conduit_retries": CONDUITS, "conduit_errors": CONDUITS,
                 "conduit_rejected": CONDUITS, "usage_exists": EXISTS_SOURCES}

@@ -243,7 +243,7 @@ def test_label_values_are_labels_not_parts_of_names():
     assert got[("lifecycle_stats_conduit_errors_total",
                 frozenset({("conduit", "messagingv2")}))] == 1
     assert got[("lifecycle_stats_conduit_rejected_total", frozenset({("conduit", "log")}))] == 1
-    assert got[("lifecycle_stats_flush_actions_total", frozenset({("action", "shelve")}))] == 1
+    assert got[("lifecycle_stats_closing_reads_total", frozenset({("action", "shelve")}))] == 1
     assert got[("lifecycle_stats_hook_triggers_total", frozenset({("action", "delete")}))] == 1
     assert got[("lifecycle_stats_bus_audits_total", frozenset({("format", "versioned")}))] == 1
     assert got[("lifecycle_stats_usage_exists_total",
