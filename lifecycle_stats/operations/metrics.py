@@ -26,7 +26,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 from prometheus_client.registry import Collector
 
 from lifecycle_stats.counters import LATENCY_BUCKETS, Counters, HistogramSnapshot
-from lifecycle_stats.listeners.nova.protocol import ACTION_EVENTS
+from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.publishing import exists
 
 PREFIX = "lifecycle_stats_"
@@ -34,12 +34,14 @@ FLUSH_DURATION = "flush.duration"  # histogram name in Counters: FLUSH_DURATION.
 POLL_COUNTER = "poller.polls"  # incremented after each successful bulk poll
 CAPTURE_KINDS = ("final", "last_known", "unavailable")
 FORMATS = ("legacy", "versioned")
-ACTIONS = tuple(ACTION_EVENTS)
+# nova's stop actions (listeners/nova/protocol.ACTION_EVENTS; operations may not import the
+# listeners, tests/unit/test_metrics.py checks the two agree)
+ACTIONS = ("delete", "power_off", "reboot", "rebuild", "shelve", "shelve_offload", "rescue",
+           "unrescue", "resize", "resize_revert", "suspend")
 CLOSING_ACTIONS = tuple(a for a in ACTIONS if a != "delete")  # capture/closing_reads.py
 EXISTS_SOURCES = (exists.AGENT_PERIOD, exists.NOVA_AUDIT, exists.DELETED)
-# capture.flush.Outcome's values, and `error` when the handler raised (timed() below)
-FLUSH_OUTCOMES = ("final", "last_known", "unavailable", "flagged", "duplicate", "not_nova",
-                  "error")
+# the pipeline's outcomes, and `error` when the handler raised (timed() below)
+FLUSH_OUTCOMES = (*(o.value for o in Outcome), "error")
 CONDUITS = object()  # known values: the configured conduits
 
 # (counter name pattern, family, label, help): one family per pattern, the group is the label.

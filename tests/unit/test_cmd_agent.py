@@ -64,12 +64,8 @@ def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
     conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\nstatus_interval = 0.5\n"
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
-                    "[notification_listener]
-transport_url = fake://
-" + NO_HOOK
-                    + "[metrics]
-port = 0
-")  # other agents run on this machine
+                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK
+                    + "[metrics]\nport = 0\n")  # other agents run on this machine
     for _ in range(3):
         proc = subprocess.Popen([str(AGENT), "--config-file", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
