@@ -37,7 +37,7 @@ FORMATS = ("legacy", "versioned")
 # nova's stop actions (listeners/nova/protocol.ACTION_EVENTS; operations may not import the
 # listeners, tests/unit/test_metrics.py checks the two agree)
 ACTIONS = ("delete", "power_off", "reboot", "rebuild", "shelve", "shelve_offload", "rescue",
-           "unrescue", "resize", "resize_revert", "suspend")
+           "unrescue", "resize", "suspend", "soft_delete", "resize_revert")
 CLOSING_ACTIONS = tuple(a for a in ACTIONS if a != "delete")  # capture/closing_reads.py
 EXISTS_SOURCES = (exists.AGENT_PERIOD, exists.NOVA_AUDIT, exists.DELETED)
 # the pipeline's outcomes, and `error` when the handler raised (timed() below)

@@ -12,8 +12,8 @@ import pytest
 from lifecycle_stats.emitters import file
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.publishing import signing
-from tests.integration.test_full_disk import fill, small_fs  # noqa: F401 (fixture)
-from tests.unit.test_conduits import SECRET, conf_with, notification
+from tests.support.tmpfs import fill, small_fs  # noqa: F401 (small_fs: a fixture)
+from tests.support.conduits import SECRET, conf_with, notification
 
 
 def test_a_disk_full_midway_through_a_record_fails_the_send_and_cuts_nothing(small_fs):

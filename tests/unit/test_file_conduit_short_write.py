@@ -7,13 +7,13 @@ import sys
 import textwrap
 
 from lifecycle_stats.publishing import signing
-from tests.unit.test_conduits import SECRET
+from tests.support.conduits import SECRET
 
 CHILD = textwrap.dedent("""
     import json, os, resource, signal, sys
     from lifecycle_stats.emitters import file
     from lifecycle_stats.exceptions import EmitError
-    from tests.unit.test_conduits import SECRET, conf_with, notification
+    from tests.support.conduits import SECRET, conf_with, notification
 
     path = sys.argv[1]
     emitter = file.FileEmitter(conf_with(file_emitter={"path": path, "max_bytes": 0}))

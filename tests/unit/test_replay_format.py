@@ -12,26 +12,7 @@ import pytest
 
 from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import format as fmt
-
-RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
-SINGLE = RECORDINGS / "single-delete.lsrec"
-HEADER = {"host": "h1", "started_at": "2026-11-22T00:00:00.000000+00:00"}
-
-
-def write(entries, monotonic_values=None) -> bytes:
-    stream = io.BytesIO()
-    stream.close = lambda: None
-    ticks = iter(monotonic_values or itertools.count(0.0, 0.5))
-    writer = fmt.RecordingWriter(stream, HEADER, monotonic=lambda: next(ticks))
-    indexes = [writer.write(kind, **fields) for kind, fields in entries]
-    assert indexes == list(range(len(entries)))
-    return stream.getvalue()
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.support.recordings import HEADER, SINGLE, run_cli, write
 
 
 def test_round_trip_keeps_header_entries_and_offsets(tmp_path):

@@ -14,8 +14,7 @@ from oslo_config import cfg
 from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import live
 from lifecycle_stats.replay import format as fmt
-from tests.unit.test_replay_format import SINGLE, run_cli, write
-from tests.unit.test_replay_live_and_show import BURST, listen
+from tests.support.recordings import BURST, SINGLE, listen, run_cli, write
 
 PROG = "lifecycle-stats-replay"
 

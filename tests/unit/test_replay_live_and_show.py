@@ -13,22 +13,8 @@ from oslo_config import cfg
 from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import live
 from lifecycle_stats.replay import format as fmt
+from tests.support.recordings import BURST, RECORDINGS, listen
 
-RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
-BURST = RECORDINGS / "burst-of-deletes.lsrec"
-
-
-class Heard:
-    def __init__(self):
-        self.messages = []
-        self.contexts = []
-        self.cond = threading.Condition()
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self.cond:
-            self.messages.append((publisher_id, event_type, payload))
-            self.contexts.append(ctxt)
-            self.cond.notify_all()
 
 
 class FakeTime:
@@ -42,15 +28,6 @@ class FakeTime:
     def sleep(self, seconds):
         self.slept.append(round(seconds, 6))
         self.now += seconds
-
-
-def listen(transport, topic):
-    heard = Heard()
-    server = oslo_messaging.get_notification_listener(
-        transport, [oslo_messaging.Target(exchange="nova-x", topic=topic)], [heard],
-        executor="threading", pool=f"test-{topic}")
-    server.start()
-    return heard, server
 
 
 def test_live_publishes_every_nova_message_on_its_topic_at_the_recorded_pace():

@@ -8,7 +8,7 @@ import pytest
 
 from lifecycle_stats.cmd import verify
 from lifecycle_stats.publishing import signing
-from tests.unit.test_conduits import SECRET, notification
+from tests.support.conduits import SECRET, notification
 
 
 @pytest.fixture
