@@ -2,12 +2,15 @@
 
 One line per sample, the same signed dict Ceilometer's polling agent and UDP publisher carry,
 keys sorted. emit() returns after the lines are fsynced, so the spool drops a record only once
-it is on disk. Before a write would take the file past `max_bytes`, it is rotated like
+it is on disk. A write the filesystem takes only in part (disk full, file size limit) is a
+failed send: the file is cut back to where the record began, so no truncated line stays, and
+the record stays in the spool for the next attempt. Before a write would take the file past `max_bytes`, it is rotated like
 logging's RotatingFileHandler: path -> path.1 -> ... -> path.<backup_count> (oldest dropped).
 `lifecycle-stats-verify FILE` checks every line's signature.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -54,12 +57,7 @@ class FileEmitter(Emitter):
         try:
             with self._lock:
                 self._rotate_if_full(len(data))
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                try:
-                    os.write(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                append_whole(self.path, data)
         except OSError as exc:
             raise EmitError(f"cannot write {self.path}: {exc}") from exc
 
@@ -75,3 +73,29 @@ class FileEmitter(Emitter):
             if os.path.exists(older):
                 os.replace(older, f"{self.path}.{n + 1}")
         os.replace(self.path, f"{self.path}.1")
+
+
+def append_whole(path: str, data: bytes) -> None:
+    """Append data and fsync, or leave the file as it was and raise OSError."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)  # a partial line would corrupt the next one appended
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short count is retried, so a full disk ends
+    in the OSError (ENOSPC, EFBIG) of the next call rather than in a silently cut line."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, f"write took {written} of {len(view)} bytes")
+        view = view[written:]

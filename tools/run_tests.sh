@@ -17,6 +17,10 @@ step "1b/4 interop: .ceilometer-venv with the pinned Ceilometer (cached by a sta
 bash tools/ceilometer_venv.sh
 step "2/4 hypervisor: libvirtd + QEMU (qemu:///system)"
 CI=${CI:-} LIFECYCLE_STATS_TEST_HOST=${LIFECYCLE_STATS_TEST_HOST:-} bash tools/setup_hypervisor.sh
+if [ "${CI:-}" = true ] || [ "${LIFECYCLE_STATS_TEST_HOST:-}" = 1 ]; then
+  step "2b/4 systemd rootfs: Debian for the unit test under systemd-nspawn (cached by a stamp)"
+  bash tools/systemd_rootfs.sh >/dev/null
+fi
 step "3/4 broker: RabbitMQ on 127.0.0.1:5672, vhost lifecycle-stats-test"
 bash tools/start_rabbitmq.sh
 step "4/4 pytest (unit, functional, integration, interop)"

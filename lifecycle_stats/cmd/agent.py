@@ -16,6 +16,8 @@ from lifecycle_stats.operations import reload, sd_notify
 from lifecycle_stats.exceptions import ConfigError, HypervisorError
 
 LOG = log.getLogger(__name__)
+EXIT_UNAVAILABLE = 1  # libvirt unreachable, cannot start: systemd retries (Restart=)
+EXIT_CONFIG = 2  # a configuration error: RestartPreventExitStatus= in the shipped unit
 
 
 def parse_config(argv, prog: str) -> cfg.ConfigOpts:
@@ -27,32 +29,44 @@ def parse_config(argv, prog: str) -> cfg.ConfigOpts:
     return conf
 
 
+def check_values(conf: cfg.ConfigOpts) -> None:
+    """Read every registered option once: oslo.config converts a value when it is first read,
+    so a bad one would otherwise surface whenever its code first runs (a traceback at start,
+    exit 1, restarted for ever) instead of as a configuration error now."""
+    for name in list(conf):
+        value = conf[name]
+        if isinstance(value, cfg.ConfigOpts.GroupAttr):
+            for option in list(value):
+                value[option]
+
+
 def main(argv=None) -> int:
     from lifecycle_stats.agent import Agent
 
     argv = sys.argv[1:] if argv is None else argv
     try:
         conf = parse_config(argv, "lifecycle-stats-agent")
-        agent = Agent(conf)
+        agent = Agent(conf)  # registers the conduits' options too
+        check_values(conf)
     except (cfg.Error, ConfigError, ValueError) as exc:
         print(f"lifecycle-stats-agent: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     stopping, reloading = threading.Event(), threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: reloading.set())  # before start: never fatal
     try:
         agent.start()
-    except (HypervisorError, ConfigError) as exc:
+    except (HypervisorError, ConfigError, cfg.Error) as exc:
         what = (f"cannot reach libvirt at {conf.libvirt.uri}" if isinstance(exc, HypervisorError)
                 else "configuration error")
         print(f"lifecycle-stats-agent: {what}: {exc}", file=sys.stderr)
         agent.stop()
-        return 1 if isinstance(exc, HypervisorError) else 2
+        return EXIT_UNAVAILABLE if isinstance(exc, HypervisorError) else EXIT_CONFIG
     except OSError as exc:  # e.g. no permission to create the hook socket's directory
         print(f"lifecycle-stats-agent: cannot start: {exc}", file=sys.stderr)
         agent.stop()
-        return 1
+        return EXIT_UNAVAILABLE
     sd_notify.notify("READY=1")
     run_until(stopping, reloading, conf)
     LOG.info("signal received: finishing flushes in flight")

@@ -66,6 +66,7 @@ def build_conf(state_path: str):
     conf.set_override("audit_period", AUDIT_PERIOD, group="usage")
     conf.set_override("socket_path", f"{state_path}/hook/hook.sock", group="hook")
     conf.set_override("socket_group", "", group="hook")  # the demo's own group; no nova here
+    conf.set_override("port", 0, group="metrics")  # beside a real agent on its default port
     log.set_defaults(default_log_levels=["lifecycle_stats=WARNING", "oslo_messaging=WARNING"])
     log.setup(conf, "lifecycle-stats")
     return conf

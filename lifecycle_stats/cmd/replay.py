@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import queue
 import signal
@@ -25,6 +26,29 @@ DEFAULT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 
 class CommandError(Exception):
     """A failure the user can act on; printed as one line."""
+
+
+def seconds(minimum: float, inclusive: bool):
+    """An argparse type: a finite number of at least (or above) minimum."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(
+                f"{text} is not a finite number {'>=' if inclusive else '>'} {minimum:g}")
+        return value
+    return parse
+
+
+def read_recording(path: str) -> fmt.Recording:
+    """fmt.read, saying on stderr how much of a recording with a cut last frame is kept."""
+    recording = fmt.read(path)
+    if recording.cut is not None:
+        print(f"{PROG}: warning: {recording.cut}; salvaged the {len(recording.entries)} "
+              "entries before it", file=sys.stderr)
+    return recording
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +71,11 @@ def _record_parser(rec: argparse.ArgumentParser) -> None:
     rec.add_argument("--pool", default=None,
                      help="pool (queue) prefix of the recorder's own queues "
                           "(default: lifecycle-stats-replay.<host>)")
-    rec.add_argument("--poll-interval", type=float, default=60.0,
+    rec.add_argument("--poll-interval", type=seconds(0, inclusive=False), default=60.0,
                      help="seconds between bulk polls, as the agent's [poller] interval")
     rec.add_argument("--domain-prefix", default="",
                      help="record only domains whose libvirt name starts with this")
-    rec.add_argument("--duration", type=float, default=None,
+    rec.add_argument("--duration", type=seconds(0, inclusive=False), default=None,
                      help="stop after this many seconds (default: at Ctrl-C / SIGTERM)")
 
 
@@ -70,10 +94,13 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("--live", action="store_true",
                      help="publish the nova notifications onto --url instead of replaying")
     _bus_args(run)
-    run.add_argument("--speed", type=float, default=1.0,
+    run.add_argument("--speed", type=seconds(0, inclusive=True), default=1.0,
                      help="--live pace: 1 as recorded, 10 ten times faster, 0 at once")
     run.add_argument("--as-host", default=None,
                      help="--live: send as this compute host instead of the recorded one")
+    run.add_argument("--recorded-ids", action="store_true",
+                     help="--live: send the recorded message and request ids (default: fresh "
+                          "ones each run, so a second run is not all duplicates)")
 
 
 def _bus_args(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +194,7 @@ def _record_until_stopped(rec, args) -> None:
 
 
 def cmd_run(args) -> int:
-    recording = fmt.read(args.recording)
+    recording = read_recording(args.recording)
     if args.live:
         return _run_live(args, recording)
     from lifecycle_stats.replay import player
@@ -225,13 +252,11 @@ def _run_brief(recording: fmt.Recording, secret: dict):
 def _run_live(args, recording: fmt.Recording) -> int:
     from lifecycle_stats.replay import live
 
-    if args.speed < 0:
-        raise SystemExit(f"{PROG}: --speed must be >= 0")
     transport = _transport(args.url)
     try:
         summary = live.publish(recording, transport, speed=args.speed,
                                exchange=args.exchange, topics=_topics(args),
-                               as_host=args.as_host)
+                               as_host=args.as_host, recorded_ids=args.recorded_ids)
     except live.PublishError as exc:
         raise CommandError(f"{args.url.split('@')[-1]}: {exc}") from None
     finally:
@@ -243,7 +268,7 @@ def _run_live(args, recording: fmt.Recording) -> int:
 def cmd_show(args) -> int:
     from lifecycle_stats.replay import timeline
 
-    recording = fmt.read(args.recording)
+    recording = read_recording(args.recording)
     for line in timeline.lines(recording):
         print(line)
     return 0
@@ -263,6 +288,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # `show ... | head`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # -o in a missing directory, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

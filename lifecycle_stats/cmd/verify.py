@@ -4,7 +4,9 @@ Reads JSON lines (the file conduit's output, or notifications dumped one per lin
 element of a `payload.samples` list is checked) or listens for UDP datagrams (the udp conduit,
 or Ceilometer's own UDP publisher). The secret comes from `[publisher] telemetry_secret` of
 --config-file (the agent's or Ceilometer's), or from --secret-file; never from the command line,
-where other users would see it. Exit 0: everything checked was valid; 1: an invalid signature
+where other users would see it. No secret is an error, never a fallback: an empty or missing
+secret file, or a config that sets no (or an empty) telemetry_secret -- Ceilometer's public
+default would make a forged record pass. Exit 0: everything checked was valid; 1: an invalid signature
 or an unreadable record; 2: usage error or nothing to check.
 """
 from __future__ import annotations
@@ -96,14 +98,30 @@ def datagrams(target: str, count: int, timeout: float, tally: Tally,
                 print(f"udp#{number}: unreadable: {exc}", file=out)
 
 
+class SecretError(Exception):
+    """No secret to check with: checking would report anything, forgeries included, valid."""
+
+
 def read_secret(args) -> str:
     if args.secret_file:
         with open(args.secret_file, encoding="utf-8") as handle:
-            return handle.read().strip()
+            secret = handle.read().strip()
+        if not secret:
+            raise SecretError(f"the secret file {args.secret_file} is empty")
+        return secret
     conf = cfg.ConfigOpts()
     signing.register_opts(conf)
-    conf([], project="lifecycle-stats", default_config_files=[args.config_file])
-    return conf.publisher.telemetry_secret
+    conf(["--config-file", args.config_file], project="lifecycle-stats",
+         default_config_files=[])
+    where = conf.get_location("telemetry_secret", "publisher")
+    if where is None or where.location == cfg.Locations.opt_default:
+        raise SecretError(f"{args.config_file} sets no [publisher] telemetry_secret: the "
+                          f"agent would sign with Ceilometer's public default, which proves "
+                          f"nothing (put that value in a --secret-file to check it anyway)")
+    secret = conf.publisher.telemetry_secret
+    if not secret:
+        raise SecretError(f"[publisher] telemetry_secret in {args.config_file} is empty")
+    return secret
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,7 +144,7 @@ def main(argv=None, out=None) -> int:
         return 2
     try:
         secret = read_secret(args)
-    except (OSError, cfg.Error) as exc:
+    except (OSError, cfg.Error, SecretError) as exc:
         print(f"lifecycle-stats-verify: cannot read the secret: {exc}", file=sys.stderr)
         return 2
     tally = Tally()

@@ -1,9 +1,12 @@
 """Where the metrics go: an HTTP endpoint for Prometheus and/or a textfile for node_exporter.
 
-`[metrics] port` 0 (the default) keeps the endpoint off: several agents, tests and demos may
-share a machine, and a fixed port would make the second one fail to start. Operators set a
-port (9891 in the shipped sample and doc/operating.md); the listener binds `[metrics] listen`,
-127.0.0.1 unless changed, because the figures describe the host's tenants' activity.
+The endpoint is on by default, as exporters are: `[metrics] port` DEFAULT_PORT on `[metrics]
+listen` 127.0.0.1 (a scrape reveals the host's delete rate: widen it to a management
+address, not to every interface). 0 turns it off. The exporters' registry (Prometheus wiki,
+"Default port allocations") has allocated all of 9100-9999; 9891 is on none of the exporters
+an OpenStack compute host runs (node 9100, libvirt 9177, openstack 9180/9198, process 9256,
+smartctl 9633, rabbitmq 9419/15692, haproxy 9101, mysqld 9104, ovn 9476, systemd 9558).
+Tests and demos that start several agents on one machine give each port 0 or a free port.
 """
 from __future__ import annotations
 
@@ -20,14 +23,14 @@ from lifecycle_stats.operations.metrics import AgentCollector
 
 LOG = logging.getLogger(__name__)
 GROUP = "metrics"
+DEFAULT_PORT = 9891
 
 OPTS = [
     cfg.HostAddressOpt("listen", default="127.0.0.1",
                        help="Address the Prometheus endpoint binds. Keep it on loopback (or a "
                             "management network): a scrape reveals this host's delete rate."),
-    cfg.PortOpt("port", default=0,
-                help="TCP port of the Prometheus endpoint (GET /metrics); 0 turns it off. "
-                     "9891 is the suggested value."),
+    cfg.PortOpt("port", default=DEFAULT_PORT,
+                help="TCP port of the Prometheus endpoint (GET /metrics); 0 turns it off."),
     cfg.StrOpt("textfile", default=None, mutable=True,
                help="Also write the metrics to this file (node_exporter's textfile "
                     "collector, e.g. /var/lib/node_exporter/textfile/lifecycle_stats.prom), "

@@ -5,8 +5,12 @@ status file shows into metric families each time it is collected. Names follow P
 conventions (prefix `lifecycle_stats_`, counters end in `_total`, durations in `_seconds`);
 labels are bounded sets (capture kind, conduit, connection), never an instance id.
 
-Counters map by rule: the labelled families below, and any other counter `a.b` becomes
-`lifecycle_stats_a_b_total`, so a counter added later is exported without touching this file.
+Counters map by rule: a counter whose name carries a value (`sender.<conduit>.errors`,
+`flush.action.<action>`, `usage.exists.<source>`, ...) is one family with that value as a
+label (LABELLED); any other counter `a.b` becomes `lifecycle_stats_a_b_total`, so a counter
+added later is exported without touching this file. Every family is there from the first
+scrape: the known label values (KNOWN_LABELS) and the agent's counters (KNOWN_COUNTERS) start
+at 0, so rate() and alerts see them before the first event.
 """
 from __future__ import annotations
 
@@ -21,23 +25,70 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, InfoMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
-from lifecycle_stats.counters import Counters, HistogramSnapshot
+from lifecycle_stats.counters import LATENCY_BUCKETS, Counters, HistogramSnapshot
+from lifecycle_stats.interfaces import Outcome
+from lifecycle_stats.publishing import exists
 
 PREFIX = "lifecycle_stats_"
 FLUSH_DURATION = "flush.duration"  # histogram name in Counters: FLUSH_DURATION.<outcome>
 POLL_COUNTER = "poller.polls"  # incremented after each successful bulk poll
 CAPTURE_KINDS = ("final", "last_known", "unavailable")
+FORMATS = ("legacy", "versioned")
+# nova's stop actions (listeners/nova/protocol.ACTION_EVENTS; operations may not import the
+# listeners, tests/unit/test_metrics.py checks the two agree)
+ACTIONS = ("delete", "power_off", "reboot", "rebuild", "shelve", "shelve_offload", "rescue",
+           "unrescue", "resize", "suspend", "soft_delete", "resize_revert")
+CLOSING_ACTIONS = tuple(a for a in ACTIONS if a != "delete")  # capture/closing_reads.py
+EXISTS_SOURCES = (exists.AGENT_PERIOD, exists.NOVA_AUDIT, exists.DELETED)
+# the pipeline's outcomes, and `error` when the handler raised (timed() below)
+FLUSH_OUTCOMES = (*(o.value for o in Outcome), "error")
+CONDUITS = object()  # known values: the configured conduits
 
 # (counter name pattern, family, label, help): one family per pattern, the group is the label.
 LABELLED = (
     (re.compile(r"flush\.(final|last_known|unavailable)$"), "captures", "kind",
      "delete.samples captured, by capture kind"),
+    (re.compile(r"flush\.action\.(\w+)$"), "closing_reads", "action",
+     "closing readings of a QEMU process nova announced it would stop (not a delete), "
+     "by nova action"),
     (re.compile(r"bus\.triggers\.(\w+)$"), "bus_triggers", "format",
      "delete.start triggers received for this host, by notification format"),
+    (re.compile(r"bus\.audits\.(\w+)$"), "bus_audits", "format",
+     "nova's exists audits received for this host, by notification format"),
+    (re.compile(r"hook\.triggers\.(\w+)$"), "hook_triggers", "action",
+     "announcements received from nova's notifier driver, by nova action"),
     (re.compile(r"sender\.(.+)\.sent$"), "conduit_sent", "conduit",
      "notifications confirmed by a conduit"),
     (re.compile(r"sender\.(.+)\.retries$"), "conduit_retries", "conduit",
      "failed delivery attempts that were retried, by conduit"),
+    (re.compile(r"sender\.(.+)\.errors$"), "conduit_errors", "conduit",
+     "delivery attempts that failed unexpectedly (a conduit bug), by conduit"),
+    (re.compile(r"sender\.(.+)\.rejected$"), "conduit_rejected", "conduit",
+     "notifications a conduit refused for good (moved to the rejects), by conduit"),
+    (re.compile(r"usage\.exists\.(\w+)$"), "usage_exists", "source",
+     "usage exists notifications spooled, by source"),
+)
+KNOWN_LABELS = {"captures": CAPTURE_KINDS, "closing_reads": CLOSING_ACTIONS, "bus_triggers": FORMATS,
+                "bus_audits": FORMATS, "hook_triggers": ACTIONS, "conduit_sent": CONDUITS,
+                "conduit_retries": CONDUITS, "conduit_errors": CONDUITS,
+                "conduit_rejected": CONDUITS, "usage_exists": EXISTS_SOURCES}
+# The agent's unlabelled counters (tests/unit/test_metrics.py checks the code for more).
+KNOWN_COUNTERS = (
+    "bus.connect_errors", "bus.handler_errors", "bus.host_mismatch",
+    "bus.ignored", "bus.rejected", "bus.requeued", "bus.requeued_at_stop",
+    "events.handler_errors", "events.start_reads", "events.stop_read_missed",
+    "events.stop_reads", "flush.action_missed", "flush.deferred", "flush.duplicates",
+    "flush.flagged", "flush.metadata_unusable", "flush.not_nova", "flush.read_errors", "hook.busy", "hook.deferred",
+    "hook.handler_errors", "hook.ignored", "hook.late_replies", "hook.read_errors",
+    "hook.rejected", "inspector.torn_reads", "inspector.unreadable", "inspector.vanished",
+    "libvirt.disconnects", "libvirt.reconnect_errors", "libvirt.reconnects",
+    "libvirt.resync_errors", "metadata.malformed", "metadata.read_errors",
+    "metadata.rejected", "poller.errors", "poller.polls", "spool.corrupt", "spool.duplicate",
+    "spool.over_bound", "spool.put", "spool.quarantined", "spool.rejects.capture",
+    "spool.shed", "status.write_errors", "usage.exists_duplicates", "usage.exists_incomplete",
+    "usage.final_exists_errors", "usage.ledger_errors", "usage.nova_exists_after_final",
+    "usage.nova_exists_unknown", "usage.period_errors", "usage.periods_closed",
+    "usage.pre_end_poll_errors",
 )
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -62,6 +113,7 @@ class AgentCollector(Collector):
         self._snapshot = snapshot_fn
         self._counters = counters
         self._clock = clock
+        self._created = clock()  # the poll age counts from here until the first poll
 
     def describe(self) -> list[Metric]:
         return []  # collected lazily: registering must not call the agent's snapshot
@@ -81,13 +133,13 @@ class AgentCollector(Collector):
 
     def _poll_families(self) -> Iterator[Metric]:
         last = self._counters.changed_at(POLL_COUNTER)
-        if last is None:  # no successful poll yet: absent rather than a made-up age
-            return
         yield GaugeMetricFamily(PREFIX + "last_successful_poll_timestamp_seconds",
-                                "when the last bulk poll succeeded (epoch seconds)", value=last)
+                                "when the last bulk poll succeeded (epoch seconds); 0: none "
+                                "yet", value=last or 0.0)
         yield GaugeMetricFamily(PREFIX + "last_successful_poll_age_seconds",
-                                "seconds since the last bulk poll succeeded",
-                                value=max(0.0, self._clock() - last))
+                                "seconds since the last bulk poll succeeded (before the "
+                                "first: since the agent started)",
+                                value=max(0.0, self._clock() - (last or self._created)))
 
 
 def _build_info() -> Metric:
@@ -99,24 +151,25 @@ def _build_info() -> Metric:
 def counter_families(values: dict[str, int], conduits: list[str]) -> Iterator[Metric]:
     labelled = {family: CounterMetricFamily(PREFIX + family, help_text, labels=[label])
                 for _, family, label, help_text in LABELLED}
-    seen: dict[str, set[str]] = {family: set() for family in labelled}
-    for name, value in sorted(values.items()):
+    counts: dict[str, dict[str, int]] = {
+        family: dict.fromkeys(conduits if known is CONDUITS else known, 0)
+        for family, known in KNOWN_LABELS.items()}
+    plain = dict.fromkeys(KNOWN_COUNTERS, 0)
+    for name, value in values.items():
         for pattern, family, _, _ in LABELLED:
             match = pattern.match(name)
             if match:
-                labelled[family].add_metric([match.group(1)], value)
-                seen[family].add(match.group(1))
+                counts[family][match.group(1)] = value
                 break
         else:
-            yield CounterMetricFamily(metric_name(name)[:-len("_total")],
-                                      f"agent counter {name}", value=value)
-    # Known label values start at 0, so rate() and alerts see them before the first event.
-    for family, label_values in (("captures", CAPTURE_KINDS), ("conduit_sent", conduits),
-                                 ("conduit_retries", conduits)):
-        for value in label_values:
-            if value not in seen[family]:
-                labelled[family].add_metric([value], 0)
+            plain[name] = value
+    for family, by_value in counts.items():
+        for label_value, value in sorted(by_value.items()):
+            labelled[family].add_metric([label_value], value)
     yield from labelled.values()
+    for name, value in sorted(plain.items()):
+        yield CounterMetricFamily(metric_name(name)[:-len("_total")],
+                                  f"agent counter {name}", value=value)
 
 
 def spool_families(spool: dict[str, Any]) -> Iterator[Metric]:
@@ -164,10 +217,12 @@ def flush_duration_family(histograms: dict[str, HistogramSnapshot]) -> Metric:
     family = HistogramMetricFamily(
         PREFIX + "flush_duration_seconds",
         "delete.start handled: received to spooled (or dropped), by outcome", labels=["outcome"])
-    for name, hist in sorted(histograms.items()):
-        if name.startswith(FLUSH_DURATION + "."):
-            family.add_metric([name[len(FLUSH_DURATION) + 1:]], _cumulative(hist),
-                              sum_value=hist.total)
+    empty = HistogramSnapshot(LATENCY_BUCKETS, (0,) * (len(LATENCY_BUCKETS) + 1), 0.0)
+    observed = {name[len(FLUSH_DURATION) + 1:]: hist for name, hist in histograms.items()
+                if name.startswith(FLUSH_DURATION + ".")}
+    for outcome in sorted({*FLUSH_OUTCOMES, *observed}):
+        hist = observed.get(outcome, empty)
+        family.add_metric([outcome], _cumulative(hist), sum_value=hist.total)
     return family
 
 

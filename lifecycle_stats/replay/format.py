@@ -4,17 +4,22 @@ Layout: the 8 bytes MAGIC, then frames. A frame is a 4-byte big-endian length fo
 that many bytes of one msgpack map. The first frame is the header (format_version, host,
 libvirt/QEMU versions, started_at); every later frame is one entry with `t` (seconds since
 started_at) and `kind`. Each frame is written whole and flushed, so a recorder stopped at
-any moment leaves a file whose every frame is complete; a frame cut short (a killed
-process, a truncated copy) is detected by its length and reported with its offset.
+any moment leaves a file whose every frame is complete; a last frame cut short (a killed
+process, a truncated copy, a full disk) is detected by its length: the frames before it are
+salvaged and Recording.cut says where and why. A file that cannot be opened, a bad frame
+before the end, and a value of the wrong type in a record are RecordingErrors.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import struct
 import threading
 import time
-from typing import Any, BinaryIO, Callable, Iterator
+import types
+import typing
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 
 import msgpack
 
@@ -39,8 +44,9 @@ KINDS = frozenset({NOVA, LIBVIRT, READING, INSTANCE, POLL, AGENT})
 class RecordingError(Exception):
     """The recording cannot be read; str() is one line naming the file and offset."""
 
-    def __init__(self, path: str, offset: int, reason: str):
-        super().__init__(f"{path}: offset {offset}: {reason}")
+    def __init__(self, path: str, offset: int | None, reason: str):
+        super().__init__(f"{path}: {reason}" if offset is None
+                         else f"{path}: offset {offset}: {reason}")
         self.path = path
         self.offset = offset
         self.reason = reason
@@ -60,6 +66,7 @@ class Recording:
     path: str
     header: dict[str, Any]
     entries: list[Entry]
+    cut: RecordingError | None = None  # a cut last frame: the entries are those before it
 
     @property
     def started_at(self) -> datetime.datetime:
@@ -87,10 +94,12 @@ def reading_to_data(reading: DomainReading) -> dict[str, Any]:
 
 def reading_from_data(data: dict[str, Any]) -> DomainReading:
     fields = dict(data)
-    fields["disks"] = tuple(DiskStats(**d) for d in fields["disks"])
-    fields["vnics"] = tuple(VnicStats(**v) for v in fields["vnics"])
+    fields["disks"] = tuple(typed(DiskStats, d) for d in _listed(fields, "disks"))
+    fields["vnics"] = tuple(typed(VnicStats, v) for v in _listed(fields, "vnics"))
+    if not isinstance(fields.get("read_at"), str):
+        raise TypeError(f"read_at must be a string, got {fields.get('read_at')!r:.40}")
     fields["read_at"] = parse_time(fields["read_at"])
-    return DomainReading(**fields)
+    return typed(DomainReading, fields)
 
 
 def info_to_data(info: InstanceInfo) -> dict[str, Any]:
@@ -99,8 +108,51 @@ def info_to_data(info: InstanceInfo) -> dict[str, Any]:
 
 def info_from_data(data: dict[str, Any]) -> InstanceInfo:
     fields = dict(data)
-    fields["flavor"] = Flavor(**fields["flavor"])
-    return InstanceInfo(**fields)
+    fields["flavor"] = typed(Flavor, fields["flavor"])
+    return typed(InstanceInfo, fields)
+
+
+def _listed(fields: dict[str, Any], key: str) -> list:
+    if not isinstance(fields[key], (list, tuple)):
+        raise TypeError(f"{key} must be a list, got {type(fields[key]).__name__}")
+    return fields[key]
+
+
+def typed(cls: type, fields: Any):
+    """cls(**fields) when every value has its field's declared type (a counter that is a
+    string, a flag that is a number, would otherwise reach the agent's arithmetic)."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"{cls.__name__} must be a map, got {type(fields).__name__}")
+    hints = _hints(cls)
+    for name, value in fields.items():
+        if name in hints and not _has_type(value, hints[name]):
+            raise TypeError(f"{cls.__name__}.{name} has the wrong type: {value!r:.40}")
+    return cls(**fields)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is not None and issubclass(origin, Mapping) and len(args) == 2:
+        return isinstance(value, Mapping) and all(
+            _has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+    return True  # converted before (tuples of records, times) or not a plain value
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -152,17 +204,36 @@ def open_writer(path: str, header: dict[str, Any]) -> RecordingWriter:
 # -- reading ------------------------------------------------------------------------------
 
 def read(path: str) -> Recording:
-    """The whole recording, checked; raises RecordingError naming the first bad offset."""
-    with open(path, "rb") as stream:
-        data = stream.read()
-    frames = _frames(path, data)
+    """The whole recording, checked; raises RecordingError naming the first bad offset.
+    A last frame cut short is no error: the entries before it are kept (Recording.cut)."""
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise RecordingError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    frames, cut = _frames(path, data), None
     try:
         offset, header = next(frames)
     except StopIteration:
         raise RecordingError(path, len(MAGIC), "no header: the file ends after the magic")
+    except _Cut as exc:
+        raise exc.error from None  # nothing before the header to salvage
     _check_header(path, offset, header)
-    entries = [_entry(path, index, offset, obj) for index, (offset, obj) in enumerate(frames)]
-    return Recording(path=path, header=header, entries=entries)
+    entries = []
+    try:
+        for offset, obj in frames:
+            entries.append(_entry(path, len(entries), offset, obj))
+    except _Cut as exc:
+        cut = exc.error
+    return Recording(path=path, header=header, entries=entries, cut=cut)
+
+
+class _Cut(Exception):
+    """The file ends inside a frame."""
+
+    def __init__(self, error: RecordingError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _frames(path: str, data: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -171,15 +242,15 @@ def _frames(path: str, data: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
     offset = len(MAGIC)
     while offset < len(data):
         if len(data) - offset < _LENGTH.size:
-            raise RecordingError(path, offset, "truncated: frame length cut short")
+            raise _Cut(RecordingError(path, offset, "truncated: frame length cut short"))
         (size,) = _LENGTH.unpack_from(data, offset)
         if size > MAX_FRAME:
             raise RecordingError(path, offset, f"corrupt: frame length {size} exceeds "
                                                f"{MAX_FRAME}")
         body = data[offset + _LENGTH.size: offset + _LENGTH.size + size]
         if len(body) < size:
-            raise RecordingError(path, offset, f"truncated: frame of {size} bytes has only "
-                                               f"{len(body)}")
+            raise _Cut(RecordingError(path, offset, f"truncated: frame of {size} bytes has "
+                                                    f"only {len(body)}"))
         yield offset, _unpack(path, offset, body)
         offset += _LENGTH.size + size
 

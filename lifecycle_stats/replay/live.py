@@ -2,9 +2,15 @@
 pace or `speed` times faster — a load generator for the agent and for billing pipelines.
 
 Each notification goes to nova's exchange on the topic it was heard on, with its recorded
-publisher_id, event_type, payload and message id, as nova-compute sent it
-(transport._send_notification, as the demo's nova does (cmd/demo_nova.py), so the envelope keeps
-nova's publisher_id). `as_host` replays a recording as another compute host.
+publisher_id, event_type and payload, as nova-compute sent it (transport._send_notification,
+as the demo's nova does (cmd/demo_nova.py), so the envelope keeps nova's publisher_id).
+`as_host` replays a recording as another compute host.
+
+Ids are fresh for every run: each message gets a new message_id, and each recorded request
+id (request_id, global_request_id, in the context and the payload) a new one, the same
+wherever it recurs, so the legacy and versioned announcements of one delete still make one
+event while a second run is not all duplicates of the first. `recorded_ids` sends the
+recorded ones (to reproduce a duplicate, or compare with the recorded outputs).
 """
 from __future__ import annotations
 
@@ -13,10 +19,12 @@ import dataclasses
 import statistics
 import sys
 import time
+import uuid
 from typing import IO, Any, Callable
 
 from lifecycle_stats.records import isotime, utcnow
 from lifecycle_stats.replay import format as fmt
+
 
 class PublishError(Exception):
     """The bus refused a notification; str() says how far the replay got."""
@@ -83,14 +91,46 @@ def rehost(entry: dict[str, Any], old: str, new: str) -> dict[str, Any]:
     return out
 
 
+class FreshIds:
+    """This run's ids: a new message id per message, one new request id per recorded one."""
+
+    REQUEST_KEYS = ("request_id", "global_request_id")
+
+    def __init__(self) -> None:
+        self._requests: dict[str, str] = {}
+
+    def request(self, recorded: str) -> str:
+        if recorded not in self._requests:
+            self._requests[recorded] = f"req-{uuid.uuid4()}"
+        return self._requests[recorded]
+
+    def renew(self, value: Any) -> Any:
+        """A copy of value (context, payload) with every request id replaced."""
+        if isinstance(value, dict):
+            return {k: self.request(v) if k in self.REQUEST_KEYS and isinstance(v, str)
+                    else self.renew(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.renew(v) for v in value]
+        return value
+
+    def message(self, context: dict[str, Any], message: dict[str, Any]):
+        return self.renew(context), {**message, "message_id": str(uuid.uuid4()),
+                                     "payload": self.renew(message["payload"])}
+
+
 def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str = "nova",
             topics: dict[str, str] | None = None, as_host: str | None = None,
-            progress: IO[str] = sys.stderr, monotonic: Callable[[], float] = time.monotonic,
+            recorded_ids: bool = False, progress: IO[str] = sys.stderr, monotonic: Callable[[], float] = time.monotonic,
             sleep: Callable[[float], None] = time.sleep) -> Summary:
     """speed: 1 is the recorded pace, 10 ten times faster, 0 as fast as the bus takes them.
-    Every entry is checked before the first is sent (fmt.RecordingError names a bad one)."""
+    Every entry is checked before the first is sent (fmt.RecordingError names a bad one).
+    recorded_ids: send the recorded message and request ids instead of fresh ones."""
     entries = [e for e in recording.entries if e.kind == fmt.NOVA]
     messages = [message_of(recording, e, as_host) for e in entries]
+    if not recorded_ids:
+        ids = FreshIds()
+        messages = [(topic, *ids.message(context, message))
+                    for topic, context, message in messages]
     send = Sender(transport, exchange, {**DEFAULT_TOPICS, **(topics or {})})
     bar = Progress(progress, len(entries))
     first = entries[0].t if entries else 0.0

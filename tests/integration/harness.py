@@ -76,6 +76,8 @@ class AgentProcess:
             "libvirt": {"uri": libvirt_uri},
             "poller": {"interval": str(poll_interval)},
             "spool": {"retry_initial_wait": "0.2", "retry_max_wait": "2.0"},
+            # several agents run at once: none on the default Prometheus port (extra sets one)
+            "metrics": {"port": "0"},
             "notification_listener": {
                 "transport_url": transport_url, "exchange": names.nova_exchange,
                 "legacy_topic": names.legacy_topic, "versioned_topic": names.versioned_topic},

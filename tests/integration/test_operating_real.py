@@ -61,6 +61,28 @@ def delivered(billing, guests) -> dict:
     return got
 
 
+def test_every_family_is_there_at_zero_before_the_first_event(agent):
+    """Alerts and rate() need the series before the first event: the real agent's first
+    scrape has every family, label values as labels at 0 (regression: per-value names,
+    families appearing at their first increment)."""
+    first = prom.scrape(agent.metrics_port)
+    expected = [("lifecycle_stats_conduit_errors_total", {"conduit": "messagingv2"}),
+                ("lifecycle_stats_conduit_rejected_total", {"conduit": "messagingv2"}),
+                                ("lifecycle_stats_closing_reads_total", {"action": "shelve"}),
+                ("lifecycle_stats_hook_triggers_total", {"action": "delete"}),
+                ("lifecycle_stats_usage_exists_total", {"source": "deleted"}),
+                ("lifecycle_stats_usage_exists_total", {"source": "nova_audit"}),
+                ("lifecycle_stats_bus_audits_total", {"format": "versioned"}),
+                ("lifecycle_stats_captures_total", {"kind": "final"}),
+                ("lifecycle_stats_bus_rejected_total", {}),
+                ("lifecycle_stats_flush_read_errors_total", {}),
+                ("lifecycle_stats_flush_duration_seconds_count", {"outcome": "final"})]
+    for name, labels in expected:
+        assert (name, frozenset(labels.items())) in first, (name, labels)
+        assert prom.value(first, name, **labels) == 0, (name, labels)
+    assert not [name for name, _ in first if "messagingv2" in name or "_delete_" in name]
+
+
 def test_metrics_endpoint_after_a_real_delete(agent, bus, guest_factory):
     billing, nova = bus
     before = prom.scrape(agent.metrics_port)
@@ -79,6 +101,8 @@ def test_metrics_endpoint_after_a_real_delete(agent, bus, guest_factory):
     assert prom.value(after, "lifecycle_stats_flush_duration_seconds_count", outcome=kind) == \
         prom.value(before, "lifecycle_stats_flush_duration_seconds_count", outcome=kind) + 1
     assert prom.value(after, "lifecycle_stats_bus_triggers_total", format="legacy") >= 1
+    assert prom.value(after, "lifecycle_stats_hook_triggers_total", action="delete") == \
+        prom.value(before, "lifecycle_stats_hook_triggers_total", action="delete")  # the bus
     assert prom.value(after, "lifecycle_stats_conduit_sent_total", conduit="messagingv2") >= 1
     assert prom.value(after, "lifecycle_stats_conduit_pending_records",
                       conduit="messagingv2") == 0

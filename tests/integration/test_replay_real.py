@@ -102,13 +102,18 @@ def test_record_replay_and_live_replay_to_the_real_agent(
     billing = harness.BillingConsumer(transport, names)
     try:
         agent.start()
-        done = subprocess.run(
-            [REPLAY, "run", "--live", str(recording.path), "--url", rabbit_url,
-             "--exchange", names.nova_exchange, "--legacy-topic", names.legacy_topic,
-             "--versioned-topic", names.versioned_topic, "--speed", "4",
-             "--as-host", AGENT_HOST],
-            capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+
+        def live(*extra):
+            done = subprocess.run(
+                [REPLAY, "run", "--live", str(recording.path), "--url", rabbit_url,
+                 "--exchange", names.nova_exchange, "--legacy-topic", names.legacy_topic,
+                 "--versioned-topic", names.versioned_topic, "--speed", "4",
+                 "--as-host", AGENT_HOST, *extra],
+                capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            return done
+
+        done = live()
         assert "sent 2 of 2 nova notifications" in done.stderr.splitlines()[-1]
         received = billing.wait_for_instances(ids, timeout=30)
         assert set(received) == ids, agent.log_tail()
@@ -123,6 +128,19 @@ def test_record_replay_and_live_replay_to_the_real_agent(
         counters = status["counters"]
         assert (counters.get("bus.triggers.legacy"), counters.get("bus.triggers.versioned")) \
             == (1, 1)
+
+        # A second run has fresh ids: new delete attempts, captured again, not duplicates.
+        live()
+        status = agent.wait_for(
+            lambda s: s.get("counters", {}).get("flush.final") == 4, 20, "a second run")
+        assert not status["counters"].get("flush.duplicates"), status["counters"]
+        # --recorded-ids sends the recorded ids: the second such run is all duplicates.
+        live("--recorded-ids")
+        live("--recorded-ids")
+        status = agent.wait_for(
+            lambda s: s.get("counters", {}).get("flush.duplicates") == 2, 20,
+            "the recorded ids' second run as duplicates")
+        assert status["counters"]["flush.final"] == 6
         assert agent.stop() == 0
     finally:
         agent.kill()

@@ -64,7 +64,8 @@ def test_sigterm_stops_the_agent_whichever_thread_receives_it(tmp_path):
     conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\nstatus_interval = 0.5\n"
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
-                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK)
+                    "[notification_listener]\ntransport_url = fake://\n" + NO_HOOK
+                    + "[metrics]\nport = 0\n")  # other agents run on this machine
     for _ in range(3):
         proc = subprocess.Popen([str(AGENT), "--config-file", str(conf)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -111,6 +112,7 @@ def test_a_file_at_the_hook_socket_path_is_a_clear_error_and_is_kept(tmp_path):
                     "[libvirt]\nuri = test:///default\n"
                     "[oslo_messaging_notifications]\ndriver = log\n"
                     "[notification_listener]\ntransport_url = fake://\n"
+                    "[metrics]\nport = 0\n"
                     f"[hook]\nsocket_path = {occupied}\n"
                     f"socket_group = {grp.getgrgid(os.getegid()).gr_name}\n")
     result = run("--config-file", str(conf))
@@ -118,3 +120,19 @@ def test_a_file_at_the_hook_socket_path_is_a_clear_error_and_is_kept(tmp_path):
     assert "[hook] socket_path" in result.stderr and "not a socket" in result.stderr
     assert "Traceback" not in result.stderr
     assert occupied.read_text() == "not a socket"
+
+
+def test_a_bad_value_read_only_at_start_is_a_configuration_error_exit_2(tmp_path):
+    """Regression: oslo.config converts a value at its first read; `[metrics] port = x` was
+    first read in Agent.start, a traceback and exit 1, which systemd restarted for ever
+    (RestartPreventExitStatus= covers exit 2 only)."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
+                    "[libvirt]\nuri = test:///default\n"
+                    "[oslo_messaging_notifications]\ndriver = log\n"
+                    "[notification_listener]\ntransport_url = fake://\n"
+                    "[metrics]\nport = x\n")
+    result = run("--config-file", str(conf))
+    assert result.returncode == 2, result.stderr
+    assert "configuration error" in result.stderr and "port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -13,22 +13,8 @@ from oslo_config import cfg
 from lifecycle_stats.cmd import replay as cli
 from lifecycle_stats.replay import live
 from lifecycle_stats.replay import format as fmt
+from tests.support.recordings import BURST, RECORDINGS, listen
 
-RECORDINGS = pathlib.Path(__file__).resolve().parent.parent / "recordings"
-BURST = RECORDINGS / "burst-of-deletes.lsrec"
-
-
-class Heard:
-    def __init__(self):
-        self.messages = []
-        self.contexts = []
-        self.cond = threading.Condition()
-
-    def info(self, ctxt, publisher_id, event_type, payload, metadata):
-        with self.cond:
-            self.messages.append((publisher_id, event_type, payload))
-            self.contexts.append(ctxt)
-            self.cond.notify_all()
 
 
 class FakeTime:
@@ -42,15 +28,6 @@ class FakeTime:
     def sleep(self, seconds):
         self.slept.append(round(seconds, 6))
         self.now += seconds
-
-
-def listen(transport, topic):
-    heard = Heard()
-    server = oslo_messaging.get_notification_listener(
-        transport, [oslo_messaging.Target(exchange="nova-x", topic=topic)], [heard],
-        executor="threading", pool=f"test-{topic}")
-    server.start()
-    return heard, server
 
 
 def test_live_publishes_every_nova_message_on_its_topic_at_the_recorded_pace():
@@ -127,7 +104,8 @@ def test_run_brief_says_what_each_notification_captured(capsys):
 
 
 def test_live_sends_the_recorded_request_context(tmp_path):
-    """nova's request_id (in the context) tells delete attempts apart: it must survive."""
+    """nova's request_id (in the context) tells delete attempts apart: --recorded-ids keeps
+    it (fresh ones by default: test_replay_inputs.py)."""
     path = tmp_path / "ctx.lsrec"
     with open(path, "wb") as stream:
         writer = fmt.RecordingWriter(stream, {"host": "h1", "started_at":
@@ -140,7 +118,7 @@ def test_live_sends_the_recorded_request_context(tmp_path):
     heard, server = listen(transport, "leg")
     try:
         live.publish(fmt.read(str(path)), transport, speed=0, exchange="nova-x",
-                     topics={"legacy": "leg"}, progress=io.StringIO())
+                     topics={"legacy": "leg"}, progress=io.StringIO(), recorded_ids=True)
         with heard.cond:
             heard.cond.wait_for(lambda: heard.contexts, 5)
     finally:

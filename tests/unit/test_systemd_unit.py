@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from lifecycle_stats import agent
+from lifecycle_stats.cmd import agent as agent_cmd
 from tests.support.systemd_unit import UNIT, exec_start_argv, unit_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -44,7 +45,10 @@ def test_unit_matches_the_agent():
     # StateDirectory= is the agent's default [DEFAULT] state_path.
     state_opt = next(o for o in agent.OPTS if o.name == "state_path")
     assert "/var/lib/" + one("StateDirectory") == state_opt.default
-    assert "libvirt" in one("SupplementaryGroups").split()
+    # A group the host lacks in SupplementaryGroups= fails the start (216/GROUP): groups come
+    # from the group database (sysusers, install), test_unit_systemd.py runs it without nova.
+    assert ("Service", "SupplementaryGroups") not in settings
+    assert one("RestartPreventExitStatus").split() == [str(agent_cmd.EXIT_CONFIG)]
     assert "AF_UNIX" in one("RestrictAddressFamilies").split()
     # Agent.stop shares one bound, [DEFAULT] stop_timeout, across every wait (the bus
     # listener's flushes in hand, the lifecycle listener's and the poller's joins, the
