@@ -32,8 +32,12 @@ class Container:
         argv += [f"--bind-ro={host}:{guest}" for host, guest in binds.items()]
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=open(log, "wb"),
                                       stderr=subprocess.STDOUT)
-        self.leader = self._find_leader(30)
-        self.wait_booted(60)
+        try:
+            self.leader = self._find_leader(30)
+            self.wait_booted(60)
+        except BaseException:
+            self.stop()  # a container that did not boot must not outlive the test
+            raise
 
     def _find_leader(self, timeout: float) -> int:
         """The container's PID 1: nspawn's child process."""
