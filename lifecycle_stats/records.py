@@ -48,6 +48,11 @@ class InstanceInfo:
     root_type: str | None  # "image" or "volume"
     creation_time: str | None
     metadata_version: str  # "1.1", or "1.0" from older hosts
+    # From the domain XML, as Ceilometer's discovery reads them (None / {}: not read).
+    architecture: str | None = None  # <os><type arch=...>
+    os_type: str | None = None  # <os><type>hvm</type>
+    # {tap: {"mac", "fref", "parameters"}}: what Ceilometer's vNIC samples carry in metadata
+    vnic_facts: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +110,9 @@ class DomainReading:
     # perf events enabled on the domain: cpu_cycles, instructions, cache_references, cache_misses
     perf: Mapping[str, int] = dataclasses.field(default_factory=dict)
     process_id: int | None = None  # libvirt's domain id: a new one for every QEMU process
+    # Σ(vcpu.N.time + vcpu.N.wait) over every vCPU, Ceilometer 27's `cpu`; None when a vCPU
+    # lacks them (then Ceilometer, and we, fall back to cpu_time_ns, libvirt's cpu.time)
+    vcpu_time_ns: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

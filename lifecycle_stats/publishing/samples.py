@@ -54,6 +54,11 @@ class InstanceView:
     one: int = 1
 
 
+def _ceilometer_cpu_ns(reading: DomainReading) -> int | None:
+    """Ceilometer 27's `cpu`: the vCPUs' time + wait, else libvirt's cpu.time (its fallback)."""
+    return reading.cpu_time_ns if reading.vcpu_time_ns is None else reading.vcpu_time_ns
+
+
 def _mib(kib: int | None) -> float | None:
     return None if kib is None else kib / KIB_PER_MIB
 
@@ -72,7 +77,7 @@ def instance_view(info: InstanceInfo, reading: DomainReading) -> InstanceView:
     flavor = info.flavor
     balloon = reading.memory_kib if reading.memory_kib is not None else memory.get("actual")
     return InstanceView(
-        cpu_time_ns=reading.cpu_time_ns if reading.active else None,
+        cpu_time_ns=_ceilometer_cpu_ns(reading) if reading.active else None,
         vcpus=reading.vcpus or flavor.vcpus,
         memory_mib=_mib(balloon) if balloon is not None else float(flavor.memory_mb),
         memory_available_mib=_mib(memory.get("available")),
@@ -125,17 +130,7 @@ def resource_metadata(info: InstanceInfo, host: str, state_code: int | None) -> 
         "instance_type": flavor.name,
         "host": host_id(info.project_id, host),
         "instance_host": host,
-        "flavor": {
-            # Without nova >= 2025.2's flavor id Ceilometer asks nova's API, and falls back to
-            # the name; we never call the API.
-            "id": flavor.id or flavor.name,
-            "name": flavor.name,
-            "vcpus": flavor.vcpus,
-            "ram": flavor.memory_mb,
-            "disk": flavor.root_gb,
-            "ephemeral": flavor.ephemeral_gb,
-            "swap": flavor.swap_mb,
-        },
+        "flavor": _flavor(flavor),
         "status": _STATUS[state_code] if known_state else None,
         "state": _VM_STATE[state_code] if known_state else None,
         "task_state": "",
@@ -147,7 +142,19 @@ def resource_metadata(info: InstanceInfo, host: str, state_code: int | None) -> 
         "disk_gb": flavor.root_gb,
         "ephemeral_gb": flavor.ephemeral_gb,
         "root_gb": flavor.root_gb - flavor.ephemeral_gb,
+        # Ceilometer's discovery sets both from the domain XML; left out where never read
+        **{k: v for k, v in (("architecture", info.architecture), ("os_type", info.os_type))
+           if v is not None},
     }
+
+
+def _flavor(flavor) -> dict[str, Any]:
+    """Ceilometer's flavor dict. Its `id` is nova's flavor id only where nova wrote one into
+    the domain (nova >= 2025.2); before that Ceilometer asks nova's API, which we never call,
+    so there is no `id` at all (never the name: Gnocchi stores it as flavor_id)."""
+    out = {"id": flavor.id} if flavor.id else {}
+    return {**out, "name": flavor.name, "vcpus": flavor.vcpus, "ram": flavor.memory_mb,
+            "disk": flavor.root_gb, "ephemeral": flavor.ephemeral_gb, "swap": flavor.swap_mb}
 
 
 def sum_disks(disks: tuple[DiskStats, ...]) -> DiskStats:
@@ -172,9 +179,11 @@ def _targets(meter, info, reading, view) -> Iterator[tuple[object, str, dict[str
             yield disk, disk_resource_id(info, disk.device), {"disk_name": disk.device}
     elif meter.scope == meters.VNIC:
         for vnic in reading.vnics:
-            extra = {"name": vnic.device, "vnic_name": vnic.device, "fref": None,
-                     "instance_name": info.domain_name}
-            yield vnic, vnic_resource_id(info, vnic.device), extra
+            facts = info.vnic_facts.get(vnic.device, {})
+            fref = facts.get("fref")
+            extra = {"name": vnic.device, "mac": facts.get("mac"), "fref": fref,
+                     "parameters": facts.get("parameters", {}), "vnic_name": fref or vnic.device}
+            yield vnic, fref or vnic_resource_id(info, vnic.device), extra
 
 
 def build_samples(

@@ -9,6 +9,7 @@ Every reading is stamped with the time its request started, and carries its QEMU
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -105,7 +106,8 @@ class Inspector:
         stats = conn.domainListGetStats([dom], STATS_GROUPS)
         if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
             raise DomainGone(instance_id)
-        return self._reading(conn, dom, stats[0][1], "single", read_at)
+        reading = self._reading(conn, dom, stats[0][1], "single", read_at)
+        return with_block_info(dom, reading) if reading.active else reading
 
     def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
                  path: str, read_at: datetime.datetime) -> records.DomainReading:
@@ -129,7 +131,38 @@ class Inspector:
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
             disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
             read_at=read_at, path=path, state_code=state, process_id=process_id,
-            memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats))
+            memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats),
+            vcpu_time_ns=vcpu_time_from_stats(stats))
+
+
+def vcpu_time_from_stats(stats: Stats) -> int | None:
+    """Ceilometer 27's `cpu` (LibvirtInspector.inspect_instance): Σ(vcpu.N.time + vcpu.N.wait)
+    over vcpu.0 .. vcpu.<maximum - 1>; None unless every current vCPU has both (Ceilometer then
+    falls back to cpu.time, which also counts QEMU's own threads)."""
+    total, counted = 0, 0
+    for n in range(stats.get("vcpu.maximum", 0)):
+        time_ns, wait_ns = stats.get(f"vcpu.{n}.time"), stats.get(f"vcpu.{n}.wait")
+        if time_ns is not None and wait_ns is not None:
+            total, counted = total + time_ns + wait_ns, counted + 1
+    return total if counted and counted == stats.get("vcpu.current") else None
+
+
+def with_block_info(dom: libvirt.virDomain, reading: records.DomainReading
+                    ) -> records.DomainReading:
+    """Disk sizes from virDomainGetBlockInfo, the call Ceilometer's disk.device.capacity /
+    allocation / usage make: for a file-backed qcow2 the bulk record's allocation is QEMU's
+    highest written offset and its physical the allocated blocks, where blockInfo gives the
+    allocated blocks and the file's size. A disk blockInfo cannot read keeps the bulk figures."""
+    disks = []
+    for disk in reading.disks:
+        try:
+            capacity, allocation, physical = dom.blockInfo(disk.device, 0)
+        except libvirt.libvirtError as exc:
+            LOG.debug("blockInfo(%s) of %s: %s", disk.device, reading.instance_id, exc)
+            disks.append(disk)
+            continue
+        disks.append(dataclasses.replace(disk, **disk_sizes(capacity, allocation, physical)))
+    return dataclasses.replace(reading, disks=tuple(disks))
 
 
 def _lacks_groups(stats: Stats) -> bool:

@@ -92,6 +92,33 @@ def device_names(domain_xml: str) -> tuple[list[str], list[str]]:
     return disks, vnics
 
 
+def domain_facts(domain_xml: str) -> dict:
+    """What Ceilometer's libvirt discovery and vNIC inspector read from the domain XML besides
+    nova's metadata: architecture and os_type (every compute sample's metadata), and per
+    interface with a <target dev> its mac, filterref and parameters (every network.* sample's
+    metadata; a filterref also becomes the vNIC's resource id). InstanceInfo fields."""
+    root = _safe_root(domain_xml, MAX_DOMAIN_XML_BYTES, "domain XML")
+    os_type = root.find("os/type")
+    vnics = {}
+    for iface in root.iterfind("devices/interface"):
+        target, mac = iface.find("target"), iface.find("mac")
+        if target is None or not target.get("dev") or mac is None:
+            continue  # Ceilometer skips these interfaces too
+        fref = iface.find("filterref")
+        parameters = {p.get("name", "").lower(): p.get("value")
+                      for p in iface.iterfind("filterref/parameter")}
+        virtualport = iface.find("virtualport/parameters")
+        source = iface.find("source")
+        parameters["interfaceid"] = None if virtualport is None else virtualport.get("interfaceid")
+        parameters["bridge"] = None if source is None else source.get("bridge")
+        vnics[target.get("dev")] = {"mac": mac.get("address"),
+                                    "fref": None if fref is None else fref.get("filter"),
+                                    "parameters": parameters}
+    return {"architecture": None if os_type is None else os_type.get("arch"),
+            "os_type": None if os_type is None else _optional_text(os_type),
+            "vnic_facts": vnics}
+
+
 def _safe_root(xml: str, limit: int, what: str) -> ET.Element:
     if not isinstance(xml, str):
         raise MetadataMalformed(f"{what}: expected a str, got {type(xml).__name__}")

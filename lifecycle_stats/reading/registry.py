@@ -10,6 +10,7 @@ ticket, and forget() cancels the tickets of reads in flight for that uuid.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 
@@ -155,10 +156,22 @@ class DomainRegistry:
             if xml is None:
                 continue
             try:
-                return nova_metadata.parse(xml, dom.name(), uuid, namespace=namespace)
+                info = nova_metadata.parse(xml, dom.name(), uuid, namespace=namespace)
             except MetadataError as exc:
                 return self._unusable(uuid, exc)
+            return self._with_domain_facts(dom, uuid, info)
         return NOT_NOVA
+
+    def _with_domain_facts(self, dom, uuid: str, info: InstanceInfo) -> InstanceInfo:
+        """Architecture, os type and vNIC facts from the domain XML (sample metadata only: a
+        domain XML we cannot use leaves them out, never the instance)."""
+        with translated(uuid):
+            xml = dom.XMLDesc(0)
+        try:
+            return dataclasses.replace(info, **nova_metadata.domain_facts(xml))
+        except MetadataError as exc:
+            self._log.warning("domain %s: XML unusable for sample metadata: %s", uuid, exc)
+            return info
 
     @staticmethod
     def _fetch(dom, uuid: str, namespace: str) -> str | None:

@@ -256,6 +256,10 @@ class FakeDom:
             raise NoMetadata()
         return self._xml
 
+    def XMLDesc(self, flags=0):  # the registry also reads architecture, os type, vNICs
+        return (f"<domain type='kvm'><name>{self.name()}</name><uuid>{self._uuid}</uuid>"
+                "<os><type arch='x86_64'>hvm</type></os></domain>")
+
 
 @FUZZ
 @given(st.lists(st.tuples(documents, st.sampled_from([NS_1_1, NS_1_0])), min_size=1,

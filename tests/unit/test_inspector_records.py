@@ -129,6 +129,9 @@ class Domain:
     def ID(self):
         return self.process_id
 
+    def blockInfo(self, dev, flags=0):  # (capacity, allocation, physical), as libvirt's
+        return (16 << 20, 200 << 10, 192 << 10)
+
 
 class StatsConnection:
     """Hands the inspector the stats records a test sets, as libvirt's bulk and single calls."""
@@ -203,3 +206,25 @@ def test_readings_are_stamped_when_the_read_was_requested():
     reader = inspector.Inspector(conn, clock=clock)
     assert reader.poll()["u"].read_at == requested
     assert reader.read("u").read_at == requested + clock.step
+
+
+def test_cpu_is_ceilometers_sum_of_vcpu_time_and_wait():
+    """Ceilometer 27's `cpu` (LibvirtInspector.inspect_instance); the interop tier compares
+    with its pollster on a real guest."""
+    two = {"vcpu.current": 2, "vcpu.maximum": 2, "cpu.time": 900,
+           "vcpu.0.time": 100, "vcpu.0.wait": 5, "vcpu.1.time": 200, "vcpu.1.wait": 7}
+    assert inspector.vcpu_time_from_stats(two) == 312
+    # a hole (vcpu.1 lacks wait) or no per-vCPU group: None, Ceilometer falls back to cpu.time
+    assert inspector.vcpu_time_from_stats({**two, "vcpu.1.wait": None}) is None
+    assert inspector.vcpu_time_from_stats({"vcpu.current": 1, "cpu.time": 900}) is None
+    # hot-unplugged vCPU: maximum 3, current 2, the present ones counted
+    assert inspector.vcpu_time_from_stats({**two, "vcpu.maximum": 3}) == 312
+
+
+def test_a_single_read_takes_disk_sizes_from_block_info_as_ceilometer_does():
+    conn = StatsConnection(Domain("u", 7), WITH_VHOSTUSER)
+    polled = inspector.Inspector(conn).poll()["u"]
+    final = inspector.Inspector(conn).read("u")
+    [disk] = final.disks
+    assert (disk.capacity, disk.allocation, disk.physical) == (16 << 20, 200 << 10, 192 << 10)
+    assert polled.disks[0].read_bytes == disk.read_bytes  # the counters are the bulk record's

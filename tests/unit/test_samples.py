@@ -1,3 +1,4 @@
+import dataclasses
 import datetime
 import hashlib
 
@@ -159,7 +160,10 @@ def test_metadata_is_ceilometers_with_flavor_id_image_and_state():
     assert (meta["disk_gb"], meta["root_gb"], meta["ephemeral_gb"]) == (40, 30, 10)
     no_id = samples.build_samples(make_info(), make_reading(), host="cmp1",
                                   capture_id="delete")[0]
-    assert no_id.resource_metadata["flavor"]["id"] == "m1.small"  # Ceilometer's fallback
+    # nova < 2025.2 writes no flavor id: Ceilometer asks nova's API, we never do, so no id
+    # (it used to be the name, which Gnocchi then stored as the instance's flavor_id)
+    assert "id" not in no_id.resource_metadata["flavor"]
+    assert no_id.resource_metadata["flavor"]["name"] == "m1.small"
 
 
 def test_vnic_metadata_names_the_tap_as_ceilometer_does():
@@ -167,6 +171,35 @@ def test_vnic_metadata_names_the_tap_as_ceilometer_does():
                                         capture_id="delete"))
     meta = got["network.incoming.bytes"][0].resource_metadata
     assert (meta["name"], meta["vnic_name"], meta["instance_id"]) == ("tap1", "tap1", UUID)
+    assert "instance_name" not in meta  # not in Ceilometer 27's vNIC metadata
+
+
+def test_vnic_metadata_and_resource_id_follow_the_domain_xml_as_ceilometer_does():
+    """mac, filterref and parameters as Ceilometer's inspect_vnics reads them; a filterref
+    is also the resource id and vnic_name (NetworkPollster)."""
+    facts = {"tap1": {"mac": "52:54:00:aa:bb:cc", "fref": "nova-instance-1-52540aabbcc",
+                      "parameters": {"ip": "10.0.0.5", "interfaceid": None, "bridge": "br0"}}}
+    info = dataclasses.replace(make_info(), vnic_facts=facts, architecture="x86_64",
+                               os_type="hvm")
+    got = by_name(samples.build_samples(info, make_reading(), host="h", capture_id="delete"))
+    [sample] = got["network.incoming.bytes"]
+    meta = sample.resource_metadata
+    assert sample.resource_id == meta["vnic_name"] == meta["fref"] == "nova-instance-1-52540aabbcc"
+    assert (meta["mac"], meta["parameters"]) == ("52:54:00:aa:bb:cc", facts["tap1"]["parameters"])
+    assert (meta["architecture"], meta["os_type"]) == ("x86_64", "hvm")
+    plain = by_name(samples.build_samples(make_info(), make_reading(), host="h",
+                                          capture_id="delete"))["network.incoming.bytes"][0]
+    assert plain.resource_metadata["fref"] is None and plain.resource_id.endswith("-tap1")
+    assert "architecture" not in plain.resource_metadata  # never read: left out, not None
+
+
+def test_cpu_is_the_vcpus_time_and_wait_when_libvirt_has_them():
+    """Ceilometer 27's cpu; libvirt's cpu.time (QEMU's own threads too) only as its fallback."""
+    vcpu = dataclasses.replace(make_reading(), vcpu_time_ns=4_000_000)
+    assert by_name(samples.build_samples(make_info(), vcpu, host="h", capture_id="d")
+                   )["cpu"][0].volume == 4_000_000
+    assert by_name(samples.build_samples(make_info(), make_reading(), host="h", capture_id="d")
+                   )["cpu"][0].volume == 5_000_000
 
 
 def test_timestamp_override():
