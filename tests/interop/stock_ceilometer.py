@@ -58,30 +58,57 @@ CEILOMETER_PRIORITIES = ("audit", "critical", "debug", "error", "info", "sample"
 
 
 class CeilometerAgent:
-    """The stock `ceilometer-agent-notification`, publishing every sample to a JSON file."""
+    """The stock `ceilometer-agent-notification`, publishing every sample to a JSON file, or
+    with gnocchi= (a gnocchi_service.Gnocchi) also to Gnocchi through Ceilometer's gnocchi
+    publisher and stock gnocchi_resources.yaml (its event pipeline ends deleted instances)."""
 
-    def __init__(self, workdir: pathlib.Path, rabbit_url: str, secret: str):
+    def __init__(self, workdir: pathlib.Path, rabbit_url: str, secret: str, *,
+                 exchanges=(CEILOMETER_EXCHANGE,), topics=(CEILOMETER_TOPIC,), gnocchi=None,
+                 archive_policy: str | None = None):
         self.samples = workdir / "ceilometer-samples.json"
+        publishers = [f"file://{self.samples}?json"]
+        pipelines = ["meter"]
+        credentials = ""
+        if gnocchi is not None:
+            options = "enable_filter_project=false" + (
+                f"&archive_policy={archive_policy}" if archive_policy else "")
+            publishers.append(f"gnocchi://?{options}")
+            pipelines.append("event")
+            credentials = ("[service_credentials]\nauth_type = gnocchi-basic\nuser = admin\n"
+                           f"endpoint = {gnocchi.url}\n")
+            (workdir / "event_pipeline.yaml").write_text(
+                "sources:\n  - name: all_events\n    events: ['*']\n    sinks: [to_gnocchi]\n"
+                "sinks:\n  - name: to_gnocchi\n"
+                f"    publishers: ['gnocchi://?{options}']\n")
         (workdir / "pipeline.yaml").write_text(
-            "sources:\n  - name: all\n    meters: ['*']\n    sinks: [to_file]\n"
-            "sinks:\n  - name: to_file\n"
-            f"    publishers: ['file://{self.samples}?json']\n")
+            "sources:\n  - name: all\n    meters: ['*']\n    sinks: [out]\n"
+            "sinks:\n  - name: out\n    publishers:\n"
+            + "".join(f"      - '{p}'\n" for p in publishers))
         self.config = workdir / "ceilometer.conf"
-        self.config.write_text(
-            f"[DEFAULT]\ntransport_url = {rabbit_url}\n"
-            f"pipeline_cfg_file = {workdir / 'pipeline.yaml'}\n"
-            f"log_file = {workdir / 'ceilometer-agent.log'}\n"
-            f"[notification]\nnotification_control_exchanges = {CEILOMETER_EXCHANGE}\n"
-            "workers = 1\npipelines = meter\n"
-            f"[meter]\nmeter_definitions_dirs = {DEFINITIONS}\n"
-            f"meter_definitions_dirs = {STOCK_DEFINITIONS}\n"
-            f"[oslo_messaging_notifications]\ntopics = {CEILOMETER_TOPIC}\n"
-            f"[publisher]\ntelemetry_secret = {secret}\n")
+        lines = [
+            "[DEFAULT]", f"transport_url = {rabbit_url}",
+            f"pipeline_cfg_file = {workdir / 'pipeline.yaml'}",
+            f"event_pipeline_cfg_file = {workdir / 'event_pipeline.yaml'}",
+            f"log_file = {workdir / 'ceilometer-agent.log'}",
+            "[notification]", "workers = 1",
+            *(f"notification_control_exchanges = {e}" for e in exchanges),
+            *(f"pipelines = {p}" for p in pipelines),
+            "[meter]", f"meter_definitions_dirs = {DEFINITIONS}",
+            f"meter_definitions_dirs = {STOCK_DEFINITIONS}",
+            "[oslo_messaging_notifications]", f"topics = {','.join(topics)}",  # a ListOpt
+            "[publisher]", f"telemetry_secret = {secret}"]
+        self.config.write_text("\n".join(lines) + "\n" + credentials)
         self.log = workdir / "ceilometer-agent.log"
+        if gnocchi is not None:  # Ceilometer's resource types, as a deployment runs it once
+            done = subprocess.run(
+                [str(CEILOMETER_PYTHON.with_name("ceilometer-upgrade")), "--config-file",
+                 str(self.config), "--retry", "3"], capture_output=True, text=True, timeout=180)
+            assert done.returncode == 0, done.stderr[-3000:] + self.log_tail()
         self.proc = subprocess.Popen(
             [str(CEILOMETER_PYTHON.with_name("ceilometer-agent-notification")),
              "--config-file", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.topics = tuple(topics)
 
     def wait_listening(self, amqp: str, timeout: float = 60.0) -> None:
         """Its queue exists once it listens; a sample sent before that would be dropped."""
@@ -92,7 +119,8 @@ class CeilometerAgent:
             while time.monotonic() < deadline:
                 assert self.proc.poll() is None, f"ceilometer agent exited: {self.log_tail()}"
                 try:
-                    conn.channel().queue_declare(f"{CEILOMETER_TOPIC}.sample", passive=True)
+                    for topic in self.topics:
+                        conn.channel().queue_declare(f"{topic}.sample", passive=True)
                     return
                 except Exception:  # not declared yet (the broker closes the channel)
                     time.sleep(0.2)
