@@ -15,6 +15,29 @@ from lifecycle_stats.emitters.messaging import MessagingEmitter
 from lifecycle_stats.publishing import meter_messages, samples, signing
 from lifecycle_stats.records import Notification
 
+# The sample config's block for a stock Ceilometer (tests/interop/test_ceilometer_defaults.py
+# copies it from the generated sample between the two markers and runs it).
+GROUP = cfg.OptGroup("ceilometer_emitter", help=(
+    "The `ceilometer` conduit feeds a stock Ceilometer, with no change on Ceilometer's side. "
+    "Out of the box a stock Ceilometer stores none of this agent's meters: the default "
+    "conduit, messagingv2, sends delete.samples into [DEFAULT] control_exchange "
+    "(`openstack`), an exchange Ceilometer does not listen on. (On RabbitMQ they still reach "
+    "it through the `notifications.info` queue both sides bind, but its stock definitions "
+    "make only memory, vcpus, disk.root.size and disk.ephemeral.size of them: no cpu, disk "
+    "or network sample.) To make a stock Ceilometer receive every sample, with all its "
+    "metadata, copy this block into this file:\n"
+    "\n"
+    "--- begin: stock Ceilometer ---\n"
+    "[oslo_messaging_notifications]\n"
+    "driver = messagingv2\n"
+    "driver = ceilometer\n"
+    "--- end: stock Ceilometer ---\n"
+    "\n"
+    "messagingv2 keeps publishing delete.samples and usage exists for billing. Leave "
+    "control_exchange as it is: with it set to `ceilometer` and etc/ceilometer/meters.d "
+    "installed, Ceilometer counts every capture twice. The options below only matter where "
+    "Ceilometer is configured away from its defaults."))
+
 OPTS = [
     cfg.StrOpt("exchange", default="ceilometer",
                help="Exchange Ceilometer's notification agent reads telemetry.polling from "
@@ -29,7 +52,7 @@ class CeilometerEmitter(MessagingEmitter):
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:
         super().__init__(conf, transport)
-        conf.register_opts(OPTS, group="ceilometer_emitter")
+        conf.register_opts(OPTS, group=GROUP)
         signing.register_opts(conf)
         self._exchange = conf.ceilometer_emitter.exchange
         self._topics = list(conf.ceilometer_emitter.topics)

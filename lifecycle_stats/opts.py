@@ -28,7 +28,7 @@ def list_opts():
         ("hook", hook_server.OPTS),
         ("messaging_emitter", messaging.OPTS),
         ("metrics", exposition.OPTS),
-        ("ceilometer_emitter", ceilometer.OPTS),
+        (ceilometer.GROUP, ceilometer.OPTS),
         ("udp_emitter", udp.OPTS),
         ("file_emitter", file.OPTS),
         ("meters", samples.OPTS),

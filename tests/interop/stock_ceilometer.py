@@ -51,6 +51,8 @@ class PollingConsumer:
         self._server.wait()
 
 
+# The samples Ceilometer's stock meters.yaml makes of any compute.instance.* payload, ours too.
+STOCK_FROM_DELETE = ("memory", "vcpus", "disk.root.size", "disk.ephemeral.size")
 # Ceilometer's own meters.yaml: its compute.instance.* definitions fire on delete.samples too.
 STOCK_DEFINITIONS = next((ROOT / ".ceilometer-venv" / "lib").glob(
     "python3*/site-packages/ceilometer/data/meters.d"), None)
@@ -64,7 +66,8 @@ class CeilometerAgent:
 
     def __init__(self, workdir: pathlib.Path, rabbit_url: str, secret: str, *,
                  exchanges=(CEILOMETER_EXCHANGE,), topics=(CEILOMETER_TOPIC,), gnocchi=None,
-                 archive_policy: str | None = None):
+                 archive_policy: str | None = None, definitions=(DEFINITIONS, STOCK_DEFINITIONS)):
+        """exchanges, topics, definitions: () leaves Ceilometer's defaults."""
         self.samples = workdir / "ceilometer-samples.json"
         publishers = [f"file://{self.samples}?json"]
         pipelines = ["meter"]
@@ -93,9 +96,9 @@ class CeilometerAgent:
             "[notification]", "workers = 1",
             *(f"notification_control_exchanges = {e}" for e in exchanges),
             *(f"pipelines = {p}" for p in pipelines),
-            "[meter]", f"meter_definitions_dirs = {DEFINITIONS}",
-            f"meter_definitions_dirs = {STOCK_DEFINITIONS}",
-            "[oslo_messaging_notifications]", f"topics = {','.join(topics)}",  # a ListOpt
+            "[meter]", *(f"meter_definitions_dirs = {d}" for d in definitions),
+            "[oslo_messaging_notifications]",
+            *([f"topics = {','.join(topics)}"] if topics else []),  # a ListOpt
             "[publisher]", f"telemetry_secret = {secret}"]
         self.config.write_text("\n".join(lines) + "\n" + credentials)
         self.log = workdir / "ceilometer-agent.log"
@@ -108,7 +111,7 @@ class CeilometerAgent:
             [str(CEILOMETER_PYTHON.with_name("ceilometer-agent-notification")),
              "--config-file", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        self.topics = tuple(topics)
+        self.topics = tuple(topics) or ("notifications",)
 
     def wait_listening(self, amqp: str, timeout: float = 60.0) -> None:
         """Its queue exists once it listens; a sample sent before that would be dropped."""

@@ -28,7 +28,8 @@ from tests.integration import harness
 from tests.integration.conftest import amqp_url
 from tests.interop.stock_ceilometer import (
     CEILOMETER_EXCHANGE, CEILOMETER_PRIORITIES, CEILOMETER_PYTHON, CEILOMETER_TOPIC,
-    POLLING_POOL, RUN, CeilometerAgent, PollingConsumer, read_datagrams, read_file,
+    POLLING_POOL, RUN, STOCK_FROM_DELETE, CeilometerAgent, PollingConsumer, read_datagrams,
+    read_file,
     run_ceilometer,
 )
 
@@ -36,8 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.interop, pytest.mark.timeout(
 
 HOST = f"lst-interop-{RUN}"
 CORE = ("name", "type", "unit", "volume", "resource_id", "user_id", "project_id")
-# Ceilometer's stock meters.yaml makes these of any compute.instance.* payload, ours included.
-STOCK_FROM_DELETE = ("memory", "vcpus", "disk.root.size", "disk.ephemeral.size")
 
 
 @pytest.fixture(scope="module")
