@@ -86,8 +86,7 @@ def harness_amqp(url: str) -> str:
 def agent_at_defaults(workdir: pathlib.Path, host: str, url: str, names, libvirt_uri,
                       block: str = "") -> harness.AgentProcess:
     agent = harness.AgentProcess(workdir, host=host, transport_url=url, names=names,
-                                 libvirt_uri=libvirt_uri, poll_interval=1.0,
-                                 extra={"hook": {"socket_path": str(workdir / "hook.sock")}})
+                                 libvirt_uri=libvirt_uri, poll_interval=1.0)
     config = HARNESS_PUBLISHING.sub("", agent.config_file.read_text())
     agent.config_file.write_text(config + block)
     return agent

@@ -22,7 +22,7 @@ from lifecycle_stats.publishing import meters, samples
 from lifecycle_stats.reading.hypervisor import Hypervisor
 from lifecycle_stats.reading.inspector import Inspector
 from lifecycle_stats.reading.registry import DomainRegistry
-from lifecycle_stats.testing.guests import NovaGuest, nova_metadata_xml
+from tests.support.guests import NovaGuest, nova_metadata_xml
 from tests.interop.stock_ceilometer import CEILOMETER_PYTHON, ROOT, RUN
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop, pytest.mark.timeout(180)]

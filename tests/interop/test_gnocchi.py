@@ -100,7 +100,6 @@ def world(rabbit_url, libvirt_uri, tmp_path_factory):
                 "ceilometer_emitter": {"exchange": CEILOMETER_EXCHANGE,
                                        "topics": CEILOMETER_TOPIC},
                 "publisher": {"telemetry_secret": secret},
-                "hook": {"socket_path": str(workdir / "hook.sock")},  # not the host's
             })
         agent.start()
         yield {"agent": agent, "billing": billing, "nova": harness.Nova(transport, names),
