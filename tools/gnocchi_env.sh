@@ -36,6 +36,11 @@ build_venv() {
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 
 start_postgresql() {
+  if ! command -v psql >/dev/null; then  # the tests create and drop their databases with it
+    say "installing postgresql-client from Debian's packages"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client
+  fi
   pg_up && return 0
   if ! command -v pg_ctlcluster >/dev/null; then
     say "installing postgresql from Debian's packages"
