@@ -305,3 +305,30 @@ def test_flavor_id_from_nova_2025_2_metadata():
     assert nova_metadata.parse(xml, DOMAIN, UUID).flavor.id == "f-17"
     older = xml.replace(' id="f-17"', "")
     assert nova_metadata.parse(older, DOMAIN, UUID).flavor.id is None
+
+
+def test_domain_facts_are_what_ceilometers_discovery_and_vnic_inspector_read():
+    """architecture/os_type (discovery.py) and per tap mac, filterref, parameters
+    (LibvirtInspector.inspect_vnics); interfaces without a target or a mac are skipped."""
+    xml = """<domain type='kvm'><name>instance-1</name>
+      <os><type arch='aarch64' machine='virt'>hvm</type></os>
+      <devices>
+        <interface type='bridge'><mac address='fa:16:3e:00:00:01'/>
+          <source bridge='qbr1'/><target dev='tap1'/>
+          <virtualport type='openvswitch'><parameters interfaceid='port-1'/></virtualport>
+          <filterref filter='nova-instance-1-fa163e000001'>
+            <parameter name='IP' value='10.0.0.5'/></filterref>
+        </interface>
+        <interface type='ethernet'><mac address='fa:16:3e:00:00:02'/><target dev='tap2'/>
+        </interface>
+        <interface type='ethernet'><target dev='tap3'/></interface>
+        <interface type='ethernet'><mac address='fa:16:3e:00:00:04'/></interface>
+      </devices></domain>"""
+    facts = nova_metadata.domain_facts(xml)
+    assert (facts["architecture"], facts["os_type"]) == ("aarch64", "hvm")
+    assert facts["vnic_facts"] == {
+        "tap1": {"mac": "fa:16:3e:00:00:01", "fref": "nova-instance-1-fa163e000001",
+                 "parameters": {"ip": "10.0.0.5", "interfaceid": "port-1", "bridge": "qbr1"}},
+        "tap2": {"mac": "fa:16:3e:00:00:02", "fref": None,
+                 "parameters": {"interfaceid": None, "bridge": None}},
+    }
