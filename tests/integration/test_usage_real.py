@@ -279,7 +279,8 @@ def assert_adds_up(world, life, *, processes: int) -> None:
     assert sum(life.low) <= billed.cpu_time_ns <= sum(life.high), (
         f"billed {billed.cpu_time_ns} ns, used {sum(life.low)}..{sum(life.high)} ns "
         f"over {len(life.low)} processes in {billed.exists} exists")
-    assert billed.finals == 1 and billed.processes == processes and billed.complete
+    assert (billed.finals, billed.processes, billed.incomplete) == (1, processes, [])
+    assert billed.complete
 
 
 def test_power_cycle_then_agent_kill_minus_9_then_delete_bills_everything_used(

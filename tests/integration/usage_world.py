@@ -22,7 +22,7 @@ import libvirt
 from tests.integration import harness
 
 EXISTS = "compute.instance.exists"
-AGENT_WAIT = 30.0
+AGENT_WAIT = 60.0  # a bulk poll over a few hundred domains of other runs takes tens of s
 EVENT_WAIT = 30.0
 STRAGGLERS = 1.5  # seconds an exists sent after the final one would take to arrive
 
@@ -44,6 +44,7 @@ class Billed:
     finals: int
     processes: int  # of the final exists
     complete: bool  # of the final exists
+    incomplete: list  # its usage_incomplete: what ran unread, and why
 
 
 class World:
@@ -183,7 +184,8 @@ def _sum(events: list[dict]) -> Billed:
     return Billed(cpu_time_ns=sum(p["usage"]["cpu_time_ns"] for p in seen.values()),
                   exists=len(seen), finals=len(finals),
                   processes=finals[0]["usage"]["processes"],
-                  complete=finals[0]["usage"]["complete"])
+                  complete=finals[0]["usage"]["complete"],
+                  incomplete=finals[0]["usage"]["usage_incomplete"])
 
 
 def _wait(predicate, timeout: float) -> bool:
