@@ -189,9 +189,25 @@ def _until(predicate, timeout: float, what: str) -> None:
 
 # -- run and report ------------------------------------------------------------------------------
 
+def fresh_connections(w: World) -> None:
+    """Others restart the shared libvirtd too: open our connections again when theirs died."""
+    if not _alive(w.conn):
+        w.reconnect()
+    if not _alive(w.factory.conn):
+        w.factory.conn = libvirt_open(w.uri)
+
+
+def _alive(conn) -> bool:
+    try:
+        return conn.isAlive() == 1 and conn.getLibVersion() > 0
+    except Exception:  # libvirt.libvirtError: the daemon went away
+        return False
+
+
 def measure(w: World, name: str) -> list:
     run, closable = SCENARIOS[name]
     started = time.monotonic()
+    fresh_connections(w)
     try:
         life = run(w)
         billed = w.billed(life)
