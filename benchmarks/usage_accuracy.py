@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+import tenacity
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
 from benchmarks.e2e_latency import Bench  # noqa: E402
@@ -189,8 +191,11 @@ def _until(predicate, timeout: float, what: str) -> None:
 
 # -- run and report ------------------------------------------------------------------------------
 
+@tenacity.retry(stop=tenacity.stop_after_delay(90), wait=tenacity.wait_fixed(1),
+                retry=tenacity.retry_if_exception_type(Exception), reraise=True)
 def fresh_connections(w: World) -> None:
-    """Others restart the shared libvirtd too: open our connections again when theirs died."""
+    """Others restart the shared libvirtd too: open our connections again when theirs died
+    (waiting for the daemon to come back)."""
     if not _alive(w.conn):
         w.reconnect()
     if not _alive(w.factory.conn):
@@ -268,9 +273,10 @@ def main() -> int:
                 if not world.agent_up:
                     world.start_agent()
         finally:
-            if world is not None:
-                world.close()
             bench.close()
+            if world is not None:
+                fresh_connections(world)
+                world.close()
             factory.cleanup()
     print(f"\nusage accuracy: cpu ms per instance, billed = Σ exists (by message_id); agent "
           f"polls every {args.poll_interval:g} s; {time.monotonic() - started:.0f} s in all")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 import time
 import uuid
 
@@ -116,14 +117,43 @@ class World:
             life.guest, self.agent.host, versioned=versioned, request=request, action=action))
         life.high.append(self.cpu(life))
         dom = self.conn.lookupByUUIDString(life.guest.instance_id)
-        if how == "save":
-            dom.managedSave()
+        if how == "save":  # QEMU runs on while it saves: our last read before it ended
+            life.high[-1] = max(life.high[-1], self._last_cpu_during(life, dom.managedSave))
         elif how == "shutdown":
             dom.shutdown()
             if not _wait(lambda: not dom.isActive(), 2.0):
+                life.high[-1] = self.cpu(life)  # it ran on while nova waited
                 dom.destroy()  # no ACPI in our guests: nova's fallback, a hard reboot
         else:
             dom.destroy()
+
+    def _last_cpu_during(self, life: Life, stop) -> int:
+        """Run stop() while another connection reads cpu.time until the process is gone."""
+        last, done = [0], threading.Event()
+        conn = libvirt.open(self.uri)
+
+        def sample() -> None:
+            dom = conn.lookupByUUIDString(life.guest.instance_id)
+            while not done.is_set():
+                try:
+                    [(_, stats)] = conn.domainListGetStats(
+                        [dom], libvirt.VIR_DOMAIN_STATS_CPU_TOTAL)
+                except libvirt.libvirtError:
+                    return
+                if "cpu.time" not in stats:
+                    return  # not running any more
+                last[0] = stats["cpu.time"]
+                time.sleep(0.005)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            stop()
+        finally:
+            done.set()
+            sampler.join(5)
+            conn.close()
+        return last[0]
 
     def revert_resize(self, life: Life) -> None:
         """nova's revert_resize on the destination: its exists (task_state
