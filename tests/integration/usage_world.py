@@ -25,6 +25,7 @@ from tests.integration import harness
 EXISTS = "compute.instance.exists"
 AGENT_WAIT = 60.0  # a bulk poll over a few hundred domains of other runs takes tens of s
 EVENT_WAIT = 30.0
+RUNNING_OR_PAUSED = (1, 3)  # VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED (a save pauses first)
 STRAGGLERS = 1.5  # seconds an exists sent after the final one would take to arrive
 
 
@@ -137,11 +138,11 @@ class World:
             while not done.is_set():
                 try:
                     [(_, stats)] = conn.domainListGetStats(
-                        [dom], libvirt.VIR_DOMAIN_STATS_CPU_TOTAL)
+                        [dom], libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_STATE)
                 except libvirt.libvirtError:
                     return
-                if "cpu.time" not in stats:
-                    return  # not running any more
+                if stats.get("state.state") not in RUNNING_OR_PAUSED or "cpu.time" not in stats:
+                    return  # ended: a shut-off domain's cpu.time is libvirtd's own (§2)
                 last[0] = stats["cpu.time"]
                 time.sleep(0.005)
 
