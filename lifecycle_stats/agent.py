@@ -222,6 +222,8 @@ class Agent:
             "counters": self.counters.snapshot(),
             "spool": status.spool_snapshot(self.spool),
             "instances": len(self.registry.instances()),
+            "usage_ledger": ({"state": "moved_aside", "moved_to": self.ledger.moved_aside}
+                             if self.ledger.moved_aside else {"state": "ok"}),
         }
 
     def _apply_mutable_options(self, conf: cfg.ConfigOpts, _changed) -> None:

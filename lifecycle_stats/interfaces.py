@@ -137,16 +137,24 @@ class UsageSink(Protocol):
     def record_all(self, items: Iterable[tuple[InstanceInfo, DomainReading]], *,
                    closing: bool = False) -> None: ...
 
-    def process_ended(self, instance_id: str, at: datetime.datetime) -> None: ...
+    def process_ended(self, instance_id: str, at: datetime.datetime, *,
+                      stopped_event: bool = False) -> None: ...
+
+    def domain_gone(self, instance_id: str, at: datetime.datetime) -> bool: ...
+
+    def domains_present(self, present: set[str], at: datetime.datetime) -> list[str]: ...
 
 
 class UsageAccounts(UsageSink, Protocol):
     """The usage ledger as the flush sees it: it also answers for the newest reading (after
-    an agent restart, when the in-memory cache is empty) and closes deleted instances."""
+    an agent restart, when the in-memory cache is empty) and hears nova's delete
+    announcements (an instance ends only once its domain is gone as well)."""
 
     def latest(self, instance_id: str) -> LatestUsage | None: ...
 
-    def instance_deleted(self, instance_id: str, at: datetime.datetime) -> None: ...
+    def delete_announced(self, instance_id: str, at: datetime.datetime, *,
+                         sent_by: datetime.datetime | None = None,
+                         gone: bool = False) -> bool: ...
 
 
 class NoUsage:
@@ -155,8 +163,14 @@ class NoUsage:
     def latest(self, instance_id):
         return None
 
-    def instance_deleted(self, instance_id, at) -> None:
-        pass
+    def delete_announced(self, instance_id, at, *, sent_by=None, gone=False) -> bool:
+        return False
+
+    def domain_gone(self, instance_id, at) -> bool:
+        return False
+
+    def domains_present(self, present, at) -> list:
+        return []
 
     def record(self, info, reading, *, closing=False) -> None:
         pass
@@ -164,7 +178,7 @@ class NoUsage:
     def record_all(self, items, *, closing=False) -> None:
         pass
 
-    def process_ended(self, instance_id, at) -> None:
+    def process_ended(self, instance_id, at, *, stopped_event=False) -> None:
         pass
 
 

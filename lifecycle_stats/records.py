@@ -113,6 +113,9 @@ class DomainReading:
     # Σ(vcpu.N.time + vcpu.N.wait) over every vCPU, Ceilometer 27's `cpu`; None when a vCPU
     # lacks them (then Ceilometer, and we, fall back to cpu_time_ns, libvirt's cpu.time)
     vcpu_time_ns: int | None = None
+    # When the domain's QEMU process started (epoch seconds; libvirt's pid file and /proc):
+    # with the domain id it names the process; None where the agent cannot see the process.
+    process_started_at: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +166,15 @@ class DeleteTrigger:
 
 @dataclasses.dataclass(frozen=True)
 class Unobserved:
-    """A QEMU process that ended after its last reading: what it did in between is missing."""
+    """An interval in which a QEMU process ran unread: what it did then is not in the usage.
+    reason: "ended_unread" (it ended after its last reading, no closing reading),
+    "running_when_first_seen" (counted from the agent's first reading, not from its start),
+    or "agent_down" (the domain was off when the agent went down; a process may have run
+    unseen until the agent's next sight of it)."""
 
     last_read_at: datetime.datetime
     ended_at: datetime.datetime
+    reason: str = "ended_unread"
 
     @property
     def seconds(self) -> float:
@@ -175,9 +183,10 @@ class Unobserved:
 
 @dataclasses.dataclass(frozen=True)
 class Usage:
-    """What an instance consumed inside a window, across all its QEMU processes."""
+    """What one report carries: the counter growth read and not reported before, across
+    all the instance's QEMU processes (usage/journal.py)."""
 
-    begin: datetime.datetime  # the buckets summed: may be wider than asked when unaligned
+    begin: datetime.datetime  # the span of the readings it covers (a late one may be older)
     end: datetime.datetime
     totals: Mapping[str, int]  # flat: cpu_time_ns, disk:<dev>:<stat>, vnic:<tap>:<stat>
     cpu_time_ns: int

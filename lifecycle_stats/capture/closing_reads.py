@@ -16,7 +16,7 @@ from lifecycle_stats.capture.observations import Observations, identify, read_li
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import HypervisorError
 from lifecycle_stats.interfaces import Outcome, Reader, Registry
-from lifecycle_stats.records import DeleteTrigger, DomainReading, utcnow
+from lifecycle_stats.records import DeleteTrigger, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -33,21 +33,20 @@ class ClosingReads:
     def handle(self, trigger: DeleteTrigger) -> Outcome:
         """Outcome.READ when the closing reading was taken, else Outcome.MISSED."""
         read_from = self._clock()
-        live = self._read(trigger.instance_id)
+        try:
+            live = read_live(self._reader, trigger.instance_id)
+        except HypervisorError as exc:  # not the process's end: it may well run on
+            self._counters.incr("flush.read_errors")
+            self._counters.incr("flush.action_missed")
+            LOG.warning("closing read of %s failed: %s", trigger.instance_id, exc)
+            return Outcome.MISSED
         info = identify(self._registry, trigger.instance_id) if live is not None else None
         if live is None or info is None or not live.active:
-            # ended before our read began
-            self._observations.process_ended(trigger.instance_id, read_from)
+            if live is None or not live.active:  # gone or off: ended before our read began
+                self._observations.process_ended(trigger.instance_id, read_from)
             self._counters.incr("flush.action_missed")
             return Outcome.MISSED
         self._observations.observe(info, live, closing=True)
         self._counters.incr(f"flush.action.{trigger.action}")
         return Outcome.READ
 
-    def _read(self, instance_id: str) -> DomainReading | None:
-        try:
-            return read_live(self._reader, instance_id)
-        except HypervisorError as exc:
-            self._counters.incr("flush.read_errors")
-            LOG.warning("closing read of %s failed: %s", instance_id, exc)
-            return None

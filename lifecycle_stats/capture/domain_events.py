@@ -17,7 +17,7 @@ from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import HypervisorError
 from lifecycle_stats.interfaces import Reader, Registry
-from lifecycle_stats.records import LifecycleEvent
+from lifecycle_stats.records import LifecycleEvent, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -45,15 +45,20 @@ class DomainEventHandler:
         elif event.event in ("shutdown", "suspended"):
             self._read_before_stop(event)
         elif event.event == "stopped":
-            self._observations.process_ended(event.instance_id, event.received_at)
-        elif event.event == "undefined":
+            self._observations.process_ended(event.instance_id, event.received_at,
+                                             stopped_event=True)
+        elif event.event == "undefined":  # after nova's delete announcement: the end
+            self._observations.domain_gone(event.instance_id, event.received_at)
             self._registry.forget(event.instance_id)
             self._readings.domain_gone(event.instance_id)
 
     def resync(self) -> None:
         """At start and after the event connection was lost: the registry re-lists libvirt's
-        domains, and cached readings of domains that vanished meanwhile start to expire."""
-        self._readings.reconcile(self._registry.sync())
+        domains, and cached readings of domains that vanished meanwhile start to expire; the
+        ledger ends instances whose delete was announced and whose domain is gone."""
+        present = self._registry.sync()
+        self._observations.domains_present(present, utcnow())
+        self._readings.reconcile(present)
 
     def _refresh(self, instance_id: str) -> None:
         try:

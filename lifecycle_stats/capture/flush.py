@@ -34,7 +34,7 @@ from oslo_config import cfg
 
 from lifecycle_stats.capture.attempts import Attempts, InstanceLocks
 from lifecycle_stats.capture.delete_read import DeleteReader
-from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.capture.observations import GONE, Observations
 from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.counters import Counters
@@ -75,6 +75,7 @@ class Captured:
     outcome: Outcome
     info: InstanceInfo | None = None  # whose final exists follows (None: no identity known)
     ended: datetime.datetime | None = None  # its QEMU process ended at the latest
+    gone: bool = False  # the read found the domain gone: the delete happened
 
 
 class Flusher:
@@ -134,7 +135,8 @@ class Flusher:
             self._attempts.keep_built(message_id, built)
         outcome, notification, info, ended = built
         self._gate.write(self._spool.put, notification, kind="final")
-        return Captured(outcome, info, ended)
+        gone = notification.payload.get("capture", {}).get("domain_state") == GONE
+        return Captured(outcome, info, ended, gone)
 
     def _build(self, trigger: DeleteTrigger, message_id: str) -> tuple | Outcome:
         """(outcome, notification, identity, when its process ended at the latest) or an

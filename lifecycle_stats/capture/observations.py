@@ -40,12 +40,25 @@ class Observations:
         self._ledger.record_all(items)
         self.cache.prune()
 
-    def process_ended(self, instance_id: str, at: datetime.datetime) -> None:
-        """The domain's QEMU process ended at `at` at the latest (its counters are gone)."""
-        self._ledger.process_ended(instance_id, at)
+    def process_ended(self, instance_id: str, at: datetime.datetime, *,
+                      stopped_event: bool = False) -> None:
+        """The domain's QEMU process ended at `at` at the latest (its counters are gone);
+        stopped_event: libvirt's STOPPED itself."""
+        self._ledger.process_ended(instance_id, at, stopped_event=stopped_event)
 
-    def instance_deleted(self, instance_id: str, at: datetime.datetime) -> None:
-        self._ledger.instance_deleted(instance_id, at)
+    def delete_announced(self, instance_id: str, at: datetime.datetime, *,
+                         sent_by: datetime.datetime | None = None, gone: bool = False) -> None:
+        """nova announced the delete: the instance ends (and its final exists goes out) once
+        its domain is gone — now when gone, else at libvirt's undefine or a resync."""
+        self._ledger.delete_announced(instance_id, at, sent_by=sent_by, gone=gone)
+
+    def domain_gone(self, instance_id: str, at: datetime.datetime) -> None:
+        """libvirt undefined the domain."""
+        self._ledger.domain_gone(instance_id, at)
+
+    def domains_present(self, present: set[str], at: datetime.datetime) -> None:
+        """A resync listed libvirt's domains."""
+        self._ledger.domains_present(present, at)
 
     def newest_known(self, instance_id: str) -> tuple[InstanceInfo, DomainReading] | None:
         """The newest reading of the instance: the in-memory cache's or the ledger's (which

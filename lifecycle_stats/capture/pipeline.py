@@ -10,7 +10,8 @@
 The agent (agent.py), the replay player (replay/player.py) and every benchmark build the core
 through Pipeline; nothing else builds its parts. Follow a deletion from here:
 announced → Flusher.capture (delete_read.DeleteReader.read → payloads → spool.put) →
-observations.instance_deleted (the ledger closes the instance) → ExistsReporter.final.
+observations.delete_announced (the ledger ends the instance once its domain is gone: found
+gone by that read, libvirt's undefine, or a resync) → ExistsReporter.final_due.
 """
 from __future__ import annotations
 
@@ -70,6 +71,7 @@ class Pipeline:
             ledger=ledger, spool=spool, host=settings.host,
             publisher_id=settings.publisher_id, counters=counters, on_spooled=on_spooled,
             clock=clock)
+        ledger.on_instance_ended = self.reporter.final_due  # its final exists
         seen = dict(registry=registry, observations=self.observations, counters=counters)
         self._flusher = flush.Flusher(reader=readers.announced, spool=spool, gate=self._gate,
                                       settings=settings, clock=clock, sleep=sleep, **seen)
@@ -88,7 +90,7 @@ class Pipeline:
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
-            if captured.outcome.spooled and captured.ended is not None:
+            if captured.outcome is not Outcome.NOT_NOVA:
                 self._account_deletion(trigger, captured)
         if captured.outcome.spooled:
             self._on_spooled()
@@ -114,14 +116,11 @@ class Pipeline:
 
     # -- the deletion, after its delete.samples ----------------------------------------
     def _account_deletion(self, trigger: DeleteTrigger, captured: flush.Captured) -> None:
-        """The ledger closes the instance; its final exists follows the delete.samples (same
-        reading, stamped no later than nova's announcement either: Ceilometer's stock
-        definitions turn a compute.instance.exists into samples stamped with its envelope time).
-        Never at the delete.samples' expense: a failure here is logged, counted."""
-        try:
-            self.observations.instance_deleted(trigger.instance_id, captured.ended)
-            if captured.info is not None:
-                self.reporter.final(captured.info, captured.ended, trigger.announced_at)
-        except Exception:
-            self._counters.incr("usage.final_exists_errors")
-            LOG.exception("final exists of %s not spooled", trigger.instance_id)
+        """The ledger hears of the delete (also of a redelivered one: idempotent). Not an
+        end — nova's delete can fail or be retried — unless the read found the domain gone;
+        the final exists follows the end, stamped no later than nova's announcement
+        (Ceilometer's stock definitions turn a compute.instance.exists into samples stamped
+        with its envelope time). A failing ledger is counted there, never costs the capture."""
+        self.observations.delete_announced(
+            trigger.instance_id, captured.ended or trigger.received_at,
+            sent_by=trigger.announced_at, gone=captured.gone)

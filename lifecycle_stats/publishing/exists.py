@@ -2,8 +2,10 @@
 
 Nova's legacy exists fields the agent can know (from the domain's nova metadata), the audit
 window in nova's own format (`str(datetime)`: "2026-11-22 01:00:00"), `bandwidth` in nova's
-historical shape, and `usage`: the counter growth inside the window across every QEMU process
-of the instance, with what was missed when a process ended unread.
+historical shape, and `usage`: the counter growth read and not reported in an earlier exists,
+up to the window's end, across every QEMU process of the instance, with every interval a
+process ran unread and why (doc/billing.md). A billing consumer sums `usage` over all exists
+of an instance, deduplicated by message_id.
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def instance_fields(info: InstanceInfo, host: str) -> dict[str, Any]:
 
 def usage_fields(used: Usage) -> dict[str, Any]:
     missed = [{"last_read_at": isotime(m.last_read_at), "ended_at": isotime(m.ended_at),
-               "seconds": round(m.seconds, 3)} for m in used.unobserved]
+               "seconds": round(m.seconds, 3), "reason": m.reason} for m in used.unobserved]
     return {
         "cpu_time_ns": used.cpu_time_ns,
         "disks": {dev: dict(stats) for dev, stats in used.disks.items()},

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import libvirt
 
 from lifecycle_stats import records
-from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats.reading import nova_metadata, qemu_process
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
@@ -63,6 +63,9 @@ class Inspector:
         self._counters = counters or Counters()
         self._memory = memory if memory is not None else DeviceMemory()
         self._no_bulk_conn: libvirt.virConnect | None = None  # connection known to lack groups
+        # the QEMU process's start is visible only beside a local system daemon's domains
+        local = getattr(hypervisor, "uri", "") in ("qemu:///system", "qemu+unix:///system")
+        self._started_at = qemu_process.started_at if local else (lambda _name: None)
 
     def poll(self) -> dict[str, records.DomainReading]:
         """Every active domain's reading, keyed by uuid. Domains that vanish are left out."""
@@ -132,7 +135,8 @@ class Inspector:
             disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
             read_at=read_at, path=path, state_code=state, process_id=process_id,
             memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats),
-            vcpu_time_ns=vcpu_time_from_stats(stats))
+            vcpu_time_ns=vcpu_time_from_stats(stats),
+            process_started_at=self._started_at(dom.name()))
 
 
 def vcpu_time_from_stats(stats: Stats) -> int | None:

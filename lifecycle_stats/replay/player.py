@@ -125,7 +125,7 @@ class Player:
         # Periodic exists are not replayed (no period closer: a recording spans minutes);
         # the final exists at deletion is.
         self.ledger = UsageLedger(usage_store.ledger_path(state_dir), self.replayed.period,
-                                  counters=self.counters)
+                                  counters=self.counters, clock=self.clock)
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 

@@ -1,10 +1,11 @@
 """Counter arithmetic of the usage ledger (pure: no storage, no clock).
 
-A reading is flattened into named cumulative counters: `cpu_time_ns`, `disk:<dev>:<stat>`,
-`vnic:<tap>:<stat>`. A QEMU process's counters only grow; they restart at zero with each new
-process. So the usage between two readings of one process is the growth of each counter, and
-the usage of a new process up to its first reading is that reading itself (it started at
-zero). A decrease is never negative usage: it means a new process (`is_reset`).
+A reading is flattened into named cumulative counter series: `cpu_time_ns`,
+`disk:<dev>:<stat>`, `vnic:<tap>:<stat>`. A series belongs to one QEMU process and only grows;
+one series going down (a disk or vNIC re-attached at the same target, vhost-user counters
+reset) restarts THAT series from zero and says nothing about the others. A series that
+appears mid-process (hot-plug) grows from zero. cpu time is the process's own: it going down
+means another process (usage/identity.py).
 """
 from __future__ import annotations
 
@@ -35,15 +36,20 @@ def flatten(reading: DomainReading) -> Counters:
     return out
 
 
-def is_reset(previous: Mapping[str, int], current: Mapping[str, int]) -> bool:
-    """Any counter went down: the counters belong to a new QEMU process."""
-    return any(current[name] < value for name, value in previous.items() if name in current)
+def advance(last: Mapping[str, int], current: Mapping[str, int]) -> tuple[Counters, Counters]:
+    """(growth, series) from the last value of each series to `current`, per series: a
+    series that went down grew from zero; one not seen before grew from zero. The series
+    returned keep the last value of those absent now (a device unplugged may come back)."""
+    growth: Counters = {}
+    for name, value in current.items():
+        before = last.get(name, 0)
+        growth[name] = value - before if value >= before else value
+    return growth, {**last, **current}
 
 
-def growth(previous: Mapping[str, int], current: Mapping[str, int]) -> Counters:
-    """Per-counter growth from previous to current of ONE process. A counter absent before
-    (a device hot-plugged since) grew from zero. Never negative."""
-    return {name: max(0, value - previous.get(name, 0)) for name, value in current.items()}
+def resets(last: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
+    """The series that went down (each restarted from zero)."""
+    return sorted(name for name, value in current.items() if value < last.get(name, 0))
 
 
 def add(total: Mapping[str, int], more: Mapping[str, int]) -> Counters:

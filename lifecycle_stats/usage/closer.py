@@ -1,8 +1,11 @@
 """Closes audit periods: a bulk poll just before each period ends (so usage up to the end is
 read inside it), then, once it has ended, one exists per instance hosted in it.
 
-Periods missed while the agent was down are closed when it comes back (up to `backlog` of
-them; the ledger kept their usage). With [usage] enrich_nova_exists the agent's own period
+Periods missed while the agent was down are closed when it comes back: the newest `backlog`
+of them get an exists each, and the oldest of those carries all usage owed from before it
+(every report claims what is owed up to its end: nothing is lost to the backlog). Reports
+owed (stored but not spooled, finals not made) are retried at every cycle and, while any is
+owed, every RETRY_SECONDS. With [usage] enrich_nova_exists the agent's own period
 exists are not sent (nova's exists drive them), but the pre-end poll still runs. The clock and
 the wait are injected: tests step through period ends without sleeping.
 """
@@ -23,6 +26,7 @@ from lifecycle_stats.records import InstanceInfo, utcnow
 
 LOG = logging.getLogger(__name__)
 PRE_POLL_SECONDS = 2.0  # a bulk poll of 30 guests takes ~0.3 s here
+RETRY_SECONDS = 60.0  # while an exists is owed, it is retried this often
 
 OPTS = [
     cfg.StrOpt("audit_period", default="hour",
@@ -90,10 +94,10 @@ class PeriodCloser:
 
     def close_due(self) -> int:
         """Close every completed period not closed yet; returns how many exists were spooled."""
+        spooled = self._reporter.flush_pending()
         now = self._clock()
         for info in self._instances().values():  # shut-off instances are not polled
             self._ledger.seen(info, now)
-        spooled = 0
         for begin, end in self.due(now):
             if self._emit_own:
                 spooled += self._reporter.period(begin, end)
@@ -114,8 +118,17 @@ class PeriodCloser:
         return self._wait_until(end + datetime.timedelta(milliseconds=1))
 
     def _wait_until(self, moment: datetime.datetime) -> bool:
-        seconds = (moment - self._clock()).total_seconds()
-        return not (seconds > 0 and self._wait(seconds)) and not self._stop.is_set()
+        """Wait until moment (False once stopped), retrying owed exists meanwhile."""
+        while not self._stop.is_set():
+            seconds = (moment - self._clock()).total_seconds()
+            if seconds <= 0:
+                return True
+            owed = self._reporter.owed()
+            if self._wait(min(seconds, RETRY_SECONDS) if owed else seconds):
+                return False
+            if owed:
+                self._reporter.flush_pending()
+        return False
 
     def _pre_end_poll(self) -> None:
         try:

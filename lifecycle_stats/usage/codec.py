@@ -1,4 +1,7 @@
-"""msgpack forms of the records the usage ledger keeps (readings and instance identity)."""
+"""msgpack forms of what the usage ledger keeps (readings, identity, notifications).
+
+Every document carries its form's version ("v"); decoding ignores keys it does not know (a
+newer agent may add some) and fills defaults for keys an older agent did not write."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +10,11 @@ from typing import Any
 
 import msgpack
 
-from lifecycle_stats.records import UTC, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
+from lifecycle_stats.records import (
+    UTC, DiskStats, DomainReading, Flavor, InstanceInfo, Notification, VnicStats,
+)
+
+VERSION = 1
 
 
 def pack(value: Any) -> bytes:
@@ -18,27 +25,40 @@ def unpack(body: bytes) -> Any:
     return msgpack.unpackb(body, raw=False)
 
 
+def known(cls, doc: dict) -> dict:
+    """Only the fields `cls` has: unknown keys never break decoding."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in doc.items() if k in names}
+
+
 def encode_reading(reading: DomainReading) -> bytes:
     doc = dataclasses.asdict(reading)
     doc["read_at"] = reading.read_at.timestamp()
+    doc["v"] = VERSION
     return pack(doc)
 
 
 def decode_reading(body: bytes) -> DomainReading:
-
     doc = unpack(body)
     doc["read_at"] = datetime.datetime.fromtimestamp(doc["read_at"], UTC)
-    doc["disks"] = tuple(DiskStats(**d) for d in doc["disks"])
-    doc["vnics"] = tuple(VnicStats(**v) for v in doc["vnics"])
-    known = {f.name for f in dataclasses.fields(DomainReading)}
-    return DomainReading(**{k: v for k, v in doc.items() if k in known})
+    doc["disks"] = tuple(DiskStats(**known(DiskStats, d)) for d in doc.get("disks", ()))
+    doc["vnics"] = tuple(VnicStats(**known(VnicStats, v)) for v in doc.get("vnics", ()))
+    return DomainReading(**known(DomainReading, doc))
 
 
 def encode_info(info: InstanceInfo) -> bytes:
-    return pack(dataclasses.asdict(info))
+    return pack({**dataclasses.asdict(info), "v": VERSION})
 
 
 def decode_info(body: bytes) -> InstanceInfo:
     doc = unpack(body)
-    doc["flavor"] = Flavor(**doc["flavor"])
-    return InstanceInfo(**doc)
+    doc["flavor"] = Flavor(**known(Flavor, doc["flavor"]))
+    return InstanceInfo(**known(InstanceInfo, doc))
+
+
+def encode_notification(notification: Notification) -> bytes:
+    return pack({**dataclasses.asdict(notification), "v": VERSION})
+
+
+def decode_notification(body: bytes) -> Notification:
+    return Notification(**known(Notification, unpack(body)))

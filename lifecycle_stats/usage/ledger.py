@@ -1,231 +1,207 @@
-"""The usage ledger: what every instance consumed, per QEMU process, per audit period.
+"""The usage ledger: every counter series of every QEMU process of every instance, and what
+of its growth has been reported (doc/billing.md, "Usage accounting").
 
-Libvirt's counters are cumulative per QEMU process and restart at zero with each new one
-(power-off/on, hard reboot, rescue, resize, migration). So the ledger keeps, per instance and
-process ("incarnation": a new libvirt domain id, or any counter going down), the first and
-the latest reading, and adds every reading's growth over the previous one to the usage
-bucket of the audit period the reading falls in. Usage in a window is the sum of its
-buckets: increments across processes, never negative. A process that ended without a
-reading taken as it ended is kept as `Unobserved` (last reading, end): a bound on what was
-missed, never silently.
+A series is (instance, QEMU process, device, counter) and grows from zero with its process
+(usage/arithmetic.py). A process is told apart by facts (usage/identity.py): libvirt's domain
+id and the process's start time. Its growth counts from zero when it started while the ledger
+was keeping this host's books (or after the ledger last knew the instance off, or after its
+previous process); a process already running when first seen counts from that reading, and
+the interval before it is reported as unread ("running_when_first_seen"), never silently.
+A process ends on libvirt's word (STOPPED, SHUTDOWN unread, a shut-off reading, the domain
+gone) or when a newer one is read; never on a read error. An end is complete only when the
+process's last reading was a closing one (taken after the stop was announced) — no hold
+time. An instance ends only on evidence: its domain gone after nova announced its delete.
 
-SQLite in its own file under state_path (WAL, synchronous=FULL: a reading once recorded
-survives kill -9 and power loss), schema versioned with PRAGMA user_version, rows older than
-the retention pruned. Thread-safe: poller, flush and event handler all record here.
+Growth and unread intervals go to the journal (usage/journal.py), from which every exists is
+claimed. SQLite in its own file (WAL, synchronous=FULL: a reading once recorded survives
+kill -9 and power loss); a damaged or newer file is moved aside (usage/store.py).
+Thread-safe: poller, flush and event handler all record here.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
+import logging
 import sqlite3
 import threading
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
-from lifecycle_stats.usage import codec
-from lifecycle_stats.usage import arithmetic as usage_math
-from lifecycle_stats.usage.store import guarded as _guarded
-from lifecycle_stats.usage.store import open_ledger
-from lifecycle_stats.usage.periods import AuditPeriod
-from lifecycle_stats.counters import Counters
 from lifecycle_stats import sqlite_tx
-from lifecycle_stats.records import (
-    UTC, DomainReading, InstanceInfo, LatestUsage, Unobserved, Usage,
-)
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.records import DomainReading, InstanceInfo, LatestUsage, utcnow
+from lifecycle_stats.usage import arithmetic, codec, journal
+from lifecycle_stats.usage.books import Books, _dt, _ts
+from lifecycle_stats.usage.ends import Ends
+from lifecycle_stats.usage.identity import Relation, domain_id, relation
+from lifecycle_stats.usage.periods import AuditPeriod
+from lifecycle_stats.usage.store import guarded, open_ledger
 
-# A closing reading still closes its process when later readings (polls) follow it within
-# this time: nova's clean power-off waits up to 60 s for the guest (shutdown_timeout), and the
-# guest's own SHUTDOWN gets another closing read. Beyond it the stop evidently did not happen.
-CLOSING_HOLDS_SECONDS = 120.0
-
-
-def _ts(moment: datetime.datetime) -> float:
-    return moment.timestamp()
-
-
-def _dt(seconds: float | None) -> datetime.datetime | None:
-    return None if seconds is None else datetime.datetime.fromtimestamp(seconds, UTC)
-
-
-def _process_id(reading: DomainReading) -> int | None:
-    """libvirt's domain id of the reading's QEMU process; None when unknown. A handle looked up
-    while the domain was off keeps id -1 after it starts (measured): that says nothing."""
-    pid = reading.process_id
-    return pid if pid is not None and pid >= 0 else None
+LOG = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Process:
     number: int
     domain_id: int | None
+    started_at: float | None
     latest_at: float
     latest: DomainReading
-    closed_at: float | None  # when a closing reading was taken (None: never, or too long ago)
+    series: dict
+    closing: bool  # its latest reading was taken after a stop was announced
     ended_at: float | None
 
-    @property
-    def closed(self) -> bool:
-        return self.closed_at is not None
 
-
-class UsageLedger:
+class UsageLedger(Ends, Books):
     def __init__(self, path: str, period: AuditPeriod, *,
                  retention: datetime.timedelta = datetime.timedelta(days=62),
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self.path = path
         self.counters = counters if counters is not None else Counters()
         self.period = period
         self._retention = retention
         self._lock = threading.RLock()
-        self._db = open_ledger(path)
+        self._db, self.moved_aside = open_ledger(path)
+        if self.moved_aside is not None:
+            self.counters.incr("usage.ledger_moved_aside")
+        self._clock = clock
+        self._horizon = self._open_run(_ts(clock()))
+        # called with an instance id once its end is recorded (agent.py: the final exists)
+        self.on_instance_ended: Callable[[str], object] | None = None
 
-    # -- recording ----------------------------------------------------------------------
+    def _open_run(self, now: float) -> float:
+        """Record the outage since the previous run's last write; returns the horizon: the
+        ledger's creation, since when a process's whole usage is this ledger's to report."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (now,))
+            alive = db.execute("SELECT value FROM meta WHERE key = 'alive_at'").fetchone()
+            if alive is not None and alive[0] < now:
+                db.execute("INSERT INTO outages VALUES (?, ?)", (alive[0], now))
+            return db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()[0]
+
+    # -- readings ---------------------------------------------------------------------------
 
     def record(self, info: InstanceInfo, reading: DomainReading, *, closing: bool = False) -> None:
-        """One reading; closing=True when it was taken because the process is about to end."""
+        """One reading; closing=True when it was taken because a stop was announced."""
         self.record_all([(info, reading)], closing=closing)
 
-    @_guarded
+    @guarded
     def record_all(self, items: Iterable[tuple[InstanceInfo, DomainReading]], *,
                    closing: bool = False) -> None:
         """Many readings in one transaction (a bulk poll: one fsync, not one per domain)."""
         with self._tx() as db:
             for info, reading in items:
-                self._touch(db, info, _ts(reading.read_at))
-                if reading.active:
-                    self._record_active(db, reading, closing)
+                at = _ts(reading.read_at)
+                row = self._touch(db, info, at)
+                if row[2] is not None:  # ended: whatever comes now is too late to belong
+                    self.counters.incr("usage.readings_after_end")
+                elif reading.active:
+                    self._record_active(db, reading, closing, seen_off=row[0])
                 else:  # shut off: whatever process ran has ended
-                    self._end(db, reading.instance_id, _ts(reading.read_at))
+                    self._end_process(db, reading.instance_id, at)
+                    db.execute("UPDATE instances SET seen_off_at = ? WHERE instance_id = ?",
+                               (at, reading.instance_id))
 
-    @_guarded
-    def process_ended(self, instance_id: str, at: datetime.datetime) -> None:
-        """libvirt said the domain stopped: its process's counters are gone."""
-        with self._tx() as db:
-            self._end(db, instance_id, _ts(at))
+    def _record_active(self, db: sqlite3.Connection, reading: DomainReading, closing: bool,
+                       *, seen_off: float | None) -> None:
+        iid, at = reading.instance_id, _ts(reading.read_at)
+        counters = arithmetic.flatten(reading)
+        current = self._current(db, iid)
+        start = reading.process_started_at
+        if current is None:
+            from_zero = seen_off is not None or (start is not None and start >= self._horizon)
+            if seen_off is not None:
+                self._outage_gaps(db, iid, 1, seen_off, start if start is not None else at)
+            self._open(db, iid, 1, reading, counters, closing, from_zero=from_zero)
+            return
+        found = relation(current.domain_id, current.started_at,
+                         current.series.get(arithmetic.CPU), reading)
+        if found is Relation.OLDER:
+            self.counters.incr("usage.readings_of_ended_processes")
+        elif found is Relation.SAME:
+            self._advance(db, current, reading, counters, closing)
+        else:
+            bound = start if start is not None else at  # a slow poll's stamp may be earlier
+            if current.ended_at is None:  # its end went unseen: bounded by the new start
+                self._mark_ended(db, iid, current, max(current.latest_at, bound))
+            else:  # off since; a process may have run unseen while the agent was down
+                self._outage_gaps(db, iid, current.number, current.ended_at, bound)
+            self._open(db, iid, current.number + 1, reading, counters, closing, from_zero=True)
+            db.execute("UPDATE instances SET delete_announced_at = NULL, delete_sent_by = NULL "
+                       "WHERE instance_id = ? AND delete_announced_at < ?",
+                       (iid, start if start is not None else at))  # the delete did not happen
 
-    @_guarded
-    def instance_deleted(self, instance_id: str, at: datetime.datetime) -> None:
-        with self._tx() as db:
-            self._end(db, instance_id, _ts(at))
-            db.execute("UPDATE instances SET deleted_at = coalesce(deleted_at, ?) "
-                       "WHERE instance_id = ?", (_ts(at), instance_id))
+    def _advance(self, db: sqlite3.Connection, current: _Process, reading: DomainReading,
+                 counters: dict, closing: bool) -> None:
+        iid, at = reading.instance_id, _ts(reading.read_at)
+        if at <= current.latest_at:
+            return  # older than what we hold: its growth is inside the newer reading's
+        growth, series = arithmetic.advance(current.series, counters)
+        for name in arithmetic.resets(current.series, counters):
+            self.counters.incr("usage.series_resets")
+            LOG.info("usage of %s: counter %s went down: counted again from zero", iid, name)
+        ended = current.ended_at
+        if ended is not None and at > ended:  # read running after its "end": it never ended
+            journal.withdraw_gaps(db, iid, current.number, "ended_unread")
+            self.counters.incr("usage.ends_withdrawn")
+            ended = None
+        db.execute("UPDATE processes SET latest_at = ?, latest = ?, series = ?, closing = ?, "
+                   "ended_at = ? WHERE instance_id = ? AND number = ?",
+                   (at, codec.encode_reading(reading), codec.pack(series), int(closing), ended,
+                    iid, current.number))
+        journal.add_growth(db, iid, current.number, self._bucket(at), current.latest_at, at,
+                           growth, at - current.latest_at)
 
-    @_guarded
+    def _open(self, db: sqlite3.Connection, iid: str, number: int, reading: DomainReading,
+              counters: dict, closing: bool, *, from_zero: bool) -> None:
+        at, start = _ts(reading.read_at), reading.process_started_at
+        since = start if start is not None and start < at else at
+        db.execute("INSERT INTO processes (instance_id, number, domain_id, started_at, "
+                   "from_zero, first_at, latest_at, latest, series, closing) VALUES "
+                   "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (iid, number, domain_id(reading), start, int(from_zero), at, at,
+                    codec.encode_reading(reading), codec.pack(counters), int(closing)))
+        if from_zero:  # its counters started at zero: all of them is its usage
+            journal.add_growth(db, iid, number, self._bucket(at), since, at, counters,
+                               at - since)
+        else:
+            self.counters.incr("usage.running_when_first_seen")
+            journal.add_gap(db, iid, number, self._bucket(at), since, at,
+                            "running_when_first_seen")
+
+    @guarded
     def seen(self, info: InstanceInfo, at: datetime.datetime) -> None:
         """The instance exists on this host now (shut-off instances are not polled)."""
         with self._tx() as db:
             self._touch(db, info, _ts(at))
 
-    def _record_active(self, db: sqlite3.Connection, reading: DomainReading,
-                       closing: bool) -> None:
-        iid, at, counters = reading.instance_id, _ts(reading.read_at), usage_math.flatten(reading)
-        current = self._current(db, iid)
-        if current is None:  # first sight: a baseline; what ran before is not ours to know
-            self._new_process(db, iid, 1, reading, closing, from_zero=False)
-            self._add_usage(db, iid, at, {}, 0.0)
-            return
-        if at <= current.latest_at:
-            return  # older than what we hold (a poll that finished after a newer flush read)
-        if current.ended_at is not None and at <= current.ended_at:
-            return  # taken before its process ended (a poll that finished after the stop)
-        previous = usage_math.flatten(current.latest)
-        if self._is_new_process(current, reading, previous, counters):
-            if current.ended_at is None:  # its end went unseen: bounded by this reading
-                self._mark_ended(db, iid, current, at)
-            self._new_process(db, iid, current.number + 1, reading, closing, from_zero=True)
-            self._add_usage(db, iid, at, counters, 0.0)  # a new process counts from zero
-            return
-        closed_at = at if closing else current.closed_at
-        if closed_at is not None and at - closed_at > CLOSING_HOLDS_SECONDS:
-            closed_at = None
-        db.execute("UPDATE processes SET latest_at = ?, latest = ?, closed_at = ? "
-                   "WHERE instance_id = ? AND number = ?",
-                   (at, codec.encode_reading(reading), closed_at, iid, current.number))
-        self._add_usage(db, iid, at, usage_math.growth(previous, counters),
-                        at - current.latest_at)
+    # -- state ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _is_new_process(current: _Process, reading: DomainReading, previous, counters) -> bool:
-        if current.ended_at is not None:
-            return True
-        known = _process_id(reading)
-        if None not in (current.domain_id, known) and current.domain_id != known:
-            return True
-        return usage_math.is_reset(previous, counters)
-
-    def _end(self, db: sqlite3.Connection, instance_id: str, at: float) -> None:
-        current = self._current(db, instance_id)
-        if current is not None and current.ended_at is None and at >= current.latest_at:
-            self._mark_ended(db, instance_id, current, at)
-
-    def _mark_ended(self, db: sqlite3.Connection, iid: str, current: _Process, at: float) -> None:
-        db.execute("UPDATE processes SET ended_at = ? WHERE instance_id = ? AND number = ?",
-                   (at, iid, current.number))
-        if not current.closed:
-            self._add_usage(db, iid, at, {}, 0.0, unobserved=(current.latest_at, at))
-
-    def _new_process(self, db, iid: str, number: int, reading: DomainReading, closing: bool,
-                     *, from_zero: bool) -> None:
-        body, at = codec.encode_reading(reading), _ts(reading.read_at)
-        db.execute("INSERT INTO processes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                   (iid, number, _process_id(reading), int(from_zero), at, body, at, body,
-                    at if closing else None))
-
-    def _add_usage(self, db, iid: str, at: float, growth: dict[str, int], observed: float,
-                   unobserved: tuple[float, float] | None = None) -> None:
-        begin, end = self.period.current(_dt(at))
-        row = db.execute("SELECT totals, observed_seconds, first_at, last_at, unobserved FROM "
-                         "usage WHERE instance_id = ? AND period_begin = ?",
-                         (iid, _ts(begin))).fetchone()
-        totals, seen, first, last, missed = (
-            (codec.unpack(row[0]), row[1], row[2], row[3], codec.unpack(row[4]))
-            if row else ({}, 0.0, at, at, []))
-        if unobserved is not None:
-            missed.append(list(unobserved))
-        db.execute("INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (iid, _ts(begin), _ts(end), codec.pack(usage_math.add(totals, growth)),
-                    seen + observed, min(first, at), max(last, at), codec.pack(missed)))
-
-    def _touch(self, db: sqlite3.Connection, info: InstanceInfo, at: float) -> None:
-        db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, NULL) ON CONFLICT (instance_id) "
-                   "DO UPDATE SET info = excluded.info, last_seen = max(last_seen, ?)",
+    def _touch(self, db: sqlite3.Connection, info: InstanceInfo, at: float) -> tuple:
+        """(seen_off_at, first_seen, deleted_at) of the instance as it was before."""
+        row = db.execute("SELECT seen_off_at, first_seen, deleted_at FROM instances WHERE "
+                         "instance_id = ?", (info.instance_id,)).fetchone()
+        db.execute("INSERT INTO instances (instance_id, info, first_seen, last_seen) "
+                   "VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
+                   "info = excluded.info, last_seen = max(last_seen, ?)",
                    (info.instance_id, codec.encode_info(info), at, at, at))
+        return row if row is not None else (None, None, None)
 
     @staticmethod
     def _current(db: sqlite3.Connection, iid: str) -> _Process | None:
-        row = db.execute("SELECT number, domain_id, latest_at, latest, closed_at, ended_at FROM "
-                         "processes WHERE instance_id = ? ORDER BY number DESC LIMIT 1",
-                         (iid,)).fetchone()
+        row = db.execute("SELECT number, domain_id, started_at, latest_at, latest, series, "
+                         "closing, ended_at FROM processes WHERE instance_id = ? "
+                         "ORDER BY number DESC LIMIT 1", (iid,)).fetchone()
         if row is None:
             return None
-        return _Process(row[0], row[1], row[2], codec.decode_reading(row[3]), row[4], row[5])
+        return _Process(row[0], row[1], row[2], row[3], codec.decode_reading(row[4]),
+                        codec.unpack(row[5]), bool(row[6]), row[7])
 
-    # -- reading --------------------------------------------------------------------------
+    def _bucket(self, at: float) -> float:
+        return _ts(self.period.current(_dt(at))[0])
 
-    def usage(self, instance_id: str, begin: datetime.datetime,
-              end: datetime.datetime) -> Usage:
-        """The buckets overlapping (begin, end], summed."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT period_begin, period_end, totals, observed_seconds, first_at, last_at, "
-                "unobserved FROM usage WHERE instance_id = ? AND period_begin < ? AND "
-                "period_end > ? ORDER BY period_begin", (instance_id, _ts(end), _ts(begin)))
-            rows = rows.fetchall()
-            processes = self._db.execute(
-                "SELECT count(*) FROM processes WHERE instance_id = ? AND first_at <= ? AND "
-                "latest_at > ?", (instance_id, _ts(end), _ts(begin))).fetchone()[0]
-        missed = tuple(Unobserved(_dt(a), _dt(b)) for r in rows for a, b in codec.unpack(r[6]))
-        totals = usage_math.add_all(codec.unpack(r[2]) for r in rows)
-        return Usage(
-            begin=_dt(min([r[0] for r in rows], default=_ts(begin))),
-            end=_dt(max([r[1] for r in rows], default=_ts(end))),
-            totals=totals, cpu_time_ns=totals.get(usage_math.CPU, 0),
-            disks=usage_math.by_device(totals, "disk"), vnics=usage_math.by_device(totals, "vnic"),
-            observed_seconds=sum(r[3] for r in rows), unobserved=missed,
-            first_read_at=_dt(min([r[4] for r in rows], default=None)),
-            last_read_at=_dt(max([r[5] for r in rows], default=None)), processes=processes)
-
-    @_guarded
+    @guarded
     def latest(self, instance_id: str) -> LatestUsage | None:
         with self._lock:
             current = self._current(self._db, instance_id)
@@ -233,62 +209,23 @@ class UsageLedger:
                                     (instance_id,)).fetchone()
         if current is None or info is None:
             return None
-        return LatestUsage(codec.decode_info(info[0]), current.latest, current.closed,
-                      _dt(current.ended_at), current.number)
-
-    def hosted(self, begin: datetime.datetime, end: datetime.datetime) -> list[InstanceInfo]:
-        """Instances on this host during (begin, end] and not deleted by its end (a deleted
-        one got its final exists at deletion)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT info FROM instances WHERE first_seen <= ? AND last_seen > ? AND "
-                "(deleted_at IS NULL OR deleted_at > ?) ORDER BY instance_id",
-                (_ts(end), _ts(begin), _ts(end))).fetchall()
-        return [codec.decode_info(r[0]) for r in rows]
-
-    def deleted_at(self, instance_id: str) -> datetime.datetime | None:
-        with self._lock:
-            row = self._db.execute("SELECT deleted_at FROM instances WHERE instance_id = ?",
-                                   (instance_id,)).fetchone()
-        return _dt(row[0]) if row else None
-
-    def first_seen(self) -> datetime.datetime | None:
-        """When the ledger first saw any instance still in it."""
-        with self._lock:
-            return _dt(self._db.execute("SELECT min(first_seen) FROM instances").fetchone()[0])
+        return LatestUsage(codec.decode_info(info[0]), current.latest, current.closing,
+                           _dt(current.ended_at) if current.ended_at else None,
+                           current.number)
 
     def processes(self, instance_id: str) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM processes WHERE instance_id = ?",
                                     (instance_id,)).fetchone()[0]
 
-    # -- periods done, retention -------------------------------------------------------------
-
-    def emitted(self, begin: datetime.datetime) -> bool:
-        with self._lock:
-            return self._db.execute("SELECT 1 FROM emitted WHERE period_begin = ?",
-                                    (_ts(begin),)).fetchone() is not None
-
-    def mark_emitted(self, begin: datetime.datetime, end: datetime.datetime,
-                     now: datetime.datetime) -> None:
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO emitted VALUES (?, ?, ?)",
-                       (_ts(begin), _ts(end), _ts(now)))
-
-    def prune(self, now: datetime.datetime) -> None:
-        """Forget what is older than the retention (keeps each instance's newest process)."""
-        cut = _ts(now - self._retention)
-        with self._tx() as db:
-            db.execute("DELETE FROM usage WHERE period_end < ?", (cut,))
-            db.execute("DELETE FROM emitted WHERE period_end < ?", (cut,))
-            db.execute("DELETE FROM processes WHERE ended_at < ? AND number < (SELECT max(number)"
-                       " FROM processes p WHERE p.instance_id = processes.instance_id)", (cut,))
-            gone = "SELECT instance_id FROM instances WHERE coalesce(deleted_at, last_seen) < ?"
-            db.execute(f"DELETE FROM processes WHERE instance_id IN ({gone})", (cut,))
-            db.execute(f"DELETE FROM instances WHERE instance_id IN ({gone})", (cut,))
-
-    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return sqlite_tx.immediate(self._db, self._lock)
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; it also marks the ledger alive now (an outage starts at
+        the last mark)."""
+        with sqlite_tx.immediate(self._db, self._lock) as db:
+            yield db
+            db.execute("INSERT INTO meta VALUES ('alive_at', ?) ON CONFLICT (key) DO UPDATE "
+                       "SET value = max(value, excluded.value)", (_ts(self._clock()),))
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
 """Usage through the core's front door (capture.pipeline.Pipeline): process-ending actions take closing readings, delete.samples says
-complete or stale and the domain's real state, and a final exists goes out with it.
+complete or stale and the domain's real state, and the final exists goes out once the domain
+is gone after the delete (found gone by the flush's read, or libvirt's undefine).
 Real SQLite spool and ledger, in-memory libvirt stand-ins, an injected clock."""
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from tests.support.fakes import AT, UUID, Clock, FakeInspector, FakeRegistry, ma
 
 
 def reading_at(at, cpu, active=True, domain_id=1):
+    """A reading of a QEMU process that started when the ledger did (counted from zero)."""
     return dataclasses.replace(make_reading(active=active), read_at=at,
                                cpu_time_ns=cpu if active else None,
-                               process_id=domain_id if active else None)
+                               process_id=domain_id if active else None,
+                               process_started_at=AT.timestamp() if active else None)
 
 
 def action(name, at, event="compute.instance.{}.start"):
@@ -35,7 +38,7 @@ class Host:
         self.spool = spool.Spool(str(state / "spool.sqlite"), conduits=["test"],
                                  counters=self.counters)
         self.ledger = usage_ledger.UsageLedger(str(state / "usage.sqlite"),
-                                               periods.parse("hour"))
+                                               periods.parse("hour"), clock=clock)
         self.core = Pipeline(readers=Readers.one(inspector), registry=registry,
                              spool=self.spool, ledger=self.ledger,
                              settings=Settings("cmp1", "ls.cmp1"), counters=self.counters,
@@ -99,6 +102,8 @@ def power_off_then_delete(host, clock, live, days=3):
 
 def test_power_off_then_delete_is_complete_and_says_the_domain_is_off(host, clock, live):
     assert power_off_then_delete(host, clock, live) is Outcome.LAST_KNOWN
+    assert "compute.instance.exists" not in host.spooled()  # the domain is still there
+    host.ledger.domain_gone(UUID, clock.advance(1))  # libvirt's undefine: the delete happened
     events = host.spooled()
     capture = events["compute.instance.delete.samples"].payload["capture"]
     assert capture["complete"] is True
@@ -107,7 +112,8 @@ def test_power_off_then_delete_is_complete_and_says_the_domain_is_off(host, cloc
     final = events["compute.instance.exists"].payload
     payloads.validate(events["compute.instance.exists"])
     assert final["final"] is True and final["period_source"] == "deleted"
-    assert final["usage"]["complete"] is True  # this hour: nothing happened, nothing missed
+    assert final["usage"]["complete"] is True  # the process ended after a closing reading
+    assert final["usage"]["cpu_time_ns"] == 4_000  # from its start: all it used
 
 
 def test_after_an_agent_restart_the_ledger_stands_in_for_the_cache(tmp_path, host, clock,
@@ -136,18 +142,21 @@ def test_a_delete_racing_destroy_is_stale_and_the_final_exists_bounds_the_loss(h
     capture = events["compute.instance.delete.samples"].payload["capture"]
     assert capture["complete"] is False and capture["domain_state"] == "gone"
     assert capture["age_ms"] == 2000
-    usage = events["compute.instance.exists"].payload["usage"]
-    assert usage["cpu_time_ns"] == 2_000 and usage["complete"] is False
+    usage = events["compute.instance.exists"].payload["usage"]  # found gone: ended
+    assert usage["cpu_time_ns"] == 3_000 and usage["complete"] is False
     assert usage["incomplete_seconds"] == 2.0
+    assert usage["usage_incomplete"][0]["reason"] == "ended_unread"
 
 
 def test_a_live_delete_is_complete_with_all_usage_in_the_final_exists(host, clock, live):
     live.readings[UUID] = reading_at(clock.advance(60), 9_000)
     assert host.handle(action("delete", clock.now)) is Outcome.FINAL
+    del live.readings[UUID]
+    host.ledger.domain_gone(UUID, clock.advance(0.2))  # destroyed and undefined
     events = host.spooled()
     assert events["compute.instance.delete.samples"].payload["capture"]["complete"] is True
     final = events["compute.instance.exists"]
-    assert final.payload["usage"]["cpu_time_ns"] == 8_000
+    assert final.payload["usage"]["cpu_time_ns"] == 9_000
     assert final.payload["usage"]["usage_incomplete"] == []
     assert final.payload["audit_period_beginning"] == "2026-11-21 12:00:00"
     assert host.spool.seen(final.message_id)
@@ -168,6 +177,8 @@ def test_an_instance_never_seen_running_still_gets_its_gauges(tmp_path, clock):
 def test_a_final_exists_is_not_the_capture_a_retried_delete_supersedes(host, clock, live):
     live.readings[UUID] = reading_at(clock.advance(60), 9_000)
     host.handle(action("delete", clock.now))
+    host.ledger.domain_gone(UUID, clock.advance(1))
+    assert "compute.instance.exists" in host.spooled()
     samples = host.spooled()["compute.instance.delete.samples"]
     assert host.spool.last_capture(UUID) == samples.message_id
 
@@ -181,6 +192,7 @@ def test_the_final_exists_is_stamped_no_later_than_nova_announced_the_delete(hos
     clock.advance(2)  # the agent handles the announcement two seconds after nova sent it
     trigger = dataclasses.replace(action("delete", clock.now), announced_at=announced)
     assert host.handle(trigger) is Outcome.FINAL
+    host.ledger.domain_gone(UUID, clock.advance(1))
     events = host.spooled()
     assert events["compute.instance.exists"].timestamp == isotime(announced)
     assert events["compute.instance.delete.samples"].timestamp == isotime(announced)

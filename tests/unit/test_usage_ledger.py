@@ -1,15 +1,18 @@
-"""The usage ledger on a real SQLite file: increments across QEMU processes, never negative,
-bucketed by audit period, surviving a reopen; property: periods sum to the total growth."""
+"""The usage ledger on a real SQLite file: growth per counter series and QEMU process, ends
+on evidence, unread intervals with their reason, what is owed to the next report, surviving
+a reopen (the property over a whole world is tests/unit/test_usage_property.py)."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import sqlite3
 
 import pytest
-from hypothesis import given, settings, strategies as st
 
 from lifecycle_stats.usage import ledger as usage_ledger, periods
-from lifecycle_stats.records import DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats
+from lifecycle_stats.records import (
+    DiskStats, DomainReading, Flavor, InstanceInfo, Notification, VnicStats,
+)
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
@@ -41,15 +44,27 @@ def hour(n: int) -> tuple[datetime.datetime, datetime.datetime]:
     return T0 + datetime.timedelta(hours=n), T0 + datetime.timedelta(hours=n + 1)
 
 
+def owed(ledger, upto=None):
+    """What the next report would carry (read by `upto`, not reported yet)."""
+    return ledger.pending_usage(IID, upto)
+
+
+def reasons(used):
+    return [(m.reason, m.seconds) for m in used.unobserved]
+
+
+FIRST_SIGHT = ("running_when_first_seen", 0.0)  # no start time known: from the first reading
+
+
 def test_growth_is_summed_within_one_process(ledger):
     for minutes, cpu in ((1, 100), (2, 250), (3, 400)):
         ledger.record(INFO, reading(minutes, cpu, disk=cpu, net=cpu))
-    used = ledger.usage(IID, *hour(0))
+    used = owed(ledger)
     assert used.totals["cpu_time_ns"] == 300
     assert used.totals["disk:vda:read_bytes"] == 300 * 512
     assert used.totals["vnic:tap0:tx_bytes"] == 300 * 50
     assert used.observed_seconds == 120
-    assert used.unobserved == ()
+    assert reasons(used) == [FIRST_SIGHT]
 
 
 def test_a_new_process_counts_from_zero_and_the_unseen_end_is_bounded(ledger):
@@ -57,16 +72,45 @@ def test_a_new_process_counts_from_zero_and_the_unseen_end_is_bounded(ledger):
     ledger.record(INFO, reading(2, 1500))
     ledger.record(INFO, reading(5, 200, domain_id=2))  # power-off/on behind our back
     ledger.record(INFO, reading(6, 300, domain_id=2))
-    used = ledger.usage(IID, *hour(0))
+    used = owed(ledger)
     assert used.totals["cpu_time_ns"] == 500 + 200 + 100
-    assert [m.seconds for m in used.unobserved] == [180]  # from 00:02 to the new process
+    assert reasons(used) == [FIRST_SIGHT, ("ended_unread", 180)]  # 00:02 to the new process
     assert ledger.processes(IID) == 2 == used.processes
 
 
-def test_a_decrease_is_a_reset_not_negative_usage(ledger):
+def test_a_process_whose_start_is_known_bounds_its_predecessor_s_end_by_it(ledger):
+    ledger.record(INFO, reading(1, 1000))
+    started = (T0 + datetime.timedelta(minutes=3)).timestamp()
+    ledger.record(INFO, dataclasses.replace(reading(5, 200, domain_id=2),
+                                            process_started_at=started))
+    assert reasons(owed(ledger))[1] == ("ended_unread", 120)
+
+
+def test_a_process_started_after_the_ledger_was_created_counts_from_zero(tmp_path):
+    opened = usage_ledger.UsageLedger(str(tmp_path / "u.sqlite"), periods.parse("hour"),
+                                      clock=lambda: T0)
+    started = (T0 + datetime.timedelta(seconds=5)).timestamp()
+    opened.record(INFO, dataclasses.replace(reading(1, 700), process_started_at=started))
+    used = opened.pending_usage(IID)
+    assert used.totals["cpu_time_ns"] == 700 and used.unobserved == ()
+    opened.close()
+
+
+def test_a_process_running_before_the_ledger_existed_says_what_went_unread(tmp_path):
+    opened = usage_ledger.UsageLedger(str(tmp_path / "u.sqlite"), periods.parse("hour"),
+                                      clock=lambda: T0 + datetime.timedelta(minutes=1))
+    started = T0.timestamp()
+    opened.record(INFO, dataclasses.replace(reading(2, 700), process_started_at=started))
+    used = opened.pending_usage(IID)
+    assert used.totals.get("cpu_time_ns", 0) == 0
+    assert reasons(used) == [("running_when_first_seen", 120)]
+    opened.close()
+
+
+def test_a_cpu_decrease_is_another_process_not_negative_usage(ledger):
     ledger.record(INFO, reading(1, 1000, domain_id=None))
     ledger.record(INFO, reading(2, 10, domain_id=None))
-    assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 10
+    assert owed(ledger).totals["cpu_time_ns"] == 10
     assert ledger.processes(IID) == 2
 
 
@@ -76,111 +120,88 @@ def test_a_closing_reading_makes_the_end_complete(ledger):
     ledger.process_ended(IID, T0 + datetime.timedelta(minutes=2, seconds=1))
     latest = ledger.latest(IID)
     assert latest.closed and latest.ended_at is not None and latest.reading.cpu_time_ns == 300
-    assert ledger.usage(IID, *hour(0)).unobserved == ()
+    assert reasons(owed(ledger)) == [FIRST_SIGHT]
 
 
 def test_an_end_without_closing_reading_is_reported_with_its_bound(ledger):
     ledger.record(INFO, reading(1, 100))
     ledger.record(INFO, reading(10, 0, active=False))  # found shut off
-    missed = ledger.usage(IID, *hour(0)).unobserved
-    assert [m.seconds for m in missed] == [540]
+    assert reasons(owed(ledger))[1:] == [("ended_unread", 540)]
 
 
-def test_readings_older_than_the_held_one_are_ignored(ledger):
-    ledger.record(INFO, reading(5, 500))
+def test_a_poll_after_the_closing_reading_means_the_process_ran_on_unread(ledger):
+    """No hold time: the closing reading closes only while it is the newest one."""
+    ledger.record(INFO, reading(1, 100), closing=True)
+    ledger.record(INFO, reading(1.5, 150))  # a poll between nova's .start and the stop
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=1.6))
+    assert reasons(owed(ledger))[1:] == [("ended_unread", pytest.approx(6.0))]
+
+
+def test_late_readings_of_the_held_or_an_older_process_add_nothing(ledger):
+    ledger.record(INFO, reading(5, 500, domain_id=7))
     ledger.record(INFO, reading(4, 100, domain_id=7))  # a slow poll finishing late
+    ledger.record(INFO, reading(6, 900, domain_id=6))  # a late reading of an older process
     assert ledger.processes(IID) == 1
     assert ledger.latest(IID).reading.cpu_time_ns == 500
+    assert owed(ledger).totals.get("cpu_time_ns", 0) == 0
 
 
-def test_usage_lands_in_the_period_of_its_reading(ledger):
+def test_what_is_owed_is_what_was_read_by_the_report_s_end(ledger):
     ledger.record(INFO, reading(50, 100))
     ledger.record(INFO, reading(70, 400))
     ledger.record(INFO, reading(130, 1000))
-    assert ledger.usage(IID, *hour(0)).totals.get("cpu_time_ns", 0) == 0
-    assert ledger.usage(IID, *hour(1)).totals["cpu_time_ns"] == 300
-    assert ledger.usage(IID, *hour(2)).totals["cpu_time_ns"] == 600
-    assert ledger.usage(IID, hour(0)[0], hour(2)[1]).totals["cpu_time_ns"] == 900
+    assert owed(ledger, hour(0)[1]).totals.get("cpu_time_ns", 0) == 0
+    assert owed(ledger, hour(1)[1]).totals["cpu_time_ns"] == 300
+    assert owed(ledger, hour(2)[1]).totals["cpu_time_ns"] == 900
 
 
-def test_the_ledger_survives_a_reopen_and_refuses_a_newer_schema(tmp_path):
+@pytest.mark.allow_error_logs
+def test_the_ledger_survives_a_reopen_and_moves_a_newer_schema_aside(tmp_path):
     path = str(tmp_path / "usage.sqlite")
     first = usage_ledger.UsageLedger(path, periods.parse("hour"))
     first.record(INFO, reading(1, 100))
     first.record(INFO, reading(2, 700))
-    first.close()  # (kill -9 is covered by the integration tier)
+    first.close()  # (kill -9: tests/unit/test_usage_property.py reopens without closing)
     second = usage_ledger.UsageLedger(path, periods.parse("hour"))
-    assert second.usage(IID, *hour(0)).totals["cpu_time_ns"] == 600
+    assert second.pending_usage(IID).totals["cpu_time_ns"] == 600 and not second.moved_aside
     second.close()
     db = sqlite3.connect(path)
     db.execute("PRAGMA user_version=99")
     db.close()
-    with pytest.raises(sqlite3.DatabaseError, match="schema version 99"):
-        usage_ledger.UsageLedger(path, periods.parse("hour"))
+    third = usage_ledger.UsageLedger(path, periods.parse("hour"))
+    assert third.moved_aside and third.counters.get("usage.ledger_moved_aside") == 1
+    assert third.latest(IID) is None
+    assert sqlite3.connect(third.moved_aside).execute("PRAGMA user_version").fetchone() == (99,)
+    third.close()
 
 
-def test_hosted_excludes_instances_deleted_by_the_period_end(ledger):
+def test_hosted_excludes_instances_ended_by_the_period_end(ledger):
     ledger.record(INFO, reading(10, 100))
     assert [i.instance_id for i in ledger.hosted(*hour(0))] == [IID]
-    ledger.instance_deleted(IID, T0 + datetime.timedelta(minutes=20))
-    assert ledger.hosted(*hour(0)) == []
+    ledger.delete_announced(IID, T0 + datetime.timedelta(minutes=20))
+    assert [i.instance_id for i in ledger.hosted(*hour(0))] == [IID]  # announced only
+    ledger.domain_gone(IID, T0 + datetime.timedelta(minutes=21))
+    assert ledger.hosted(*hour(1)) == []
 
 
-def test_prune_forgets_old_periods_only(tmp_path):
+def test_prune_forgets_what_was_reported_never_what_is_owed(tmp_path):
     ledger = usage_ledger.UsageLedger(str(tmp_path / "u.sqlite"), periods.parse("hour"),
                                       retention=datetime.timedelta(hours=2))
     ledger.record(INFO, reading(10, 100))
+    ledger.record(INFO, reading(20, 300))
+    note = Notification("compute.instance.exists", "INFO", "p", {}, "m-1", "t")
+    ledger.claim_report("m-1", IID, hour(0)[1], lambda used: note, begin=hour(0)[0],
+                        end=hour(0)[1], kind="periodic", source="agent_period", now=hour(1)[0])
     ledger.record(INFO, reading(200, 900))
+    ledger.record(INFO, reading(210, 1000))
+    ledger.prune(T0 + datetime.timedelta(hours=4))  # reported, but not spooled yet: kept
+    assert ledger.unspooled_reports() == [("periodic", note)]
+    ledger.mark_spooled(["m-1"], hour(1)[0])
     ledger.prune(T0 + datetime.timedelta(hours=4))
-    assert ledger.usage(IID, *hour(0)).first_read_at is None
-    assert ledger.usage(IID, *hour(3)).totals["cpu_time_ns"] == 800
+    reported = ledger._db.execute("SELECT count(*) FROM entries WHERE report = 'm-1'")
+    assert reported.fetchone() == (0,)
+    assert owed(ledger).totals["cpu_time_ns"] == 700  # owed: kept however old
     ledger.close()
-
-
-# One step of a counter's life: grow by some amount; restart in a new QEMU process (new domain
-# id) at a value; or reset within the same id to a lower value (a decrease is a new process).
-steps = st.lists(st.tuples(st.sampled_from(["grow", "restart", "reset"]),
-                           st.integers(0, 10**9), st.integers(1, 4000)),
-                 min_size=1, max_size=40)
-
-
-@settings(max_examples=60, deadline=None)
-@given(steps=steps)
-def test_periods_sum_to_the_total_growth(tmp_path_factory, steps):
-    ledger = usage_ledger.UsageLedger(str(tmp_path_factory.mktemp("p") / "u.sqlite"),
-                                      periods.parse("hour"))
-    cpu, domain_id, seconds, expected = 0, 1, 0, 0
-    ledger.record(INFO, reading(0, 0))
-    for kind, amount, gap in steps:
-        seconds += gap
-        if kind == "restart":
-            cpu, domain_id = amount, domain_id + 1
-            expected += amount
-        elif kind == "reset" and cpu > 0:
-            cpu = amount % cpu  # lower than before: counted from zero
-            expected += cpu
-        else:
-            cpu += amount
-            expected += amount
-        ledger.record(INFO, reading(seconds / 60, cpu, domain_id=domain_id, disk=cpu // 3))
-    hours = [ledger.usage(IID, *hour(n)) for n in range(seconds // 3600 + 1)]
-    ledger.close()
-    assert sum(u.totals.get("cpu_time_ns", 0) for u in hours) == expected
-    assert all(value >= 0 for u in hours for value in u.totals.values())
-
-
-def test_a_closing_reading_holds_through_polls_that_follow_it_shortly(ledger):
-    ledger.record(INFO, reading(1, 100), closing=True)
-    ledger.record(INFO, reading(1.5, 150))  # a poll between nova's .start and the stop
-    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=1.6))
-    assert ledger.usage(IID, *hour(0)).unobserved == ()
-
-
-def test_a_closing_reading_long_ago_does_not_close_a_process_that_ran_on(ledger):
-    ledger.record(INFO, reading(1, 100), closing=True)  # a power_off that failed
-    ledger.record(INFO, reading(30, 900))
-    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=31))
-    assert [m.seconds for m in ledger.usage(IID, *hour(0)).unobserved] == [60]
 
 
 @pytest.mark.allow_error_logs
@@ -198,13 +219,13 @@ def test_a_process_id_of_minus_one_is_unknown_not_a_new_process(ledger):
     ledger.record(INFO, reading(2, 300, domain_id=-1))  # a handle looked up while it was off
     ledger.record(INFO, reading(3, 600, domain_id=7))
     assert ledger.processes(IID) == 1
-    assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 500
+    assert owed(ledger).totals["cpu_time_ns"] == 500
 
 
-def test_a_reading_taken_before_its_process_ended_is_not_a_new_process(ledger):
+def test_a_reading_taken_before_its_process_ended_adds_its_growth_to_that_process(ledger):
     """A bulk poll requested before nova's destroy returns after libvirt's STOPPED was
-    handled: its reading (same QEMU process, stamped before the end) is late, not a new
-    process counting from zero (measured on the real daemon: cpu counted twice)."""
+    handled: its reading (same QEMU process, stamped before the end) is late growth of that
+    process, not a new process counting from zero."""
     ledger.record(INFO, reading(1, 350, domain_id=7))
     ledger.record(INFO, reading(2, 500, domain_id=7), closing=True)  # nova's power_off.start
     ledger.process_ended(IID, T0 + datetime.timedelta(minutes=3))  # libvirt: stopped
@@ -212,4 +233,32 @@ def test_a_reading_taken_before_its_process_ended_is_not_a_new_process(ledger):
     ledger.record(INFO, reading(4, 100, domain_id=8))  # powered on again
     ledger.record(INFO, reading(5, 550, domain_id=8))
     assert ledger.processes(IID) == 2
-    assert ledger.usage(IID, *hour(0)).totals["cpu_time_ns"] == 150 + 550
+    assert owed(ledger).totals["cpu_time_ns"] == 190 + 550
+
+
+def test_an_end_contradicted_by_a_later_reading_of_the_same_process_is_withdrawn(ledger):
+    ledger.record(INFO, reading(1, 100, domain_id=7))
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=2))
+    ledger.record(INFO, reading(3, 400, domain_id=7))  # it was running all along
+    used = owed(ledger)
+    assert used.totals["cpu_time_ns"] == 300 and reasons(used) == [FIRST_SIGHT]
+    assert ledger.latest(IID).ended_at is None
+
+
+def test_a_slow_poll_stamped_before_the_new_process_started_bounds_nothing_by_its_stamp(ledger):
+    """The predecessor ended unseen before the new process started, not before the poll that
+    read the new process was stamped (a bulk poll is stamped when it is asked)."""
+    ledger.record(INFO, reading(1, 100, domain_id=7))
+    started = (T0 + datetime.timedelta(minutes=5)).timestamp()
+    slow = dataclasses.replace(reading(4, 30, domain_id=8), process_started_at=started)
+    ledger.record(INFO, slow)
+    assert reasons(owed(ledger))[1:] == [("ended_unread", 240)]  # 00:01 to 00:05
+
+
+def test_a_stopped_event_after_the_held_process_ended_tells_of_an_unread_process(ledger):
+    """libvirt's STOPPED when the ledger's process had ended: another process started and
+    stopped without a reading (its start read failed); that time ran unread."""
+    ledger.record(INFO, reading(1, 100, domain_id=7), closing=True)
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=2), stopped_event=True)
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=9), stopped_event=True)
+    assert reasons(owed(ledger))[1:] == [("ended_unread", 420)]
