@@ -106,6 +106,9 @@ class FakeRegistry:
             return self.get(instance_id)
         raise HypervisorError("not connected")  # an unknown domain needs a libvirt read
 
+    def forget(self, instance_id):  # libvirt undefined the domain
+        self.infos.pop(instance_id, None)
+
 
 class Clock:
     """A clock the test sets: call it for now; advance(seconds) moves a datetime or a float."""
@@ -142,3 +145,21 @@ class TriggerRecorder:
             raise self.error
         self.triggers.append(trigger)
         return self.outcome
+
+
+class FlakySpool:
+    """A real spool whose next `fail` puts of compute.instance.exists raise as a locked
+    database does (the usage tests: an exists owed, spooled later)."""
+
+    def __init__(self, real, fail=0):
+        self.real, self.fail = real, fail
+
+    def put(self, notification, kind):
+        if notification.event_type == "compute.instance.exists" and self.fail > 0:
+            self.fail -= 1
+            import sqlite3
+            raise sqlite3.OperationalError("database is locked")
+        return self.real.put(notification, kind)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)

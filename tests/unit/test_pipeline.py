@@ -76,10 +76,18 @@ def announce(action: str = "delete", instance_id: str = UUID) -> DeleteTrigger:
                          host=HOST, received_at=NOW, action=action)
 
 
+def undefined(instance_id: str = UUID) -> LifecycleEvent:
+    """libvirt's undefine, as nova's destroy ends: the evidence that the delete happened."""
+    return LifecycleEvent(instance_id, "instance-0000002a", "undefined", "removed", NOW)
+
+
 def test_a_deletion_spools_its_samples_then_its_final_exists_and_wakes_the_senders(core):
     assert core.door.announced(announce()) is Outcome.FINAL
+    assert core.spooled() == [payloads.DELETE_SAMPLES]  # announced: not an end yet
+    assert core.ledger.ended(UUID) is None
+    core.door.lifecycle(undefined())  # the domain is gone: the instance has ended
     assert core.spooled() == [payloads.DELETE_SAMPLES, EXISTS]
-    assert core.ledger.deleted_at(UUID) is not None  # the ledger closed the instance
+    assert core.ledger.ended(UUID) is not None
     woken = core.woken
     assert woken > 0
     assert core.door.announced(announce()) is Outcome.DUPLICATE  # the bus copy after the hook's
@@ -179,6 +187,7 @@ def test_the_bus_hands_announcements_to_the_core(core):
     result = endpoint.info({}, request["publisher_id"], request["event_type"],
                            request["payload"], {"message_id": "m1"})
     assert result == oslo_messaging.NotificationResult.HANDLED
+    core.door.lifecycle(undefined())
     assert core.spooled() == [payloads.DELETE_SAMPLES, EXISTS]
 
 

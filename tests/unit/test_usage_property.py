@@ -37,8 +37,7 @@ from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.records import AuditWindow, DiskStats, DomainReading, VnicStats
 from lifecycle_stats.usage import closer as period_closer, ledger as usage_ledger, periods
 from lifecycle_stats.usage import reports as usage_reports
-from tests.unit.test_samples import make_info
-from tests.unit.test_usage_regressions import FlakySpool
+from tests.support.fakes import FlakySpool, make_info
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 22, 0, 40, tzinfo=UTC)  # the ledger is created now

@@ -1,25 +1,25 @@
-"""Issue 18's defects 1-8, one named test each, written before the fix: each drives the real
-ledger, reporter, closer and flush (SQLite files, in-memory libvirt stand-ins, an injected
-clock) and checks what billing sees — Σ usage over every exists, deduplicated by message_id,
-against the counter growth the test fed in."""
+"""Issue 18's defects 1-8, one named test each, written before the fix (all 14 failed on the
+ledger of 0987b6e; branch ledger-before-squash, commit 66347b6): each drives the real core
+(capture.pipeline.Pipeline), ledger, reporter and closer on SQLite files with in-memory libvirt
+stand-ins and an injected clock, and checks what billing sees — Σ usage over every exists,
+deduplicated by message_id, against the counter growth the test fed in."""
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import inspect
-import sqlite3
 
 import pytest
 
 from lifecycle_stats import counters
-from lifecycle_stats.capture import closing_reads, flush, last_readings
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.exceptions import CaptureDeferred, HypervisorError
 from lifecycle_stats.publishing import spool
 from lifecycle_stats.records import AuditWindow, DeleteTrigger, DiskStats, VnicStats
 from lifecycle_stats.usage import closer as period_closer, codec
-from lifecycle_stats.usage import ledger as usage_ledger, periods, reports as usage_reports
-from tests.unit.test_flush import FakeInspector, FakeRegistry
-from tests.unit.test_samples import UUID, make_info, make_reading
+from lifecycle_stats.usage import ledger as usage_ledger, periods
+from tests.support.fakes import (
+    UUID, FakeInspector, FakeRegistry, FlakySpool, make_info, make_reading,
+)
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 22, 0, 10, tzinfo=UTC)
@@ -48,22 +48,6 @@ def read(minutes, cpu, *, pid=1, vda=0, tap=0, started=None):
     return dataclasses.replace(base, **fields)
 
 
-class FlakySpool:
-    """The real spool, but `fail` puts of exists raise as a locked database does."""
-
-    def __init__(self, real, fail=0):
-        self.real, self.fail = real, fail
-
-    def put(self, notification, kind):
-        if notification.event_type == "compute.instance.exists" and self.fail > 0:
-            self.fail -= 1
-            raise sqlite3.OperationalError("database is locked")
-        return self.real.put(notification, kind)
-
-    def __getattr__(self, name):
-        return getattr(self.real, name)
-
-
 class World:
     def __init__(self, state, *, fail_exists=0, backlog=24, emit_own=True):
         self.clock = Clock(T0)
@@ -71,27 +55,15 @@ class World:
         self.real_spool = spool.Spool(str(state / "spool.sqlite"), conduits=["test"],
                                       counters=self.counters)
         self.spool = FlakySpool(self.real_spool, fail_exists)
-        clocked = "clock" in inspect.signature(usage_ledger.UsageLedger).parameters
         self.ledger = usage_ledger.UsageLedger(str(state / "usage.sqlite"),
                                                periods.parse("hour"), counters=self.counters,
-                                               **({"clock": self.clock} if clocked else {}))
-        self.reporter = usage_reports.ExistsReporter(
-            ledger=self.ledger, spool=self.spool, host="cmp1", publisher_id="ls.cmp1",
-            counters=self.counters, clock=self.clock)
-        if hasattr(self.ledger, "on_instance_ended"):
-            self.ledger.on_instance_ended = self.reporter.final_due
+                                               clock=self.clock)
         self.inspector = FakeInspector({})
-        registry = FakeRegistry({UUID: make_info()})
-        self.readings = last_readings.LastReadings(clock=self.clock)
-        kwargs = {} if hasattr(self.ledger, "on_instance_ended") else {
-            "on_deleted": self.reporter.final}
-        self.flusher = flush.Flusher(
-            inspector=self.inspector, registry=registry, last_readings=self.readings,
-            spool=self.real_spool, host="cmp1", publisher_id="ls.cmp1", clock=self.clock,
-            usage=self.ledger, counters=self.counters, sleep=lambda _s: None, **kwargs)
-        self.closing = closing_reads.ClosingReads(
-            inspector=self.inspector, registry=registry, last_readings=self.readings,
-            usage=self.ledger, counters=self.counters, clock=self.clock)
+        self.core = Pipeline(readers=Readers.one(self.inspector),
+                             registry=FakeRegistry({UUID: make_info()}), spool=self.spool,
+                             ledger=self.ledger, settings=Settings("cmp1", "ls.cmp1"),
+                             counters=self.counters, clock=self.clock, sleep=lambda _s: None)
+        self.reporter = self.core.reporter
         self.closer = period_closer.PeriodCloser(
             reporter=self.reporter, instances=lambda: {UUID: make_info()},
             poll=lambda: None, counters=self.counters, clock=self.clock, backlog=backlog,
@@ -111,7 +83,7 @@ class World:
         trigger = DeleteTrigger(instance_id=UUID, event_type=f"compute.instance.{action}.start",
                                 host="cmp1", received_at=at, action=action, announced_at=at,
                                 attempt_id=f"req-{action}-{minutes}")
-        return (self.flusher if action == "delete" else self.closing).handle(trigger)
+        return self.core.announced(trigger)
 
     def exists(self):
         unique = {}
