@@ -70,11 +70,15 @@ class Ends:
     def delete_announced(self, instance_id: str, at: datetime.datetime, *,
                          sent_by: datetime.datetime | None = None, gone: bool = False) -> bool:
         """nova announced the instance's delete (at; its envelope time sent_by). Not an end:
-        the delete may fail or be retried. gone=True: its domain was found gone by then."""
+        the delete may fail or be retried. gone=True: its domain was found gone by then (or
+        libvirt's undefine came first: a read racing nova's destroy returns after it)."""
         with self._tx() as db:
             db.execute("UPDATE instances SET delete_announced_at = ?, delete_sent_by = ? "
                        "WHERE instance_id = ? AND deleted_at IS NULL",
                        (_ts(at), _ts(sent_by or at), instance_id))
+            row = db.execute("SELECT gone_at FROM instances WHERE instance_id = ?",
+                             (instance_id,)).fetchone()
+            gone = gone or (row is not None and row[0] is not None)
             ended = gone and self._end_instance(db, instance_id, _ts(at))
         return self._ended([instance_id] if ended else [])
 
@@ -85,6 +89,9 @@ class Ends:
         with self._tx() as db:
             self._end_process(db, instance_id, _ts(at))
             ended = self._end_instance(db, instance_id, _ts(at))
+            if not ended:  # the delete's announcement may still be on its way
+                db.execute("UPDATE instances SET gone_at = ? WHERE instance_id = ?",
+                           (_ts(at), instance_id))
         return self._ended([instance_id] if ended else [])
 
     @guarded

@@ -184,8 +184,9 @@ class UsageLedger(Ends, Books):
                          "instance_id = ?", (info.instance_id,)).fetchone()
         db.execute("INSERT INTO instances (instance_id, info, first_seen, last_seen) "
                    "VALUES (?, ?, ?, ?) ON CONFLICT (instance_id) DO UPDATE SET "
-                   "info = excluded.info, last_seen = max(last_seen, ?)",
-                   (info.instance_id, codec.encode_info(info), at, at, at))
+                   "info = excluded.info, last_seen = max(last_seen, ?), gone_at = CASE WHEN "
+                   "gone_at < ? THEN NULL ELSE gone_at END",  # seen since: defined again
+                   (info.instance_id, codec.encode_info(info), at, at, at, at))
         return row if row is not None else (None, None, None)
 
     @staticmethod

@@ -16,7 +16,7 @@ _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE instances (instance_id TEXT PRIMARY KEY, info BLOB NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL, seen_off_at REAL,
-    delete_announced_at REAL, delete_sent_by REAL, deleted_at REAL,
+    delete_announced_at REAL, delete_sent_by REAL, deleted_at REAL, gone_at REAL,
     version INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE processes (instance_id TEXT NOT NULL, number INTEGER NOT NULL, domain_id INTEGER,
     started_at REAL, from_zero INTEGER NOT NULL, first_at REAL NOT NULL,

@@ -262,3 +262,21 @@ def test_a_stopped_event_after_the_held_process_ended_tells_of_an_unread_process
     ledger.process_ended(IID, T0 + datetime.timedelta(minutes=2), stopped_event=True)
     ledger.process_ended(IID, T0 + datetime.timedelta(minutes=9), stopped_event=True)
     assert reasons(owed(ledger))[1:] == [("ended_unread", 420)]
+
+
+def test_an_undefine_before_the_delete_announcement_is_heard_still_ends_the_instance(ledger):
+    """A delete read racing nova's destroy returns after it; libvirt's undefine is handled
+    first, the announcement then finds the domain gone."""
+    ledger.record(INFO, reading(1, 100))
+    ledger.domain_gone(IID, T0 + datetime.timedelta(minutes=2))
+    assert ledger.ended(IID) is None  # no delete announced: a resize, a migration
+    assert ledger.delete_announced(IID, T0 + datetime.timedelta(minutes=1, seconds=59))
+    assert ledger.ended(IID) is not None
+
+
+def test_a_domain_seen_again_after_an_undefine_is_not_gone(ledger):
+    ledger.record(INFO, reading(1, 100))
+    ledger.domain_gone(IID, T0 + datetime.timedelta(minutes=2))  # resized: undefined ...
+    ledger.record(INFO, reading(3, 50, domain_id=2))  # ... defined and started again
+    assert not ledger.delete_announced(IID, T0 + datetime.timedelta(minutes=4))
+    assert ledger.ended(IID) is None
