@@ -27,7 +27,7 @@ def test_each_qemu_process_has_its_own_start_and_a_restart_is_newer(libvirt_uri,
     pidfile = os.path.join(qemu_process.QEMU_RUN_DIR, f"{guest.domain_name}.pid")
     assert first.process_started_at is not None
     # libvirt writes the pid file once QEMU is up: measured 0.8 s after its start here
-    assert 0 <= os.stat(pidfile).st_mtime - first.process_started_at < 10
+    assert -0.05 <= os.stat(pidfile).st_mtime - first.process_started_at < 10  # 10 ms ticks
     assert abs(first.process_started_at - time.time()) < 60
     # readable by any user: the agent need not run as root
     assert os.stat(pidfile).st_mode & stat.S_IROTH
@@ -36,7 +36,7 @@ def test_each_qemu_process_has_its_own_start_and_a_restart_is_newer(libvirt_uri,
         assert os.stat(f"/proc/{pid.read().strip()}/stat").st_mode & stat.S_IROTH
 
     again = inspector.read(guest.instance_id)
-    assert again.process_started_at == first.process_started_at
+    assert abs(again.process_started_at - first.process_started_at) < 0.1  # /proc/uptime: 10 ms
     assert identity.relation(first.process_id, first.process_started_at, first.cpu_time_ns,
                              again) is identity.Relation.SAME
 

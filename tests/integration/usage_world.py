@@ -39,13 +39,24 @@ class Life:
     high: list[int] = dataclasses.field(default_factory=list)
 
 
+DESTROY_SECONDS = 5.0  # virDomainDestroy takes 1.5-2 s here (doc/architecture.md §2)
+
+
+def read_to_the_destroy(usage: dict) -> bool:
+    """Complete, or unread only from the agent's last reading to nova's destroy: with 1 s polls
+    a poll often lands between the closing read and the destroy, and the ledger then reports
+    that tail as ended_unread (complete: false is the contract: doc/billing.md)."""
+    return all(gap["reason"] == "ended_unread" and gap["seconds"] < DESTROY_SECONDS
+               for gap in usage["usage_incomplete"])
+
+
 @dataclasses.dataclass
 class Billed:
     cpu_time_ns: int
     exists: int  # distinct message_ids
     finals: int
     processes: int  # of the final exists
-    complete: bool  # of the final exists
+    complete: bool  # of the final exists: read up to nova's destroy (read_to_the_destroy)
     incomplete: list  # its usage_incomplete: what ran unread, and why
 
 
@@ -215,7 +226,7 @@ def _sum(events: list[dict]) -> Billed:
     return Billed(cpu_time_ns=sum(p["usage"]["cpu_time_ns"] for p in seen.values()),
                   exists=len(seen), finals=len(finals),
                   processes=finals[0]["usage"]["processes"],
-                  complete=finals[0]["usage"]["complete"],
+                  complete=read_to_the_destroy(finals[0]["usage"]),
                   incomplete=finals[0]["usage"]["usage_incomplete"])
 
 
