@@ -64,7 +64,10 @@ class Bench:
         self.agent = harness.AgentProcess(
             pathlib.Path(directory), host=self.host, transport_url=RABBIT_URL,
             names=self.names, libvirt_uri=uri, poll_interval=poll_interval,
-            extra={"DEFAULT": {"debug": "false"}, **(extra or {})})
+            # the run's own hook socket: the default path may be served by another agent
+            extra={"DEFAULT": {"debug": "false"},
+                   "hook": {"socket_path": os.path.join(directory, "hook.sock")},
+                   **(extra or {})})
         self.nova = harness.Nova(self.transport, self.names)
         self.billing: harness.BillingConsumer | None = None
         self._event_types = event_types
