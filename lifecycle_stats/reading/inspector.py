@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import libvirt
 
 from lifecycle_stats import records
-from lifecycle_stats.reading import nova_metadata
+from lifecycle_stats.reading import bulk_parse, nova_metadata
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
@@ -87,7 +87,7 @@ class Inspector:
         instance_id = dom.UUIDString()
         try:
             with translated(instance_id):
-                return self._reading(conn, dom, stats, "bulk", read_at)
+                return self._reading(conn, dom, stats, "bulk", read_at, instance_id)
         except DomainGone:
             self._counters.incr(VANISHED)
             return None
@@ -106,11 +106,14 @@ class Inspector:
         stats = conn.domainListGetStats([dom], STATS_GROUPS)
         if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
             raise DomainGone(instance_id)
-        reading = self._reading(conn, dom, stats[0][1], "single", read_at)
+        reading = self._reading(conn, dom, stats[0][1], "single", read_at, dom.UUIDString())
         return with_block_info(dom, reading) if reading.active else reading
 
     def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
-                 path: str, read_at: datetime.datetime) -> records.DomainReading:
+                 path: str, read_at: datetime.datetime,
+                 instance_id: str) -> records.DomainReading:
+        """Each key of the record is looked up once (bulk_parse), each libvirt accessor
+        called once: this runs for every active domain on every poll."""
         state = stats.get("state.state")
         if state in INACTIVE_STATES:
             return _inactive(dom, state, stats.get("vcpu.current"),
@@ -122,17 +125,19 @@ class Inspector:
                 self._no_bulk_conn = conn
             return reading
         process_id = dom.ID()  # no RPC: the id came with the domain object
-        if self._memory.judge(dom.UUIDString(), process_id, stats):
+        cpu_time = stats.get("cpu.time")
+        devices = bulk_parse.devices(stats)
+        if self._memory.judge_devices(instance_id, process_id, cpu_time or 0,
+                                      devices.counted, devices.uncounted):
             self._counters.incr(TORN)
-            raise DomainGone(dom.UUIDString())
+            raise DomainGone(instance_id)
         return records.DomainReading(
-            instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
-            active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
+            instance_id=instance_id, domain_name=dom.name(), state=state_name(state),
+            active=True, cpu_time_ns=cpu_time, vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
-            disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
-            read_at=read_at, path=path, state_code=state, process_id=process_id,
-            memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats),
-            vcpu_time_ns=vcpu_time_from_stats(stats))
+            disks=devices.disks, vnics=devices.vnics, read_at=read_at, path=path,
+            state_code=state, process_id=process_id, memory_stats=memory_from_stats(stats),
+            perf=perf_from_stats(stats), vcpu_time_ns=vcpu_time_from_stats(stats))
 
 
 def vcpu_time_from_stats(stats: Stats) -> int | None:
