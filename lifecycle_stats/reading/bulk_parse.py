@@ -9,8 +9,7 @@ processes.counted_devices / uncounted_devices, which stay the reference definiti
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from lifecycle_stats.records import DiskStats, VnicStats
 
@@ -19,8 +18,7 @@ _VNIC_KEYS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop",
               "tx.bytes", "tx.pkts", "tx.errs", "tx.drop")
 
 
-@dataclasses.dataclass(frozen=True)
-class Devices:
+class Devices(NamedTuple):  # a tuple: built for every domain on every poll
     disks: tuple[DiskStats, ...]
     vnics: tuple[VnicStats, ...]
     counted: frozenset[str]  # "block:vda", "net:tap1": devices with counters
@@ -72,5 +70,8 @@ def _vnics(stats: Stats, counted: list[str], uncounted: list[str]) -> tuple[Vnic
         counted.append(f"net:{name}")
         if name is None or name in vnics:
             continue
-        vnics[name] = VnicStats(name, *(stats[prefix + key] for key in _VNIC_KEYS))
+        vnics[name] = VnicStats(
+            name, stats[prefix + "rx.bytes"], stats[prefix + "rx.pkts"],
+            stats[prefix + "rx.errs"], stats[prefix + "rx.drop"], stats[prefix + "tx.bytes"],
+            stats[prefix + "tx.pkts"], stats[prefix + "tx.errs"], stats[prefix + "tx.drop"])
     return tuple(vnics.values())

@@ -23,7 +23,7 @@ from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
 from lifecycle_stats.interfaces import Connection
-from lifecycle_stats.reading.hypervisor import translated
+from lifecycle_stats.reading.hypervisor import translate
 
 LOG = logging.getLogger(__name__)
 
@@ -77,17 +77,20 @@ class Inspector:
         read_at = self._clock()  # when the read started: a reading is as old as its request
         stats = conn.getAllDomainStats(
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
-        readings = [self._poll_one(conn, dom, record, read_at) for dom, record in stats]
-        self._memory.keep_only(dom.UUIDString() for dom, _ in stats)
+        ids = [dom.UUIDString() for dom, _ in stats]
+        readings = [self._poll_one(conn, dom, instance_id, record, read_at)
+                    for instance_id, (dom, record) in zip(ids, stats)]
+        self._memory.keep_only(ids)
         # A domain that stopped while the fallback read it comes back inactive: not polled.
         return {r.instance_id: r for r in readings if r is not None and r.active}
 
-    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
-                  read_at: datetime.datetime) -> records.DomainReading | None:
-        instance_id = dom.UUIDString()
+    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, instance_id: str,
+                  stats: Stats, read_at: datetime.datetime) -> records.DomainReading | None:
         try:
-            with translated(instance_id):
+            try:  # a plain try (not translated()): this runs per domain on every poll
                 return self._reading(conn, dom, stats, "bulk", read_at, instance_id)
+            except libvirt.libvirtError as exc:
+                raise translate(exc, instance_id) from exc
         except DomainGone:
             self._counters.incr(VANISHED)
             return None
@@ -126,16 +129,16 @@ class Inspector:
             return reading
         process_id = dom.ID()  # no RPC: the id came with the domain object
         cpu_time = stats.get("cpu.time")
-        devices = bulk_parse.devices(stats)
-        if self._memory.judge_devices(instance_id, process_id, cpu_time or 0,
-                                      devices.counted, devices.uncounted):
+        disks, vnics, counted, uncounted = bulk_parse.devices(stats)
+        if self._memory.judge_devices(instance_id, process_id, cpu_time or 0, counted,
+                                      uncounted):
             self._counters.incr(TORN)
             raise DomainGone(instance_id)
         return records.DomainReading(
             instance_id=instance_id, domain_name=dom.name(), state=state_name(state),
             active=True, cpu_time_ns=cpu_time, vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
-            disks=devices.disks, vnics=devices.vnics, read_at=read_at, path=path,
+            disks=disks, vnics=vnics, read_at=read_at, path=path,
             state_code=state, process_id=process_id, memory_stats=memory_from_stats(stats),
             perf=perf_from_stats(stats), vcpu_time_ns=vcpu_time_from_stats(stats))
 
@@ -211,14 +214,16 @@ _BALLOON_KEYS = {"balloon.current": "actual", "balloon.available": "available",
                  "balloon.swap_in": "swap_in", "balloon.swap_out": "swap_out"}
 MEMORY_STAT_NAMES = frozenset(_BALLOON_KEYS.values())
 PERF_NAMES = ("cpu_cycles", "instructions", "cache_references", "cache_misses")
+_BALLOON_ITEMS = tuple(_BALLOON_KEYS.items())
+_PERF_ITEMS = tuple((f"perf.{name}", name) for name in PERF_NAMES)
 
 
 def memory_from_stats(stats: Stats) -> dict[str, int]:
-    return {name: stats[key] for key, name in _BALLOON_KEYS.items() if key in stats}
+    return {name: stats[key] for key, name in _BALLOON_ITEMS if key in stats}
 
 
 def perf_from_stats(stats: Stats) -> dict[str, int]:
-    return {name: stats[f"perf.{name}"] for name in PERF_NAMES if f"perf.{name}" in stats}
+    return {name: stats[key] for key, name in _PERF_ITEMS if key in stats}
 
 
 def vnics_from_stats(stats: Stats) -> tuple[records.VnicStats, ...]:

@@ -62,3 +62,25 @@ def test_capacity_is_the_larger_of_capacity_and_physical():
     (disk,) = bulk_parse.devices({**COMPLETE, **SIZES}).disks
     assert (disk.capacity, disk.allocation, disk.physical) == (120, 50, 120)
     assert (disk.read_time_ns, disk.write_time_ns) == (7, 8)
+
+
+def test_the_ledger_encodes_a_reading_exactly_as_asdict_would():
+    import dataclasses
+    import datetime
+
+    import msgpack
+
+    from lifecycle_stats.records import DomainReading
+    from lifecycle_stats.usage import codec
+
+    parsed = bulk_parse.devices({**COMPLETE, **SIZES})
+    reading = DomainReading(
+        instance_id="u", domain_name="instance-1", state="running", active=True,
+        cpu_time_ns=5, vcpus=1, memory_kib=512, memory_max_kib=1024, disks=parsed.disks,
+        vnics=parsed.vnics, read_at=datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc),
+        path="bulk", state_code=1, memory_stats={"actual": 512}, perf={"instructions": 3},
+        process_id=7)
+    expected = dataclasses.asdict(reading)
+    expected["read_at"] = reading.read_at.timestamp()
+    assert codec.encode_reading(reading) == msgpack.packb(expected, use_bin_type=True)
+    assert codec.decode_reading(codec.encode_reading(reading)) == reading
