@@ -41,7 +41,9 @@ def decode_reading(body: bytes) -> DomainReading:
 
 
 def encode_info(info: InstanceInfo) -> bytes:
-    return pack(dataclasses.asdict(info))
+    doc = dict(vars(info))  # as dataclasses.asdict (plain fields), without its deepcopy
+    doc["flavor"] = dict(vars(info.flavor))
+    return pack(doc)
 
 
 def decode_info(body: bytes) -> InstanceInfo:

@@ -84,3 +84,18 @@ def test_the_ledger_encodes_a_reading_exactly_as_asdict_would():
     expected["read_at"] = reading.read_at.timestamp()
     assert codec.encode_reading(reading) == msgpack.packb(expected, use_bin_type=True)
     assert codec.decode_reading(codec.encode_reading(reading)) == reading
+
+
+def test_the_ledger_encodes_an_identity_exactly_as_asdict_would():
+    import dataclasses
+
+    import msgpack
+
+    from lifecycle_stats.records import Flavor, InstanceInfo
+    from lifecycle_stats.usage import codec
+
+    info = InstanceInfo("u", "instance-1", "vm", Flavor("m1.small", 512, 1, 0, 0, 1, "42"),
+                        "user", "alice", "project", "demo", "image", "image",
+                        "2026-12-04 00:00:00", "1.1")
+    assert codec.encode_info(info) == msgpack.packb(dataclasses.asdict(info), use_bin_type=True)
+    assert codec.decode_info(codec.encode_info(info)) == info
