@@ -9,7 +9,7 @@ Ours runs in this process. The baseline is Ceilometer's own LibvirtInspector (ce
 inspect_instance, inspect_vnics, inspect_disks and inspect_disk_info, as the compute
 pollsters call them once per cycle. Beside them: "raw", the bare getAllDomainStats call ours
 makes (the floor: no parsing at all), and "poller", the agent's whole per-poll work
-(Poller.poll_once: the bulk read, identify, the reading cache, one ledger transaction).
+(Pipeline.poll: the bulk read, identify, the reading cache, one ledger transaction).
 Targets (issue 19): ours >= 50x below Ceilometer's client CPU, and <= 1.5x the raw call's.
 --profile prints a cProfile summary of one poller poll; --no-ceilometer skips the baseline
 (for --guests 500). Guests and images are removed even on Ctrl-C or SIGTERM;
@@ -44,8 +44,8 @@ from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
 from lifecycle_stats.reading import inspector as inspector_mod  # noqa: E402
 from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
 from lifecycle_stats.reading.registry import DomainRegistry  # noqa: E402
-from lifecycle_stats.capture.last_readings import LastReadings  # noqa: E402
-from lifecycle_stats.capture.poller import Poller  # noqa: E402
+from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings  # noqa: E402
+from lifecycle_stats.publishing.spool import Spool  # noqa: E402
 from lifecycle_stats.counters import Counters  # noqa: E402
 from lifecycle_stats.usage import periods  # noqa: E402
 from lifecycle_stats.usage.ledger import UsageLedger  # noqa: E402
@@ -96,18 +96,20 @@ def raw_call(hv: Hypervisor):
                                                                  inspector_mod.ACTIVE_ONLY))
 
 
-def agent_poller(uri: str, workdir: str) -> tuple[Poller, list]:
-    """The agent's poller with its real parts (registry, reading cache, usage ledger)."""
+def agent_poller(uri: str, workdir: str) -> tuple[Pipeline, list]:
+    """The agent's core (capture.pipeline) with its real parts: registry, reading cache,
+    usage ledger, spool; its poll() is the poller thread's whole per-poll work."""
     counters = Counters()
     hv = Hypervisor(uri)
     registry = DomainRegistry(hv, counters)
     registry.sync()
     ledger = UsageLedger(os.path.join(workdir, "usage.sqlite"), periods.parse("hour"),
                          counters=counters)
-    poller = Poller(inspector=Inspector(hv, counters=counters), registry=registry,
-                    last_readings=LastReadings(), interval=60.0, counters=counters,
-                    usage=ledger)
-    return poller, [hv, ledger]
+    store = Spool(os.path.join(workdir, "spool.sqlite"), conduits=["bench"])
+    core = Pipeline(readers=Readers.one(Inspector(hv, counters=counters)), registry=registry,
+                    spool=store, ledger=ledger, settings=Settings.for_host("bench"),
+                    counters=counters)
+    return core, [hv, ledger, store]
 
 
 def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None,
@@ -121,7 +123,7 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
     paths = ["ours", "raw", "poller"] + (["ceilometer"] if ceilometer else [])
     results = {name: ([], []) for name in paths}
     try:
-        inspector.poll(), raw_call(raw_hv)(), poller.poll_once()  # warm up every connection
+        inspector.poll(), raw_call(raw_hv)(), poller.poll()  # warm up every connection
         if ceilometer:
             ceilometer.cycle(guests)
         polled, theirs = 0, None
@@ -133,7 +135,7 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
                     assert theirs.read == len(guests), f"Ceilometer's inspector: {theirs}"
                 else:
                     fn = {"ours": inspector.poll, "raw": raw_call(raw_hv),
-                          "poller": poller.poll_once}[name]
+                          "poller": poller.poll}[name]
                     wall, cpu, out = timed(fn)
                     if name == "ours":
                         polled = len(out)
@@ -154,10 +156,10 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
     report(results)
 
 
-def print_profile(poller: Poller, top: int = 18) -> None:
-    """cProfile of one poller poll, the top functions by their own time."""
+def print_profile(core: Pipeline, top: int = 18) -> None:
+    """cProfile of one poll of the agent's core, the top functions by their own time."""
     profiler = cProfile.Profile()
-    profiler.runcall(poller.poll_once)
+    profiler.runcall(core.poll)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("tottime").print_stats(top)
