@@ -9,8 +9,9 @@
 
 The agent (agent.py), the replay player (replay/player.py) and every benchmark build the core
 through Pipeline; nothing else builds its parts. Follow a deletion from here:
-announced → Flusher.capture (delete_read.DeleteReader.read → payloads → spool.put) →
-observations.instance_deleted (the ledger closes the instance) → ExistsReporter.final.
+announced → Flusher.capture (delete_read.DeleteReader.read → capture_record → spool.put_capture)
+→ observations.instance_deleted (the ledger closes the instance) → ExistsReporter.final; then
+on the publication thread: Publication (payloads, validation, signing) → the senders.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Callable
 from lifecycle_stats.capture import closing_reads, domain_events, flush, poller
 from lifecycle_stats.capture.last_readings import LastReadings
 from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.capture.publication import Publication
 from lifecycle_stats.capture.settings import Retry, Settings
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.counters import Counters
@@ -73,6 +75,9 @@ class Pipeline:
         seen = dict(registry=registry, observations=self.observations, counters=counters)
         self._flusher = flush.Flusher(reader=readers.announced, spool=spool, gate=self._gate,
                                       settings=settings, clock=clock, sleep=sleep, **seen)
+        # capture first, publish after: built from the durable capture on its own thread
+        self.publication = Publication(spool=spool, settings=settings, counters=counters,
+                                       on_published=on_spooled)
         self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
                                                    **seen)
         self._events = domain_events.DomainEventHandler(reader=readers.events, **seen)
@@ -81,7 +86,8 @@ class Pipeline:
 
     # -- what the outside world does -------------------------------------------------
     def announced(self, trigger: DeleteTrigger) -> Outcome:
-        """Nova announced a stop. Returns once a deletion's delete.samples is durably spooled;
+        """Nova announced a stop. Returns once a deletion's capture is durably spooled (its
+        delete.samples is built after, on the publication thread);
         raises CaptureDeferred (nothing spooled yet: redeliver) or ShuttingDown (after
         close(): redeliver to the next run)."""
         if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
@@ -90,8 +96,10 @@ class Pipeline:
             captured = self._flusher.capture(trigger)
             if captured.outcome.spooled and captured.ended is not None:
                 self._account_deletion(trigger, captured)
-        if captured.outcome.spooled:
-            self._on_spooled()
+        if captured.outcome is Outcome.FLAGGED:
+            self._on_spooled()  # spooled as a notification already
+        elif captured.outcome.spooled:
+            self.publication.wake()
         return captured.outcome
 
     def lifecycle(self, event: LifecycleEvent) -> None:
