@@ -77,7 +77,8 @@ class Pipeline:
                                       settings=settings, clock=clock, sleep=sleep, **seen)
         # capture first, publish after: built from the durable capture on its own thread
         self.publication = Publication(spool=spool, settings=settings, counters=counters,
-                                       on_published=on_spooled)
+                                       on_published=on_spooled,
+                                       linger=settings.publication_linger)
         self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
                                                    **seen)
         self._events = domain_events.DomainEventHandler(reader=readers.events, **seen)
