@@ -5,23 +5,50 @@ import dataclasses
 
 import pytest
 
-from lifecycle_stats.capture import capture_record
+from lifecycle_stats import counters
+from lifecycle_stats.capture import capture_record, flush
+from lifecycle_stats.capture.last_readings import LastReadings
+from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.capture.publication import Publication
 from lifecycle_stats.capture.settings import Settings
-from lifecycle_stats.interfaces import Outcome
+from lifecycle_stats.capture.stop_gate import StopGate
+from lifecycle_stats.interfaces import NoUsage, Outcome
 from lifecycle_stats.publishing import capture_rows, payloads, spool
-from lifecycle_stats.records import Notification
-from tests.unit.test_flush import FakeInspector, FakeRegistry, box, trigger  # noqa: F401
-from tests.unit.test_samples import UUID, make_info, make_reading
+from lifecycle_stats.records import DeleteTrigger, Notification
+from tests.support.fakes import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
 
 SETTINGS = Settings("cmp1", "lifecycle-stats.cmp1")
+
+
+def trigger(instance_id=UUID):
+    return DeleteTrigger(instance_id=instance_id, event_type="compute.instance.delete.start",
+                         host="cmp1", received_at=NOW, identity={"tenant_id": "p1"})
+
+
+@pytest.fixture
+def box(tmp_path):
+    class Box:
+        counters = counters.Counters()
+        spool = None
+
+        def make(self, inspector, registry):
+            self.gate = StopGate()
+            return flush.Flusher(
+                reader=inspector, registry=registry, gate=self.gate, spool=self.spool,
+                observations=Observations(LastReadings(clock=lambda: NOW), NoUsage()),
+                settings=SETTINGS, counters=self.counters, clock=lambda: NOW)
+
+    b = Box()
+    b.spool = spool.Spool(str(tmp_path / "spool.sqlite"), conduits=["test"], counters=b.counters)
+    yield b
+    b.spool.close()
 
 
 def capture_only(box, inspector=None, registry=None, instance_id=UUID):
     """What nova waits for: the capture alone, no build."""
     flusher = box.make(inspector or FakeInspector({instance_id: make_reading()}),
                        registry or FakeRegistry({instance_id: make_info()}))
-    with flusher.gate.working("flushing"):
+    with box.gate.working("flushing"):
         return flusher.capture(trigger(instance_id=instance_id)).outcome
 
 
