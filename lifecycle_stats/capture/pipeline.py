@@ -95,12 +95,13 @@ class Pipeline:
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
+            if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
+                # build now, beside the accounting: its swap may share the exists' commit
+                self.publication.wake()
             if captured.outcome.spooled and captured.ended is not None:
                 self._account_deletion(trigger, captured)
         if captured.outcome is Outcome.FLAGGED:
             self._on_spooled()  # spooled as a notification already
-        elif captured.outcome.spooled:
-            self.publication.wake()
         return captured.outcome
 
     def lifecycle(self, event: LifecycleEvent) -> None:
