@@ -5,8 +5,9 @@ was read. Building, validating and signing the delete.samples happen after, from
 on the publication thread (publication.py); after a crash the agent builds what it finds at
 start. So the record holds everything the build needs and nothing it can recompute: the
 announcement, the outcome of the read, the identity and reading, the usage figures and the
-capture it supersedes (both as they were at the capture), and the build's `now` (so a build
-after a restart gives the notification a build right away would have given).
+capture it supersedes (both as they were at the capture), the build's `now` (so a build
+after a restart gives the notification a build right away would have given), and when the
+QEMU process ended at the latest (the usage ledger's close, done at the build too).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Capture:
     figures: dict[str, Any]
     supersedes: str | None
     now: datetime.datetime  # the delete.samples' generation time
+    ended: datetime.datetime | None = None  # its QEMU process ended at the latest (the ledger's)
 
 
 def _ts(value: datetime.datetime | None) -> float | None:
@@ -56,6 +58,7 @@ def encode(capture: Capture) -> bytes:
     doc = {"v": VERSION, "message_id": capture.message_id, "trigger": trigger,
            "outcome": capture.outcome, "figures": capture.figures,
            "supersedes": capture.supersedes, "now": _ts(capture.now),
+           "ended": _ts(capture.ended),
            "info": None, "reading": None}
     if capture.info is not None:
         doc["info"] = {**_plain(capture.info), "flavor": _plain(capture.info.flavor)}
@@ -80,7 +83,8 @@ def decode(body: bytes) -> Capture:
         return Capture(
             message_id=doc["message_id"], trigger=DeleteTrigger(**trigger),
             outcome=doc["outcome"], info=_info(doc["info"]), reading=_reading(doc["reading"]),
-            figures=doc["figures"], supersedes=doc["supersedes"], now=_dt(doc["now"]))
+            figures=doc["figures"], supersedes=doc["supersedes"], now=_dt(doc["now"]),
+            ended=_dt(doc.get("ended")))
     except (KeyError, TypeError, msgpack.UnpackException) as exc:
         raise ValueError(f"unreadable capture record: {type(exc).__name__}: {exc}") from exc
 

@@ -151,15 +151,16 @@ class Flusher:
             if read.outcome is Outcome.NOT_NOVA:
                 return Outcome.NOT_NOVA
             info, now = read.info, self._clock()
+            ended = now if read.live else read_from
             body = capture_record.encode(capture_record.Capture(
                 message_id=message_id, trigger=trigger, outcome=read.outcome.value, info=info,
-                reading=read.reading, supersedes=supersedes, now=now,
+                reading=read.reading, supersedes=supersedes, now=now, ended=ended,
                 figures=self._observations.figures(read.live, read.reading, read.state)))
         except TRANSIENT:
             raise
         except Exception as exc:  # this capture can never be published as it is
             return self._flag(trigger, supersedes, info, exc)
-        return read.outcome, body, info, now if read.live else read_from
+        return read.outcome, body, info, ended
 
     def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
               exc: Exception) -> Outcome:

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Callable
 
-from lifecycle_stats.capture import closing_reads, domain_events, flush, poller
+from lifecycle_stats.capture import capture_record, closing_reads, domain_events, flush, poller
 from lifecycle_stats.capture.last_readings import LastReadings
 from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.capture.publication import Publication
@@ -77,7 +77,7 @@ class Pipeline:
                                       settings=settings, clock=clock, sleep=sleep, **seen)
         # capture first, publish after: built from the durable capture on its own thread
         self.publication = Publication(spool=spool, settings=settings, counters=counters,
-                                       on_published=on_spooled,
+                                       on_published=on_spooled, on_built=self._account_built,
                                        linger=settings.publication_linger)
         self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
                                                    **seen)
@@ -96,10 +96,7 @@ class Pipeline:
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
             if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
-                # build now, beside the accounting: its swap may share the exists' commit
-                self.publication.wake()
-            if captured.outcome.spooled and captured.ended is not None:
-                self._account_deletion(trigger, captured)
+                self.publication.wake()  # builds it and accounts the deletion (on_built)
         if captured.outcome is Outcome.FLAGGED:
             self._on_spooled()  # spooled as a notification already
         return captured.outcome
@@ -123,15 +120,19 @@ class Pipeline:
         return self._gate.close(timeout)
 
     # -- the deletion, after its delete.samples ----------------------------------------
-    def _account_deletion(self, trigger: DeleteTrigger, captured: flush.Captured) -> None:
-        """The ledger closes the instance; its final exists follows the delete.samples (same
+    def _account_built(self, capture: capture_record.Capture) -> None:
+        """On the publication thread, before its delete.samples takes the capture's place: the
+        ledger closes the instance; its final exists follows the delete.samples (same
         reading, stamped no later than nova's announcement either: Ceilometer's stock
-        definitions turn a compute.instance.exists into samples stamped with its envelope time).
-        Never at the delete.samples' expense: a failure here is logged, counted."""
+        definitions turn a compute.instance.exists into samples stamped with its envelope
+        time). Never at the delete.samples' expense: a failure here is logged, counted."""
+        if capture.ended is None:
+            return
+        trigger = capture.trigger
         try:
-            self.observations.instance_deleted(trigger.instance_id, captured.ended)
-            if captured.info is not None:
-                self.reporter.final(captured.info, captured.ended, trigger.announced_at)
+            self.observations.instance_deleted(trigger.instance_id, capture.ended)
+            if capture.info is not None:
+                self.reporter.final(capture.info, capture.ended, trigger.announced_at)
         except Exception:
             self._counters.incr("usage.final_exists_errors")
             LOG.exception("final exists of %s not spooled", trigger.instance_id)

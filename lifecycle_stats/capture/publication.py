@@ -3,7 +3,9 @@
 Nova's delete waits for the capture alone (flush.py: the read, one durable append). This
 thread then builds, validates and signs the delete.samples from the capture record
 (capture_record.py) and swaps the capture for it in the spool, many in one transaction
-(publishing/capture_rows.py), then wakes the senders. What is waiting at start (a crash
+(publishing/capture_rows.py), then wakes the senders. Before the swap, each deletion is
+accounted (on_built: the usage ledger closes the instance, its final exists is spooled), so
+that also happens after nova's answer and again after a crash. What is waiting at start (a crash
 between capture and publication) is built first, so nothing captured is lost, and what was
 read as `final` stays `final`. A capture that cannot be published as captured is kept in the
 spool's rejects and published flagged (`capture.flagged`), as a capture that failed at the
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from oslo_config import cfg
 
@@ -52,14 +54,22 @@ def flagged_samples(settings: Settings, trigger: DeleteTrigger, info: InstanceIn
     return flagged
 
 
+class _Built(NamedTuple):
+    row: tuple  # capture_rows.Built's fields
+    capture: capture_record.Capture | None  # built as captured: its deletion is accounted
+
+
 class Publication:
     def __init__(self, *, spool, settings: Settings, counters: Counters,
-                 on_published: Callable[[], None] = lambda: None, batch: int = 100,
+                 on_published: Callable[[], None] = lambda: None,
+                 on_built: Callable[[capture_record.Capture], None] = lambda capture: None,
+                 batch: int = 100,
                  poll_interval: float = 1.0, linger: float = 0.0) -> None:
         self._spool = spool
         self._settings = settings
         self._counters = counters
         self._on_published = on_published
+        self._on_built = on_built
         self._batch = batch
         self._poll = poll_interval
         self._linger = linger
@@ -94,7 +104,11 @@ class Publication:
         directly); how many were published."""
         published = 0
         while waiting := capture_rows.waiting(self._spool, self._batch):
-            published += capture_rows.publish(self._spool, [self._build(w) for w in waiting])
+            built = [self._build(w) for w in waiting]
+            for capture in (b.capture for b in built if b.capture is not None):
+                self._on_built(capture)  # before the swap: a crash in between redoes both
+            published += capture_rows.publish(
+                self._spool, [capture_rows.Built(*b.row) for b in built])
             self._counters.incr("publication.batches")
             self._on_published()
             if len(waiting) < self._batch:
@@ -115,11 +129,11 @@ class Publication:
             if self._wake.wait(self._poll) and self._linger:
                 self._stop.wait(self._linger)  # gather a burst; a stop ends it at once
 
-    def _build(self, waiting: capture_rows.Waiting) -> capture_rows.Built:
+    def _build(self, waiting: capture_rows.Waiting) -> _Built:
         try:
             capture = capture_record.decode(waiting.body)
         except ValueError as exc:
-            return capture_rows.Built(waiting, None, waiting.body, str(exc))
+            return _Built((waiting, None, waiting.body, str(exc)), None)
         notification = None
         try:
             notification = payloads.delete_samples(
@@ -133,14 +147,14 @@ class Publication:
         except Exception as exc:  # this capture can never be published as it is
             return self._flag(waiting, capture, notification, exc)
         self._counters.incr("publication.built")
-        return capture_rows.Built(waiting, notification)
+        return _Built((waiting, notification), capture)
 
     def _flag(self, waiting: capture_rows.Waiting, capture: capture_record.Capture,
-              rejected: Notification | None, exc: Exception) -> capture_rows.Built:
+              rejected: Notification | None, exc: Exception) -> _Built:
         error = f"{type(exc).__name__}: {exc}"
         flagged = flagged_samples(self._settings, capture.trigger, capture.info,
                                   capture.supersedes, error, capture.now)
         self._counters.incr("publication.flagged")
         LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
                   "rejects, published flagged", capture.trigger.instance_id, error)
-        return capture_rows.Built(waiting, flagged, rejected or waiting.body, error)
+        return _Built((waiting, flagged, rejected or waiting.body, error), None)
