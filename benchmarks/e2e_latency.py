@@ -13,6 +13,10 @@ publishes it, and a billing consumer (harness.BillingConsumer) reading delete.sa
        alone on the machine. --concurrent runs each Δ's guests at once (threads released
        by a barrier): the agent then flushes several deletes together, which changes the race.
 
+Issue 19's target for (i), against a floor measured in the same run: 2 broker hops (a
+notification published and consumed on the same broker, probe topic of the run's own) plus
+one libvirt read (Inspector.read of one guest): p50 <= 1.3 x floor, p99 <= 2.5 x floor.
+
     .venv/bin/python benchmarks/e2e_latency.py [--deletes 30] [--deltas 0,20,100]
                                                [--guests-per-delta 10] [--running 5]
 """
@@ -64,7 +68,10 @@ class Bench:
         self.agent = harness.AgentProcess(
             pathlib.Path(directory), host=self.host, transport_url=RABBIT_URL,
             names=self.names, libvirt_uri=uri, poll_interval=poll_interval,
-            extra={"DEFAULT": {"debug": "false"}, **(extra or {})})
+            # the run's own hook socket: the default path may be served by another agent
+            extra={"DEFAULT": {"debug": "false"},
+                   "hook": {"socket_path": os.path.join(directory, "hook.sock")},
+                   **(extra or {})})
         self.nova = harness.Nova(self.transport, self.names)
         self.billing: harness.BillingConsumer | None = None
         self._event_types = event_types
@@ -122,7 +129,7 @@ def captured_epoch(event: dict) -> float:
 
 # -- (i) latency -------------------------------------------------------------------------------
 
-def latency(bench: Bench, made: list) -> None:
+def latency(bench: Bench, made: list) -> list[float]:
     e2e, to_read, to_billing, kinds = [], [], [], {}
     for guest, dom in made:
         mono, wall = bench.delete_start(guest)
@@ -145,6 +152,70 @@ def latency(bench: Bench, made: list) -> None:
           f"({running} running, {len(made) - running} paused guests), ms")
     print(_common.table(["", "n", "p50", "p99", "max"], rows))
     print("captures: " + " ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    return e2e
+
+
+def broker_hop_ms(bench: Bench, hops: int = 30) -> list[float]:
+    """publish → consumed of one small notification on the run's broker, one at a time."""
+    import oslo_messaging
+
+    topic = f"{bench.names.samples_topic}-hop"
+    got, cond = [], threading.Condition()
+
+    class Endpoint:
+        def info(self, ctxt, publisher_id, event_type, payload, metadata):
+            with cond:
+                got.append(time.perf_counter())
+                cond.notify_all()
+
+    target = oslo_messaging.Target(exchange=bench.names.control_exchange, topic=topic)
+    listener = oslo_messaging.get_notification_listener(
+        bench.transport, [target], [Endpoint()], executor="threading")
+    listener.start()
+    notifier = oslo_messaging.Notifier(bench.transport, publisher_id="hop", driver="messagingv2",
+                                       topics=[topic])
+    out = []
+    try:
+        for n in range(hops + 1):
+            started = time.perf_counter()
+            notifier.info({}, "hop.probe", {"n": n})
+            with cond:
+                cond.wait_for(lambda: len(got) > n, 10)
+            if n:  # the first one also declares the queue
+                out.append((got[n] - started) * 1e3)
+    finally:
+        listener.stop()
+        listener.wait()
+        harness.delete_queues("amqp://" + RABBIT_URL.split("://", 1)[1], [f"{topic}.info"])
+    return out
+
+
+def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
+    from lifecycle_stats.reading.hypervisor import Hypervisor
+    from lifecycle_stats.reading.inspector import Inspector
+
+    hv = Hypervisor(uri)
+    inspector = Inspector(hv)
+    try:
+        inspector.read(made[0][0].instance_id)
+        out = []
+        for i in range(reads):
+            started = time.perf_counter()
+            inspector.read(made[i % len(made)][0].instance_id)
+            out.append(_common.ms_since(started))
+        return out
+    finally:
+        hv.close()
+
+
+def report_floor(e2e: list[float], hops: list[float], reads: list[float]) -> None:
+    hop, read, got = _common.summary(hops), _common.summary(reads), _common.summary(e2e)
+    floor = 2 * hop["p50"] + read["p50"]
+    r50, r99 = got["p50"] / floor, got["p99"] / floor
+    print(f"floor = 2 broker hops (p50 {hop['p50']:.1f} ms) + one read (p50 {read['p50']:.1f} "
+          f"ms) = {floor:.1f} ms; e2e p50 {r50:.2f}x floor (target ≤ 1.3x: "
+          f"{'met' if r50 <= 1.3 else 'NOT met'}), p99 {r99:.2f}x floor (target ≤ 2.5x: "
+          f"{'met' if r99 <= 2.5 else 'NOT met'})")
 
 
 # -- (ii) final share vs Δ ---------------------------------------------------------------------
@@ -239,7 +310,10 @@ def main() -> int:
         bench = Bench(directory, args.uri, args.poll_interval)
         try:
             bench.start()
-            latency(bench, steady)
+            reads = one_read_ms(args.uri, steady)
+            hops = broker_hop_ms(bench)
+            e2e = latency(bench, steady)
+            report_floor(e2e, hops, reads)
             report_race(race(bench, racing, deltas, args.concurrent), deltas, args.concurrent)
             report_counters(bench)
         finally:

@@ -10,6 +10,9 @@ notify() returns (Δ = 0). The two alternate, guest by guest.
   (i)  time of nova's notify(delete.start) with and without the driver (p50/p99), and of
        notify() of an event type the driver ignores;
   (ii) capture kinds of those Δ = 0 deletes: with the driver vs the bus alone.
+Baseline of issue 19's target, in the same run: one libvirt read of one guest (the agent's
+Inspector.read on a connection of this process). Target: the time the driver adds to
+delete.start p50 <= 1.5 x one read, p99 <= 3 x one read (the read's p50).
 
     .venv/bin/python benchmarks/hook_latency.py [--deletes 10] [--running 0]
                                                 [--mode threading|eventlet] [--timeout 0.5]
@@ -31,6 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
 from benchmarks.e2e_latency import RABBIT_URL, Bench  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
+from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
+from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
 from tests.nova_compute import NovaComputeProcess, write_nova_conf  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -106,6 +111,36 @@ def agent_share(log_text: str) -> list[float]:
     return [float(ms) for ms in found]
 
 
+def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
+    """Single-domain reads (what the agent's capture does at delete.start), round-robin."""
+    hv = Hypervisor(uri)
+    inspector = Inspector(hv)
+    try:
+        inspector.read(made[0][0].instance_id)  # opens the connection
+        out = []
+        for i in range(reads):
+            started = time.perf_counter()
+            inspector.read(made[i % len(made)][0].instance_id)
+            out.append(_common.ms_since(started))
+        return out
+    finally:
+        hv.close()
+
+
+def report_target(per_arm: dict, read_ms: list[float]) -> None:
+    base = _common.summary(per_arm["bus alone"]["notify"])
+    driver = _common.summary(per_arm["with driver"]["notify"])
+    read = _common.summary(read_ms)
+    added50, added99 = driver["p50"] - base["p50"], driver["p99"] - base["p99"]
+    ok50, ok99 = added50 <= 1.5 * read["p50"], added99 <= 3 * read["p50"]
+    print(f"one read (Inspector.read, same run): p50 {read['p50']:.1f} ms, p99 "
+          f"{read['p99']:.1f} ms (n={read['n']})")
+    print(f"issue 19 target, added p50 {added50:+.1f} ms ≤ 1.5 × one read "
+          f"({1.5 * read['p50']:.1f} ms): {'met' if ok50 else 'NOT met'}; added p99 "
+          f"{added99:+.1f} ms ≤ 3 × one read ({3 * read['p50']:.1f} ms): "
+          f"{'met' if ok99 else 'NOT met'}")
+
+
 def report(per_arm: dict, mode: str, timeout: float, agent_ms: list[float]) -> None:
     base = _common.summary(per_arm["bus alone"]["notify"])
     rows = []
@@ -123,7 +158,7 @@ def report(per_arm: dict, mode: str, timeout: float, agent_ms: list[float]) -> N
     print(f"added by the driver to delete.start: p50 {driver['p50'] - base['p50']:+.1f} ms, "
           f"p99 {driver['p99'] - base['p99']:+.1f} ms")
     inside = _common.summary(agent_ms)
-    print(f"of which in the agent (frame read → answer: parse, live read, spool fsync): "
+    print(f"of which in the agent (frame read → answer: parse, live read, capture fsync): "
           f"p50 {inside['p50']:.1f} ms, p99 {inside['p99']:.1f} ms (n={inside['n']})")
     print("\n(ii) capture kinds of Δ = 0 deletes (destroy as soon as notify() returned)")
     rows = [[arm, len(per_arm[arm]["ids"]), *(per_arm[arm]["kinds"][k] for k in KINDS),
@@ -160,9 +195,11 @@ def main() -> int:
                 novas[arm] = bench.start_nova(directory, arm, args.mode, args.timeout, args.uri)
             for nova in novas.values():  # the first notify() also opens the broker link
                 ignored_notify(nova, bench.host)
+            read_ms = one_read_ms(args.uri, made)
             results = run(bench, novas, made, args.ignored)
             report(results, args.mode, args.timeout,
                    agent_share(novas["with driver"].log()))
+            report_target(results, read_ms)
             time.sleep(1.0)
             counters = bench.agent.status().get("counters", {})
             print("agent counters: " + " ".join(

@@ -5,16 +5,21 @@ must know that the broker confirmed a notification before it may drop it from th
 this conduit builds the same message a Notifier builds and hands it to the transport, whose
 rabbit driver publishes with publisher confirms and raises when delivery failed. The envelope
 message_id is the notification's deterministic id, so consumers can drop redeliveries.
+
+emit_batch publishes a batch in order, each message confirmed by the broker (the rabbit
+driver waits for every publisher confirm), and stops at the first one not confirmed; the
+sender then retires the confirmed ones in one spool transaction.
 """
 from __future__ import annotations
 
 import logging
+from typing import Sequence
 
 import oslo_messaging
 from oslo_config import cfg
 
 from lifecycle_stats.emitters.base import Emitter
-from lifecycle_stats.exceptions import EmitError
+from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.records import Notification
 
 LOG = logging.getLogger(__name__)
@@ -36,6 +41,14 @@ class MessagingEmitter(Emitter):
         self._owns_transport = transport is None
         self._topics = list(conf.oslo_messaging_notifications.topics)
         self._retry = conf.messaging_emitter.send_retry
+
+    def emit_batch(self, notifications: Sequence[Notification]) -> None:
+        """Publish in order; BatchEmitError (with how many went before) at the first failure."""
+        for delivered, notification in enumerate(notifications):
+            try:
+                self.emit(notification)
+            except EmitError as exc:
+                raise BatchEmitError(str(exc), delivered) from exc
 
     def emit(self, notification: Notification) -> None:
         self._publish({

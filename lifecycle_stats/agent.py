@@ -161,6 +161,7 @@ class Agent:
         self.metrics.start()  # first: a taken port fails the start before anything runs
         for s in self.senders:
             s.start()
+        self.pipeline.publication.start()  # builds first what a crash left captured
         self.lifecycle.start()  # before the resync, so no domain change falls in between
         self.pipeline.resync()
         self.poller.start()
@@ -190,6 +191,7 @@ class Agent:
         self.periods.request_stop()  # ends with the poller's join (a pre-end poll at worst)
         self.poller.stop(timeout=left(0.3))
         self.periods.stop(timeout=min(1.0, left(0.1)))
+        self.pipeline.publication.stop(left(0.3))  # what is not built now is built at start
         for s in self.senders:
             s.drain(left(0.5))
         for s in self.senders:
@@ -237,6 +239,7 @@ class Agent:
         states = {"libvirt-event-loop": libvirt_events.event_loop_state(),
                   **self.lifecycle.thread_states(),
                   "poller": self.poller.thread_state,
+                  "publication": self.pipeline.publication.thread_state,
                   "bus": self.bus.state,
                   "status-writer": self.status.thread_state}
         states.update({f"sender-{s.conduit}": s.thread_state for s in self.senders})

@@ -51,6 +51,15 @@ class EmitError(LifecycleStatsError):
     """A conduit did not confirm delivery; the notification must be kept and retried."""
 
 
+class BatchEmitError(EmitError):
+    """emit_batch stopped at a notification it could not deliver; the `delivered` ones
+    before it were confirmed."""
+
+    def __init__(self, message: str, delivered: int) -> None:
+        super().__init__(message)
+        self.delivered = delivered
+
+
 class CaptureDeferred(LifecycleStatsError):
     """A capture failed for a reason that may pass (database locked, disk full, libvirt
     unreachable): nothing was spooled, and the trigger must be delivered again."""

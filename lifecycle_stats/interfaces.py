@@ -31,6 +31,10 @@ class Conduit(Protocol):
     confirm, a flushed file, ...). On any failure it raises lifecycle_stats.exceptions.EmitError;
     the caller keeps the notification spooled and retries, so a conduit never retries or buffers
     on its own.
+
+    A conduit may also offer emit_batch(notifications): publish them in order, return when
+    all are confirmed, or raise BatchEmitError (an EmitError) whose `delivered` says how many
+    were confirmed before the failure. The sender uses it when present (publishing/sender.py).
     """
 
     @abc.abstractmethod
@@ -188,6 +192,8 @@ class NotificationStore(Protocol):
     def seen(self, message_id: str) -> bool: ...
 
     def put(self, notification: Notification, kind: str) -> object: ...
+
+    def put_capture(self, message_id: str, instance_id: str, body: bytes) -> object: ...
 
     def last_capture(self, instance_id: str) -> str | None: ...
 

@@ -12,7 +12,7 @@ def list_opts():
     from lifecycle_stats import agent
     from lifecycle_stats.operations import exposition
     from lifecycle_stats.reading import hypervisor
-    from lifecycle_stats.capture import flush, poller
+    from lifecycle_stats.capture import flush, poller, publication
     from lifecycle_stats.usage import closer
     from lifecycle_stats.publishing import samples, signing, spool_options
     from lifecycle_stats.listeners import bus, hook_server
@@ -22,6 +22,7 @@ def list_opts():
         ("libvirt", hypervisor.OPTS),
         ("poller", poller.OPTS),
         ("flush", flush.OPTS),
+        ("publication", publication.OPTS),
         ("usage", closer.OPTS),
         ("spool", spool_options.OPTS),
         ("notification_listener", bus.OPTS),

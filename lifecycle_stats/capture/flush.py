@@ -1,7 +1,10 @@
-"""The final sample: on a deletion, read the domain now and spool its delete.samples.
+"""The final sample: on a deletion, read the domain now and spool what was read.
 
-Runs on the thread that received nova's announcement and returns once the notification is
-durably spooled, so the bus message is acknowledged only after that (at-least-once). The read
+Runs on the thread that received nova's announcement and returns once the capture (the read
+and one durable append of what was read: capture_record.py) is in the spool, so nova's delete
+waits for that alone and the bus message is acknowledged only after it (at-least-once). The
+delete.samples is built from the capture afterwards, on the publication thread
+(publication.py); a crash in between loses nothing (built at the next start). The read
 goes through the flush's own libvirt connection, never queued behind a running bulk poll.
 What is read is delete_read.py's decision; what follows the spooling (the ledger closes the
 instance, its final exists) is the pipeline's (pipeline.py).
@@ -14,13 +17,12 @@ Failures never drop a delete:
   as it was on the next try or redelivery (the domain may be gone by then). After
   max_attempts a read error gives up to `unavailable`; a spool that stays unwritable keeps the
   message on the bus (logged as ERROR each time).
-- permanent (the payload breaks its schema, a partial stats record raises KeyError, any other
-  bug): the capture is kept in the spool's rejects table and a flagged `unavailable` event
-  (`capture.flagged`, `capture.errors`) is published instead.
+- permanent (a partial stats record raises KeyError, any other bug): a flagged `unavailable`
+  event is spooled instead, and kept in the spool's rejects (`flush.flagged`); a payload that
+  breaks its schema is found at the build and flagged there (publication.py).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -28,20 +30,20 @@ import sqlite3
 import time
 from typing import Callable
 
-import jsonschema
 import tenacity
 from oslo_config import cfg
 
+from lifecycle_stats.capture import capture_record, publication
 from lifecycle_stats.capture.attempts import Attempts, InstanceLocks
 from lifecycle_stats.capture.delete_read import DeleteReader
-from lifecycle_stats.capture.observations import GONE, Observations
+from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Outcome, Reader, Registry
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger, InstanceInfo, Notification, utcnow
+from lifecycle_stats.records import DeleteTrigger, InstanceInfo, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -75,7 +77,6 @@ class Captured:
     outcome: Outcome
     info: InstanceInfo | None = None  # whose final exists follows (None: no identity known)
     ended: datetime.datetime | None = None  # its QEMU process ended at the latest
-    gone: bool = False  # the read found the domain gone: the delete happened
 
 
 class Flusher:
@@ -129,59 +130,48 @@ class Flusher:
             return Captured(Outcome.DUPLICATE)
         built = self._attempts.built(message_id)
         if built is None:
-            built = self._build(trigger, message_id)
+            built = self._read(trigger, message_id)
             if isinstance(built, Outcome):
                 return Captured(built)  # not nova's, or flagged and spooled
             self._attempts.keep_built(message_id, built)
-        outcome, notification, info, ended = built
-        self._gate.write(self._spool.put, notification, kind="final")
-        gone = notification.payload.get("capture", {}).get("domain_state") == GONE
-        return Captured(outcome, info, ended, gone)
+        outcome, body, info, ended = built
+        self._gate.write(self._spool.put_capture, message_id, trigger.instance_id, body)
+        return Captured(outcome, info, ended)
 
-    def _build(self, trigger: DeleteTrigger, message_id: str) -> tuple | Outcome:
-        """(outcome, notification, identity, when its process ended at the latest) or an
+    def _read(self, trigger: DeleteTrigger, message_id: str) -> tuple | Outcome:
+        """(outcome, capture record, identity, when its process ended at the latest) or an
         Outcome. A process not read live ended before our read began (a read racing nova's
-        destroy waits for the destroy to finish): that bounds what went unread."""
+        destroy waits for the destroy to finish): that bounds what went unread. The
+        delete.samples is built from the record later (publication.py)."""
         supersedes = self._spool.last_capture(trigger.instance_id)
-        info, notification, read_from = None, None, self._clock()
+        info, read_from = None, self._clock()
         try:
             read = self._reads.read(trigger.instance_id, may_retry=(
                 self._attempts.get(message_id) + 1 < self._settings.retry.max_attempts))
             if read.outcome is Outcome.NOT_NOVA:
                 return Outcome.NOT_NOVA
             info, now = read.info, self._clock()
-            notification = payloads.delete_samples(
-                kind=read.outcome.value, trigger=trigger, info=info, reading=read.reading,
-                host=self._settings.host, publisher_id=self._settings.publisher_id, now=now,
-                supersedes=supersedes,
-                figures=self._observations.figures(read.live, read.reading, read.state),
-                legacy_meters=self._settings.legacy_meters,
-                telemetry_secret=self._settings.telemetry_secret)
-            payloads.validate(notification)
+            ended = now if read.live else read_from
+            body = capture_record.encode(capture_record.Capture(
+                message_id=message_id, trigger=trigger, outcome=read.outcome.value, info=info,
+                reading=read.reading, supersedes=supersedes, now=now, ended=ended,
+                figures=self._observations.figures(read.live, read.reading, read.state)))
         except TRANSIENT:
             raise
         except Exception as exc:  # this capture can never be published as it is
-            return self._flag(trigger, supersedes, info, notification, exc)
-        return read.outcome, notification, info, now if read.live else read_from
+            return self._flag(trigger, supersedes, info, exc)
+        return read.outcome, body, info, ended
 
     def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
-              rejected: Notification | None, exc: Exception) -> Outcome:
-        """Keep what was captured in rejects; publish identity-only, flagged, with the error."""
+              exc: Exception) -> Outcome:
+        """Keep what is known in rejects; publish identity-only, flagged, with the error."""
         error = f"{type(exc).__name__}: {exc}"
-        flagged = None
         info = info or self._registry.get(trigger.instance_id)
-        for identity in (info, None):  # nova's metadata may itself be what broke the schema
-            flagged = payloads.delete_samples(
-                kind=payloads.UNAVAILABLE, trigger=trigger, info=identity, reading=None,
-                host=self._settings.host, publisher_id=self._settings.publisher_id,
-                now=self._clock(), supersedes=supersedes, errors=[error])
-            with contextlib.suppress(Exception):
-                payloads.validate(flagged)
-                break
-        self._gate.write(self._spool.put_flagged, flagged, rejected or flagged, error)
-        LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
-                  "rejects, published flagged", trigger.instance_id, error,
-                  exc_info=not isinstance(exc, jsonschema.ValidationError))
+        flagged = publication.flagged_samples(self._settings, trigger, info, supersedes, error,
+                                              self._clock())
+        self._gate.write(self._spool.put_flagged, flagged, flagged, error)
+        LOG.error("delete of %s could not be captured (%s): kept in the spool's rejects, "
+                  "published flagged", trigger.instance_id, error, exc_info=True)
         return Outcome.FLAGGED
 
     def _deferred(self, trigger: DeleteTrigger, message_id: str,

@@ -9,9 +9,10 @@
 
 The agent (agent.py), the replay player (replay/player.py) and every benchmark build the core
 through Pipeline; nothing else builds its parts. Follow a deletion from here:
-announced → Flusher.capture (delete_read.DeleteReader.read → payloads → spool.put) →
-observations.delete_announced (the ledger ends the instance once its domain is gone: found
-gone by that read, libvirt's undefine, or a resync) → ExistsReporter.final_due.
+announced → Flusher.capture (delete_read.DeleteReader.read → capture_record → spool.put_capture)
+→ nova's answer; then on the publication thread: Publication (payloads, validation, signing) →
+the senders, and observations.delete_announced (the ledger ends the instance once its domain is
+gone: found gone by that read, libvirt's undefine, or a resync) → ExistsReporter.final_due.
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import logging
 import time
 from typing import Callable
 
-from lifecycle_stats.capture import closing_reads, domain_events, flush, poller
+from lifecycle_stats.capture import capture_record, closing_reads, domain_events, flush, poller
 from lifecycle_stats.capture.last_readings import LastReadings
-from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.capture.observations import GONE, Observations
+from lifecycle_stats.capture.publication import Publication
 from lifecycle_stats.capture.settings import Retry, Settings
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.counters import Counters
@@ -75,6 +77,10 @@ class Pipeline:
         seen = dict(registry=registry, observations=self.observations, counters=counters)
         self._flusher = flush.Flusher(reader=readers.announced, spool=spool, gate=self._gate,
                                       settings=settings, clock=clock, sleep=sleep, **seen)
+        # capture first, publish after: built from the durable capture on its own thread
+        self.publication = Publication(spool=spool, settings=settings, counters=counters,
+                                       on_published=on_spooled, on_built=self._account_built,
+                                       linger=settings.publication_linger)
         self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
                                                    **seen)
         self._events = domain_events.DomainEventHandler(reader=readers.events, **seen)
@@ -83,17 +89,20 @@ class Pipeline:
 
     # -- what the outside world does -------------------------------------------------
     def announced(self, trigger: DeleteTrigger) -> Outcome:
-        """Nova announced a stop. Returns once a deletion's delete.samples is durably spooled;
+        """Nova announced a stop. Returns once a deletion's capture is durably spooled (its
+        delete.samples is built after, on the publication thread);
         raises CaptureDeferred (nothing spooled yet: redeliver) or ShuttingDown (after
         close(): redeliver to the next run)."""
         if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
-            if captured.outcome is not Outcome.NOT_NOVA:
-                self._account_deletion(trigger, captured)
-        if captured.outcome.spooled:
-            self._on_spooled()
+            if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
+                self.publication.wake()  # builds it and tells the ledger (on_built)
+            elif captured.outcome is not Outcome.NOT_NOVA:  # flagged or a redelivery
+                self._account_deletion(trigger, captured.ended, gone=False)
+        if captured.outcome is Outcome.FLAGGED:
+            self._on_spooled()  # spooled as a notification already
         return captured.outcome
 
     def lifecycle(self, event: LifecycleEvent) -> None:
@@ -115,12 +124,18 @@ class Pipeline:
         return self._gate.close(timeout)
 
     # -- the deletion, after its delete.samples ----------------------------------------
-    def _account_deletion(self, trigger: DeleteTrigger, captured: flush.Captured) -> None:
+    def _account_built(self, capture: capture_record.Capture) -> None:
+        """On the publication thread, before its delete.samples takes the capture's place."""
+        gone = capture.figures.get("domain_state") == GONE
+        self._account_deletion(capture.trigger, capture.ended, gone=gone)
+
+    def _account_deletion(self, trigger: DeleteTrigger, ended: datetime.datetime | None, *,
+                          gone: bool) -> None:
         """The ledger hears of the delete (also of a redelivered one: idempotent). Not an
         end — nova's delete can fail or be retried — unless the read found the domain gone;
         the final exists follows the end, stamped no later than nova's announcement
         (Ceilometer's stock definitions turn a compute.instance.exists into samples stamped
         with its envelope time). A failing ledger is counted there, never costs the capture."""
         self.observations.delete_announced(
-            trigger.instance_id, captured.ended or trigger.received_at,
-            sent_by=trigger.announced_at, gone=captured.gone)
+            trigger.instance_id, ended or trigger.received_at,
+            sent_by=trigger.announced_at, gone=gone)

@@ -34,6 +34,7 @@ class Settings:
     telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET  # [publisher] telemetry_secret
     retry: Retry = Retry()
     poll_interval: float = 60.0  # [poller] interval
+    publication_linger: float = 0.0  # [publication] linger
 
     @classmethod
     def for_host(cls, host: str, **overrides) -> "Settings":
@@ -49,4 +50,5 @@ class Settings:
                    retry=Retry(max_attempts=flush.max_attempts,
                                tries_per_attempt=flush.tries_per_attempt,
                                wait=flush.retry_wait, max_wait=flush.retry_max_wait),
-                   poll_interval=conf.poller.interval)
+                   poll_interval=conf.poller.interval,
+                   publication_linger=conf["publication"].linger)

@@ -97,6 +97,7 @@ def run(show_json: bool) -> int:
         print()
         play_nova(transport, domains, guests)
         consumer.wait_for(3, 10, DELETE_SAMPLES)
+        destroy_deleted(domains, guests)  # the evidence: an instance ends when its domain goes
         consumer.wait_for(3, 10, EXISTS, "deleted")
         time.sleep(0.5)  # anything extra would show up now
     finally:
@@ -146,6 +147,15 @@ def play_nova(transport, domains, guests) -> None:
         publish_start(transport, guest, host, versioned=versioned)
         event = "instance.delete.start         " if versioned else "compute.instance.delete.start "
         print(f"  nova  → {event} {guest.display_name}{note}")
+
+
+def destroy_deleted(domains, guests) -> None:
+    """nova's destroy follows its delete.start: only then has the instance ended, and only
+    then does the ledger send its final exists (a delete that fails leaves usage running)."""
+    web, db, _gone, _foreign = guests
+    for guest in (web, db):
+        domains.destroy(guest)
+    print(f"  nova  → destroys the domains of {web.display_name} and {db.display_name}")
 
 
 def window_of(events: list[dict]) -> str:

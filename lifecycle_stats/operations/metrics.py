@@ -65,13 +65,16 @@ LABELLED = (
      "delivery attempts that failed unexpectedly (a conduit bug), by conduit"),
     (re.compile(r"sender\.(.+)\.rejected$"), "conduit_rejected", "conduit",
      "notifications a conduit refused for good (moved to the rejects), by conduit"),
+    (re.compile(r"sender\.(.+)\.retired_batches$"), "conduit_retired_batches", "conduit",
+     "spool transactions retiring what a conduit confirmed (one per batch), by conduit"),
     (re.compile(r"usage\.exists\.(\w+)$"), "usage_exists", "source",
      "usage exists notifications spooled, by source"),
 )
 KNOWN_LABELS = {"captures": CAPTURE_KINDS, "closing_reads": CLOSING_ACTIONS, "bus_triggers": FORMATS,
                 "bus_audits": FORMATS, "hook_triggers": ACTIONS, "conduit_sent": CONDUITS,
                 "conduit_retries": CONDUITS, "conduit_errors": CONDUITS,
-                "conduit_rejected": CONDUITS, "usage_exists": EXISTS_SOURCES}
+                "conduit_rejected": CONDUITS, "conduit_retired_batches": CONDUITS,
+                "usage_exists": EXISTS_SOURCES}
 # The agent's unlabelled counters (tests/unit/test_metrics.py checks the code for more).
 KNOWN_COUNTERS = (
     "bus.connect_errors", "bus.handler_errors", "bus.host_mismatch",
@@ -83,7 +86,9 @@ KNOWN_COUNTERS = (
     "hook.rejected", "inspector.torn_reads", "inspector.unreadable", "inspector.vanished",
     "libvirt.disconnects", "libvirt.reconnect_errors", "libvirt.reconnects",
     "libvirt.resync_errors", "metadata.malformed", "metadata.read_errors",
-    "metadata.rejected", "poller.errors", "poller.polls", "spool.corrupt", "spool.duplicate",
+    "metadata.rejected", "poller.errors", "poller.polls", "publication.batches",
+    "publication.built", "publication.errors", "publication.flagged", "spool.captures",
+    "spool.commits", "spool.committed_writes", "spool.corrupt", "spool.duplicate",
     "spool.over_bound", "spool.put", "spool.quarantined", "spool.rejects.capture",
     "spool.shed", "status.write_errors", "usage.exists_duplicates", "usage.exists_incomplete",
     "usage.final_exists_errors", "usage.ledger_errors", "usage.nova_exists_after_final",

@@ -1,6 +1,8 @@
-"""One thread per conduit draining the spool in order: emit, then confirm.
+"""One thread per conduit draining the spool in order: publish a batch, retire it.
 
-A record that fails is retried (exponential backoff) before any later record is tried, so a
+Up to `batch` pending records are published in order (a conduit's emit_batch when it has
+one, else emit each); the leading ones the conduit confirmed are retired in one spool
+transaction (one fsync for the batch). A record that fails is retried (exponential backoff) before any later record is tried, so a
 conduit sees notifications in the order they were captured. Stopping wakes a backoff sleep at
 once; a record being sent when stop() is called was either confirmed or stays spooled for the
 next start.
@@ -22,7 +24,7 @@ import tenacity
 
 from lifecycle_stats import threads
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import EmitError
+from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.spool import Spool
@@ -122,31 +124,69 @@ class Sender:
                 self._wake.wait(self._poll)
 
     def _send_batch(self) -> bool:
-        """Send what is pending; True if there may be more to do right away."""
+        """Publish what is pending as one batch and retire what the conduit confirmed in one
+        transaction; the first record it could not deliver goes the one-at-a-time way
+        (retries, poison probe; the batch's try is its first attempt) before anything
+        behind it. True: there may be more to do right away."""
         items = self._spool.pending(self.conduit, self._batch)
-        for seq, notification in items:
-            try:
-                delivered = self._send(seq, notification)
-            except _Poison as exc:
-                self._reject(seq, notification, str(exc))
-                return True  # a probe may have delivered the next record: re-read the spool
-            if not delivered:
-                return False
-            self._confirm(seq)
-        return bool(items)
-
-    def _send(self, seq: int, notification: Notification) -> bool:
-        """Emit with retries until confirmed (True) or stopped (False); _Poison: give up."""
+        delivered, error = self._publish_batch([notification for _, notification in items])
+        if delivered:
+            self._confirm_many([seq for seq, _ in items[:delivered]])
+        if error is None:
+            return bool(items) and delivered == len(items)
+        seq, notification = items[delivered]
         try:
-            self._retrying(self._attempt, seq, notification)
+            if not self._send(seq, notification, error):
+                return False
+        except _Poison as exc:
+            self._reject(seq, notification, str(exc))
+            return True  # a probe may have delivered the next record: re-read the spool
+        self._confirm(seq)
+        return True
+
+    def _publish_batch(self, notifications: list[Notification]
+                       ) -> tuple[int, EmitError | None]:
+        """(how many leading notifications the conduit confirmed, the failure it stopped at)."""
+        emit_batch = getattr(self._emitter, "emit_batch", None)
+        if emit_batch is None or not notifications:
+            return self._emit_each(notifications)
+        try:
+            emit_batch(notifications)
+        except BatchEmitError as exc:
+            return min(max(exc.delivered, 0), len(notifications) - 1), exc
+        except Exception as exc:  # noqa: BLE001 - a conduit bug: nothing counts as confirmed
+            LOG.error("sender %s: emit_batch raised %s", self.conduit, type(exc).__name__,
+                      exc_info=not isinstance(exc, EmitError))
+            return 0, EmitError(f"{type(exc).__name__}: {exc}")
+        return len(notifications), None
+
+    def _emit_each(self, notifications: list[Notification]) -> tuple[int, EmitError | None]:
+        for done, notification in enumerate(notifications):
+            if self._stop.is_set():  # what was sent is confirmed; nothing more goes out
+                return done, None
+            try:
+                self._emit(notification)
+            except EmitError as exc:
+                return done, exc
+        return len(notifications), None
+
+    def _send(self, seq: int, notification: Notification,
+              first_error: EmitError | None = None) -> bool:
+        """Emit with retries until confirmed (True) or stopped (False); _Poison: give up.
+        first_error: the first attempt already failed so (in the batch)."""
+        try:
+            self._retrying(self._attempt, seq, notification,
+                           [] if first_error is None else [first_error])
         except (_Stopped, tenacity.RetryError):
             return False
         return True
 
-    def _attempt(self, seq: int, notification: Notification) -> None:
+    def _attempt(self, seq: int, notification: Notification, earlier: list[EmitError]) -> None:
         if self._stop.is_set():
             raise _Stopped()
         try:
+            if earlier:
+                raise earlier.pop()
             self._emit(notification)
         except EmitError as exc:
             attempts, age = self._spool.note_failure(seq, str(exc))
@@ -182,8 +222,12 @@ class Sender:
         return True
 
     def _confirm(self, seq: int) -> None:
-        self._spool.confirm(seq, self.conduit)
-        self._counters.incr(f"sender.{self.conduit}.sent")
+        self._confirm_many([seq])
+
+    def _confirm_many(self, seqs: list[int]) -> None:
+        self._spool.confirm_many(seqs, self.conduit)
+        self._counters.incr(f"sender.{self.conduit}.sent", len(seqs))
+        self._counters.incr(f"sender.{self.conduit}.retired_batches")
         self._notify_progress()
 
     def _reject(self, seq: int, notification: Notification, reason: str) -> None:

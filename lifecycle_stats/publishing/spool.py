@@ -2,8 +2,9 @@
 
 A final sample exists once: after nova destroys the domain it can never be read again. So
 every notification is written here (and fsynced) before any conduit is tried, and it is
-removed only after every configured conduit confirmed it. Each conduit has its own cursor
-(records without a `deliveries` row for it), so one failing conduit never holds back another.
+removed only after every configured conduit confirmed it. Concurrent puts share one commit
+(group_commit.py); a sender retires a batch in one (confirm_many). Each conduit has its own
+cursor (records without a `deliveries` row for it): one failing conduit never holds back another.
 
 Size policy (max_records): when the spool holds max_records or more, periodic records are
 shed oldest-first to make room (counted `spool.shed`, logged). Final records are never shed:
@@ -15,7 +16,6 @@ put) so that a redelivered trigger for an already-published notification is reco
 the last capture id per instance in `captures` (same age bound), so that a later capture can
 say which one it supersedes. `rejects` keeps what can never be delivered as it is: corrupt
 bodies, captures that broke the contract, records a conduit gave up on (see sender.py).
-The file's layout and versions are in spool_schema.py.
 """
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ import logging
 import os
 import sqlite3
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.publishing import spool_schema
+from lifecycle_stats.publishing import capture_rows, spool_bounds, spool_schema
+from lifecycle_stats.publishing.group_commit import GroupCommit
 from lifecycle_stats.records import Notification, utcnow
 from lifecycle_stats import sqlite_tx
 
@@ -46,18 +47,9 @@ def spool_path(state_path: str) -> str:
     return os.path.join(state_path, SPOOL_FILENAME)
 
 
-def _reject_body(notification: Notification, now: float) -> bytes:
-    """The stored body of a rejected notification; its repr when it cannot be encoded."""
-    try:
-        return encode(notification, "final", now)
-    except (TypeError, ValueError) as exc:
-        return f"unencodable ({exc}): {notification!r}".encode("utf-8", "replace")
-
-
 class Spool:
     def __init__(self, path: str, *, conduits: list[str], max_records: int = 100_000,
-                 clock: Callable[[], datetime.datetime] = utcnow,
-                 counters: Counters | None = None,
+                 clock: Callable[[], datetime.datetime] = utcnow, counters: Counters | None = None,
                  retention_seconds: float = 7 * 86400, retention_rows: int = 100_000):
         if not conduits or len(set(conduits)) != len(conduits):
             raise ValueError(f"conduits must be a non-empty list of distinct names: {conduits!r}")
@@ -73,6 +65,7 @@ class Spool:
         spool_schema.prepare_file(path)
         self._db = spool_schema.open_database(path, clock=clock, counters=self._counters)
         spool_schema.restrict_sidecars(path)
+        self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
         with self._tx() as db:
             self._retire_complete(db)
 
@@ -82,6 +75,20 @@ class Spool:
     def _now(self) -> float:
         return self._clock().timestamp()
 
+    now = _now
+
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
+    def read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            return query(self._db)
+
+    def _count_commit(self, size: int) -> None:
+        self._counters.incr("spool.commits")
+        self._counters.incr("spool.committed_writes", size)
+
     # -- writing ----------------------------------------------------------------------------
 
     def put(self, notification: Notification, kind: str) -> bool:
@@ -90,24 +97,32 @@ class Spool:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         now = self._now()
         body = encode(notification, kind, now)
-        with self._tx() as db:
-            stored = self._insert(db, notification, kind, body, now)
+        # Concurrent puts share one commit (group_commit.py); this returns after it.
+        stored = self._group.run(lambda db: self._insert(db, notification, kind, body, now))
         if stored:
             self._counters.incr("spool.put")
         return stored
+
+    def put_capture(self, message_id: str, instance_id: str, body: bytes) -> bool:
+        """A deletion's capture, durably, until it is built (publishing/capture_rows.py)."""
+        return capture_rows.put(self, message_id, instance_id, body)
 
     def put_flagged(self, flagged: Notification, rejected: Notification, reason: str) -> bool:
         """put() a flagged final, and keep what could not be published (rejected) in
         `rejects`, in one transaction: a retry never keeps it twice."""
         now = self._now()
         body = encode(flagged, "final", now)
-        kept = _reject_body(rejected, now)
-        with self._tx() as db:
+        kept = spool_schema.reject_body(rejected, now)
+
+        def insert_both(db: sqlite3.Connection) -> bool:
             stored = self._insert(db, flagged, "final", body, now)
             if stored:
                 db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, "
                            "rejected_at, origin) VALUES (?, 'final', ?, ?, ?, ?, 'capture')",
                            (rejected.message_id, now, kept, reason, now))
+            return stored
+
+        stored = self._group.run(insert_both)
         if stored:
             self._counters.incr("spool.put")
             self._counters.incr("spool.rejects.capture")
@@ -115,64 +130,53 @@ class Spool:
 
     def _insert(self, db: sqlite3.Connection, notification: Notification, kind: str,
                 body: bytes, now: float) -> bool:
-        self._prune_delivered(db, now)
-        if self._known(db, notification.message_id, now):
-            self._counters.incr("spool.duplicate")
-            return False
-        if not self._make_room(db, kind):
-            return False
-        db.execute("INSERT INTO records (message_id, kind, created_at, body) "
-                   "VALUES (?, ?, ?, ?)", (notification.message_id, kind, now, body))
         instance_id = notification.payload.get("instance_id")
         # Only delete.samples are captures a later capture supersedes (a final exists, spooled
         # as `final` beside its delete.samples, is usage, not a capture).
-        if (kind == "final" and isinstance(instance_id, str)
-                and notification.event_type == CAPTURE_EVENT):
+        capture_of = (instance_id if kind == "final" and isinstance(instance_id, str)
+                      and notification.event_type == CAPTURE_EVENT else None)
+        return self.insert(db, notification.message_id, kind, body, now, capture_of)
+
+    def insert(self, db: sqlite3.Connection, message_id: str, kind: str, body: bytes,
+               now: float, capture_of: str | None = None) -> bool:
+        """Insert one record in db's transaction (False: a duplicate or refused, see module
+        doc); capture_of: the instance whose newest capture this is."""
+        spool_bounds.prune_delivered(db, now, *self._retention)
+        if self._known(db, message_id, now):
+            self._counters.incr("spool.duplicate")
+            return False
+        if not spool_bounds.make_room(db, kind, self._max, self._counters):
+            return False
+        db.execute("INSERT INTO records (message_id, kind, created_at, body) "
+                   "VALUES (?, ?, ?, ?)", (message_id, kind, now, body))
+        if capture_of is not None:
             db.execute("INSERT OR REPLACE INTO captures (instance_id, message_id, captured_at) "
-                       "VALUES (?, ?, ?)", (instance_id, notification.message_id, now))
+                       "VALUES (?, ?, ?)", (capture_of, message_id, now))
         return True
+
+    def write(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+        """operation(db) in a transaction shared with concurrent writers (group_commit.py)."""
+        return self._group.run(operation)
 
     def last_capture(self, instance_id: str) -> str | None:
         """The message_id of the newest capture of this instance within the retention period."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT message_id FROM captures WHERE instance_id = ? AND captured_at >= ?",
-                (instance_id, self._now() - self._retention[0])).fetchone()
-        return None if row is None else row[0]
-
-    def _make_room(self, db: sqlite3.Connection, kind: str) -> bool:
-        depth = db.execute("SELECT count(*) FROM records").fetchone()[0]
-        if depth < self._max:
-            return True
-        shed = db.execute(
-            "SELECT seq, message_id FROM records WHERE kind = 'periodic' ORDER BY seq LIMIT ?",
-            (depth - self._max + 1,)).fetchall()
-        if shed:
-            for seq, message_id in shed:
-                self._delete(db, seq)
-                LOG.warning("spool full (%d records): shed periodic record %s", depth,
-                            message_id)
-            self._counters.incr("spool.shed", len(shed))
-            return True
-        if kind == "final":
-            self._counters.incr("spool.over_bound")
-            LOG.warning("spool full of final records (%d): keeping a final over the bound "
-                        "of %d", depth, self._max)
-            return True
-        self._counters.incr("spool.shed")
-        LOG.warning("spool full of final records (%d): refused a periodic record", depth)
-        return False
+            return self._db.execute(
+                "SELECT max(message_id) FROM captures WHERE instance_id = ? AND captured_at >= ?",
+                (instance_id, self._now() - self._retention[0])).fetchone()[0]
 
     def confirm(self, seq: int, conduit: str) -> bool:
         """Record that conduit delivered seq; True when that completed (and removed) it."""
+        return self.confirm_many([seq], conduit) > 0
+
+    def confirm_many(self, seqs: list[int], conduit: str) -> int:
+        """confirm() a batch in one transaction (one fsync); how many records it completed."""
         if conduit not in self.conduits:
             raise ValueError(f"unknown conduit {conduit!r}; configured: {self.conduits}")
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM records WHERE seq = ?", (seq,)).fetchone() is None:
-                return False
-            db.execute("INSERT OR IGNORE INTO deliveries (seq, conduit) VALUES (?, ?)",
-                       (seq, conduit))
-            return bool(self._retire_complete(db, seq))
+            db.executemany("INSERT OR IGNORE INTO deliveries (seq, conduit) SELECT seq, ? "
+                           "FROM records WHERE seq = ?", [(conduit, seq) for seq in seqs])
+            return sum(self._retire_complete(db, seq) for seq in seqs)
 
     def note_failure(self, seq: int, error: str) -> tuple[int, float]:
         """Count a failed delivery of seq; (attempts so far, record age in seconds)."""
@@ -218,14 +222,6 @@ class Spool:
         db.execute("DELETE FROM records WHERE seq = ?", (seq,))
         db.execute("DELETE FROM deliveries WHERE seq = ?", (seq,))
 
-    def _prune_delivered(self, db: sqlite3.Connection, now: float) -> None:
-        seconds, rows = self._retention
-        db.execute("DELETE FROM delivered WHERE delivered_at < ?", (now - seconds,))
-        db.execute("DELETE FROM captures WHERE captured_at < ?", (now - seconds,))
-        # rowids grow with every insert: this keeps at most the newest `rows` (O(log n)).
-        db.execute("DELETE FROM delivered WHERE rowid <= "
-                   "(SELECT max(rowid) FROM delivered) - ?", (rows,))
-
     # -- reading ----------------------------------------------------------------------------
 
     def seen(self, message_id: str) -> bool:
@@ -241,13 +237,15 @@ class Spool:
         return row is not None
 
     def pending(self, conduit: str, limit: int) -> list[tuple[int, Notification]]:
-        """Up to limit records conduit has not confirmed, oldest first.
+        """Up to limit records conduit has not confirmed, oldest first, up to the first
+        capture still waiting for its build (capture_rows.py): order is capture order.
 
         Undecodable bodies are moved to `rejects` on the way (never returned, never blocking).
         """
         with self._tx() as db:
             rows = db.execute(
-                "SELECT seq, message_id, body FROM records r WHERE NOT EXISTS (SELECT 1 FROM "
+                "SELECT seq, message_id, body FROM records r WHERE seq < coalesce((SELECT min(seq) "
+                "FROM records WHERE kind = 'capture'), 1 << 62) AND NOT EXISTS (SELECT 1 FROM "
                 "deliveries d WHERE d.seq = r.seq AND d.conduit = ?) ORDER BY seq LIMIT ?",
                 (conduit, limit)).fetchall()
             out = []

@@ -97,6 +97,14 @@ def encode(notification: Notification, kind: str, created_at: float) -> bytes:
     return msgpack.packb(doc, default=_plain, use_bin_type=True)
 
 
+def reject_body(notification: Notification, now: float) -> bytes:
+    """The stored body of a rejected notification; its repr when it cannot be encoded."""
+    try:
+        return encode(notification, "final", now)
+    except (TypeError, ValueError) as exc:
+        return f"unencodable ({exc}): {notification!r}".encode("utf-8", "replace")
+
+
 def decode(body: bytes) -> Notification:
     """The Notification in a stored body of any version; ValueError if it is not one.
 

@@ -18,12 +18,12 @@ from typing import Any, Callable, Mapping
 import libvirt
 
 from lifecycle_stats import records
-from lifecycle_stats.reading import nova_metadata, qemu_process
+from lifecycle_stats.reading import bulk_parse, nova_metadata, qemu_process
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, DomainGone, HypervisorError, MetadataError
 from lifecycle_stats.interfaces import Connection
-from lifecycle_stats.reading.hypervisor import translated
+from lifecycle_stats.reading.hypervisor import translate
 
 LOG = logging.getLogger(__name__)
 
@@ -80,17 +80,20 @@ class Inspector:
         read_at = self._clock()  # when the read started: a reading is as old as its request
         stats = conn.getAllDomainStats(
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
-        readings = [self._poll_one(conn, dom, record, read_at) for dom, record in stats]
-        self._memory.keep_only(dom.UUIDString() for dom, _ in stats)
+        ids = [dom.UUIDString() for dom, _ in stats]
+        readings = [self._poll_one(conn, dom, instance_id, record, read_at)
+                    for instance_id, (dom, record) in zip(ids, stats)]
+        self._memory.keep_only(ids)
         # A domain that stopped while the fallback read it comes back inactive: not polled.
         return {r.instance_id: r for r in readings if r is not None and r.active}
 
-    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
-                  read_at: datetime.datetime) -> records.DomainReading | None:
-        instance_id = dom.UUIDString()
+    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, instance_id: str,
+                  stats: Stats, read_at: datetime.datetime) -> records.DomainReading | None:
         try:
-            with translated(instance_id):
-                return self._reading(conn, dom, stats, "bulk", read_at)
+            try:  # a plain try (not translated()): this runs per domain on every poll
+                return self._reading(conn, dom, stats, "bulk", read_at, instance_id)
+            except libvirt.libvirtError as exc:
+                raise translate(exc, instance_id) from exc
         except DomainGone:
             self._counters.incr(VANISHED)
             return None
@@ -109,11 +112,14 @@ class Inspector:
         stats = conn.domainListGetStats([dom], STATS_GROUPS)
         if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
             raise DomainGone(instance_id)
-        reading = self._reading(conn, dom, stats[0][1], "single", read_at)
+        reading = self._reading(conn, dom, stats[0][1], "single", read_at, dom.UUIDString())
         return with_block_info(dom, reading) if reading.active else reading
 
     def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
-                 path: str, read_at: datetime.datetime) -> records.DomainReading:
+                 path: str, read_at: datetime.datetime,
+                 instance_id: str) -> records.DomainReading:
+        """Each key of the record is looked up once (bulk_parse), each libvirt accessor
+        called once: this runs for every active domain on every poll."""
         state = stats.get("state.state")
         if state in INACTIVE_STATES:
             return _inactive(dom, state, stats.get("vcpu.current"),
@@ -125,18 +131,21 @@ class Inspector:
                 self._no_bulk_conn = conn
             return reading
         process_id = dom.ID()  # no RPC: the id came with the domain object
-        if self._memory.judge(dom.UUIDString(), process_id, stats):
+        cpu_time = stats.get("cpu.time")
+        disks, vnics, counted, uncounted = bulk_parse.devices(stats)
+        if self._memory.judge_devices(instance_id, process_id, cpu_time or 0, counted,
+                                      uncounted):
             self._counters.incr(TORN)
-            raise DomainGone(dom.UUIDString())
+            raise DomainGone(instance_id)
+        name = dom.name()
         return records.DomainReading(
-            instance_id=dom.UUIDString(), domain_name=dom.name(), state=state_name(state),
-            active=True, cpu_time_ns=stats.get("cpu.time"), vcpus=stats.get("vcpu.current"),
+            instance_id=instance_id, domain_name=name, state=state_name(state),
+            active=True, cpu_time_ns=cpu_time, vcpus=stats.get("vcpu.current"),
             memory_kib=stats.get("balloon.current"), memory_max_kib=stats.get("balloon.maximum"),
-            disks=disks_from_stats(stats), vnics=vnics_from_stats(stats),
-            read_at=read_at, path=path, state_code=state, process_id=process_id,
-            memory_stats=memory_from_stats(stats), perf=perf_from_stats(stats),
-            vcpu_time_ns=vcpu_time_from_stats(stats),
-            process_started_at=self._started_at(dom.name()))
+            disks=disks, vnics=vnics, read_at=read_at, path=path,
+            state_code=state, process_id=process_id, memory_stats=memory_from_stats(stats),
+            perf=perf_from_stats(stats), vcpu_time_ns=vcpu_time_from_stats(stats),
+            process_started_at=self._started_at(name))
 
 
 def vcpu_time_from_stats(stats: Stats) -> int | None:
@@ -210,14 +219,16 @@ _BALLOON_KEYS = {"balloon.current": "actual", "balloon.available": "available",
                  "balloon.swap_in": "swap_in", "balloon.swap_out": "swap_out"}
 MEMORY_STAT_NAMES = frozenset(_BALLOON_KEYS.values())
 PERF_NAMES = ("cpu_cycles", "instructions", "cache_references", "cache_misses")
+_BALLOON_ITEMS = tuple(_BALLOON_KEYS.items())
+_PERF_ITEMS = tuple((f"perf.{name}", name) for name in PERF_NAMES)
 
 
 def memory_from_stats(stats: Stats) -> dict[str, int]:
-    return {name: stats[key] for key, name in _BALLOON_KEYS.items() if key in stats}
+    return {name: stats[key] for key, name in _BALLOON_ITEMS if key in stats}
 
 
 def perf_from_stats(stats: Stats) -> dict[str, int]:
-    return {name: stats[f"perf.{name}"] for name in PERF_NAMES if f"perf.{name}" in stats}
+    return {name: stats[key] for key, name in _PERF_ITEMS if key in stats}
 
 
 def vnics_from_stats(stats: Stats) -> tuple[records.VnicStats, ...]:

@@ -44,11 +44,16 @@ def is_torn(stats: Stats, earlier: frozenset[str] | None) -> bool:
     """Torn: a device that had counters earlier in this QEMU process has none now. With no
     memory of the process (`earlier` None), only the measured torn shape counts: devices named
     and not one of them with counters."""
-    missing = uncounted_devices(stats)
+    return torn_devices(counted_devices(stats), uncounted_devices(stats), earlier)
+
+
+def torn_devices(counted: frozenset[str], missing: frozenset[str],
+                 earlier: frozenset[str] | None) -> bool:
+    """is_torn() on a record's device sets already parsed (bulk_parse.devices)."""
     if not missing:
         return False
     if earlier is None:
-        return not counted_devices(stats)
+        return not counted
     return bool(missing & earlier)
 
 
@@ -65,14 +70,19 @@ class DeviceMemory:
         """True when stats is a torn read; otherwise remembers its devices with counters. A
         first torn-looking read of a process is remembered too (with no devices), so a domain
         whose devices never have counters is read from its second read on."""
-        cpu = stats.get("cpu.time", 0)
+        return self.judge_devices(instance_id, process_id, stats.get("cpu.time", 0),
+                                  counted_devices(stats), uncounted_devices(stats))
+
+    def judge_devices(self, instance_id: str, process_id: int, cpu: int,
+                      counted: frozenset[str], uncounted: frozenset[str]) -> bool:
+        """judge() on a record's cpu time and device sets already parsed (the bulk poll)."""
         with self._lock:
             view = self._views.get(instance_id)
             same = view is not None and view.process_id == process_id and cpu >= view.cpu_time_ns
             earlier = view.counted if same else None
-            torn = is_torn(stats, earlier)
-            if not torn:
-                self._views[instance_id] = ProcessView(process_id, cpu, counted_devices(stats))
+            torn = torn_devices(counted, uncounted, earlier)
+            if not torn and not (same and cpu == view.cpu_time_ns and counted == earlier):
+                self._views[instance_id] = ProcessView(process_id, cpu, counted)
             elif earlier is None:
                 self._views[instance_id] = ProcessView(process_id, cpu, frozenset())
             return torn

@@ -201,7 +201,10 @@ class Player:
             self.host.set_poll([fmt.reading_from_data(r) for r in data["readings"]])
 
     def _deliver(self) -> None:
-        """What the sender thread does, synchronously: emit pending records in spool order."""
+        """What the publication and sender threads do, synchronously: build the captures
+        waiting, emit pending records in spool order."""
+        if self.agent is not None:
+            self.agent.core.publication.build_waiting()
         while pending := self.spool.pending(CONDUIT, 1000):
             for seq, notification in pending:
                 self.conduit.emit(notification)

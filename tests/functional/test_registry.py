@@ -333,6 +333,7 @@ def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
                                 identity={"tenant_id": guest.project_id,
                                           "display_name": guest.display_name})
         assert core.announced(trigger) is Outcome.UNAVAILABLE
+        core.publication.build_waiting()  # the publication thread's work, synchronously
         [(_, note)] = store.pending("test", 10)
         payloads.validate(note)
         assert note.payload["instance_id"] == guest.instance_id

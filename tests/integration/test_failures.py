@@ -258,6 +258,41 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
     assert revived.stop() == 0
 
 
+def test_sigkill_between_capture_and_publication_loses_nothing(bus, agents, guest_factory,
+                                                               tmp_path):
+    """Capture first, publish after: nova's deletes are answered once the captures are
+    durable; the agent is killed before any delete.samples is built from them (a long
+    [publication] linger holds the build), nova destroys the domains, and the next start
+    builds and publishes every capture, each still `final`."""
+    guests = [g for g, _ in guest_factory.create_many(3, paused=True)]
+    host = bus.host()
+    own_hook = {"hook": {"socket_path": str(tmp_path / "hook.sock")}}
+    dead = agents(harness.AgentProcess(
+        tmp_path, host=host, transport_url=bus.url, names=bus.names,
+        extra={**own_hook, "publication": {"linger": "60"}}))
+    billing = bus.billing()
+    dead.start()
+    for guest in guests:
+        bus.nova.delete_start(guest, host)
+    dead.wait_for(lambda s: s["counters"].get("flush.final") == 3
+                  and s["counters"].get("spool.captures") == 3, 30, "3 captures spooled")
+    assert dead.counter("publication.built") == 0  # nothing built, nothing sent
+    dead.kill()
+    for guest in guests:  # nova destroys them: the counters exist nowhere but in the spool
+        guest_factory.destroy(guest)
+    assert billing.wait_for(1, 2) == []
+
+    revived = agents(harness.AgentProcess(tmp_path, host=host, transport_url=bus.url,
+                                          names=bus.names, extra=own_hook))
+    assert revived.state_path == dead.state_path
+    revived.start()
+    events = billing.wait_for(3, 30)
+    revived.wait_for(lambda s: _spool_depth(s) == 0, 30, "an empty spool")
+    _assert_finals(events, guests)  # 100 % of the captures, `final` kept
+    assert revived.counter("publication.built") == 3
+    assert revived.stop() == 0
+
+
 # -- c. libvirtd restarts -------------------------------------------------------------------------
 
 def _threads(pid: int) -> int:

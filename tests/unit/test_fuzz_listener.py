@@ -151,7 +151,9 @@ class Box:
         self.outcomes.append(self.core.announced(trigger))
 
     def spooled(self):
-        """The delete.samples spooled (each deletion's final exists follows it)."""
+        """The delete.samples spooled (each deletion's final exists follows it), once the
+        publication thread's work is done (here synchronously)."""
+        self.core.publication.build_waiting()
         return [n for _, n in self.spool.pending("test", 10_000)
                 if n.event_type == payloads.DELETE_SAMPLES]
 

@@ -57,6 +57,9 @@ class Core:
         self.woken += 1
 
     def spooled(self) -> list[str]:
+        """What senders find once the publication thread has built the captures (and
+        accounted their deletions), here synchronously."""
+        self.door.publication.build_waiting()
         return [n.event_type for _, n in self.spool.pending("test", 100)]
 
     def close(self) -> None:
@@ -92,6 +95,15 @@ def test_a_deletion_spools_its_samples_then_its_final_exists_and_wakes_the_sende
     assert woken > 0
     assert core.door.announced(announce()) is Outcome.DUPLICATE  # the bus copy after the hook's
     assert core.spooled() == [payloads.DELETE_SAMPLES, EXISTS] and core.woken == woken
+
+
+def test_nova_waits_for_the_capture_alone_and_the_accounting_follows_the_build(core):
+    assert core.door.announced(announce()) is Outcome.FINAL
+    assert core.spool.pending("test", 10) == [] and core.spool.depth() == 1  # the capture
+    core.door.lifecycle(undefined())  # nova's destroy, before the publication thread ran
+    assert core.ledger.ended(UUID) is None  # the announcement reaches the ledger with the build
+    assert core.spooled() == [payloads.DELETE_SAMPLES, EXISTS]
+    assert core.ledger.ended(UUID) is not None
 
 
 def test_another_stop_takes_a_closing_reading_and_publishes_nothing(core):

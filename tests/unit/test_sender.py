@@ -10,7 +10,7 @@ from lifecycle_stats.emitters.base import Emitter
 from lifecycle_stats.emitters.memory import MemoryEmitter
 from lifecycle_stats.publishing import spool_options
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import EmitError
+from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.sender import Sender
 from lifecycle_stats.publishing.spool import Spool
@@ -281,3 +281,92 @@ def test_attempts_are_counted_in_the_spool_across_restarts(spool, run):
     assert sender.stop(timeout=10)
     attempts = spool._db.execute("SELECT attempts, last_error FROM records").fetchone()
     assert attempts[0] >= 3 and attempts[1] == "refused msg-0"
+
+
+# -- batches: publish what is pending, retire what was confirmed in one transaction ----------
+
+class Batching(Refusing):
+    """A conduit with emit_batch: publishes in order and stops at the first refusal."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batches = []
+
+    def emit_batch(self, notifications):
+        self.batches.append([n.message_id for n in notifications])
+        for delivered, notification in enumerate(notifications):
+            try:
+                self.emit(notification)
+            except EmitError as exc:
+                raise BatchEmitError(str(exc), delivered) from exc
+
+
+def count_commits(spool):
+    """COMMITs the spool's connection runs from now on (one fsync each, synchronous=FULL)."""
+    commits = []
+    spool._db.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+    return commits
+
+
+def test_a_pending_batch_is_published_once_and_retired_in_one_transaction(spool, run, counters):
+    for n in range(50):
+        spool.put(note(n), "final")
+    commits = count_commits(spool)
+    emitter = Batching()
+    assert run(emitter, batch=100).drain(timeout=10)
+    assert emitter.batches[0] == [f"msg-{n}" for n in range(50)]
+    assert [n.message_id for n in emitter.sent] == [f"msg-{n}" for n in range(50)]
+    assert spool.depth() == 0 and counters.get("sender.bus.sent") == 50
+    # pending() is one transaction, the retirement of all 50 another (not 50 more)
+    assert len(commits) <= 3, commits
+
+
+def test_without_emit_batch_records_are_emitted_one_by_one_and_retired_together(spool, run):
+    for n in range(20):
+        spool.put(note(n), "final")
+    commits = count_commits(spool)
+    emitter = MemoryEmitter()
+    assert run(emitter, batch=100).drain(timeout=10)
+    assert [n.message_id for n in emitter.sent] == [f"msg-{n}" for n in range(20)]
+    assert len(commits) <= 3, commits
+
+
+def test_a_record_refused_mid_batch_is_retried_alone_then_the_rest_follow(spool, run, counters):
+    for n in range(5):
+        spool.put(note(n), "final")
+    emitter = Batching(refuse={"msg-2"})
+
+    def sleep(seconds):
+        emitter.refuse.clear()  # the broker takes it on the retry
+
+    assert run(emitter, sleep=sleep).drain(timeout=10)
+    assert emitter.batches[0] == [f"msg-{n}" for n in range(5)]
+    assert [n.message_id for n in emitter.sent] == [f"msg-{n}" for n in range(5)]
+    assert emitter.tries.count("msg-2") == 2  # the batch's try was its first attempt
+    assert emitter.tries.count("msg-3") == 1  # never published before msg-2
+    assert counters.get("sender.bus.retries") == 1 and spool.depth() == 0
+
+
+@pytest.mark.allow_error_logs
+def test_a_poison_record_in_a_batch_is_rejected_and_the_others_delivered(spool, run, counters):
+    for n in range(6):
+        spool.put(note(n), "final")
+    emitter = Batching(refuse={"msg-1"})
+    assert run(emitter, sleep=lambda s: None, probe_after=3).drain(timeout=10)
+    assert [n.message_id for n in emitter.sent] == ["msg-0", "msg-2", "msg-3", "msg-4", "msg-5"]
+    assert [r[1] for r in rejects(spool)] == ["msg-1"]
+    assert counters.get("sender.bus.rejected") == 1 and spool.depth() == 0
+
+
+@pytest.mark.allow_error_logs
+def test_an_emit_batch_bug_confirms_nothing_and_the_records_still_go_out(spool, run, counters):
+    for n in range(3):
+        spool.put(note(n), "final")
+
+    class Broken(MemoryEmitter):
+        def emit_batch(self, notifications):
+            raise RuntimeError("conduit bug")
+
+    emitter = Broken()
+    assert run(emitter, sleep=lambda s: None).drain(timeout=10)
+    assert [n.message_id for n in emitter.sent] == ["msg-0", "msg-1", "msg-2"]

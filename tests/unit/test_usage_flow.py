@@ -50,6 +50,7 @@ class Host:
         return self.core.announced(trigger)
 
     def spooled(self):
+        self.core.publication.build_waiting()  # the publication thread's work, synchronously
         return {n.event_type: n for _, n in self.spool.pending("test", 100)}
 
     def close(self):

@@ -83,7 +83,9 @@ class World:
         trigger = DeleteTrigger(instance_id=UUID, event_type=f"compute.instance.{action}.start",
                                 host="cmp1", received_at=at, action=action, announced_at=at,
                                 attempt_id=f"req-{action}-{minutes}")
-        return self.core.announced(trigger)
+        outcome = self.core.announced(trigger)
+        self.core.publication.build_waiting()  # the publication thread's work, synchronously
+        return outcome
 
     def exists(self):
         unique = {}

@@ -1,0 +1,160 @@
+"""Publish after: build each durable capture into its delete.samples, on a thread of its own.
+
+Nova's delete waits for the capture alone (flush.py: the read, one durable append). This
+thread then builds, validates and signs the delete.samples from the capture record
+(capture_record.py) and swaps the capture for it in the spool, many in one transaction
+(publishing/capture_rows.py), then wakes the senders. Before the swap, each deletion is
+accounted (on_built: the usage ledger closes the instance, its final exists is spooled), so
+that also happens after nova's answer and again after a crash. What is waiting at start (a crash
+between capture and publication) is built first, so nothing captured is lost, and what was
+read as `final` stays `final`. A capture that cannot be published as captured is kept in the
+spool's rejects and published flagged (`capture.flagged`), as a capture that failed at the
+read is; a record that cannot be read at all moves to rejects (`spool.corrupt`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Callable, NamedTuple
+
+from oslo_config import cfg
+
+from lifecycle_stats import threads
+from lifecycle_stats.capture import capture_record
+from lifecycle_stats.capture.settings import Settings
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.publishing import capture_rows, payloads
+from lifecycle_stats.records import DeleteTrigger, InstanceInfo, Notification
+
+LOG = logging.getLogger(__name__)
+
+OPTS = [
+    cfg.FloatOpt("linger", default=0.0, min=0.0, max=60.0,
+                 help="Seconds the publication thread waits after a capture before building, "
+                      "so that more captures of a burst share one build transaction. Nova "
+                      "never waits for it (it waits for the capture alone); delivery of each "
+                      "delete.samples is later by up to this much. A stop builds at once."),
+]
+
+
+def flagged_samples(settings: Settings, trigger: DeleteTrigger, info: InstanceInfo | None,
+                    supersedes: str | None, error: str, now) -> Notification:
+    """The identity-only `unavailable` delete.samples that says why (nova's metadata may
+    itself be what broke the schema: then without it)."""
+    flagged = None
+    for identity in (info, None):
+        flagged = payloads.delete_samples(
+            kind=payloads.UNAVAILABLE, trigger=trigger, info=identity, reading=None,
+            host=settings.host, publisher_id=settings.publisher_id, now=now,
+            supersedes=supersedes, errors=[error])
+        with contextlib.suppress(Exception):
+            payloads.validate(flagged)
+            break
+    return flagged
+
+
+class _Built(NamedTuple):
+    row: tuple  # capture_rows.Built's fields
+    capture: capture_record.Capture | None  # built as captured: its deletion is accounted
+
+
+class Publication:
+    def __init__(self, *, spool, settings: Settings, counters: Counters,
+                 on_published: Callable[[], None] = lambda: None,
+                 on_built: Callable[[capture_record.Capture], None] = lambda capture: None,
+                 batch: int = 100,
+                 poll_interval: float = 1.0, linger: float = 0.0) -> None:
+        self._spool = spool
+        self._settings = settings
+        self._counters = counters
+        self._on_published = on_published
+        self._on_built = on_built
+        self._batch = batch
+        self._poll = poll_interval
+        self._linger = linger
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lifecycle-stats-publication",
+                                        daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def thread_state(self) -> str:
+        return threads.state(self._thread, self._stop.is_set())
+
+    def stop(self, timeout: float) -> bool:
+        """Build what is waiting (bounded by timeout), then end; True when the thread ended.
+        What is not built by then is built at the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def build_waiting(self) -> int:
+        """Build every capture waiting now (the thread's work; the replay player calls it
+        directly); how many were published."""
+        published = 0
+        while waiting := capture_rows.waiting(self._spool, self._batch):
+            built = [self._build(w) for w in waiting]
+            for capture in (b.capture for b in built if b.capture is not None):
+                self._on_built(capture)  # before the swap: a crash in between redoes both
+            published += capture_rows.publish(
+                self._spool, [capture_rows.Built(*b.row) for b in built])
+            self._counters.incr("publication.batches")
+            self._on_published()
+            if len(waiting) < self._batch:
+                break
+        return published
+
+    def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                self.build_waiting()
+            except Exception:  # the spool failed: keep the thread, try again later
+                self._counters.incr("publication.errors")
+                LOG.exception("building captured deletions failed; retrying in %.1f s",
+                              self._poll)
+            if self._stop.is_set():
+                return
+            if self._wake.wait(self._poll) and self._linger:
+                self._stop.wait(self._linger)  # gather a burst; a stop ends it at once
+
+    def _build(self, waiting: capture_rows.Waiting) -> _Built:
+        try:
+            capture = capture_record.decode(waiting.body)
+        except ValueError as exc:
+            return _Built((waiting, None, waiting.body, str(exc)), None)
+        notification = None
+        try:
+            notification = payloads.delete_samples(
+                kind=capture.outcome, trigger=capture.trigger, info=capture.info,
+                reading=capture.reading, host=self._settings.host,
+                publisher_id=self._settings.publisher_id, now=capture.now,
+                supersedes=capture.supersedes, figures=capture.figures,
+                legacy_meters=self._settings.legacy_meters,
+                telemetry_secret=self._settings.telemetry_secret)
+            payloads.validate(notification)
+        except Exception as exc:  # this capture can never be published as it is
+            return self._flag(waiting, capture, notification, exc)
+        self._counters.incr("publication.built")
+        return _Built((waiting, notification), capture)
+
+    def _flag(self, waiting: capture_rows.Waiting, capture: capture_record.Capture,
+              rejected: Notification | None, exc: Exception) -> _Built:
+        error = f"{type(exc).__name__}: {exc}"
+        flagged = flagged_samples(self._settings, capture.trigger, capture.info,
+                                  capture.supersedes, error, capture.now)
+        self._counters.incr("publication.flagged")
+        LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
+                  "rejects, published flagged", capture.trigger.instance_id, error)
+        return _Built((waiting, flagged, rejected or waiting.body, error), None)

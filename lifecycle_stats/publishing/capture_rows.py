@@ -1,0 +1,97 @@
+"""Captures waiting in the spool for their build (capture first, publish after).
+
+A deletion's capture is one spool record of kind `capture` under the delete.samples' own
+message id: durable once put() returns (a group commit, like every put), a duplicate for
+seen(), the instance's newest capture for last_capture(), never sent by a conduit. The
+publication thread builds the notification from it and swaps one for the other in one
+transaction, in the capture's place (publish), or keeps it in rejects and publishes a flagged one instead. The body
+is opaque here (capture/capture_record.py writes and reads it).
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import TYPE_CHECKING, NamedTuple
+
+from lifecycle_stats.publishing import spool_schema
+from lifecycle_stats.records import Notification
+
+if TYPE_CHECKING:
+    from lifecycle_stats.publishing.spool import Spool
+
+LOG = logging.getLogger("lifecycle_stats.publishing.spool")
+
+KIND = "capture"
+
+
+class Waiting(NamedTuple):
+    seq: int
+    message_id: str
+    body: bytes
+
+
+class Built(NamedTuple):
+    """What to put in a capture's place: its notification, or a flagged one plus what could
+    not be published (`rejected`, kept in rejects with `reason`); no notification at all for
+    a capture record that cannot be read (kept in rejects, as a corrupt spool record is)."""
+
+    waiting: Waiting
+    notification: Notification | None
+    rejected: Notification | bytes | None = None
+    reason: str | None = None
+
+
+def put(spool: "Spool", message_id: str, instance_id: str, body: bytes) -> bool:
+    """Store a capture durably; False when this message id is spooled or delivered already."""
+    now = spool.now()
+    stored = spool.write(lambda db: spool.insert(db, message_id, KIND, body, now, instance_id))
+    if stored:
+        spool.counters.incr("spool.captures")
+    return stored
+
+
+def waiting(spool: "Spool", limit: int) -> list[Waiting]:
+    """Up to limit captures not built yet, oldest first."""
+    rows = spool.read(lambda db: db.execute(
+        "SELECT seq, message_id, body FROM records WHERE kind = ? ORDER BY seq LIMIT ?",
+        (KIND, limit)).fetchall())
+    return [Waiting(*row) for row in rows]
+
+
+def publish(spool: "Spool", built: list[Built]) -> int:
+    """Swap each capture for what was built from it, all in one transaction; how many."""
+    now = spool.now()
+
+    def swap(db: sqlite3.Connection) -> int:
+        done = 0
+        for item in built:
+            if item.notification is None:
+                _remove(db, item.waiting.seq)
+                _keep_rejected(db, item, now, origin="spool")
+                spool.counters.incr("spool.corrupt")
+                LOG.error("capture %s cannot be read (%s): moved to the rejects table",
+                          item.waiting.message_id, item.reason)
+                continue
+            # in the capture's place (its seq): senders keep capture order
+            body = spool_schema.encode(item.notification, "final", now)
+            done += db.execute("UPDATE records SET kind = 'final', body = ? WHERE seq = ? AND "
+                               "kind = ?", (body, item.waiting.seq, KIND)).rowcount
+            if item.reason is not None:
+                _keep_rejected(db, item, now, origin="capture")
+        return done
+
+    return spool.write(swap)
+
+
+def _remove(db: sqlite3.Connection, seq: int) -> bool:
+    return db.execute("DELETE FROM records WHERE seq = ? AND kind = ?",
+                      (seq, KIND)).rowcount == 1
+
+
+def _keep_rejected(db: sqlite3.Connection, item: Built, now: float, origin: str) -> None:
+    rejected = item.rejected
+    body = (rejected if isinstance(rejected, bytes)
+            else spool_schema.reject_body(rejected or item.notification, now))
+    db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, rejected_at, "
+               "origin) VALUES (?, 'final', ?, ?, ?, ?, ?)",
+               (item.waiting.message_id, now, body, item.reason, now, origin))

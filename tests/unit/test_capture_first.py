@@ -1,0 +1,127 @@
+"""Capture first, publish after: a deletion's capture (the read plus one durable append of what
+was read) is all nova waits for; the delete.samples is built from it afterwards
+(capture/publication.py), also after a crash in between, and senders keep capture order."""
+import dataclasses
+
+import pytest
+
+from lifecycle_stats import counters
+from lifecycle_stats.capture import capture_record, flush
+from lifecycle_stats.capture.last_readings import LastReadings
+from lifecycle_stats.capture.observations import Observations
+from lifecycle_stats.capture.publication import Publication
+from lifecycle_stats.capture.settings import Settings
+from lifecycle_stats.capture.stop_gate import StopGate
+from lifecycle_stats.interfaces import NoUsage, Outcome
+from lifecycle_stats.publishing import capture_rows, payloads, spool
+from lifecycle_stats.records import DeleteTrigger, Notification
+from tests.support.fakes import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
+
+SETTINGS = Settings("cmp1", "lifecycle-stats.cmp1")
+
+
+def trigger(instance_id=UUID):
+    return DeleteTrigger(instance_id=instance_id, event_type="compute.instance.delete.start",
+                         host="cmp1", received_at=NOW, identity={"tenant_id": "p1"})
+
+
+@pytest.fixture
+def box(tmp_path):
+    class Box:
+        counters = counters.Counters()
+        spool = None
+
+        def make(self, inspector, registry):
+            self.gate = StopGate()
+            return flush.Flusher(
+                reader=inspector, registry=registry, gate=self.gate, spool=self.spool,
+                observations=Observations(LastReadings(clock=lambda: NOW), NoUsage()),
+                settings=SETTINGS, counters=self.counters, clock=lambda: NOW)
+
+    b = Box()
+    b.spool = spool.Spool(str(tmp_path / "spool.sqlite"), conduits=["test"], counters=b.counters)
+    yield b
+    b.spool.close()
+
+
+def capture_only(box, inspector=None, registry=None, instance_id=UUID):
+    """What nova waits for: the capture alone, no build."""
+    flusher = box.make(inspector or FakeInspector({instance_id: make_reading()}),
+                       registry or FakeRegistry({instance_id: make_info()}))
+    with box.gate.working("flushing"):
+        return flusher.capture(trigger(instance_id=instance_id)).outcome
+
+
+def kinds(sp):
+    return [k for (k,) in sp._db.execute("SELECT kind FROM records ORDER BY seq")]
+
+
+def exists(n):
+    return Notification("compute.instance.exists", "INFO", "lifecycle-stats.cmp1",
+                        {"instance_id": UUID, "n": n}, f"exists-{n}",
+                        "2026-11-21T12:00:00.000000+00:00")
+
+
+def test_the_capture_is_durable_before_anything_is_built(box, tmp_path):
+    assert capture_only(box) is Outcome.FINAL
+    assert kinds(box.spool) == ["capture"]
+    assert box.spool.pending("test", 10) == []  # nothing for a conduit yet
+    assert box.spool.seen(payloads.delete_message_id(trigger()))  # a redelivery is a duplicate
+    assert capture_only(box) is Outcome.DUPLICATE
+    box.spool.close()  # the agent dies here (between capture and publication)
+
+    reopened = spool.Spool(box.spool.path, conduits=["test"])  # the next start
+    try:
+        assert Publication(spool=reopened, settings=SETTINGS,
+                           counters=box.counters).build_waiting() == 1
+        [(_, note)] = reopened.pending("test", 10)
+        payloads.validate(note)
+        assert note.message_id == payloads.delete_message_id(trigger())
+        assert note.payload["capture"]["kind"] == "final"  # read live: stays final
+        assert len(note.payload["samples"]) > 0 and kinds(reopened) == ["final"]
+        assert reopened.last_capture(UUID) == note.message_id
+    finally:
+        reopened.close()
+        box.spool = spool.Spool(str(tmp_path / "spool.sqlite"), conduits=["test"])
+
+
+def test_a_build_from_the_record_equals_the_build_at_the_read(box):
+    reading, info = make_reading(), make_info()
+    assert capture_only(box) is Outcome.FINAL
+    [waiting] = capture_rows.waiting(box.spool, 10)
+    capture = capture_record.decode(waiting.body)
+    # what was read, as read (the fake's single read), and who nova said it was
+    assert dataclasses.replace(capture.reading, path=reading.path) == reading
+    assert capture.info == info and capture.trigger == trigger()
+    direct = payloads.delete_samples(
+        kind="final", trigger=trigger(), info=info, reading=capture.reading, host="cmp1",
+        publisher_id="lifecycle-stats.cmp1", now=capture.now, figures=capture.figures)
+    Publication(spool=box.spool, settings=SETTINGS, counters=box.counters).build_waiting()
+    [(_, built)] = box.spool.pending("test", 10)
+    assert built == direct
+
+
+def test_senders_keep_capture_order_while_a_capture_waits_for_its_build(box):
+    assert capture_only(box) is Outcome.FINAL
+    box.spool.put(exists(1), "final")  # the deletion's final exists, spooled after it
+    assert kinds(box.spool) == ["capture", "final"]
+    assert box.spool.pending("test", 10) == []  # the exists waits behind the capture
+    assert box.spool.pending_count("test") == 2  # a drain waits for the build too
+    Publication(spool=box.spool, settings=SETTINGS, counters=box.counters).build_waiting()
+    assert [n.event_type for _, n in box.spool.pending("test", 10)] == [
+        "compute.instance.delete.samples", "compute.instance.exists"]
+
+
+@pytest.mark.allow_error_logs
+def test_an_unreadable_capture_moves_to_rejects_and_the_others_are_built(box):
+    other = "0c6f1a43-34d1-4c8f-a5a7-3c36ad5b1a11"
+    capture_only(box)
+    capture_only(box, instance_id=other)
+    box.spool._db.execute("UPDATE records SET body = x'c1' WHERE seq = 1")  # torn on disk
+    assert Publication(spool=box.spool, settings=SETTINGS,
+                       counters=box.counters).build_waiting() == 1
+    [(_, note)] = box.spool.pending("test", 10)
+    assert note.payload["instance_id"] == other
+    [(origin, body)] = box.spool._db.execute("SELECT origin, body FROM rejects").fetchall()
+    assert origin == "spool" and body == b"\xc1"
+    assert box.counters.get("spool.corrupt") == 1
