@@ -172,14 +172,18 @@ def test_power_off_then_delete_is_complete_with_the_domain_shut_off(agent, nova,
     guest_factory.destroy(guest)
     events = delete_events(billing, guest)
     capture = events["compute.instance.delete.samples"]["payload"]["capture"]
-    assert capture["kind"] == "last_known" and capture["complete"] is True
+    usage = events["compute.instance.exists"]["payload"]["usage"]
+    # complete, unless a 1 s poll landed between the closing read and the destroy: then only
+    # that tail is unread, and both say so (doc/billing.md)
+    assert usage_world.read_to_the_destroy(usage)
+    assert capture["kind"] == "last_known" and capture["complete"] is usage["complete"]
     assert capture["domain_state"] == "shutoff" and capture["read_state"] == "running"
     samples = events["compute.instance.delete.samples"]["payload"]["samples"]
     [cpu_sample] = [s for s in samples if s["name"] == "cpu"]
     assert 0 < cpu_sample["volume"] <= closing_high
-    usage = events["compute.instance.exists"]["payload"]["usage"]
-    assert usage["complete"] is True
-    assert usage["cpu_time_ns"] == cpu_sample["volume"]  # one process, from zero
+    # One process, from zero, to its closing reading. Usage bills libvirt's cpu.time (the
+    # whole QEMU process); the `cpu` sample is Ceilometer's Σ vCPU time, part of it.
+    assert cpu_sample["volume"] <= usage["cpu_time_ns"] <= closing_high
 
 
 def test_a_delete_racing_destroy_is_stale_and_the_loss_is_bounded(agent, nova, billing,
