@@ -24,7 +24,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tests.support import guests as novalike  # noqa: E402
-from lifecycle_stats.records import DeleteTrigger  # noqa: E402
+from lifecycle_stats.records import StopAnnouncement  # noqa: E402
 
 PREFIX = "lst"  # the tests' prefix too: their session fixture sweeps a killed run's guests
 LEGACY_DELETE = "compute.instance.delete.start"
@@ -162,7 +162,7 @@ def _close_quietly(conn) -> None:
         pass
 
 
-def trigger(guest: novalike.NovaGuest, host: str) -> DeleteTrigger:
+def trigger(guest: novalike.NovaGuest, host: str) -> StopAnnouncement:
     """The trigger the bus listener makes of nova's legacy delete.start for guest."""
     from lifecycle_stats.listeners import nova_notifications
     from tests.support.nova import legacy_payload

@@ -23,7 +23,7 @@ if REPO not in sys.path:
 
 from lifecycle_stats.publishing import meter_messages, payloads  # noqa: E402
 from lifecycle_stats.records import (  # noqa: E402
-    DeleteTrigger, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats,
+    StopAnnouncement, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats,
 )
 
 UTC = datetime.timezone.utc
@@ -50,7 +50,7 @@ def instance(disks: int, vnics: int) -> tuple[InstanceInfo, DomainReading]:
 
 
 def build(info, reading, **options):
-    trigger = DeleteTrigger(instance_id=UUID, event_type="compute.instance.delete.start",
+    trigger = StopAnnouncement(instance_id=UUID, event_type="compute.instance.delete.start",
                             host="cmp1", received_at=NOW, announced_at=NOW)
     note = payloads.delete_samples(kind=payloads.FINAL, trigger=trigger, info=info,
                                    reading=reading, host="cmp1", publisher_id="p", now=NOW,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from oslo_config import cfg
 
-from lifecycle_stats.emitters.messaging import MessagingEmitter
+from lifecycle_stats.emitters.messaging import MessagingConduit
 from lifecycle_stats.publishing import meter_messages, samples, signing
 from lifecycle_stats.records import Notification
 
@@ -47,7 +47,7 @@ OPTS = [
 ]
 
 
-class CeilometerEmitter(MessagingEmitter):
+class CeilometerConduit(MessagingConduit):
     name = "ceilometer"
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:

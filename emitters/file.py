@@ -17,7 +17,7 @@ import threading
 
 from oslo_config import cfg
 
-from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.publishing import meter_messages, signing
 from lifecycle_stats.exceptions import ConfigError, EmitError
 from lifecycle_stats.records import Notification
@@ -36,7 +36,7 @@ def lines(notification: Notification, secret: str) -> bytes:
         for message in meter_messages.from_notification(notification, secret))
 
 
-class FileEmitter(Emitter):
+class FileConduit(Conduit):
     name = "file"
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 import json
 import logging
 
-from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.records import Notification
 
 LOG = logging.getLogger(__name__)
 
 
-class LogEmitter(Emitter):
+class LogConduit(Conduit):
 
     def __init__(self, conf=None) -> None:
         pass

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import threading
 
-from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.exceptions import EmitError
 from lifecycle_stats.records import Notification
 
 
-class MemoryEmitter(Emitter):
+class MemoryConduit(Conduit):
 
     def __init__(self, conf=None) -> None:
         self.sent: list[Notification] = []

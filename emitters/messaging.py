@@ -18,7 +18,7 @@ from typing import Sequence
 import oslo_messaging
 from oslo_config import cfg
 
-from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.records import Notification
 
@@ -32,7 +32,7 @@ OPTS = [
 ]
 
 
-class MessagingEmitter(Emitter):
+class MessagingConduit(Conduit):
     envelope_version = 2.0
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:
@@ -78,7 +78,7 @@ class MessagingEmitter(Emitter):
             self._transport.cleanup()
 
 
-class MessagingV1Emitter(MessagingEmitter):
+class MessagingV1Conduit(MessagingConduit):
     """The 1.0 envelope (no oslo.message wrapper), as the `messaging` notifier driver sends."""
 
     envelope_version = 1.0

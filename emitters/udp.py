@@ -15,7 +15,7 @@ import urllib.parse
 import msgpack
 from oslo_config import cfg
 
-from lifecycle_stats.emitters.base import Emitter
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.publishing import meter_messages, signing
 from lifecycle_stats.exceptions import ConfigError, EmitError
 from lifecycle_stats.records import Notification
@@ -42,7 +42,7 @@ def parse_target(url: str, option: str = "[udp_emitter] target") -> tuple[str, i
     return parts.hostname, port
 
 
-class UdpEmitter(Emitter):
+class UdpConduit(Conduit):
     name = "udp"
 
     def __init__(self, conf: cfg.ConfigOpts) -> None:

@@ -12,7 +12,7 @@ import enum
 from typing import Callable, Iterable, Mapping, Protocol, TypeVar
 
 from lifecycle_stats.records import (
-    DeleteTrigger,
+    StopAnnouncement,
     DomainReading,
     InstanceInfo,
     LatestUsage,
@@ -65,11 +65,11 @@ class Outcome(enum.Enum):
         return self in (Outcome.FINAL, Outcome.LAST_KNOWN, Outcome.UNAVAILABLE, Outcome.FLAGGED)
 
 
-class TriggerHandler(Protocol):
+class AnnouncementHandler(Protocol):
     """What a listener hands a nova stop announcement to (capture.pipeline.Pipeline.announced).
     It returns once a deletion's capture is durably spooled."""
 
-    def __call__(self, trigger: DeleteTrigger) -> Outcome: ...
+    def __call__(self, trigger: StopAnnouncement) -> Outcome: ...
 
 
 LifecycleHandler = Callable[[LifecycleEvent], None]

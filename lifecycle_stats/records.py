@@ -140,11 +140,11 @@ class Sample:
         return out
 
 
-DELETE = "delete"  # the stop action that ends the instance (DeleteTrigger.action)
+DELETE = "delete"  # the stop action that ends the instance (StopAnnouncement.action)
 
 
 @dataclasses.dataclass(frozen=True)
-class DeleteTrigger:
+class StopAnnouncement:
     """Someone announced that an instance is about to be deleted."""
 
     instance_id: str

@@ -45,7 +45,7 @@ from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConfigError
-from lifecycle_stats.interfaces import TriggerHandler
+from lifecycle_stats.interfaces import AnnouncementHandler
 from lifecycle_stats.listeners.background_start import BackgroundStart
 from lifecycle_stats.listeners.bus_endpoint import REPLY, DeleteStartEndpoint  # noqa: F401
 from lifecycle_stats.records import AuditWindow, utcnow
@@ -131,7 +131,7 @@ class Subscription:
 class NotificationListener:
     """Listens on nova's legacy and/or versioned topics with a per-host pool."""
 
-    def __init__(self, transport, *, host: str, on_trigger: TriggerHandler,
+    def __init__(self, transport, *, host: str, on_trigger: AnnouncementHandler,
                  subscription: Subscription = Subscription(),
                  counters: Counters | None = None,
                  clock: Callable[[], datetime.datetime] = utcnow, own_transport: bool = False,
@@ -225,7 +225,7 @@ class NotificationListener:
             LOG.exception("listener %s failed while stopping", self.pool)
 
 
-def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: AnnouncementHandler,
               counters: Counters | None = None, transport=None,
               holds: Callable[[str], bool] = lambda _uuid: False,
               on_audit: Callable[[AuditWindow], Any] | None = None) -> NotificationListener:

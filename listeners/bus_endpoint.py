@@ -1,5 +1,5 @@
 """The bus listener's oslo.messaging endpoint: parse nova's notification, count it, hand a
-stop announcement to the core (the TriggerHandler: capture.pipeline.Pipeline.announced) and
+stop announcement to the core (the AnnouncementHandler: capture.pipeline.Pipeline.announced) and
 nova's exists to the audit handler, and answer oslo with the reply for what became of it.
 
 Delivery is at-least-once: the handler runs synchronously in the executor's thread and the
@@ -18,9 +18,9 @@ import oslo_messaging
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
-from lifecycle_stats.interfaces import Outcome, TriggerHandler
+from lifecycle_stats.interfaces import Outcome, AnnouncementHandler
 from lifecycle_stats.listeners import nova_notifications
-from lifecycle_stats.records import AuditWindow, DeleteTrigger
+from lifecycle_stats.records import AuditWindow, StopAnnouncement
 
 # the bus listener's logger, as before this module was split from it (log configurations name it)
 LOG = logging.getLogger("lifecycle_stats.listeners.bus")
@@ -40,7 +40,7 @@ _PAYLOAD_REPR.maxother = 80
 class DeleteStartEndpoint:
     """oslo.messaging endpoint: parse, count, hand triggers on; never raises."""
 
-    def __init__(self, *, host: str, on_trigger: TriggerHandler,
+    def __init__(self, *, host: str, on_trigger: AnnouncementHandler,
                  counters: Counters, clock: Callable[[], datetime.datetime],
                  allow_requeue: bool, holds: Callable[[str], bool] = lambda _uuid: False,
                  on_audit: Callable[[AuditWindow], Any] | None = None):
@@ -82,7 +82,7 @@ class DeleteStartEndpoint:
         return outcome
 
     def _not_mine(self, event_type, publisher_id,
-                  trigger: DeleteTrigger | AuditWindow | None) -> None:
+                  trigger: StopAnnouncement | AuditWindow | None) -> None:
         """Another host's (or, host null, nobody's) message. If this host holds the domain
         nevertheless, [DEFAULT] host probably differs from nova-compute's: say so."""
         if trigger is not None and trigger.host is not None and self._holds(trigger.instance_id):
@@ -94,7 +94,7 @@ class DeleteStartEndpoint:
             LOG.debug("ignored %s from %s", _short(event_type), _short(publisher_id))
         self._counters.incr("bus.ignored")
 
-    def _deliver(self, trigger: DeleteTrigger | AuditWindow):
+    def _deliver(self, trigger: StopAnnouncement | AuditWindow):
         form = nova_notifications.classify(trigger.event_type)
         if isinstance(trigger, AuditWindow):
             self._counters.incr("bus.audits." + form)

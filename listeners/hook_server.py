@@ -26,8 +26,8 @@ from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
-from lifecycle_stats.interfaces import Outcome, TriggerHandler
-from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.interfaces import Outcome, AnnouncementHandler
+from lifecycle_stats.records import StopAnnouncement, utcnow
 from lifecycle_stats.listeners import nova_notifications, socket_file
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
@@ -82,7 +82,7 @@ def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
 
 
 class HookServer:
-    def __init__(self, path: str, *, host: str, on_trigger: TriggerHandler,
+    def __init__(self, path: str, *, host: str, on_trigger: AnnouncementHandler,
                  counters: Counters | None = None, group: str | None = None,
                  max_connections: int = 16, request_timeout: float = 5.0,
                  clock: Callable[[], datetime.datetime] = utcnow) -> None:
@@ -207,7 +207,7 @@ class HookServer:
             self.counters.incr("hook.handler_errors")
             LOG.exception("could not parse %.80r from the nova driver", event_type)
             return _answer(hook_protocol.ERROR, detail="parse failed; see the agent's log")
-        if not isinstance(trigger, DeleteTrigger):  # not ours, or an exists that is not a
+        if not isinstance(trigger, StopAnnouncement):  # not ours, or an exists that is not a
             self.counters.incr("hook.ignored")      # revert's (the bus brings those)
             return _answer(hook_protocol.IGNORED)
         self.counters.incr(f"hook.triggers.{trigger.action}")
@@ -238,7 +238,7 @@ def _answer(status: str, **extra) -> dict:
     return {"v": hook_protocol.VERSION, "status": status, **extra}
 
 
-def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: TriggerHandler,
+def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: AnnouncementHandler,
               counters: Counters | None = None) -> HookServer | None:
     """The server configured by ``[hook]``, or None when it is disabled."""
     register_opts(conf)

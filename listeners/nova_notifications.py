@@ -1,4 +1,4 @@
-"""Nova's delete announcements → DeleteTrigger records (pure: no oslo.messaging here).
+"""Nova's delete announcements → StopAnnouncement records (pure: no oslo.messaging here).
 
 Nova announces a delete twice, in two formats (``[notifications] notification_format``):
 
@@ -15,7 +15,7 @@ Nova announces the other actions that end a QEMU process the same way, before do
 host, suspend, soft_delete; a resize revert on the destination by its exists):
 ``PROCESS_ENDING`` maps each event type, legacy and versioned, to its action
 (hook_protocol.ACTION_EVENTS, the one table). ``parse`` turns any of them into one
-``DeleteTrigger`` (its ``action`` names the action; identity uses the legacy names), nova's
+``StopAnnouncement`` (its ``action`` names the action; identity uses the legacy names), nova's
 own usage audit (legacy ``compute.instance.exists``, versioned ``instance.exists``) into an
 ``AuditWindow``, and returns None for anything else or another host; ``parse_all`` returns
 both records of an exists that also announces a resize revert. Input it
@@ -31,7 +31,7 @@ from lifecycle_stats.exceptions import RejectedMessage
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 from lifecycle_stats.listeners import nova_fields as field
 from lifecycle_stats.listeners.nova_fields import MAX_COUNT, MAX_KEYS, MAX_STRING  # noqa: F401
-from lifecycle_stats.records import AuditWindow, DeleteTrigger
+from lifecycle_stats.records import AuditWindow, StopAnnouncement
 
 LEGACY_DELETE_START = "compute.instance.delete.start"
 VERSIONED_DELETE_START = "instance.delete.start"
@@ -85,8 +85,8 @@ def envelope_time(metadata: object) -> datetime.datetime | None:
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,
           received_at: datetime.datetime, context: object = None,
           announced_at: datetime.datetime | None = None,
-          actions: frozenset[str] | None = None) -> DeleteTrigger | AuditWindow | None:
-    """The DeleteTrigger (a process-ending .start of one of ``actions``, default all) or
+          actions: frozenset[str] | None = None) -> StopAnnouncement | AuditWindow | None:
+    """The StopAnnouncement (a process-ending .start of one of ``actions``, default all) or
     AuditWindow (nova's exists) of an instance on ``host``, else None.
 
     Raises RejectedMessage when such a message's payload is malformed.
@@ -104,7 +104,7 @@ def parse_any(event_type: str, publisher_id: object, payload: object, *,
               received_at: datetime.datetime, context: object = None,
               announced_at: datetime.datetime | None = None,
               actions: frozenset[str] | None = None,
-              ) -> DeleteTrigger | AuditWindow | None:
+              ) -> StopAnnouncement | AuditWindow | None:
     """parse() for any host: the trigger's ``host`` says whose it is (None: nobody's).
     The first of parse_all(): the trigger when a message is both."""
     found = parse_all(event_type, publisher_id, payload, received_at=received_at,
@@ -116,32 +116,32 @@ def parse_all(event_type: str, publisher_id: object, payload: object, *,
               received_at: datetime.datetime, context: object = None,
               announced_at: datetime.datetime | None = None,
               actions: frozenset[str] | None = None,
-              ) -> list[DeleteTrigger | AuditWindow]:
+              ) -> list[StopAnnouncement | AuditWindow]:
     """Everything one message says, the trigger first (its read races nova's destroy): nova's
     exists on a resize revert's destination is both the closing read's trigger and an audit
     window (hook_protocol.ACTION_EVENTS); any other message is at most one of them."""
-    kind = classify(event_type)
-    if kind == "other":
+    form = classify(event_type)
+    if form == "other":
         return []
     found = hook_protocol.action_of(event_type, payload)
     wanted = found is not None and (actions is None or found[0] in actions)
     if event_type not in (LEGACY_EXISTS, VERSIONED_EXISTS):
-        return [_trigger(event_type, kind, publisher_id, payload, context, received_at,
+        return [_trigger(event_type, form, publisher_id, payload, context, received_at,
                          announced_at, VERSIONED_OBJECTS, VERSIONED_MAJOR)] if wanted else []
-    window = _audit_window(event_type, kind, publisher_id, payload, received_at)
+    window = _audit_window(event_type, form, publisher_id, payload, received_at)
     if window is None:
         return []
     if not wanted:
         return [window]
-    return [_trigger(event_type, kind, publisher_id, payload, context, received_at,
+    return [_trigger(event_type, form, publisher_id, payload, context, received_at,
                      announced_at, EXISTS_OBJECT, EXISTS_MAJOR), window]
 
 
-def _trigger(event_type: str, kind: str, publisher_id: object, payload: object,
+def _trigger(event_type: str, form: str, publisher_id: object, payload: object,
              context: object, received_at: datetime.datetime,
              announced_at: datetime.datetime | None, objects: str | frozenset[str],
-             major: str) -> DeleteTrigger:
-    if kind == "legacy":
+             major: str) -> StopAnnouncement:
+    if form == "legacy":
         fields = field.mapping(payload, "payload")
         instance_id = field.instance_uuid(fields, "instance_id")
         identity = _identity(fields, fields)
@@ -149,7 +149,7 @@ def _trigger(event_type: str, kind: str, publisher_id: object, payload: object,
         fields = _versioned_data(payload, objects, major)
         instance_id = field.instance_uuid(fields, "uuid")
         identity = _identity(fields, _flavor_data(fields))
-    return DeleteTrigger(instance_id=instance_id, event_type=event_type,
+    return StopAnnouncement(instance_id=instance_id, event_type=event_type,
                          host=_origin_host(fields, publisher_id), received_at=received_at,
                          identity=identity, attempt_id=_attempt_id(fields, context),
                          announced_at=announced_at, action=PROCESS_ENDING[event_type])
@@ -173,13 +173,13 @@ def _attempt_id(fields: Mapping[str, Any], context: object) -> str | None:
     return None
 
 
-def _audit_window(event_type: str, kind: str, publisher_id: object, payload: object,
+def _audit_window(event_type: str, form: str, publisher_id: object, payload: object,
                   received_at: datetime.datetime) -> AuditWindow | None:
     """Nova's exists: only from nova-compute itself (never ours or another publisher's)."""
-    prefix = LEGACY_PUBLISHER_PREFIX if kind == "legacy" else VERSIONED_PUBLISHER_PREFIX
+    prefix = LEGACY_PUBLISHER_PREFIX if form == "legacy" else VERSIONED_PUBLISHER_PREFIX
     if not isinstance(publisher_id, str) or not publisher_id.startswith(prefix):
         return None
-    if kind == "legacy":
+    if form == "legacy":
         fields = field.mapping(payload, "payload")
         instance_id, period = field.instance_uuid(fields, "instance_id"), fields
     else:

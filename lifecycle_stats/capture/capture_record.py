@@ -18,7 +18,7 @@ from typing import Any
 import msgpack
 
 from lifecycle_stats.records import (
-    UTC, DeleteTrigger, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats,
+    UTC, StopAnnouncement, DiskStats, DomainReading, Flavor, InstanceInfo, VnicStats,
 )
 
 VERSION = 1
@@ -28,7 +28,7 @@ KIND = "capture"  # the spool records' kind while a capture waits for its build
 @dataclasses.dataclass(frozen=True)
 class Capture:
     message_id: str  # the delete.samples' deterministic id
-    trigger: DeleteTrigger
+    trigger: StopAnnouncement
     outcome: str  # final, last_known or unavailable (interfaces.Outcome values)
     info: InstanceInfo | None
     reading: DomainReading | None
@@ -81,7 +81,7 @@ def decode(body: bytes) -> Capture:
         trigger.update(received_at=_dt(trigger["received_at"]),
                        announced_at=_dt(trigger["announced_at"]))
         return Capture(
-            message_id=doc["message_id"], trigger=DeleteTrigger(**trigger),
+            message_id=doc["message_id"], trigger=StopAnnouncement(**trigger),
             outcome=doc["outcome"], info=_info(doc["info"]), reading=_reading(doc["reading"]),
             figures=doc["figures"], supersedes=doc["supersedes"], now=_dt(doc["now"]),
             ended=_dt(doc.get("ended")))

@@ -16,7 +16,7 @@ from lifecycle_stats.capture.observations import Observations, identify, read_li
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import HypervisorError
 from lifecycle_stats.interfaces import Outcome, Reader, Registry
-from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.records import StopAnnouncement, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ClosingReads:
         self._counters = counters
         self._clock = clock
 
-    def handle(self, trigger: DeleteTrigger) -> Outcome:
+    def handle(self, trigger: StopAnnouncement) -> Outcome:
         """Outcome.READ when the closing reading was taken, else Outcome.MISSED."""
         read_from = self._clock()
         try:

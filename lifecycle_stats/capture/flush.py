@@ -43,7 +43,7 @@ from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import CaptureDeferred, HypervisorError
 from lifecycle_stats.interfaces import NotificationStore, Outcome, Reader, Registry
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger, InstanceInfo, utcnow
+from lifecycle_stats.records import StopAnnouncement, InstanceInfo, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class Flusher:
             wait=tenacity.wait_exponential(multiplier=retry.wait, max=retry.max_wait),
             retry=tenacity.retry_if_exception_type(TRANSIENT), sleep=sleep, reraise=True)
 
-    def capture(self, trigger: DeleteTrigger) -> Captured:
+    def capture(self, trigger: StopAnnouncement) -> Captured:
         """Capture and spool one delete attempt's delete.samples, once per attempt.
 
         Raises CaptureDeferred when nothing could be spooled yet (redeliver the trigger), and
@@ -125,7 +125,7 @@ class Flusher:
                         outcome.value, trigger.event_type)
         return captured
 
-    def _capture_and_spool(self, trigger: DeleteTrigger, message_id: str) -> Captured:
+    def _capture_and_spool(self, trigger: StopAnnouncement, message_id: str) -> Captured:
         if self._spool.seen(message_id):
             return Captured(Outcome.DUPLICATE)
         built = self._attempts.built(message_id)
@@ -138,7 +138,7 @@ class Flusher:
         self._gate.write(self._spool.put_capture, message_id, trigger.instance_id, body)
         return Captured(outcome, info, ended)
 
-    def _read(self, trigger: DeleteTrigger, message_id: str) -> tuple | Outcome:
+    def _read(self, trigger: StopAnnouncement, message_id: str) -> tuple | Outcome:
         """(outcome, capture record, identity, when its process ended at the latest) or an
         Outcome. A process not read live ended before our read began (a read racing nova's
         destroy waits for the destroy to finish): that bounds what went unread. The
@@ -162,7 +162,7 @@ class Flusher:
             return self._flag(trigger, supersedes, info, exc)
         return read.outcome, body, info, ended
 
-    def _flag(self, trigger: DeleteTrigger, supersedes: str | None, info: InstanceInfo | None,
+    def _flag(self, trigger: StopAnnouncement, supersedes: str | None, info: InstanceInfo | None,
               exc: Exception) -> Outcome:
         """Keep what is known in rejects; publish identity-only, flagged, with the error."""
         error = f"{type(exc).__name__}: {exc}"
@@ -174,7 +174,7 @@ class Flusher:
                   "published flagged", trigger.instance_id, error, exc_info=True)
         return Outcome.FLAGGED
 
-    def _deferred(self, trigger: DeleteTrigger, message_id: str,
+    def _deferred(self, trigger: StopAnnouncement, message_id: str,
                   exc: BaseException) -> CaptureDeferred:
         attempts = self._attempts.bump(message_id)
         self._counters.incr("flush.deferred")

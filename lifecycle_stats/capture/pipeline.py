@@ -33,7 +33,7 @@ from lifecycle_stats.interfaces import (
     NotificationStore, Outcome, Reader, Registry, UsageAccounts,
 )
 from lifecycle_stats.records import (
-    DELETE, AuditWindow, DeleteTrigger, LifecycleEvent, utcnow,
+    DELETE, AuditWindow, StopAnnouncement, LifecycleEvent, utcnow,
 )
 from lifecycle_stats.usage.reports import ExistsReporter
 
@@ -88,7 +88,7 @@ class Pipeline:
                                     clock=clock, **seen)
 
     # -- what the outside world does -------------------------------------------------
-    def announced(self, trigger: DeleteTrigger) -> Outcome:
+    def announced(self, trigger: StopAnnouncement) -> Outcome:
         """Nova announced a stop. Returns once a deletion's capture is durably spooled (its
         delete.samples is built after, on the publication thread);
         raises CaptureDeferred (nothing spooled yet: redeliver) or ShuttingDown (after
@@ -129,7 +129,7 @@ class Pipeline:
         gone = capture.figures.get("domain_state") == GONE
         self._account_deletion(capture.trigger, capture.ended, gone=gone)
 
-    def _account_deletion(self, trigger: DeleteTrigger, ended: datetime.datetime | None, *,
+    def _account_deletion(self, trigger: StopAnnouncement, ended: datetime.datetime | None, *,
                           gone: bool) -> None:
         """The ledger hears of the delete (also of a redelivered one: idempotent). Not an
         end — nova's delete can fail or be retried — unless the read found the domain gone;

@@ -25,7 +25,7 @@ from lifecycle_stats.capture import capture_record
 from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.publishing import capture_rows, payloads
-from lifecycle_stats.records import DeleteTrigger, InstanceInfo, Notification
+from lifecycle_stats.records import StopAnnouncement, InstanceInfo, Notification
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ OPTS = [
 ]
 
 
-def flagged_samples(settings: Settings, trigger: DeleteTrigger, info: InstanceInfo | None,
+def flagged_samples(settings: Settings, trigger: StopAnnouncement, info: InstanceInfo | None,
                     supersedes: str | None, error: str, now) -> Notification:
     """The identity-only `unavailable` delete.samples that says why (nova's metadata may
     itself be what broke the schema: then without it)."""

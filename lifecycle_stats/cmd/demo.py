@@ -76,13 +76,13 @@ def run(show_json: bool) -> int:
     import oslo_messaging
 
     from lifecycle_stats.agent import Agent
-    from lifecycle_stats.emitters.messaging import MessagingEmitter
+    from lifecycle_stats.emitters.messaging import MessagingConduit
 
     state = tempfile.mkdtemp(prefix="lifecycle-stats-demo-")
     conf = build_conf(state)
     transport = oslo_messaging.get_notification_transport(conf, url="fake://")
     consumer, billing = start_billing(conf, transport)
-    agent = Agent(conf, emitters={"messagingv2": MessagingEmitter(conf, transport)},
+    agent = Agent(conf, emitters={"messagingv2": MessagingConduit(conf, transport)},
                   listen_transport=transport)
     domains, guests = make_guests()
     agent.start()

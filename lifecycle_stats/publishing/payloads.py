@@ -16,7 +16,7 @@ import jsonschema
 
 from lifecycle_stats.publishing import samples, signing
 from lifecycle_stats.records import (
-    DeleteTrigger, DomainReading, InstanceInfo, Notification, isotime,
+    StopAnnouncement, DomainReading, InstanceInfo, Notification, isotime,
 )
 
 DELETE_SAMPLES = "compute.instance.delete.samples"
@@ -25,7 +25,7 @@ LAST_KNOWN = "last_known"  # the domain was already gone: newest cached reading,
 UNAVAILABLE = "unavailable"  # nothing was ever read: identity only, no samples
 
 
-def delete_message_id(trigger: DeleteTrigger) -> str:
+def delete_message_id(trigger: StopAnnouncement) -> str:
     """One delete.samples per delete attempt: every trigger of one attempt (legacy and
     versioned, redeliveries) gives the same id; a retried delete (a new nova request) or a
     delete on another host after a migration gives a new one."""
@@ -34,7 +34,7 @@ def delete_message_id(trigger: DeleteTrigger) -> str:
     return samples.deterministic_id(trigger.instance_id, DELETE_SAMPLES, trigger.attempt_id)
 
 
-def identity(info: InstanceInfo | None, trigger: DeleteTrigger, host: str) -> dict[str, Any]:
+def identity(info: InstanceInfo | None, trigger: StopAnnouncement, host: str) -> dict[str, Any]:
     """Nova's legacy identity fields; the domain's metadata wins, the trigger fills gaps."""
     known = dict(trigger.identity)
     if info is not None:
@@ -51,7 +51,7 @@ def identity(info: InstanceInfo | None, trigger: DeleteTrigger, host: str) -> di
             **{name: known.get(name) for name in fields}}
 
 
-def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
+def capture(kind: str, trigger: StopAnnouncement, reading: DomainReading | None,
             now: datetime.datetime, errors: list[str] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "kind": kind,
@@ -71,7 +71,7 @@ def capture(kind: str, trigger: DeleteTrigger, reading: DomainReading | None,
     return out
 
 
-def sample_time(trigger: DeleteTrigger, reading: DomainReading) -> datetime.datetime:
+def sample_time(trigger: StopAnnouncement, reading: DomainReading) -> datetime.datetime:
     """The timestamp of a deleted instance's samples: the read time, but never later than
     nova's delete announcement. Ceilometer's Gnocchi publisher ends the instance's resources
     (ended_at = its own clock) when it processes that announcement, which is after nova sent
@@ -91,7 +91,7 @@ def with_figures(captured: dict[str, Any], figures: dict[str, Any] | None) -> di
 
 
 def delete_samples(
-    *, kind: str, trigger: DeleteTrigger, info: InstanceInfo | None,
+    *, kind: str, trigger: StopAnnouncement, info: InstanceInfo | None,
     reading: DomainReading | None, host: str, publisher_id: str, now: datetime.datetime,
     source: str = "openstack", supersedes: str | None = None, errors: list[str] | None = None,
     legacy_meters: bool = True, telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET,

@@ -183,10 +183,10 @@ class DomainRegistry:
             raise translate(exc, uuid) from exc
 
     def _unusable(self, uuid: str, exc: MetadataError) -> str:
-        kind = REJECTED if isinstance(exc, MetadataRejected) else MALFORMED
-        self._counters.incr(kind)
-        self._log.warning("domain %s: nova metadata unusable (%s): %s", uuid, kind, exc)
-        return kind
+        reason = REJECTED if isinstance(exc, MetadataRejected) else MALFORMED
+        self._counters.incr(reason)
+        self._log.warning("domain %s: nova metadata unusable (%s): %s", uuid, reason, exc)
+        return reason
 
     def _take_ticket(self, uuid: str) -> object:
         ticket = object()

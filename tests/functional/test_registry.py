@@ -19,7 +19,7 @@ from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.reading.hypervisor import Hypervisor
 from lifecycle_stats.reading.inspector import Inspector
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import StopAnnouncement
 from tests.support import guests as novalike
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import ConnectionLost, HypervisorError
@@ -327,7 +327,7 @@ def test_a_delete_of_a_domain_with_broken_metadata_is_reported_not_silenced(
         ledger = UsageLedger(str(tmp_path / "usage.sqlite"), periods.parse("hour"))
         core = Pipeline(readers=Readers.one(inspector), registry=registry, spool=store,
                         ledger=ledger, settings=Settings.for_host("cmp1"))
-        trigger = DeleteTrigger(instance_id=guest.instance_id,
+        trigger = StopAnnouncement(instance_id=guest.instance_id,
                                 event_type="compute.instance.delete.start", host="cmp1",
                                 received_at=datetime.datetime.now(datetime.timezone.utc),
                                 identity={"tenant_id": guest.project_id,

@@ -18,7 +18,7 @@ from tests.support.conduits import SECRET, conf_with, notification
 
 def test_a_disk_full_midway_through_a_record_fails_the_send_and_cuts_nothing(small_fs):
     path = small_fs / "samples.jsonl"
-    emitter = file.FileEmitter(conf_with(file_emitter={"path": str(path), "max_bytes": 0}))
+    emitter = file.FileConduit(conf_with(file_emitter={"path": str(path), "max_bytes": 0}))
     record = notification()
     emitter.emit(record)
     whole = path.read_bytes()

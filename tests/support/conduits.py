@@ -6,7 +6,7 @@ from oslo_config import cfg
 
 from lifecycle_stats import opts
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import StopAnnouncement
 from tests.support.fakes import AT, UUID, make_info, make_reading
 
 SECRET = "conduit-secret"
@@ -24,7 +24,7 @@ def conf_with(**groups):
 
 
 def notification(kind=payloads.FINAL):
-    trigger = DeleteTrigger(instance_id=UUID, event_type="compute.instance.delete.start",
+    trigger = StopAnnouncement(instance_id=UUID, event_type="compute.instance.delete.start",
                             host="cmp1", received_at=AT)
     reading = make_reading() if kind != payloads.UNAVAILABLE else None
     return payloads.delete_samples(kind=kind, trigger=trigger, info=make_info(),

@@ -18,13 +18,13 @@ from lifecycle_stats.cmd.demo_nova import (  # noqa: F401  (re-exported for the 
 )
 from lifecycle_stats.listeners.nova_notifications import LEGACY_DELETE_START as LEGACY
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger, utcnow
+from lifecycle_stats.records import StopAnnouncement, utcnow
 from lifecycle_stats.cmd.demo_nova import NovaGuest
 
 
 def expected_message_id(guest: NovaGuest, request: str | None = None) -> str:
     """The delete.samples message_id the agent must publish for that delete of guest."""
-    trigger = DeleteTrigger(instance_id=guest.instance_id, event_type=LEGACY, host=None,
+    trigger = StopAnnouncement(instance_id=guest.instance_id, event_type=LEGACY, host=None,
                             received_at=utcnow(), attempt_id=request or request_id(guest))
     return payloads.delete_message_id(trigger)
 

@@ -364,7 +364,7 @@ def test_nova_exists_reaches_on_audit_only_when_enrichment_is_on():
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.exists", exists, {}) == HANDLED
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.power_off.start", exists,
                          {}) == HANDLED
-    assert [type(h).__name__ for h in heard] == ["AuditWindow", "DeleteTrigger"]
+    assert [type(h).__name__ for h in heard] == ["AuditWindow", "StopAnnouncement"]
     assert heard[1].action == "power_off"
     off = bus.DeleteStartEndpoint(host=HOST, on_trigger=heard.append, counters=counters,
                                   clock=lambda: NOW, allow_requeue=False)
@@ -387,7 +387,7 @@ def test_a_resize_revert_s_exists_is_read_first_then_its_window_heard(enrich):
                                        clock=lambda: NOW, allow_requeue=False,
                                        on_audit=heard.append if enrich else None)
     assert endpoint.info({}, f"compute.{HOST}", "compute.instance.exists", exists, {}) == HANDLED
-    assert [type(h).__name__ for h in heard] == ["DeleteTrigger"] + ["AuditWindow"] * enrich
+    assert [type(h).__name__ for h in heard] == ["StopAnnouncement"] + ["AuditWindow"] * enrich
     assert heard[0].action == "resize_revert"
     assert counters.snapshot() == {"bus.triggers.legacy": 1,
                                    ("bus.audits.legacy" if enrich else "bus.ignored"): 1}

@@ -14,14 +14,14 @@ from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.capture.stop_gate import StopGate
 from lifecycle_stats.interfaces import NoUsage, Outcome
 from lifecycle_stats.publishing import capture_rows, payloads, spool
-from lifecycle_stats.records import DeleteTrigger, Notification
+from lifecycle_stats.records import StopAnnouncement, Notification
 from tests.support.fakes import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
 
 SETTINGS = Settings("cmp1", "lifecycle-stats.cmp1")
 
 
 def trigger(instance_id=UUID):
-    return DeleteTrigger(instance_id=instance_id, event_type="compute.instance.delete.start",
+    return StopAnnouncement(instance_id=instance_id, event_type="compute.instance.delete.start",
                          host="cmp1", received_at=NOW, identity={"tenant_id": "p1"})
 
 

@@ -36,7 +36,7 @@ def receiver():
 
 def test_udp_sends_one_signed_msgpack_datagram_per_sample(receiver):
     port = receiver.getsockname()[1]
-    emitter = udp.UdpEmitter(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
+    emitter = udp.UdpConduit(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
     sent = notification()
     emitter.emit(sent)
     emitter.close()
@@ -48,7 +48,7 @@ def test_udp_sends_one_signed_msgpack_datagram_per_sample(receiver):
 @pytest.mark.allow_error_logs
 def test_udp_skips_an_oversized_sample_and_sends_the_rest(receiver):
     port = receiver.getsockname()[1]
-    emitter = udp.UdpEmitter(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
+    emitter = udp.UdpConduit(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
     sent = notification()
     samples = [dict(s) for s in sent.payload["samples"][:3]]
     samples[1]["resource_metadata"] = {"blob": "x" * 70000}
@@ -61,14 +61,14 @@ def test_udp_skips_an_oversized_sample_and_sends_the_rest(receiver):
 @pytest.mark.parametrize("target", ["http://h:1", "udp://", "udp://h:notaport"])
 def test_udp_bad_target_is_a_config_error(target):
     with pytest.raises(ConfigError, match="udp_emitter"):
-        udp.UdpEmitter(conf_with(udp_emitter={"target": target}))
+        udp.UdpConduit(conf_with(udp_emitter={"target": target}))
 
 
 def test_file_writes_signed_json_lines_and_rotates(tmp_path):
     path = tmp_path / "samples.jsonl"
     sent = notification()
     one = len(file.lines(sent, SECRET))
-    emitter = file.FileEmitter(conf_with(file_emitter={
+    emitter = file.FileConduit(conf_with(file_emitter={
         "path": str(path), "max_bytes": one + 10, "backup_count": 2}))
     for _ in range(4):
         emitter.emit(sent)
@@ -83,15 +83,15 @@ def test_file_writes_signed_json_lines_and_rotates(tmp_path):
 
 def test_file_without_path_or_with_unwritable_dir(tmp_path):
     with pytest.raises(ConfigError, match="file_emitter"):
-        file.FileEmitter(conf_with())
-    emitter = file.FileEmitter(conf_with(file_emitter={"path": str(tmp_path / "no" / "f")}))
+        file.FileConduit(conf_with())
+    emitter = file.FileConduit(conf_with(file_emitter={"path": str(tmp_path / "no" / "f")}))
     with pytest.raises(EmitError):
         emitter.emit(notification())
 
 
 def test_unavailable_capture_writes_nothing(tmp_path):
     path = tmp_path / "f"
-    file.FileEmitter(conf_with(file_emitter={"path": str(path)})).emit(
+    file.FileConduit(conf_with(file_emitter={"path": str(path)})).emit(
         notification(payloads.UNAVAILABLE))
     assert not path.exists()
 
@@ -110,7 +110,7 @@ def test_ceilometer_conduit_publishes_telemetry_polling_in_exchange_ceilometer()
         [Endpoint()], executor="threading")
     listener.start()
     try:
-        emitter = ceilometer.CeilometerEmitter(conf, transport=transport)
+        emitter = ceilometer.CeilometerConduit(conf, transport=transport)
         sent = notification()
         emitter.emit(sent)
         deadline = threading.Event()
@@ -130,7 +130,7 @@ def test_ceilometer_conduit_publishes_telemetry_polling_in_exchange_ceilometer()
 
 def test_verify_cli_counts_valid_invalid_and_unreadable_lines(tmp_path, capsys):
     path = tmp_path / "samples.jsonl"
-    file.FileEmitter(conf_with(file_emitter={"path": str(path)})).emit(notification())
+    file.FileConduit(conf_with(file_emitter={"path": str(path)})).emit(notification())
     secret = tmp_path / "secret"
     secret.write_text(SECRET + "\n")
     assert verify.main(["--secret-file", str(secret), str(path)]) == 0
@@ -169,7 +169,7 @@ def test_verify_cli_listens_for_udp_datagrams(tmp_path, capsys):
         ["--secret-file", str(secret), "--udp", f"udp://127.0.0.1:{port}",
          "--count", str(count), "--timeout", "5"])))
     thread.start()
-    emitter = udp.UdpEmitter(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
+    emitter = udp.UdpConduit(conf_with(udp_emitter={"target": f"udp://127.0.0.1:{port}"}))
     for _ in range(50):  # until the CLI has bound the port
         emitter.emit(sent)
         thread.join(0.1)

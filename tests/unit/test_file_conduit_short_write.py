@@ -16,7 +16,7 @@ CHILD = textwrap.dedent("""
     from tests.support.conduits import SECRET, conf_with, notification
 
     path = sys.argv[1]
-    emitter = file.FileEmitter(conf_with(file_emitter={"path": path, "max_bytes": 0}))
+    emitter = file.FileConduit(conf_with(file_emitter={"path": path, "max_bytes": 0}))
     record = notification()
     size = len(file.lines(record, SECRET))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the limit: EFBIG, not a kill

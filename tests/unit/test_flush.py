@@ -22,7 +22,7 @@ from lifecycle_stats.publishing import payloads, signing, spool
 from lifecycle_stats.exceptions import (
     CaptureDeferred, HypervisorError, ShuttingDown,
 )
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import StopAnnouncement
 from tests.support.fakes import (
     AT, NOW, UUID, FakeInspector, FakeRegistry, GatedInspector, make_info, make_reading,
 )
@@ -53,7 +53,7 @@ class Flusher(flush.Flusher):
 
 
 def trigger(event_type="compute.instance.delete.start", instance_id=UUID, attempt_id=None):
-    return DeleteTrigger(instance_id=instance_id, event_type=event_type, host="cmp1",
+    return StopAnnouncement(instance_id=instance_id, event_type=event_type, host="cmp1",
                          received_at=NOW, identity={"tenant_id": "p1"}, attempt_id=attempt_id)
 
 

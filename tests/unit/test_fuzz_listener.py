@@ -25,7 +25,7 @@ from lifecycle_stats.usage import periods
 from lifecycle_stats.usage.ledger import UsageLedger
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.exceptions import RejectedMessage
-from lifecycle_stats.records import DeleteTrigger
+from lifecycle_stats.records import StopAnnouncement
 from lifecycle_stats.listeners import bus, nova_notifications
 from tests.support.fakes import FakeInspector, FakeRegistry, make_info, make_reading
 
@@ -140,13 +140,13 @@ class Box:
             counters=self.counters, clock=lambda: NOW)
         self.core.observations.cache.update(
             make_info(instance_id=CACHED), dataclasses.replace(make_reading(), instance_id=CACHED))
-        self.triggers: list[DeleteTrigger] = []
+        self.triggers: list[StopAnnouncement] = []
         self.outcomes: list[Outcome] = []
         self.endpoint = bus.DeleteStartEndpoint(host=HOST, on_trigger=self._on_trigger,
                                                 counters=self.counters, clock=lambda: NOW,
                                                 allow_requeue=False)
 
-    def _on_trigger(self, trigger: DeleteTrigger) -> None:
+    def _on_trigger(self, trigger: StopAnnouncement) -> None:
         self.triggers.append(trigger)
         self.outcomes.append(self.core.announced(trigger))
 
@@ -158,8 +158,8 @@ class Box:
                 if n.event_type == payloads.DELETE_SAMPLES]
 
 
-def _check_trigger(trigger: DeleteTrigger) -> None:
-    assert isinstance(trigger, DeleteTrigger)
+def _check_trigger(trigger: StopAnnouncement) -> None:
+    assert isinstance(trigger, StopAnnouncement)
     assert trigger.host == HOST
     assert trigger.instance_id == str(uuid.UUID(trigger.instance_id))
     assert trigger.event_type in (LEGACY, VERSIONED)

@@ -1,4 +1,4 @@
-"""lifecycle_stats.listeners.nova_notifications: nova's two delete.start formats → DeleteTrigger."""
+"""lifecycle_stats.listeners.nova_notifications: nova's two delete.start formats → StopAnnouncement."""
 from __future__ import annotations
 
 import datetime

@@ -51,7 +51,7 @@ def test_the_wheel_installs_only_the_lifecycle_stats_namespace(installed):
                 "publishing/schemas/delete_samples.schema.json", "reading/inspector.py"):
         assert (package / sub).is_file(), sub
     entry_points = (installed / "lifecycle_stats-0.1.0.dist-info/entry_points.txt").read_text()
-    assert "lifecycle_stats.emitters.messaging:MessagingEmitter" in entry_points
+    assert "lifecycle_stats.emitters.messaging:MessagingConduit" in entry_points
     assert "= emitters." not in entry_points and "= listeners." not in entry_points
 
 

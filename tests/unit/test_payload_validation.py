@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lifecycle_stats.publishing import payloads
-from lifecycle_stats.records import DeleteTrigger, Notification
+from lifecycle_stats.records import StopAnnouncement, Notification
 from tests.support.fakes import UUID, make_info, make_reading
 
 NOW = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
@@ -25,7 +25,7 @@ ODD_VALUES = [None, "", "x" * 300, -1, 0, 2**64, 1.5, True, False, [], {}, [1], 
 
 
 def notification(kind: str) -> Notification:
-    trigger = DeleteTrigger(instance_id=UUID, event_type="compute.instance.delete.start",
+    trigger = StopAnnouncement(instance_id=UUID, event_type="compute.instance.delete.start",
                             host="cmp1", received_at=NOW, identity={})
     active = kind == payloads.FINAL
     return payloads.delete_samples(

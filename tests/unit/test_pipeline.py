@@ -19,7 +19,7 @@ from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.listeners import bus, hook_server
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 from lifecycle_stats.publishing import payloads, spool
-from lifecycle_stats.records import AuditWindow, DeleteTrigger, LifecycleEvent
+from lifecycle_stats.records import AuditWindow, StopAnnouncement, LifecycleEvent
 from lifecycle_stats.usage import periods
 from lifecycle_stats.usage.ledger import UsageLedger
 from tests.support.fakes import NOW, UUID, FakeInspector, FakeRegistry, make_info, make_reading
@@ -74,8 +74,8 @@ def core(tmp_path):
     made.close()
 
 
-def announce(action: str = "delete", instance_id: str = UUID) -> DeleteTrigger:
-    return DeleteTrigger(instance_id=instance_id, event_type=f"compute.instance.{action}.start",
+def announce(action: str = "delete", instance_id: str = UUID) -> StopAnnouncement:
+    return StopAnnouncement(instance_id=instance_id, event_type=f"compute.instance.{action}.start",
                          host=HOST, received_at=NOW, action=action)
 
 
@@ -243,7 +243,7 @@ def test_the_agent_routes_the_bus_and_the_hook_through_its_pipeline(tmp_path):
 
     conf = demo.build_conf(str(tmp_path))
     transport = oslo_messaging.get_notification_transport(conf, url="fake://")
-    agent = Agent(conf, emitters={"memory": memory.MemoryEmitter(conf)},
+    agent = Agent(conf, emitters={"memory": memory.MemoryConduit(conf)},
                   listen_transport=transport)
     try:
         assert isinstance(agent.pipeline, Pipeline) and agent.poller is agent.pipeline.poller

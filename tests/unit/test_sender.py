@@ -6,8 +6,8 @@ import time
 import pytest
 from oslo_config import cfg
 
-from lifecycle_stats.emitters.base import Emitter
-from lifecycle_stats.emitters.memory import MemoryEmitter
+from lifecycle_stats.interfaces import Conduit
+from lifecycle_stats.emitters.memory import MemoryConduit
 from lifecycle_stats.publishing import spool_options
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import BatchEmitError, EmitError
@@ -49,7 +49,7 @@ def run(spool, counters):
         assert s.stop(timeout=10)
 
 
-class BlockingEmitter(Emitter):
+class BlockingConduit(Conduit):
     """Fails (or blocks) on demand, and says when it was called."""
 
     def __init__(self, fail=False):
@@ -67,7 +67,7 @@ class BlockingEmitter(Emitter):
 
 
 def test_retries_with_backoff_then_delivers_in_order(spool, run, counters):
-    emitter = MemoryEmitter()
+    emitter = MemoryConduit()
     emitter.failures_left = 4
     waits = []
     for n in range(3):
@@ -82,7 +82,7 @@ def test_retries_with_backoff_then_delivers_in_order(spool, run, counters):
 
 
 def test_backoff_is_capped(spool, run):
-    emitter = MemoryEmitter()
+    emitter = MemoryConduit()
     emitter.failures_left = 5
     waits = []
     spool.put(note(1), "final")
@@ -91,7 +91,7 @@ def test_backoff_is_capped(spool, run):
 
 
 def test_stop_during_backoff_is_prompt_and_keeps_the_record(spool, counters):
-    emitter = BlockingEmitter(fail=True)
+    emitter = BlockingConduit(fail=True)
     spool.put(note(1), "final")
     sender = Sender(spool, "bus", emitter, counters=counters, wait_initial=60, wait_max=60)
     sender.start()
@@ -103,7 +103,7 @@ def test_stop_during_backoff_is_prompt_and_keeps_the_record(spool, counters):
 
 
 def test_record_in_flight_at_stop_is_confirmed_and_no_more_are_sent(spool, counters):
-    emitter = BlockingEmitter()
+    emitter = BlockingConduit()
     spool.put(note(1), "final")
     spool.put(note(2), "final")
     sender = Sender(spool, "bus", emitter, counters=counters)
@@ -116,7 +116,7 @@ def test_record_in_flight_at_stop_is_confirmed_and_no_more_are_sent(spool, count
     assert [n.message_id for _, n in spool.pending("bus", 10)] == ["msg-2"]
 
 
-class Exploding(MemoryEmitter):
+class Exploding(MemoryConduit):
     def emit(self, notification):
         if self.failures_left:
             self.failures_left -= 1
@@ -137,7 +137,7 @@ def test_unexpected_exception_is_retried_as_emit_error(spool, run, counters, cap
 
 
 def test_wake_sends_new_records_without_waiting_for_the_poll(spool, run):
-    emitter = MemoryEmitter()
+    emitter = MemoryConduit()
     spool.put(note(1), "final")
     sender = run(emitter, poll_interval=3600)
     assert len(emitter.wait_for(1, timeout=10)) == 1
@@ -147,7 +147,7 @@ def test_wake_sends_new_records_without_waiting_for_the_poll(spool, run):
 
 
 def test_drain_times_out_while_the_conduit_is_down(spool, run):
-    emitter = MemoryEmitter()
+    emitter = MemoryConduit()
     emitter.failures_left = 10**9
     gate = threading.Event()
     spool.put(note(1), "final")
@@ -164,12 +164,12 @@ def test_drain_times_out_while_the_conduit_is_down(spool, run):
 ])
 def test_bad_settings_fail_in_the_constructor(spool, kw, match):
     with pytest.raises(ValueError, match=match):
-        Sender(spool, "bus", MemoryEmitter(), **kw)
+        Sender(spool, "bus", MemoryConduit(), **kw)
 
 
 def test_unknown_conduit_fails_in_the_constructor(spool):
     with pytest.raises(ValueError, match="'file' is not one of"):
-        Sender(spool, "file", MemoryEmitter())
+        Sender(spool, "file", MemoryConduit())
 
 
 def test_spool_options_defaults():
@@ -183,7 +183,7 @@ def test_spool_options_defaults():
 
 # -- poison records --------------------------------------------------------------------------
 
-class Refusing(MemoryEmitter):
+class Refusing(MemoryConduit):
     """Refuses some message ids forever (a poison record), or everything (an outage)."""
 
     def __init__(self, refuse=(), down=False):
@@ -325,7 +325,7 @@ def test_without_emit_batch_records_are_emitted_one_by_one_and_retired_together(
     for n in range(20):
         spool.put(note(n), "final")
     commits = count_commits(spool)
-    emitter = MemoryEmitter()
+    emitter = MemoryConduit()
     assert run(emitter, batch=100).drain(timeout=10)
     assert [n.message_id for n in emitter.sent] == [f"msg-{n}" for n in range(20)]
     assert len(commits) <= 3, commits
@@ -363,7 +363,7 @@ def test_an_emit_batch_bug_confirms_nothing_and_the_records_still_go_out(spool, 
     for n in range(3):
         spool.put(note(n), "final")
 
-    class Broken(MemoryEmitter):
+    class Broken(MemoryConduit):
         def emit_batch(self, notifications):
             raise RuntimeError("conduit bug")
 

@@ -10,7 +10,7 @@ import threading
 import msgpack
 import pytest
 
-from lifecycle_stats.emitters.memory import MemoryEmitter
+from lifecycle_stats.emitters.memory import MemoryConduit
 from lifecycle_stats.publishing import spool as spool_mod
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.records import Notification
@@ -125,7 +125,7 @@ def test_record_stays_until_every_conduit_confirmed(make_spool):
 
 def test_failing_conduit_does_not_stop_the_other(make_spool, counters):
     sp = make_spool(conduits=("bus", "file"))
-    bus, file_ = MemoryEmitter(), MemoryEmitter()
+    bus, file_ = MemoryConduit(), MemoryConduit()
     bus.failures_left = 1
     waits, in_backoff, bus_back = [], threading.Event(), threading.Event()
 
@@ -315,7 +315,7 @@ def test_spool_survives_kill_9(tmp_path):
     try:
         assert sp.depth() == 50
         assert sp.pending_count("file") == 30
-        emitters = {"bus": MemoryEmitter(), "file": MemoryEmitter()}
+        emitters = {"bus": MemoryConduit(), "file": MemoryConduit()}
         senders = [Sender(sp, name, em) for name, em in emitters.items()]
         for s in senders:
             s.start()

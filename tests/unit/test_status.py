@@ -180,8 +180,8 @@ def real_agent(tmp_path):
 
     conf = demo.build_conf(str(tmp_path))
     transport = oslo_messaging.get_notification_transport(conf, url="fake://")
-    made = Agent(conf, emitters={"first": memory.MemoryEmitter(conf),
-                                 "second": memory.MemoryEmitter(conf)},
+    made = Agent(conf, emitters={"first": memory.MemoryConduit(conf),
+                                 "second": memory.MemoryConduit(conf)},
                  listen_transport=transport)
     yield made
     made.stop(timeout=5)

@@ -13,7 +13,7 @@ from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.interfaces import Outcome
 from lifecycle_stats.usage import ledger as usage_ledger, periods
 from lifecycle_stats.publishing import payloads, spool
-from lifecycle_stats.records import DeleteTrigger, isotime
+from lifecycle_stats.records import StopAnnouncement, isotime
 from tests.support.fakes import AT, UUID, Clock, FakeInspector, FakeRegistry, make_info, make_reading
 
 
@@ -26,7 +26,7 @@ def reading_at(at, cpu, active=True, domain_id=1):
 
 
 def action(name, at, event="compute.instance.{}.start"):
-    return DeleteTrigger(instance_id=UUID, event_type=event.format(name), host="cmp1",
+    return StopAnnouncement(instance_id=UUID, event_type=event.format(name), host="cmp1",
                          received_at=at, action=name)
 
 

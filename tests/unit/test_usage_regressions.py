@@ -14,7 +14,7 @@ from lifecycle_stats import counters
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.exceptions import CaptureDeferred, HypervisorError
 from lifecycle_stats.publishing import spool
-from lifecycle_stats.records import AuditWindow, DeleteTrigger, DiskStats, VnicStats
+from lifecycle_stats.records import AuditWindow, StopAnnouncement, DiskStats, VnicStats
 from lifecycle_stats.usage import closer as period_closer, codec
 from lifecycle_stats.usage import ledger as usage_ledger, periods
 from tests.support.fakes import (
@@ -80,7 +80,7 @@ class World:
             self.inspector.readings.pop(UUID, None)
         else:
             self.inspector.readings[UUID] = live
-        trigger = DeleteTrigger(instance_id=UUID, event_type=f"compute.instance.{action}.start",
+        trigger = StopAnnouncement(instance_id=UUID, event_type=f"compute.instance.{action}.start",
                                 host="cmp1", received_at=at, action=action, announced_at=at,
                                 attempt_id=f"req-{action}-{minutes}")
         outcome = self.core.announced(trigger)
