@@ -17,14 +17,14 @@ DISK_STATS = ("read_bytes", "read_requests", "write_bytes", "write_requests")
 VNIC_STATS = ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets")
 CPU = "cpu_time_ns"
 
-Counters = dict[str, int]
+CounterValues = dict[str, int]
 
 
-def flatten(reading: DomainReading) -> Counters:
+def flatten(reading: DomainReading) -> CounterValues:
     """The cumulative counters of an active reading; {} for an inactive one (no counters)."""
     if not reading.active:
         return {}
-    out: Counters = {}
+    out: CounterValues = {}
     if reading.cpu_time_ns is not None:
         out[CPU] = reading.cpu_time_ns
     for disk in reading.disks:
@@ -36,11 +36,11 @@ def flatten(reading: DomainReading) -> Counters:
     return out
 
 
-def advance(last: Mapping[str, int], current: Mapping[str, int]) -> tuple[Counters, Counters]:
+def advance(last: Mapping[str, int], current: Mapping[str, int]) -> tuple[CounterValues, CounterValues]:
     """(growth, series) from the last value of each series to `current`, per series: a
     series that went down grew from zero; one not seen before grew from zero. The series
     returned keep the last value of those absent now (a device unplugged may come back)."""
-    growth: Counters = {}
+    growth: CounterValues = {}
     for name, value in current.items():
         before = last.get(name, 0)
         growth[name] = value - before if value >= before else value
@@ -52,15 +52,15 @@ def resets(last: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
     return sorted(name for name, value in current.items() if value < last.get(name, 0))
 
 
-def add(total: Mapping[str, int], more: Mapping[str, int]) -> Counters:
+def add(total: Mapping[str, int], more: Mapping[str, int]) -> CounterValues:
     out = dict(total)
     for name, value in more.items():
         out[name] = out.get(name, 0) + value
     return out
 
 
-def add_all(parts: Iterable[Mapping[str, int]]) -> Counters:
-    out: Counters = {}
+def add_all(parts: Iterable[Mapping[str, int]]) -> CounterValues:
+    out: CounterValues = {}
     for part in parts:
         out = add(out, part)
     return out

@@ -97,7 +97,7 @@ class PeriodCloser:
         spooled = self._reporter.flush_pending()
         now = self._clock()
         for info in self._instances().values():  # shut-off instances are not polled
-            self._ledger.seen(info, now)
+            self._ledger.present(info, now)
         for begin, end in self.due(now):
             if self._emit_own:
                 spooled += self._reporter.period(begin, end)

@@ -171,7 +171,7 @@ class UsageLedger(Ends, Books):
                             "running_when_first_seen")
 
     @guarded
-    def seen(self, info: InstanceInfo, at: datetime.datetime) -> None:
+    def present(self, info: InstanceInfo, at: datetime.datetime) -> None:
         """The instance exists on this host now (shut-off instances are not polled)."""
         with self._tx() as db:
             self._touch(db, info, _ts(at))
