@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Callable
 
 import libvirt
 
 from lifecycle_stats import exceptions, records, threads
 from lifecycle_stats.counters import Counters
+from lifecycle_stats.listeners.event_loop import (  # noqa: F401 (re-exported)
+    ensure_event_loop,
+    event_loop_state,
+)
 from lifecycle_stats.listeners.libvirt_event_names import (  # noqa: F401 (re-exported)
     METADATA_CHANGED,
     translate_lifecycle,
@@ -28,42 +31,6 @@ from lifecycle_stats.reading import hypervisor
 LOG = logging.getLogger(__name__)
 
 _NO_SUPPORT = 3  # VIR_ERR_NO_SUPPORT: local drivers (test://) have no keepalive
-
-_loop_lock = threading.Lock()
-_loop_started = False  # libvirt's event implementation is process-wide, so is this flag
-_loop_thread: threading.Thread | None = None
-
-
-def ensure_event_loop() -> None:
-    """Register libvirt's default event implementation and run it on a daemon thread.
-
-    Idempotent and thread-safe. It MUST be called before the process opens any libvirt
-    connection: keepalive and close callbacks only work on connections opened after the
-    event implementation was registered. The agent calls it first thing.
-    """
-    global _loop_started, _loop_thread
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.virEventRegisterDefaultImpl()
-        _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop",
-                                        daemon=True)
-        _loop_thread.start()
-        _loop_started = True
-
-
-def event_loop_state() -> str:
-    return threads.state(_loop_thread, stopping=False)
-
-
-def _run_event_loop() -> None:
-    while True:
-        try:
-            libvirt.virEventRunDefaultImpl()
-        except Exception:  # keep the process's only event loop alive whatever happens
-            LOG.exception("libvirt event loop iteration failed")
-            time.sleep(0.1)
-
 
 class LifecycleListener:
     """Delivers LifecycleEvents of every domain on `uri` to on_event, in order, on one thread.

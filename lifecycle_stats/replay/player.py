@@ -1,15 +1,12 @@
 """Replay a recording through the agent's real pipeline, deterministically.
 
 The core is built as the agent builds it (agent.py), through its one front door
-(capture.pipeline.Pipeline), with the agent's settings (the recording's host and publisher_id;
-[meters] legacy, [publisher] telemetry_secret, [flush] and [usage] audit_period from the
-agent's configuration when one is given): nova notifications go through the bus listener's
-endpoint (listeners.bus.DeleteStartEndpoint → nova_notifications.parse) to
-Pipeline.announced, libvirt events to Pipeline.lifecycle, polls to Pipeline.poll; the
-notifications go into a real publishing.spool.Spool and out of it to a conduit that writes
-JSON lines. Only libvirt and time are stand-ins (standins.py): every clock in that path is the
-recording's virtual clock and every id derives from the recorded data, so the same recording
-always gives byte-identical output.
+(capture.pipeline.Pipeline), with the agent's settings (Settings below): nova notifications go
+through the bus listener's endpoint to Pipeline.announced, libvirt events to
+Pipeline.lifecycle, polls to Pipeline.poll; notifications go into a real spool and out of it to
+a conduit that writes JSON lines. Only libvirt and time are stand-ins (standins.py): every clock
+is the recording's virtual clock and every id derives from the recorded data, so the same
+recording always gives byte-identical output.
 
 Entries that answer another (`cause`: the reads the recorder made because of a delete.start,
 an event, an agent start) are applied to the host stand-in just before the entry they answer.
