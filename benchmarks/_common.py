@@ -173,3 +173,23 @@ def trigger(guest: novalike.NovaGuest, host: str) -> StopAnnouncement:
                                     received_at=received_at)
     assert made is not None, "delete.start for this host was not recognised"
     return made
+
+
+def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
+    """Single-domain reads (what the agent's capture does at delete.start), round-robin over
+    made's guests: the baseline the latency targets are ratios of."""
+    from lifecycle_stats.reading.hypervisor import Hypervisor
+    from lifecycle_stats.reading.inspector import Inspector
+
+    hv = Hypervisor(uri)
+    inspector = Inspector(hv)
+    try:
+        inspector.read(made[0][0].instance_id)  # opens the connection
+        out = []
+        for i in range(reads):
+            started = time.perf_counter()
+            inspector.read(made[i % len(made)][0].instance_id)
+            out.append(ms_since(started))
+        return out
+    finally:
+        hv.close()

@@ -190,24 +190,6 @@ def broker_hop_ms(bench: Bench, hops: int = 30) -> list[float]:
     return out
 
 
-def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
-    from lifecycle_stats.reading.hypervisor import Hypervisor
-    from lifecycle_stats.reading.inspector import Inspector
-
-    hv = Hypervisor(uri)
-    inspector = Inspector(hv)
-    try:
-        inspector.read(made[0][0].instance_id)
-        out = []
-        for i in range(reads):
-            started = time.perf_counter()
-            inspector.read(made[i % len(made)][0].instance_id)
-            out.append(_common.ms_since(started))
-        return out
-    finally:
-        hv.close()
-
-
 def report_floor(e2e: list[float], hops: list[float], reads: list[float]) -> None:
     hop, read, got = _common.summary(hops), _common.summary(reads), _common.summary(e2e)
     floor = 2 * hop["p50"] + read["p50"]
@@ -310,7 +292,7 @@ def main() -> int:
         bench = Bench(directory, args.uri, args.poll_interval)
         try:
             bench.start()
-            reads = one_read_ms(args.uri, steady)
+            reads = _common.one_read_ms(args.uri, steady)
             hops = broker_hop_ms(bench)
             e2e = latency(bench, steady)
             report_floor(e2e, hops, reads)

@@ -34,8 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
 from benchmarks.e2e_latency import RABBIT_URL, Bench  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
-from lifecycle_stats.reading.hypervisor import Hypervisor  # noqa: E402
-from lifecycle_stats.reading.inspector import Inspector  # noqa: E402
 from tests.nova_compute import NovaComputeProcess, write_nova_conf  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
@@ -111,22 +109,6 @@ def agent_share(log_text: str) -> list[float]:
     return [float(ms) for ms in found]
 
 
-def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
-    """Single-domain reads (what the agent's capture does at delete.start), round-robin."""
-    hv = Hypervisor(uri)
-    inspector = Inspector(hv)
-    try:
-        inspector.read(made[0][0].instance_id)  # opens the connection
-        out = []
-        for i in range(reads):
-            started = time.perf_counter()
-            inspector.read(made[i % len(made)][0].instance_id)
-            out.append(_common.ms_since(started))
-        return out
-    finally:
-        hv.close()
-
-
 def report_target(per_arm: dict, read_ms: list[float]) -> None:
     base = _common.summary(per_arm["bus alone"]["notify"])
     driver = _common.summary(per_arm["with driver"]["notify"])
@@ -195,7 +177,7 @@ def main() -> int:
                 novas[arm] = bench.start_nova(directory, arm, args.mode, args.timeout, args.uri)
             for nova in novas.values():  # the first notify() also opens the broker link
                 ignored_notify(nova, bench.host)
-            read_ms = one_read_ms(args.uri, made)
+            read_ms = _common.one_read_ms(args.uri, made)
             results = run(bench, novas, made, args.ignored)
             report(results, args.mode, args.timeout,
                    agent_share(novas["with driver"].log()))
