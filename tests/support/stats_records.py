@@ -1,0 +1,23 @@
+"""libvirt bulk stats records of the shapes the inspector meets, for the parsing tests."""
+
+COMPLETE = {
+    "state.state": 1, "cpu.time": 5, "block.count": 2,
+    "block.0.name": "vda", "block.0.path": "/img/a.qcow2", "block.0.rd.reqs": 1,
+    "block.0.rd.bytes": 2, "block.0.wr.reqs": 3, "block.0.wr.bytes": 4,
+    "block.1.name": "vda", "block.1.path": "/img/base.qcow2", "block.1.backingIndex": 1,
+    "block.1.rd.reqs": 9, "block.1.rd.bytes": 9, "block.1.wr.reqs": 9, "block.1.wr.bytes": 9,
+    "net.count": 1, "net.0.name": "tap1", "net.0.rx.bytes": 10, "net.0.rx.pkts": 1,
+    "net.0.rx.errs": 0, "net.0.rx.drop": 0, "net.0.tx.bytes": 20, "net.0.tx.pkts": 2,
+    "net.0.tx.errs": 0, "net.0.tx.drop": 0,
+}
+
+# What a read that raced virDomainDestroy returned on this machine: names, no counters.
+TORN = {"state.state": 1, "cpu.time": 5, "block.count": 1, "block.0.name": "vda",
+        "block.0.path": "/img/a.qcow2", "net.count": 1, "net.0.name": "tap1"}
+
+# A domain with a vhost-user (OVS-DPDK) port: libvirt names it but has no counters for it.
+WITH_VHOSTUSER = {**COMPLETE, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}
+
+
+def without(record, *prefixes):
+    return {k: v for k, v in record.items() if not k.startswith(prefixes)}
