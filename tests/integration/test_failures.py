@@ -152,7 +152,8 @@ def _spool_depth(status: dict):
     return (status.get("spool") or {}).get("depth")
 
 
-PER_DELETE = 2  # spooled per deleted instance: its delete.samples and its final exists
+AT_CAPTURE = 1  # spooled when nova announces the delete: its delete.samples
+PER_DELETE = 2  # and once its domain is gone (the ledger's evidence of the end): its final exists
 
 
 # -- a. broker down with a full spool -------------------------------------------------------------
@@ -181,7 +182,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
         for guest in burst:
             bus.nova.delete_start(guest, host)
         agent.wait_for(lambda s: s["counters"].get("flush.final") == 20
-                       and _spool_depth(s) == 20 * PER_DELETE, 60, "20 final captures spooled")
+                       and _spool_depth(s) == 20 * AT_CAPTURE, 60, "20 final captures spooled")
 
         _rabbitmqctl("stop_app")
         broker_stopped = True
@@ -194,6 +195,7 @@ def test_broker_outage_loses_nothing(bus, agents, guest_factory, tmp_path):
         for checkpoint in (3, 2, 1):  # the rest of the outage, looked at three times
             time.sleep(max(0.0, (outage_end - time.monotonic()) / checkpoint))
             status = agent.wait_for(_fresh, 5, "a fresh status")  # alive, and not hung
+            # the destroyed instances have ended: their final exists wait in the spool too
             assert _spool_depth(status) == 20 * PER_DELETE
             assert status["counters"].get("sender.messagingv2.sent", 0) == 0
             assert status["counters"]["sender.messagingv2.retries"] > retries
@@ -232,7 +234,7 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
     for guest in guests:
         bus.nova.delete_start(guest, host)
     dead.wait_for(lambda s: s["counters"].get("flush.final") == 3
-                  and _spool_depth(s) == 3 * PER_DELETE, 30, "3 final captures spooled")
+                  and _spool_depth(s) == 3 * AT_CAPTURE, 30, "3 final captures spooled")
     assert dead.counter("sender.messagingv2.sent") == 0
     dead.kill()
     for guest in guests:  # nova destroys them: the counters exist nowhere but in the spool
@@ -244,7 +246,7 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "agent:       not running" in shown.stdout
-    assert f"spool:       depth {3 * PER_DELETE}," in shown.stdout
+    assert f"spool:       depth {3 * AT_CAPTURE}," in shown.stdout
     assert f"pid {dead.proc.pid} is gone" in shown.stdout
 
     billing = bus.billing()
