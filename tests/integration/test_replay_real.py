@@ -89,8 +89,9 @@ def test_record_replay_and_live_replay_to_the_real_agent(
     produced = [json.loads(line) for line in out.read_text().splitlines()]
     offline = [e for e in produced if e["event_type"] == "compute.instance.delete.samples"]
     exists = [e for e in produced if e["event_type"] == "compute.instance.exists"]
-    assert sorted(e["payload"]["instance_id"] for e in exists) == sorted(ids)  # final exists
-    assert all(e["payload"]["final"] for e in exists)
+    # No final exists: nova's delete.start alone ends nothing, and the recording holds no
+    # destroy of these domains (a delete that nova then failed looks exactly like this).
+    assert exists == []
     assert sorted(e["payload"]["instance_id"] for e in offline) == sorted(ids)
     assert {e["payload"]["capture"]["kind"] for e in offline} == {"final"}
     assert {e["payload"]["host"] for e in offline} == {RECORDED_HOST}
