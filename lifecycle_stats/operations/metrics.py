@@ -95,7 +95,7 @@ KNOWN_COUNTERS = (
     "usage.nova_exists_unknown", "usage.period_errors", "usage.periods_closed",
     "usage.pre_end_poll_errors", "usage.ends_withdrawn", "usage.exists_deferred",
     "usage.instances_ended", "usage.ledger_moved_aside", "usage.readings_after_end",
-    "usage.readings_of_ended_processes", "usage.running_when_first_seen", "usage.series_resets",
+    "usage.readings_of_ended_processes", "usage.readings_out_of_order", "usage.running_when_first_seen", "usage.series_resets",
 )
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 

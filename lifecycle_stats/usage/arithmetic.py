@@ -47,6 +47,12 @@ def advance(last: Mapping[str, int], current: Mapping[str, int]) -> tuple[Counte
     return growth, {**last, **current}
 
 
+def sampled_before(last: Mapping[str, int], current: Mapping[str, int]) -> bool:
+    """Whether `current` of the same process was sampled before `last`: its cpu time is lower
+    (a process's cpu time never goes down; its devices' counters may, on a re-attach)."""
+    return CPU in last and CPU in current and current[CPU] < last[CPU]
+
+
 def resets(last: Mapping[str, int], current: Mapping[str, int]) -> list[str]:
     """The series that went down (each restarted from zero)."""
     return sorted(name for name, value in current.items() if value < last.get(name, 0))

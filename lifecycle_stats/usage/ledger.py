@@ -137,6 +137,12 @@ class UsageLedger(Ends, Books):
         iid, at = reading.instance_id, _ts(reading.read_at)
         if at <= current.latest_at:
             return  # older than what we hold: its growth is inside the newer reading's
+        if arithmetic.sampled_before(current.series, counters):
+            # stamped later but sampled earlier (a bulk poll is stamped when it starts): the
+            # held values are at least as fresh, so they hold at `at` too; nothing grew
+            self.counters.incr("usage.readings_out_of_order")
+            reading, counters = current.latest, {}
+            closing = closing or current.closing
         growth, series = arithmetic.advance(current.series, counters)
         for name in arithmetic.resets(current.series, counters):
             self.counters.incr("usage.series_resets")

@@ -146,6 +146,33 @@ def test_late_readings_of_the_held_or_an_older_process_add_nothing(ledger):
     assert owed(ledger).totals.get("cpu_time_ns", 0) == 0
 
 
+def test_a_reading_stamped_later_but_sampled_earlier_adds_nothing_and_is_counted(ledger):
+    """A bulk poll is stamped when it starts; a flush of the same process stamped after it may
+    have sampled earlier (lower cpu). Within one process cpu never goes down, so that reading
+    is out of order: it bills nothing (not the process's whole cpu again as a "reset") and
+    its stamp only moves the held values' time forward (they were sampled no earlier)."""
+    ledger.record(INFO, reading(1, 1000, domain_id=7, disk=10))
+    ledger.record(INFO, reading(2, 5000, domain_id=7, disk=50))
+    ledger.record(INFO, reading(2.01, 4900, domain_id=7, disk=40), closing=True)
+    ledger.record(INFO, reading(3, 6000, domain_id=7, disk=60))
+    used = owed(ledger)
+    assert used.totals["cpu_time_ns"] == 5000
+    assert used.totals["disk:vda:read_bytes"] == 50 * 512
+    assert ledger.processes(IID) == 1
+    assert ledger.counters.get("usage.readings_out_of_order") == 1
+    assert ledger.counters.get("usage.series_resets") == 0
+
+
+def test_an_out_of_order_closing_reading_keeps_the_newer_values_and_closes(ledger):
+    ledger.record(INFO, reading(1, 1000, domain_id=7))
+    ledger.record(INFO, reading(2, 5000, domain_id=7))  # a poll that sampled after the flush
+    ledger.record(INFO, reading(2.01, 4900, domain_id=7), closing=True)  # the flush
+    ledger.process_ended(IID, T0 + datetime.timedelta(minutes=2.02))
+    latest = ledger.latest(IID)
+    assert latest.closed and latest.reading.cpu_time_ns == 5000
+    assert reasons(owed(ledger)) == [FIRST_SIGHT]
+
+
 def test_what_is_owed_is_what_was_read_by_the_report_s_end(ledger):
     ledger.record(INFO, reading(50, 100))
     ledger.record(INFO, reading(70, 400))

@@ -196,6 +196,10 @@ class World:
             return  # after the end, or a late reading of an earlier process
         if proc is current and stamp <= proc.stamp:
             return  # older than what it holds
+        if proc is current and series["cpu"] < proc.last["cpu"]:
+            # stamped later, sampled earlier: the held values hold at its stamp; nothing grew
+            proc.stamp, proc.closing = stamp, closing or proc.closing
+            return
         if proc is not current:
             proc.from_zero = current is not None or proc.start >= 0
             inst.current = proc
@@ -432,6 +436,10 @@ def seconds(text: str) -> float:
     ops=[("poll", 0, 0, 1), ("grow", 0, 7, 30), ("hold", 0, 0, 1), ("grow", 0, 7, 30),
          ("stop", 0, 0, 2), ("start", 0, 0, 1), ("grow", 0, 3, 10), ("release", 0, 0, 1),
          ("poll", 0, 0, 1)],
+    emit_own=True, first=(-100.0, None))
+@example(  # a held reading committed after a slow poll stamped before it but sampled after
+    ops=[("poll", 0, 0, 1), ("grow", 0, 5, 1), ("hold", 0, 0, 1), ("grow", 0, 5, 1),
+         ("slow_poll", 0, 0, 6), ("release", 0, 0, 1), ("grow", 0, 5, 1), ("poll", 0, 0, 1)],
     emit_own=True, first=(-100.0, None))
 def test_the_exists_of_an_instance_sum_to_what_was_read(ops, emit_own, first):
     # real SQLite files; in memory-backed /dev/shm where there is one (fsync costs nothing)
