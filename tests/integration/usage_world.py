@@ -2,10 +2,11 @@
 (harness.AgentProcess), nova played on the real broker, and ground truth read by us.
 
 Ground truth: right before each stop nova makes, this module reads the guest's `cpu.time`
-itself (domainListGetStats, the counter the agent reads) twice: `low` before nova's
-announcement, `high` after the agent took its closing read, just before the domain is
-destroyed. A new QEMU process counts from zero, so the cpu every process used up to its stop
-lies in [Σ low, Σ high]. Billing's figure is the sum of `usage.cpu_time_ns` over every
+itself (domainListGetStats, the counter the agent reads): `low` before nova's announcement,
+`high` the last value a sampling connection read before the process ended (a poll of the
+agent may land between its closing read and nova's destroy, and bills what it read). A new
+QEMU process counts from zero, so the cpu every process used up to its stop lies in
+[Σ low, Σ high]. Billing's figure is the sum of `usage.cpu_time_ns` over every
 `compute.instance.exists` of the instance, deduplicated by message_id, once the final one came.
 
 Shared by tests/integration/test_usage_real.py and benchmarks/usage_accuracy.py.
@@ -136,8 +137,8 @@ class World:
             if not _wait(lambda: not dom.isActive(), 2.0):
                 life.high[-1] = self.cpu(life)  # it ran on while nova waited
                 dom.destroy()  # no ACPI in our guests: nova's fallback, a hard reboot
-        else:
-            dom.destroy()
+        else:  # a poll may read between `high` and the destroy: billed, and used
+            life.high[-1] = max(life.high[-1], self._last_cpu_during(life, dom.destroy))
 
     def _last_cpu_during(self, life: Life, stop) -> int:
         """Run stop() while another connection reads cpu.time until the process is gone."""
