@@ -218,7 +218,7 @@ def test_prune_forgets_what_was_reported_never_what_is_owed(tmp_path):
     ledger.record(INFO, reading(20, 300))
     note = Notification("compute.instance.exists", "INFO", "p", {}, "m-1", "t")
     ledger.claim_report("m-1", IID, hour(0)[1], lambda used: note, begin=hour(0)[0],
-                        end=hour(0)[1], kind="periodic", source="agent_period", now=hour(1)[0])
+                        end=hour(0)[1], tier="periodic", source="agent_period", now=hour(1)[0])
     ledger.record(INFO, reading(200, 900))
     ledger.record(INFO, reading(210, 1000))
     ledger.prune(T0 + datetime.timedelta(hours=4))  # reported, but not spooled yet: kept
