@@ -61,10 +61,10 @@ class TimedSpool:
     def put_flagged(self, flagged, rejected, reason: str) -> bool:
         return self._real.put_flagged(flagged, rejected, reason)
 
-    def put(self, notification, kind: str) -> bool:
+    def put(self, notification, tier: str) -> bool:
         start = time.perf_counter()
         try:
-            return self._real.put(notification, kind)
+            return self._real.put(notification, tier)
         finally:
             self._put_ms.append(_common.ms_since(start))
 

@@ -35,7 +35,7 @@ def filled_spool(directory: str, depth: int) -> spool_mod.Spool:
     body = spool_mod.encode(note, "final", time.time())
     db = spool._db  # bulk load: put() would fsync each record
     db.execute("BEGIN")
-    db.executemany("INSERT INTO records (message_id, kind, created_at, body) VALUES (?,?,?,?)",
+    db.executemany("INSERT INTO records (message_id, tier, created_at, body) VALUES (?,?,?,?)",
                    ((f"m{i}", "final", time.time(), body) for i in range(depth)))
     db.execute("COMMIT")
     return spool

@@ -22,7 +22,7 @@ from lifecycle_stats.records import (
 )
 
 VERSION = 1
-KIND = "capture"  # the spool records' kind while a capture waits for its build
+TIER = "capture"  # the spool records' tier while a capture waits for its build
 
 
 @dataclasses.dataclass(frozen=True)

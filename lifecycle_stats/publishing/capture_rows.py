@@ -1,6 +1,6 @@
 """Captures waiting in the spool for their build (capture first, publish after).
 
-A deletion's capture is one spool record of kind `capture` under the delete.samples' own
+A deletion's capture is one spool record of tier `capture` under the delete.samples' own
 message id: durable once put() returns (a group commit, like every put), a duplicate for
 seen(), the instance's newest capture for last_capture(), never sent by a conduit. The
 publication thread builds the notification from it and swaps one for the other in one
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger("lifecycle_stats.publishing.spool")
 
-KIND = "capture"
+TIER = "capture"
 
 
 class Waiting(NamedTuple):
@@ -44,7 +44,7 @@ class Built(NamedTuple):
 def put(spool: "Spool", message_id: str, instance_id: str, body: bytes) -> bool:
     """Store a capture durably; False when this message id is spooled or delivered already."""
     now = spool.now()
-    stored = spool.write(lambda db: spool.insert(db, message_id, KIND, body, now, instance_id))
+    stored = spool.write(lambda db: spool.insert(db, message_id, TIER, body, now, instance_id))
     if stored:
         spool.counters.incr("spool.captures")
     return stored
@@ -53,8 +53,8 @@ def put(spool: "Spool", message_id: str, instance_id: str, body: bytes) -> bool:
 def waiting(spool: "Spool", limit: int) -> list[Waiting]:
     """Up to limit captures not built yet, oldest first."""
     rows = spool.read(lambda db: db.execute(
-        "SELECT seq, message_id, body FROM records WHERE kind = ? ORDER BY seq LIMIT ?",
-        (KIND, limit)).fetchall())
+        "SELECT seq, message_id, body FROM records WHERE tier = ? ORDER BY seq LIMIT ?",
+        (TIER, limit)).fetchall())
     return [Waiting(*row) for row in rows]
 
 
@@ -74,8 +74,8 @@ def publish(spool: "Spool", built: list[Built]) -> int:
                 continue
             # in the capture's place (its seq): senders keep capture order
             body = spool_schema.encode(item.notification, "final", now)
-            done += db.execute("UPDATE records SET kind = 'final', body = ? WHERE seq = ? AND "
-                               "kind = ?", (body, item.waiting.seq, KIND)).rowcount
+            done += db.execute("UPDATE records SET tier = 'final', body = ? WHERE seq = ? AND "
+                               "tier = ?", (body, item.waiting.seq, TIER)).rowcount
             if item.reason is not None:
                 _keep_rejected(db, item, now, origin="capture")
         return done
@@ -84,14 +84,14 @@ def publish(spool: "Spool", built: list[Built]) -> int:
 
 
 def _remove(db: sqlite3.Connection, seq: int) -> bool:
-    return db.execute("DELETE FROM records WHERE seq = ? AND kind = ?",
-                      (seq, KIND)).rowcount == 1
+    return db.execute("DELETE FROM records WHERE seq = ? AND tier = ?",
+                      (seq, TIER)).rowcount == 1
 
 
 def _keep_rejected(db: sqlite3.Connection, item: Built, now: float, origin: str) -> None:
     rejected = item.rejected
     body = (rejected if isinstance(rejected, bytes)
             else spool_schema.reject_body(rejected or item.notification, now))
-    db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, rejected_at, "
+    db.execute("INSERT INTO rejects (message_id, tier, created_at, body, reason, rejected_at, "
                "origin) VALUES (?, 'final', ?, ?, ?, ?, ?)",
                (item.waiting.message_id, now, body, item.reason, now, origin))

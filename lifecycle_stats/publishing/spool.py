@@ -37,7 +37,7 @@ LOG = logging.getLogger(__name__)
 CAPTURE_EVENT = "compute.instance.delete.samples"
 
 SPOOL_FILENAME = "spool.sqlite"
-KINDS = ("final", "periodic")
+TIERS = ("final", "periodic")  # the tiers put() takes; captures go in by put_capture()
 encode = spool_schema.encode
 decode = spool_schema.decode
 read_only_stats = spool_schema.read_only_stats
@@ -91,14 +91,14 @@ class Spool:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, notification: Notification, kind: str) -> bool:
+    def put(self, notification: Notification, tier: str) -> bool:
         """Store durably; False for a duplicate or a refused periodic record (see module doc)."""
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if tier not in TIERS:
+            raise ValueError(f"tier must be one of {TIERS}, got {tier!r}")
         now = self._now()
-        body = encode(notification, kind, now)
+        body = encode(notification, tier, now)
         # Concurrent puts share one commit (group_commit.py); this returns after it.
-        stored = self._group.run(lambda db: self._insert(db, notification, kind, body, now))
+        stored = self._group.run(lambda db: self._insert(db, notification, tier, body, now))
         if stored:
             self._counters.incr("spool.put")
         return stored
@@ -117,7 +117,7 @@ class Spool:
         def insert_both(db: sqlite3.Connection) -> bool:
             stored = self._insert(db, flagged, "final", body, now)
             if stored:
-                db.execute("INSERT INTO rejects (message_id, kind, created_at, body, reason, "
+                db.execute("INSERT INTO rejects (message_id, tier, created_at, body, reason, "
                            "rejected_at, origin) VALUES (?, 'final', ?, ?, ?, ?, 'capture')",
                            (rejected.message_id, now, kept, reason, now))
             return stored
@@ -128,16 +128,16 @@ class Spool:
             self._counters.incr("spool.rejects.capture")
         return stored
 
-    def _insert(self, db: sqlite3.Connection, notification: Notification, kind: str,
+    def _insert(self, db: sqlite3.Connection, notification: Notification, tier: str,
                 body: bytes, now: float) -> bool:
         instance_id = notification.payload.get("instance_id")
         # Only delete.samples are captures a later capture supersedes (a final exists, spooled
         # as `final` beside its delete.samples, is usage, not a capture).
-        capture_of = (instance_id if kind == "final" and isinstance(instance_id, str)
+        capture_of = (instance_id if tier == "final" and isinstance(instance_id, str)
                       and notification.event_type == CAPTURE_EVENT else None)
-        return self.insert(db, notification.message_id, kind, body, now, capture_of)
+        return self.insert(db, notification.message_id, tier, body, now, capture_of)
 
-    def insert(self, db: sqlite3.Connection, message_id: str, kind: str, body: bytes,
+    def insert(self, db: sqlite3.Connection, message_id: str, tier: str, body: bytes,
                now: float, capture_of: str | None = None) -> bool:
         """Insert one record in db's transaction (False: a duplicate or refused, see module
         doc); capture_of: the instance whose newest capture this is."""
@@ -145,10 +145,10 @@ class Spool:
         if self._known(db, message_id, now):
             self._counters.incr("spool.duplicate")
             return False
-        if not spool_bounds.make_room(db, kind, self._max, self._counters):
+        if not spool_bounds.make_room(db, tier, self._max, self._counters):
             return False
-        db.execute("INSERT INTO records (message_id, kind, created_at, body) "
-                   "VALUES (?, ?, ?, ?)", (message_id, kind, now, body))
+        db.execute("INSERT INTO records (message_id, tier, created_at, body) "
+                   "VALUES (?, ?, ?, ?)", (message_id, tier, now, body))
         if capture_of is not None:
             db.execute("INSERT OR REPLACE INTO captures (instance_id, message_id, captured_at) "
                        "VALUES (?, ?, ?)", (capture_of, message_id, now))
@@ -193,8 +193,8 @@ class Spool:
         """conduit gives up on seq: keep a copy in rejects and move that conduit past it
         (other conduits still deliver it; it leaves the spool when all are done)."""
         with self._tx() as db:
-            db.execute("INSERT INTO rejects (seq, message_id, kind, created_at, body, reason, "
-                       "rejected_at, origin) SELECT seq, message_id, kind, created_at, body, ?, "
+            db.execute("INSERT INTO rejects (seq, message_id, tier, created_at, body, reason, "
+                       "rejected_at, origin) SELECT seq, message_id, tier, created_at, body, ?, "
                        "?, ? FROM records WHERE seq = ?", (reason, self._now(), conduit, seq))
             db.execute("INSERT OR IGNORE INTO deliveries (seq, conduit) VALUES (?, ?)",
                        (seq, conduit))
@@ -245,7 +245,7 @@ class Spool:
         with self._tx() as db:
             rows = db.execute(
                 "SELECT seq, message_id, body FROM records r WHERE seq < coalesce((SELECT min(seq) "
-                "FROM records WHERE kind = 'capture'), 1 << 62) AND NOT EXISTS (SELECT 1 FROM "
+                "FROM records WHERE tier = 'capture'), 1 << 62) AND NOT EXISTS (SELECT 1 FROM "
                 "deliveries d WHERE d.seq = r.seq AND d.conduit = ?) ORDER BY seq LIMIT ?",
                 (conduit, limit)).fetchall()
             out = []
@@ -257,8 +257,8 @@ class Spool:
             return out
 
     def _reject(self, db: sqlite3.Connection, seq: int, message_id: str, reason: str) -> None:
-        db.execute("INSERT INTO rejects (seq, message_id, kind, created_at, body, reason, "
-                   "rejected_at, origin) SELECT seq, message_id, kind, created_at, body, ?, ?, "
+        db.execute("INSERT INTO rejects (seq, message_id, tier, created_at, body, reason, "
+                   "rejected_at, origin) SELECT seq, message_id, tier, created_at, body, ?, ?, "
                    "'spool' FROM records WHERE seq = ?", (reason, self._now(), seq))
         self._delete(db, seq)
         self._counters.incr("spool.corrupt")

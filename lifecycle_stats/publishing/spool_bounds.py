@@ -15,13 +15,13 @@ from lifecycle_stats.counters import Counters
 LOG = logging.getLogger("lifecycle_stats.publishing.spool")
 
 
-def make_room(db: sqlite3.Connection, kind: str, max_records: int, counters: Counters) -> bool:
-    """True when a record of kind may be inserted now (periodic ones shed to make room)."""
+def make_room(db: sqlite3.Connection, tier: str, max_records: int, counters: Counters) -> bool:
+    """True when a record of this tier may be inserted now (periodic ones shed to make room)."""
     depth = db.execute("SELECT count(*) FROM records").fetchone()[0]
     if depth < max_records:
         return True
     shed = db.execute(
-        "SELECT seq, message_id FROM records WHERE kind = 'periodic' ORDER BY seq LIMIT ?",
+        "SELECT seq, message_id FROM records WHERE tier = 'periodic' ORDER BY seq LIMIT ?",
         (depth - max_records + 1,)).fetchall()
     if shed:
         for seq, message_id in shed:
@@ -30,10 +30,10 @@ def make_room(db: sqlite3.Connection, kind: str, max_records: int, counters: Cou
             LOG.warning("spool full (%d records): shed periodic record %s", depth, message_id)
         counters.incr("spool.shed", len(shed))
         return True
-    if kind != "periodic":
+    if tier != "periodic":
         counters.incr("spool.over_bound")
         LOG.warning("spool full of final records (%d): keeping a %s over the bound of %d",
-                    depth, kind, max_records)
+                    depth, tier, max_records)
         return True
     counters.incr("spool.shed")
     LOG.warning("spool full of final records (%d): refused a periodic record", depth)

@@ -6,6 +6,9 @@ Versions (PRAGMA user_version; record bodies carry their own ``v``):
   1  records.attempts + last_error (poison-record bound), rejects get their own key and say
      where a record was refused (`origin`: a conduit, or "capture"), the `captures` ledger
      (last capture id per instance, for `supersedes`). Bodies carry ``v: 1``.
+  2  a record's delivery tier (final / periodic / capture) is the column `tier` of records
+     and rejects (was `kind`; index records_tier_seq). Bodies carry ``v: 2`` and `tier`;
+     older bodies (``kind``) decode alike, since decoding never reads either.
 A file from a newer agent is refused with a clear error (a downgrade must not rewrite it); a
 file sqlite cannot read is quarantined (renamed with a timestamp) and a fresh one started.
 """
@@ -28,8 +31,8 @@ from lifecycle_stats.records import Notification, isotime
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-BODY_VERSION = 1
+SCHEMA_VERSION = 2
+BODY_VERSION = 2
 _FIELDS = tuple(f.name for f in dataclasses.fields(Notification))
 
 _V0 = """
@@ -72,7 +75,15 @@ CREATE TABLE captures (
 CREATE INDEX captures_at ON captures (captured_at);
 """
 
-MIGRATIONS = {0: _V0_TO_V1}  # from version N to N + 1
+# `kind` was the word for a record's tier before issue 17 gave each concept one word.
+_V1_TO_V2 = """
+ALTER TABLE records RENAME COLUMN kind TO tier;
+DROP INDEX records_kind_seq;
+CREATE INDEX records_tier_seq ON records (tier, seq);
+ALTER TABLE rejects RENAME COLUMN kind TO tier;
+"""
+
+MIGRATIONS = {0: _V0_TO_V1, 1: _V1_TO_V2}  # from version N to N + 1
 
 
 class SpoolTooNew(LifecycleStatsError):
@@ -91,9 +102,9 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"cannot spool a {type(obj).__name__}: {obj!r}")
 
 
-def encode(notification: Notification, kind: str, created_at: float) -> bytes:
+def encode(notification: Notification, tier: str, created_at: float) -> bytes:
     doc = {name: getattr(notification, name) for name in _FIELDS}
-    doc.update(v=BODY_VERSION, kind=kind, created_at=created_at)
+    doc.update(v=BODY_VERSION, tier=tier, created_at=created_at)
     return msgpack.packb(doc, default=_plain, use_bin_type=True)
 
 
@@ -234,7 +245,9 @@ def read_only_stats(path: str, now: float) -> dict[str, Any]:
     db = sqlite3.connect(uri, uri=True, timeout=5)
     try:
         depth, oldest = db.execute("SELECT count(*), min(created_at) FROM records").fetchone()
-        kinds = dict(db.execute("SELECT kind, count(*) FROM records GROUP BY kind"))
+        # the status command may read a file its agent has not upgraded yet (v0/v1: `kind`)
+        column = "tier" if db.execute("PRAGMA user_version").fetchone()[0] >= 2 else "kind"
+        tiers = dict(db.execute(f"SELECT {column}, count(*) FROM records GROUP BY {column}"))
         confirmed = dict(db.execute("SELECT conduit, count(*) FROM deliveries GROUP BY conduit"))
         rejects = db.execute("SELECT count(*) FROM rejects").fetchone()[0]
     finally:
@@ -242,7 +255,7 @@ def read_only_stats(path: str, now: float) -> dict[str, Any]:
     return {
         "depth": depth,
         "oldest_age_seconds": None if oldest is None else max(0.0, now - oldest),
-        "by_kind": kinds,
+        "by_tier": tiers,
         "confirmed_by_conduit": confirmed,
         "rejects": rejects,
     }

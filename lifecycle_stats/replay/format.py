@@ -3,11 +3,13 @@
 Layout: the 8 bytes MAGIC, then frames. A frame is a 4-byte big-endian length followed by
 that many bytes of one msgpack map. The first frame is the header (format_version, host,
 libvirt/QEMU versions, started_at); every later frame is one entry with `t` (seconds since
-started_at) and `kind`. Each frame is written whole and flushed, so a recorder stopped at
-any moment leaves a file whose every frame is complete; a last frame cut short (a killed
-process, a truncated copy, a full disk) is detected by its length: the frames before it are
-salvaged and Recording.cut says where and why. A file that cannot be opened, a bad frame
-before the end, and a value of the wrong type in a record are RecordingErrors.
+started_at) and `source` (where it came from: nova, libvirt, a read, the agent; format 1
+named it `kind`, and such recordings are read as they are). Each frame is written whole and
+flushed, so a recorder stopped at any moment leaves a file whose every frame is complete; a
+last frame cut short (a killed process, a truncated copy, a full disk) is detected by its
+length: the frames before it are salvaged and Recording.cut says where and why. A file that
+cannot be opened, a bad frame before the end, and a value of the wrong type in a record are
+RecordingErrors.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from lifecycle_stats.records import (
 )
 
 MAGIC = b"LSRECORD"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: an entry's source was named `kind`
 MAX_FRAME = 16 * 1024 * 1024  # a poll of a few hundred domains is ~1 MB
 _LENGTH = struct.Struct(">I")
 
@@ -38,7 +40,7 @@ READING = "reading"  # one domain's counters (or that it was gone), read because
 INSTANCE = "instance"  # one domain's nova metadata (or not nova's, or gone), read for `cause`
 POLL = "poll"  # one bulk read of every active domain
 AGENT = "agent"  # the agent stopped or started (a restart in the middle of a case)
-KINDS = frozenset({NOVA, LIBVIRT, READING, INSTANCE, POLL, AGENT})
+SOURCES = frozenset({NOVA, LIBVIRT, READING, INSTANCE, POLL, AGENT})
 
 
 class RecordingError(Exception):
@@ -57,7 +59,7 @@ class Entry:
     index: int  # position among the entries (the header is not counted)
     offset: int  # byte offset of the entry's frame in the file
     t: float
-    kind: str
+    source: str  # NOVA, LIBVIRT, READING, INSTANCE, POLL or AGENT
     data: dict[str, Any]
 
 
@@ -177,13 +179,13 @@ class RecordingWriter:
         stream.write(MAGIC + frame({**header, "format_version": FORMAT_VERSION}))
         stream.flush()
 
-    def write(self, kind: str, **fields: Any) -> int:
+    def write(self, source: str, **fields: Any) -> int:
         """Append one entry stamped now; returns its index (what `cause` refers to)."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown entry kind {kind!r}")
+        if source not in SOURCES:
+            raise ValueError(f"unknown entry source {source!r}")
         with self._lock:
             t = round(self._monotonic() - self._start, 6)
-            self._stream.write(frame({"t": t, "kind": kind, **fields}))
+            self._stream.write(frame({"t": t, "source": source, **fields}))
             self._stream.flush()
             index, self._count = self._count, self._count + 1
         return index
@@ -219,10 +221,11 @@ def read(path: str) -> Recording:
     except _Cut as exc:
         raise exc.error from None  # nothing before the header to salvage
     _check_header(path, offset, header)
+    source_key = "kind" if header["format_version"] < 2 else "source"
     entries = []
     try:
         for offset, obj in frames:
-            entries.append(_entry(path, len(entries), offset, obj))
+            entries.append(_entry(path, len(entries), offset, obj, source_key))
     except _Cut as exc:
         cut = exc.error
     return Recording(path=path, header=header, entries=entries, cut=cut)
@@ -283,11 +286,11 @@ def _check_header(path: str, offset: int, header: dict[str, Any]) -> None:
         raise RecordingError(path, offset, f"corrupt: header started_at: {exc}") from None
 
 
-def _entry(path: str, index: int, offset: int, obj: dict[str, Any]) -> Entry:
-    t, kind = obj.get("t"), obj.get("kind")
+def _entry(path: str, index: int, offset: int, obj: dict[str, Any], source_key: str) -> Entry:
+    t, source = obj.get("t"), obj.get(source_key)
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not t >= 0:
         raise RecordingError(path, offset, f"corrupt: entry {index} has no valid time")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise RecordingError(path, offset, f"corrupt: entry {index} has unknown kind "
-                                           f"{str(kind)[:40]!r}")
-    return Entry(index=index, offset=offset, t=float(t), kind=kind, data=obj)
+    if not isinstance(source, str) or source not in SOURCES:
+        raise RecordingError(path, offset, f"corrupt: entry {index} has unknown source "
+                                           f"{str(source)[:40]!r}")
+    return Entry(index=index, offset=offset, t=float(t), source=source, data=obj)

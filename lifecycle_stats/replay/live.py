@@ -125,7 +125,7 @@ def publish(recording: fmt.Recording, transport, *, speed: float, exchange: str 
     """speed: 1 is the recorded pace, 10 ten times faster, 0 as fast as the bus takes them.
     Every entry is checked before the first is sent (fmt.RecordingError names a bad one).
     recorded_ids: send the recorded message and request ids instead of fresh ones."""
-    entries = [e for e in recording.entries if e.kind == fmt.NOVA]
+    entries = [e for e in recording.entries if e.source == fmt.NOVA]
     messages = [message_of(recording, e, as_host) for e in entries]
     if not recorded_ids:
         ids = FreshIds()

@@ -148,16 +148,16 @@ class Player:
 
     # -- entries -----------------------------------------------------------------------
     def _dispatch(self, entry: fmt.Entry) -> None:
-        self.counters.incr(f"replay.entries.{entry.kind}")
-        if entry.kind == fmt.NOVA:
+        self.counters.incr(f"replay.entries.{entry.source}")
+        if entry.source == fmt.NOVA:
             self._nova(entry)
-        elif entry.kind == fmt.AGENT:
+        elif entry.source == fmt.AGENT:
             self._agent(entry)
-        elif entry.kind == fmt.LIBVIRT and self.agent is not None:
+        elif entry.source == fmt.LIBVIRT and self.agent is not None:
             self.agent.core.lifecycle(lifecycle_event(entry, self.clock()))
-        elif entry.kind in (fmt.READING, fmt.INSTANCE, fmt.POLL):
+        elif entry.source in (fmt.READING, fmt.INSTANCE, fmt.POLL):
             self._apply_to_host(entry)
-            if entry.kind == fmt.POLL and self.agent is not None:
+            if entry.source == fmt.POLL and self.agent is not None:
                 self.agent.core.poll()
 
     def _nova(self, entry: fmt.Entry) -> None:
@@ -188,13 +188,13 @@ class Player:
 
     def _apply_to_host(self, entry: fmt.Entry) -> None:
         data = entry.data
-        if entry.kind == fmt.READING:
+        if entry.source == fmt.READING:
             reading = data.get("reading")
             self.host.set_reading(data["instance_id"],
                                   None if reading is None else fmt.reading_from_data(reading))
-        elif entry.kind == fmt.INSTANCE:
+        elif entry.source == fmt.INSTANCE:
             self.host.set_metadata(data["instance_id"], metadata_of(data))
-        elif entry.kind == fmt.POLL:
+        elif entry.source == fmt.POLL:
             self.host.set_poll([fmt.reading_from_data(r) for r in data["readings"]])
 
     def _deliver(self) -> None:
@@ -213,7 +213,7 @@ def leading_sync(entries: list[fmt.Entry]) -> int:
     """How many entries open the recording with the recorder's sync (its metadata reads of
     every domain there was, caused by nothing)."""
     count = 0
-    while count < len(entries) and entries[count].kind == fmt.INSTANCE \
+    while count < len(entries) and entries[count].source == fmt.INSTANCE \
             and "cause" not in entries[count].data:
         count += 1
     return count
@@ -261,27 +261,27 @@ def check_entries(recording: fmt.Recording) -> None:
             _check(entry)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise fmt.RecordingError(recording.path, entry.offset,
-                                     f"corrupt: bad {entry.kind} entry {entry.index}: "
+                                     f"corrupt: bad {entry.source} entry {entry.index}: "
                                      f"{type(exc).__name__}: {exc}") from None
 
 
 def _check(entry: fmt.Entry) -> None:
     data = entry.data
-    if entry.kind == fmt.READING:
+    if entry.source == fmt.READING:
         str(data["instance_id"])
         if data.get("reading") is not None:
             fmt.reading_from_data(data["reading"])
-    elif entry.kind == fmt.INSTANCE:
+    elif entry.source == fmt.INSTANCE:
         str(data["instance_id"])
         metadata_of(data)
-    elif entry.kind == fmt.POLL:
+    elif entry.source == fmt.POLL:
         for reading in data["readings"]:
             fmt.reading_from_data(reading)
-    elif entry.kind == fmt.LIBVIRT:
+    elif entry.source == fmt.LIBVIRT:
         for key in ("instance_id", "domain_name", "event", "detail"):
             if not isinstance(data[key], str):
                 raise TypeError(f"{key} must be a string")
-    elif entry.kind == fmt.AGENT and data.get("state") not in ("stopped", "started"):
+    elif entry.source == fmt.AGENT and data.get("state") not in ("stopped", "started"):
         raise ValueError(f"agent state {data.get('state')!r}")
 
 

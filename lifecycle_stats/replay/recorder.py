@@ -39,10 +39,10 @@ def _version(number: int) -> str:
 
 
 def host_header(conn: libvirt.virConnect, host: str, uri: str) -> dict[str, Any]:
-    kind = conn.getType()
+    hypervisor = conn.getType()
     return {"host": host, "uri": uri, "started_at": isotime(utcnow()),
-            "libvirt_version": _version(conn.getLibVersion()), "hypervisor": kind,
-            "qemu_version": _version(conn.getVersion()) if kind == "QEMU" else None,
+            "libvirt_version": _version(conn.getLibVersion()), "hypervisor": hypervisor,
+            "qemu_version": _version(conn.getVersion()) if hypervisor == "QEMU" else None,
             "recorder": "lifecycle-stats-replay record"}
 
 

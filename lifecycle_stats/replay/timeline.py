@@ -12,9 +12,9 @@ def names(recording: fmt.Recording) -> dict[str, str]:
     out: dict[str, str] = {}
     for entry in recording.entries:
         data = entry.data
-        if entry.kind == fmt.INSTANCE and isinstance(data.get("info"), dict):
+        if entry.source == fmt.INSTANCE and isinstance(data.get("info"), dict):
             out[data["instance_id"]] = data["info"].get("display_name") or data["instance_id"]
-        elif entry.kind == fmt.LIBVIRT:
+        elif entry.source == fmt.LIBVIRT:
             out.setdefault(data["instance_id"], data["domain_name"])
     return out
 
@@ -33,7 +33,7 @@ def lines(recording: fmt.Recording) -> Iterator[str]:
     last_event = None  # the newest entry that is not an answer
     for entry in recording.entries:
         data = entry.data
-        who, what = describe(entry.kind, data)
+        who, what = describe(entry.source, data)
         label = f"{known.get(who, '')} {who[:8]}".strip() if who else ""
         indent = ""
         if "cause" in data:
@@ -45,16 +45,16 @@ def lines(recording: fmt.Recording) -> Iterator[str]:
         yield f"  +{entry.t:9.3f}s  {label:<22} {indent}{what}"
 
 
-def describe(kind: str, data: dict[str, Any]) -> tuple[str | None, str]:
+def describe(source: str, data: dict[str, Any]) -> tuple[str | None, str]:
     """(instance id or None, what happened) of one entry."""
-    if kind == fmt.NOVA:
+    if source == fmt.NOVA:
         return _nova_instance(data), (f"nova {data.get('event_type')} "
                                       f"({data.get('topic')}, from {data.get('publisher_id')})")
-    if kind == fmt.LIBVIRT:
+    if source == fmt.LIBVIRT:
         return data["instance_id"], f"libvirt {data['event']}/{data['detail']}"
-    if kind == fmt.READING:
+    if source == fmt.READING:
         return data["instance_id"], _reading(data.get("reading"))
-    if kind == fmt.INSTANCE:
+    if source == fmt.INSTANCE:
         info = data.get("info")
         if data.get("gone"):
             return data["instance_id"], "metadata: domain gone"
@@ -64,7 +64,7 @@ def describe(kind: str, data: dict[str, Any]) -> tuple[str | None, str]:
             return data["instance_id"], "metadata: not nova's"
         return data["instance_id"], (f"metadata: nova's, {info['flavor']['name']}, "
                                      f"project {info['project_id'][:8]}")
-    if kind == fmt.POLL:
+    if source == fmt.POLL:
         return None, f"poll: {len(data['readings'])} active domain(s)"
     return None, f"agent {data.get('state')}"
 
@@ -114,9 +114,9 @@ def exists_line(doc: dict[str, Any], recording: fmt.Recording) -> str:
     payload = doc["payload"]
     usage = payload.get("usage") or {}
     offset = (fmt.parse_time(doc["timestamp"]) - recording.started_at).total_seconds()
-    kind = "final exists" if payload.get("final") else "exists"
+    what = "final exists" if payload.get("final") else "exists"
     state = "complete" if usage.get("complete") else \
         f"incomplete {usage.get('incomplete_seconds')} s"
     return (f"  +{offset:9.3f}s  {str(payload.get('display_name'))[:12]:<12} "
-            f"{str(payload.get('instance_id'))[:8]}  {kind:<22} "
+            f"{str(payload.get('instance_id'))[:8]}  {what:<22} "
             f"cpu_time_ns={usage.get('cpu_time_ns')}, {state}")

@@ -72,13 +72,13 @@ def add_all(parts: Iterable[Mapping[str, int]]) -> CounterValues:
     return out
 
 
-def by_device(totals: Mapping[str, int], kind: str) -> dict[str, dict[str, int]]:
-    """{device: {stat: value}} for kind "disk" or "vnic"."""
-    stats = DISK_STATS if kind == "disk" else VNIC_STATS
+def by_device(totals: Mapping[str, int], device_type: str) -> dict[str, dict[str, int]]:
+    """{device: {stat: value}} for device_type "disk" or "vnic"."""
+    stats = DISK_STATS if device_type == "disk" else VNIC_STATS
     out: dict[str, dict[str, int]] = {}
     for name, value in totals.items():
         prefix, _, rest = name.partition(":")
-        if prefix != kind:
+        if prefix != device_type:
             continue
         device, _, stat = rest.rpartition(":")
         out.setdefault(device, {s: 0 for s in stats})[stat] = value

@@ -22,7 +22,7 @@ def _dt(seconds: float) -> datetime.datetime:
 class Books:
     def claim_report(self, message_id: str, instance_id: str,
                      upto: datetime.datetime | None, build: Callable[[Usage], Notification], *,
-                     begin: datetime.datetime, end: datetime.datetime, kind: str, source: str,
+                     begin: datetime.datetime, end: datetime.datetime, tier: str, source: str,
                      now: datetime.datetime) -> Notification:
         """The report `message_id`: made once, from every entry of the instance not reported
         before and read no later than `upto` (None: all), and stored with them in one
@@ -34,7 +34,7 @@ class Books:
             rows = journal.claim(db, instance_id, None if upto is None else _ts(upto),
                                  message_id)
             notification = build(journal.summarize(rows, begin, end))
-            journal.store(db, message_id, instance_id, kind, source, notification, _ts(now))
+            journal.store(db, message_id, instance_id, tier, source, notification, _ts(now))
             return notification
 
     def pending_usage(self, instance_id: str, upto: datetime.datetime | None = None,

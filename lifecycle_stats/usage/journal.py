@@ -95,18 +95,18 @@ def stored(db: sqlite3.Connection, message_id: str) -> Notification | None:
     return codec.decode_notification(row[0]) if row else None
 
 
-def store(db: sqlite3.Connection, message_id: str, iid: str, kind: str, source: str,
+def store(db: sqlite3.Connection, message_id: str, iid: str, tier: str, source: str,
           notification: Notification, now: float) -> None:
-    db.execute("INSERT INTO reports (message_id, instance_id, kind, source, notification, "
+    db.execute("INSERT INTO reports (message_id, instance_id, tier, source, notification, "
                "made_at) VALUES (?, ?, ?, ?, ?, ?)",
-               (message_id, iid, kind, source, codec.encode_notification(notification), now))
+               (message_id, iid, tier, source, codec.encode_notification(notification), now))
 
 
 def unspooled(db: sqlite3.Connection) -> list[tuple[str, Notification]]:
-    """(kind, notification) of every report not yet spooled, oldest first."""
-    rows = db.execute("SELECT kind, notification FROM reports WHERE spooled_at IS NULL "
+    """(tier, notification) of every report not yet spooled, oldest first."""
+    rows = db.execute("SELECT tier, notification FROM reports WHERE spooled_at IS NULL "
                       "ORDER BY made_at").fetchall()
-    return [(kind, codec.decode_notification(body)) for kind, body in rows]
+    return [(tier, codec.decode_notification(body)) for tier, body in rows]
 
 
 def mark_spooled(db: sqlite3.Connection, message_ids: Iterable[str], now: float) -> None:

@@ -49,7 +49,7 @@ class ExistsReporter:
             return False
         info, ended_at, announced_at = ended
         begin, _ = self.ledger.period.current(ended_at)
-        return self._report(info, begin, ended_at, exists.DELETED, kind="final", upto=None,
+        return self._report(info, begin, ended_at, exists.DELETED, tier="final", upto=None,
                             sent_by=announced_at)
 
     def period(self, begin: datetime.datetime, end: datetime.datetime) -> int:
@@ -58,7 +58,7 @@ class ExistsReporter:
         for info in self.ledger.hosted(begin, end):
             try:
                 spooled += self._report(info, begin, end, exists.AGENT_PERIOD,
-                                        kind="periodic", upto=end)
+                                        tier="periodic", upto=end)
             except TRANSIENT as exc:  # owed: stored and spooled later, or claimed later
                 self._counters.incr("usage.exists_deferred")
                 LOG.warning("exists of %s for %s..%s not spooled yet: %s", info.instance_id,
@@ -82,7 +82,7 @@ class ExistsReporter:
             return False
         try:
             return self._report(info, window.begin, window.end, exists.NOVA_AUDIT,
-                                kind="periodic", upto=window.end,
+                                tier="periodic", upto=window.end,
                                 extra={"nova_event_type": window.event_type})
         except TRANSIENT as exc:
             self._counters.incr("usage.exists_deferred")
@@ -98,15 +98,15 @@ class ExistsReporter:
         try:
             for instance_id in self.ledger.finals_owed():
                 self.final_due(instance_id)
-            for kind, notification in self.ledger.unspooled_reports():
-                spooled += self._spool_report(kind, notification)
+            for tier, notification in self.ledger.unspooled_reports():
+                spooled += self._spool_report(tier, notification)
         except TRANSIENT as exc:
             self._counters.incr("usage.exists_deferred")
             LOG.warning("owed exists not spooled yet (%s): retried later", exc)
         return spooled
 
     def _report(self, info: InstanceInfo, begin: datetime.datetime, end: datetime.datetime,
-                source: str, *, kind: str, upto: datetime.datetime | None,
+                source: str, *, tier: str, upto: datetime.datetime | None,
                 extra: dict | None = None, sent_by: datetime.datetime | None = None) -> bool:
         message_id = exists.exists_message_id(info.instance_id, begin,
                                               None if source == exists.DELETED else end)
@@ -120,17 +120,17 @@ class ExistsReporter:
             return notification
 
         notification = self.ledger.claim_report(
-            message_id, info.instance_id, upto, build, begin=begin, end=end, kind=kind,
+            message_id, info.instance_id, upto, build, begin=begin, end=end, tier=tier,
             source=source, now=self._clock())
-        return self._spool_report(kind, notification)
+        return self._spool_report(tier, notification)
 
-    def _spool_report(self, kind: str, notification: Notification) -> bool:
+    def _spool_report(self, tier: str, notification: Notification) -> bool:
         message_id = notification.message_id
         if self._spool.seen(message_id):
             self.ledger.mark_spooled([message_id], self._clock())
             self._counters.incr("usage.exists_duplicates")
             return False
-        self._spool.put(notification, kind=kind)
+        self._spool.put(notification, tier=tier)
         self.ledger.mark_spooled([message_id], self._clock())
         self._counters.incr(f"usage.exists.{notification.payload['period_source']}")
         if not notification.payload["usage"]["complete"]:

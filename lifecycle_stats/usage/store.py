@@ -11,7 +11,9 @@ import sqlite3
 
 LOG = logging.getLogger(__name__)
 LEDGER_FILENAME = "usage.sqlite"
-SCHEMA_VERSION = 2  # 1: period buckets (issue 18 replaced them; such a file is moved aside)
+SCHEMA_VERSION = 3  # 1: period buckets (issue 18 replaced them; such a file is moved aside)
+# From version N to N + 1, in place. 2: a report's tier (final/periodic) was named `kind`.
+MIGRATIONS = {2: "ALTER TABLE reports RENAME COLUMN kind TO tier"}
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
 CREATE TABLE instances (instance_id TEXT PRIMARY KEY, info BLOB NOT NULL,
@@ -29,7 +31,7 @@ CREATE TABLE entries (seq INTEGER PRIMARY KEY AUTOINCREMENT, instance_id TEXT NO
     version INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX entries_by_instance ON entries (instance_id, report);
 CREATE TABLE reports (message_id TEXT PRIMARY KEY, instance_id TEXT NOT NULL,
-    kind TEXT NOT NULL, source TEXT NOT NULL, notification BLOB NOT NULL, made_at REAL NOT NULL,
+    tier TEXT NOT NULL, source TEXT NOT NULL, notification BLOB NOT NULL, made_at REAL NOT NULL,
     spooled_at REAL, version INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX reports_unspooled ON reports (spooled_at);
 CREATE TABLE outages (begin REAL NOT NULL, end REAL NOT NULL);
@@ -72,6 +74,8 @@ def _connect(path: str) -> sqlite3.Connection:
         if version == 0 and not db.execute("SELECT 1 FROM sqlite_master").fetchone():
             db.executescript("BEGIN;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};"
                              "COMMIT;")
+        elif version in MIGRATIONS:
+            _migrate(db, version)
         elif version != SCHEMA_VERSION:
             raise Unusable(f"schema version {version}, this agent reads {SCHEMA_VERSION}")
         check = db.execute("PRAGMA quick_check").fetchone()[0]
@@ -81,6 +85,14 @@ def _connect(path: str) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    while version < SCHEMA_VERSION:  # each step in its own transaction
+        db.executescript(f"BEGIN; {MIGRATIONS[version]}; PRAGMA user_version={version + 1}; "
+                         "COMMIT;")
+        LOG.info("usage ledger schema migrated from version %d to %d", version, version + 1)
+        version += 1
 
 
 def open_ledger(path: str) -> tuple[sqlite3.Connection, str | None]:

@@ -74,10 +74,10 @@ def test_record_replay_and_live_replay_to_the_real_agent(
     recording = record(tmp_path / "case.lsrec", transport, rabbit_url, libvirt_uri, guests)
 
     # The recorder heard both announcements and read each live domain in answer.
-    nova = [e for e in recording.entries if e.kind == fmt.NOVA]
+    nova = [e for e in recording.entries if e.source == fmt.NOVA]
     assert [e.data["topic"] for e in nova] == ["legacy", "versioned"]
     answers = [e for e in recording.entries
-               if e.kind == fmt.READING and e.data.get("cause") in {n.index for n in nova}]
+               if e.source == fmt.READING and e.data.get("cause") in {n.index for n in nova}]
     assert {a.data["instance_id"] for a in answers} == ids
     assert all(a.data["reading"]["active"] for a in answers)
 
@@ -182,8 +182,8 @@ def test_ctrl_c_leaves_a_valid_recording_and_no_queue_and_signals_mark_a_restart
     recording = fmt.read(str(path))
     assert recording.header["host"] == RECORDED_HOST
     assert recording.header["hypervisor"] == "QEMU" and recording.header["qemu_version"]
-    polls = [e for e in recording.entries if e.kind == fmt.POLL]
-    marks = [e for e in recording.entries if e.kind == fmt.AGENT]
+    polls = [e for e in recording.entries if e.source == fmt.POLL]
+    marks = [e for e in recording.entries if e.source == fmt.AGENT]
     assert [m.data["state"] for m in marks] == ["stopped", "started"]
     assert [p.data.get("cause") for p in polls].count(marks[1].index) == 1  # start: a poll
     assert polls and f"recorded {len(recording.entries)} entries" in summary

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import datetime
 import json
-import secrets
 import socket
 import subprocess
 import time
 
-import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from lifecycle_stats.publishing import meters, payloads
 from tests.integration import harness
-from tests.integration.conftest import amqp_url
+from tests.interop import agent_beside_ceilometer
 from tests.interop.stock_ceilometer import (
     CEILOMETER_EXCHANGE, CEILOMETER_PRIORITIES, CEILOMETER_PYTHON, CEILOMETER_TOPIC,
-    POLLING_POOL, RUN, STOCK_FROM_DELETE, CeilometerAgent, PollingConsumer, read_datagrams,
-    read_file,
+    POLLING_POOL, RUN, STOCK_FROM_DELETE, PollingConsumer, read_datagrams, read_file,
     run_ceilometer,
 )
 
@@ -62,48 +58,21 @@ def world(rabbit_url, libvirt_uri, udp_socket, tmp_path_factory):
     # delete.samples go where Ceilometer listens (doc/ceilometer.md: control_exchange = ceilometer)
     names.control_exchange, names.samples_topic = CEILOMETER_EXCHANGE, CEILOMETER_TOPIC
     workdir = tmp_path_factory.mktemp("interop")
-    secret = secrets.token_hex(16)
-    conf = cfg.ConfigOpts()
-    conf([], project="lifecycle-stats-interop", default_config_files=[])
-    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-    billing = polling = agent = ceilometer = None
-    try:
-        ceilometer = CeilometerAgent(workdir, rabbit_url, secret)
-        ceilometer.wait_listening(amqp_url(rabbit_url))
-        billing = harness.BillingConsumer(transport, names)
-        polling = PollingConsumer(transport)
-        agent = harness.AgentProcess(
-            workdir, host=HOST, transport_url=rabbit_url, names=names,
-            libvirt_uri=libvirt_uri, poll_interval=1.0, extra={
-                "oslo_messaging_notifications": {
-                    "driver": ["messagingv2", "ceilometer", "udp", "file"]},
-                "ceilometer_emitter": {"exchange": CEILOMETER_EXCHANGE,
-                                       "topics": CEILOMETER_TOPIC},
-                "udp_emitter": {"target": f"udp://127.0.0.1:{udp_socket.getsockname()[1]}"},
-                "file_emitter": {"path": str(workdir / "samples.jsonl")},
-                "publisher": {"telemetry_secret": secret},
-            })
-        agent.start()
-        yield {"agent": agent, "billing": billing, "polling": polling, "secret": secret,
-               "nova": harness.Nova(transport, names), "file": workdir / "samples.jsonl",
-               "workdir": workdir, "ceilometer": ceilometer}
-    finally:
-        try:
-            if agent is not None:
-                agent.stop(timeout=20)
-                agent.kill()
-            if ceilometer is not None:
-                ceilometer.stop()
-            for consumer in (billing, polling):
-                if consumer is not None:
-                    consumer.stop()
-            transport.cleanup()
-        finally:
-            harness.delete_queues(
-                amqp_url(rabbit_url),
-                [*names.queues([HOST]), POLLING_POOL,
-                 *(f"{CEILOMETER_TOPIC}.{p}" for p in CEILOMETER_PRIORITIES)],
-                [names.nova_exchange, CEILOMETER_EXCHANGE])
+    with agent_beside_ceilometer.started(
+            rabbit_url, workdir, names,
+            queues=[*names.queues([HOST]), POLLING_POOL,
+                    *(f"{CEILOMETER_TOPIC}.{p}" for p in CEILOMETER_PRIORITIES)],
+            exchanges=[names.nova_exchange, CEILOMETER_EXCHANGE]) as started:
+        ceilometer = started.start_ceilometer()
+        polling = PollingConsumer(started.transport)
+        started.on_close(polling.stop)
+        agent = started.start_agent(
+            HOST, libvirt_uri, ["messagingv2", "ceilometer", "udp", "file"],
+            udp_emitter={"target": f"udp://127.0.0.1:{udp_socket.getsockname()[1]}"},
+            file_emitter={"path": str(workdir / "samples.jsonl")})
+        yield {"agent": agent, "billing": started.billing, "polling": polling,
+               "secret": started.secret, "nova": harness.Nova(started.transport, names),
+               "file": workdir / "samples.jsonl", "workdir": workdir, "ceilometer": ceilometer}
 
 
 # Ceilometer's stock `compute.instance.(?!create.start|update).*` definitions fire on both the

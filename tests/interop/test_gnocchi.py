@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import datetime
 import json
-import secrets
 import subprocess
 import time
 
 import oslo_messaging
 import pytest
-from oslo_config import cfg
 
 from lifecycle_stats.publishing import payloads
 from tests.integration import harness
-from tests.integration.conftest import amqp_url
+from tests.interop import agent_beside_ceilometer
 from tests.interop.gnocchi_service import Gnocchi
 from tests.interop.stock_ceilometer import (
     CEILOMETER_EXCHANGE, CEILOMETER_PRIORITIES, CEILOMETER_PYTHON, CEILOMETER_TOPIC, ROOT, RUN,
-    CeilometerAgent,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.interop, pytest.mark.timeout(420)]
@@ -71,62 +68,36 @@ def world(rabbit_url, libvirt_uri, tmp_path_factory):
         pytest.fail(f"{CEILOMETER_PYTHON} missing: run tools/ceilometer_venv.sh", pytrace=False)
     names = harness.BusNames()
     workdir = tmp_path_factory.mktemp("gnocchi")
-    secret = secrets.token_hex(16)
-    conf = cfg.ConfigOpts()
-    conf([], project="lifecycle-stats-gnocchi", default_config_files=[])
-    transport = oslo_messaging.get_notification_transport(conf, url=rabbit_url)
-    polling_conf = cfg.ConfigOpts()  # ceilometer-polling's side: it sends into `ceilometer`
-    polling_conf([], project="lifecycle-stats-polling", default_config_files=[])
-    polling_transport = oslo_messaging.get_notification_transport(polling_conf, url=rabbit_url)
-    polling_conf.set_override("control_exchange", CEILOMETER_EXCHANGE)  # registered just now
-    gnocchi = Gnocchi(workdir, RUN)
-    billing = agent = ceilometer = None
-    try:
+    with agent_beside_ceilometer.started(
+            rabbit_url, workdir, names,
+            queues=[*names.queues([HOST]),
+                    *(f"{t}.{p}" for t in (CEILOMETER_TOPIC, names.legacy_topic)
+                      for p in CEILOMETER_PRIORITIES)],
+            exchanges=[names.nova_exchange, CEILOMETER_EXCHANGE,
+                       names.control_exchange]) as started:
+        gnocchi = Gnocchi(workdir, RUN)
+        started.on_close(gnocchi.stop)
+        # ceilometer-polling's side: it sends into `ceilometer`
+        polling_transport = agent_beside_ceilometer.notification_transport(
+            rabbit_url, "lifecycle-stats-polling", control_exchange=CEILOMETER_EXCHANGE)
+        started.on_close(polling_transport.cleanup)
         gnocchi.start()
         gnocchi.request("POST", "/v1/archive_policy", {
             "name": POLICY, "back_window": 3600, "aggregation_methods": ["last"],
             "definition": [{"granularity": "1s", "timespan": "1 day"}]})
-        ceilometer = CeilometerAgent(
-            workdir, rabbit_url, secret, exchanges=(CEILOMETER_EXCHANGE, names.nova_exchange),
+        # its event + meter definitions take ~40 s to load on a busy 2-core machine
+        ceilometer = started.start_ceilometer(
+            timeout=240, exchanges=(CEILOMETER_EXCHANGE, names.nova_exchange),
             topics=(CEILOMETER_TOPIC, names.legacy_topic), gnocchi=gnocchi,
             archive_policy=POLICY)
-        # its event + meter definitions take ~40 s to load on a busy 2-core machine
-        ceilometer.wait_listening(amqp_url(rabbit_url), timeout=240)
-        billing = harness.BillingConsumer(transport, names)
-        agent = harness.AgentProcess(
-            workdir, host=HOST, transport_url=rabbit_url, names=names,
-            libvirt_uri=libvirt_uri, poll_interval=1.0, extra={
-                "oslo_messaging_notifications": {"driver": ["messagingv2", "ceilometer"]},
-                "ceilometer_emitter": {"exchange": CEILOMETER_EXCHANGE,
-                                       "topics": CEILOMETER_TOPIC},
-                "publisher": {"telemetry_secret": secret},
-            })
-        agent.start()
-        yield {"agent": agent, "billing": billing, "nova": harness.Nova(transport, names),
+        agent = started.start_agent(HOST, libvirt_uri, ["messagingv2", "ceilometer"])
+        yield {"agent": agent, "billing": started.billing,
+               "nova": harness.Nova(started.transport, names),
                "polling": oslo_messaging.Notifier(polling_transport, "ceilometer.polling",
                                                   driver="messagingv2",
                                                   topics=[CEILOMETER_TOPIC]),
-               "gnocchi": gnocchi, "ceilometer": ceilometer, "secret": secret,
+               "gnocchi": gnocchi, "ceilometer": ceilometer, "secret": started.secret,
                "workdir": workdir}
-    finally:
-        try:
-            if agent is not None:
-                agent.stop(timeout=20)
-                agent.kill()
-            if ceilometer is not None:
-                ceilometer.stop()
-            if billing is not None:
-                billing.stop()
-            transport.cleanup()
-            polling_transport.cleanup()
-            gnocchi.stop()
-        finally:
-            harness.delete_queues(
-                amqp_url(rabbit_url),
-                [*names.queues([HOST]),
-                 *(f"{t}.{p}" for t in (CEILOMETER_TOPIC, names.legacy_topic)
-                   for p in CEILOMETER_PRIORITIES)],
-                [names.nova_exchange, CEILOMETER_EXCHANGE, names.control_exchange])
 
 
 def ceilometer_polls(world, libvirt_uri: str, guest) -> int:

@@ -154,12 +154,12 @@ class FlakySpool:
     def __init__(self, real, fail=0):
         self.real, self.fail = real, fail
 
-    def put(self, notification, kind):
+    def put(self, notification, tier):
         if notification.event_type == "compute.instance.exists" and self.fail > 0:
             self.fail -= 1
             import sqlite3
             raise sqlite3.OperationalError("database is locked")
-        return self.real.put(notification, kind)
+        return self.real.put(notification, tier)
 
     def __getattr__(self, name):
         return getattr(self.real, name)

@@ -23,7 +23,7 @@ def write(entries, monotonic_values=None) -> bytes:
     stream.close = lambda: None
     ticks = iter(monotonic_values or itertools.count(0.0, 0.5))
     writer = fmt.RecordingWriter(stream, HEADER, monotonic=lambda: next(ticks))
-    indexes = [writer.write(kind, **fields) for kind, fields in entries]
+    indexes = [writer.write(source, **fields) for source, fields in entries]
     assert indexes == list(range(len(entries)))
     return stream.getvalue()
 

@@ -52,8 +52,8 @@ def capture_only(box, inspector=None, registry=None, instance_id=UUID):
         return flusher.capture(trigger(instance_id=instance_id)).outcome
 
 
-def kinds(sp):
-    return [k for (k,) in sp._db.execute("SELECT kind FROM records ORDER BY seq")]
+def tiers(sp):
+    return [k for (k,) in sp._db.execute("SELECT tier FROM records ORDER BY seq")]
 
 
 def exists(n):
@@ -64,7 +64,7 @@ def exists(n):
 
 def test_the_capture_is_durable_before_anything_is_built(box, tmp_path):
     assert capture_only(box) is Outcome.FINAL
-    assert kinds(box.spool) == ["capture"]
+    assert tiers(box.spool) == ["capture"]
     assert box.spool.pending("test", 10) == []  # nothing for a conduit yet
     assert box.spool.seen(payloads.delete_message_id(trigger()))  # a redelivery is a duplicate
     assert capture_only(box) is Outcome.DUPLICATE
@@ -78,7 +78,7 @@ def test_the_capture_is_durable_before_anything_is_built(box, tmp_path):
         payloads.validate(note)
         assert note.message_id == payloads.delete_message_id(trigger())
         assert note.payload["capture"]["kind"] == "final"  # read live: stays final
-        assert len(note.payload["samples"]) > 0 and kinds(reopened) == ["final"]
+        assert len(note.payload["samples"]) > 0 and tiers(reopened) == ["final"]
         assert reopened.last_capture(UUID) == note.message_id
     finally:
         reopened.close()
@@ -104,7 +104,7 @@ def test_a_build_from_the_record_equals_the_build_at_the_read(box):
 def test_senders_keep_capture_order_while_a_capture_waits_for_its_build(box):
     assert capture_only(box) is Outcome.FINAL
     box.spool.put(exists(1), "final")  # the deletion's final exists, spooled after it
-    assert kinds(box.spool) == ["capture", "final"]
+    assert tiers(box.spool) == ["capture", "final"]
     assert box.spool.pending("test", 10) == []  # the exists waits behind the capture
     assert box.spool.pending_count("test") == 2  # a drain waits for the build too
     Publication(spool=box.spool, settings=SETTINGS, counters=box.counters).build_waiting()

@@ -134,8 +134,8 @@ class ForgetfulSpool:
     def seen(self, message_id):
         return False
 
-    def put(self, notification, kind):
-        self._spool.put(dataclasses.replace(notification, message_id=str(uuid.uuid4())), kind)
+    def put(self, notification, tier):
+        self._spool.put(dataclasses.replace(notification, message_id=str(uuid.uuid4())), tier)
 
 
 def test_a_third_trigger_never_runs_beside_a_second(box):
@@ -280,9 +280,9 @@ class FlakySpool(spool.Spool):
         self.failures = failures
         self.error = error or sqlite3.OperationalError("database is locked")
 
-    def put(self, notification, kind):
+    def put(self, notification, tier):
         self._maybe_fail()
-        return super().put(notification, kind)
+        return super().put(notification, tier)
 
     def put_flagged(self, flagged, rejected, reason):
         self._maybe_fail()

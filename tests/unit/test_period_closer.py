@@ -2,40 +2,35 @@
 hosted instance per period, backlog after downtime, nova's own window when enriching."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 
 import pytest
 
-from lifecycle_stats import counters
-from lifecycle_stats.usage import closer as period_closer, ledger as usage_ledger, periods
 from lifecycle_stats.usage import reports as usage_reports
-from lifecycle_stats.publishing import payloads, spool
+from lifecycle_stats.publishing import payloads
 from lifecycle_stats.records import AuditWindow
 from tests.support.fakes import UUID, Clock, make_info, make_reading
+from tests.support.usage_files import UsageFiles
 
 UTC = datetime.timezone.utc
 START = datetime.datetime(2026, 11, 22, 0, 50, tzinfo=UTC)
 
 
-class World:
+class World(UsageFiles):
     """A guest whose cpu grows 1000 ns a second, polled whenever the closer asks."""
 
     def __init__(self, tmp_path, *, emit_own=True):
-        self.clock = Clock(START)
-        self.counters = counters.Counters()
-        self.spool = spool.Spool(str(tmp_path / "spool.sqlite"), conduits=["test"],
-                                 counters=self.counters)
-        self.ledger = usage_ledger.UsageLedger(str(tmp_path / "usage.sqlite"),
-                                               periods.parse("hour"))
+        super().__init__(tmp_path, Clock(START))
+        self.spool = self.real_spool
         self.reporter = usage_reports.ExistsReporter(
             ledger=self.ledger, spool=self.spool, host="cmp1", publisher_id="ls.cmp1",
             counters=self.counters, clock=self.clock)
         self.ledger.on_instance_ended = self.reporter.final_due
         self.waits: list[float] = []
-        self.closer = period_closer.PeriodCloser(
-            reporter=self.reporter, instances=lambda: {UUID: make_info()}, poll=self.poll,
-            emit_own=emit_own, counters=self.counters, clock=self.clock, wait=self.wait)
+        self.closer = self.make_closer(self.reporter, poll=self.poll, emit_own=emit_own,
+                                       wait=self.wait)
 
     def poll(self):
         cpu = int((self.clock.now - START).total_seconds() * 1000)
@@ -48,20 +43,11 @@ class World:
         self.clock.advance(seconds)
         return False  # not stopped
 
-    def exists(self):
-        return [n for _, n in self.spool.pending("test", 100)
-                if n.event_type == "compute.instance.exists"]
-
-    def close(self):
-        self.spool.close()
-        self.ledger.close()
-
 
 @pytest.fixture
 def world(tmp_path):
-    made = World(tmp_path)
-    yield made
-    made.close()
+    with contextlib.closing(World(tmp_path)) as made:
+        yield made
 
 
 def test_each_period_end_polls_first_then_emits_the_period(world):

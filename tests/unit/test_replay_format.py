@@ -22,14 +22,14 @@ def test_round_trip_keeps_header_entries_and_offsets(tmp_path):
     recording = fmt.read(str(path))
     assert recording.header["format_version"] == fmt.FORMAT_VERSION
     assert recording.host == "h1"
-    assert [(e.index, e.kind, e.t) for e in recording.entries] == [
+    assert [(e.index, e.source, e.t) for e in recording.entries] == [
         (0, fmt.AGENT, 0.5), (1, fmt.POLL, 1.0)]
     assert recording.entries[0].offset == len(fmt.MAGIC) + 4 + len(
-        msgpack.packb({**HEADER, "format_version": 1}))
+        msgpack.packb({**HEADER, "format_version": fmt.FORMAT_VERSION}))
 
 
-def test_writer_refuses_unknown_kinds():
-    with pytest.raises(ValueError, match="unknown entry kind"):
+def test_writer_refuses_unknown_sources():
+    with pytest.raises(ValueError, match="unknown entry source"):
         write([("telepathy", {})])
 
 
@@ -78,8 +78,9 @@ def test_a_newer_format_version_is_refused_at_the_header(tmp_path, capsys):
     path.write_bytes(fmt.MAGIC + len(body).to_bytes(4, "big") + body)
     code, out, err = run_cli(capsys, "run", str(path))
     assert code == 1 and out == ""
-    assert err == (f"lifecycle-stats-replay: {path}: offset 8: format version 2 is newer "
-                   "than this tool reads (1); upgrade it\n")
+    assert err == (f"lifecycle-stats-replay: {path}: offset 8: format version "
+                   f"{fmt.FORMAT_VERSION + 1} is newer than this tool reads "
+                   f"({fmt.FORMAT_VERSION}); upgrade it\n")
 
 
 def test_not_a_recording_at_all(tmp_path, capsys):
@@ -121,3 +122,31 @@ def test_a_recording_stopped_between_frames_is_valid(tmp_path):
         assert len(fmt.read(str(path)).entries) == entry.index
     shutil.copy(SINGLE, tmp_path / "whole.lsrec")
     assert len(fmt.read(str(tmp_path / "whole.lsrec")).entries) == len(recording.entries)
+
+
+def frames(header, *entries) -> bytes:
+    return fmt.MAGIC + b"".join(fmt.frame(obj) for obj in (header, *entries))
+
+
+def test_new_entries_say_source_and_format_1_entries_saying_kind_still_read(tmp_path):
+    path = tmp_path / "new.lsrec"
+    path.write_bytes(write([(fmt.AGENT, {"state": "stopped"})]))
+    [entry] = fmt.read(str(path)).entries
+    assert entry.data == {"t": 0.5, "source": fmt.AGENT, "state": "stopped"}  # the frame
+    old = tmp_path / "old.lsrec"
+    old.write_bytes(frames({**HEADER, "format_version": 1},
+                           {"t": 0.5, "kind": "agent", "state": "stopped"},
+                           {"t": 1.0, "kind": "poll", "readings": []}))
+    recording = fmt.read(str(old))
+    assert [(e.source, e.t) for e in recording.entries] == [(fmt.AGENT, 0.5), (fmt.POLL, 1.0)]
+
+
+def test_each_format_reads_its_own_word_for_the_source(tmp_path):
+    """A format 2 entry with only `kind`, or a format 1 entry with only `source`, is corrupt:
+    the word is the format's, not a guess."""
+    for version, key in ((fmt.FORMAT_VERSION, "kind"), (1, "source")):
+        path = tmp_path / f"v{version}.lsrec"
+        path.write_bytes(frames({**HEADER, "format_version": version},
+                                {"t": 0.5, key: "agent", "state": "stopped"}))
+        with pytest.raises(fmt.RecordingError, match="entry 0 has unknown source 'None'"):
+            fmt.read(str(path))

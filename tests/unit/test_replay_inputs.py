@@ -44,14 +44,14 @@ def test_an_output_in_a_missing_directory_is_one_line(tmp_path, capsys):
 def reading(**changes):
     base = fmt.read(str(SINGLE))
     data = next(e.data["reading"] for e in base.entries
-                if e.kind == fmt.READING and e.data.get("reading"))
+                if e.source == fmt.READING and e.data.get("reading"))
     return {**data, **changes}
 
 
 def info(**flavor_changes):
     base = fmt.read(str(SINGLE))
     data = next(e.data["info"] for e in base.entries
-                if e.kind == fmt.INSTANCE and e.data.get("info"))
+                if e.source == fmt.INSTANCE and e.data.get("info"))
     return {**data, "flavor": {**data["flavor"], **flavor_changes}}
 
 
@@ -74,13 +74,13 @@ WRONG_VALUES = {
 
 @pytest.mark.parametrize("case", sorted(WRONG_VALUES))
 def test_a_decodable_wrong_value_is_an_error_with_its_offset(tmp_path, capsys, case):
-    kind, fields, reason = WRONG_VALUES[case]
+    source, fields, reason = WRONG_VALUES[case]
     path = tmp_path / "wrong.lsrec"
-    path.write_bytes(write([(kind, fields())]))
+    path.write_bytes(write([(source, fields())]))
     offset = fmt.read(str(path)).entries[0].offset
     code, out, err = run_cli(capsys, "run", str(path))
     assert (code, out) == (1, "")
-    assert err.startswith(f"{PROG}: {path}: offset {offset}: corrupt: bad {kind} entry 0: ")
+    assert err.startswith(f"{PROG}: {path}: offset {offset}: corrupt: bad {source} entry 0: ")
     assert reason in err and err.count("\n") == 1
 
 
@@ -130,7 +130,7 @@ def live_run(recording, **kwargs):
     transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url="fake://")
     legacy, legacy_server = listen(transport, "leg")
     versioned, versioned_server = listen(transport, "ver")
-    expected = sum(e.kind == fmt.NOVA for e in recording.entries)
+    expected = sum(e.source == fmt.NOVA for e in recording.entries)
     try:
         live.publish(recording, transport, speed=0, exchange="nova-x",
                      topics={"legacy": "leg", "versioned": "ver"}, progress=io.StringIO(),
@@ -158,7 +158,7 @@ def request_ids(heard):
 def test_live_sends_fresh_request_ids_each_run_shared_by_one_deletes_two_announcements():
     recording = fmt.read(str(BURST))
     recorded = {e.data["context"].get("request_id") for e in recording.entries
-                if e.kind == fmt.NOVA} - {None}
+                if e.source == fmt.NOVA} - {None}
     assert recorded
     runs = [live_run(recording) for _ in range(2)]
     seen = []
@@ -174,7 +174,7 @@ def test_live_sends_fresh_request_ids_each_run_shared_by_one_deletes_two_announc
 def test_live_keeps_the_recorded_ids_behind_a_flag():
     recording = fmt.read(str(BURST))
     recorded = {e.data["context"].get("request_id") for e in recording.entries
-                if e.kind == fmt.NOVA} - {None}
+                if e.source == fmt.NOVA} - {None}
     legacy, versioned = live_run(recording, recorded_ids=True)
     ids = {rid for pair in request_ids(legacy) + request_ids(versioned) for rid in pair if rid}
     assert ids == recorded

@@ -32,7 +32,7 @@ class FakeTime:
 
 def test_live_publishes_every_nova_message_on_its_topic_at_the_recorded_pace():
     recording = fmt.read(str(BURST))
-    nova = [e for e in recording.entries if e.kind == fmt.NOVA]
+    nova = [e for e in recording.entries if e.source == fmt.NOVA]
     transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url="fake://")
     legacy, legacy_server = listen(transport, "leg")
     versioned, versioned_server = listen(transport, "ver")

@@ -39,6 +39,20 @@ def test_shipped_recording_replays_to_its_golden_byte_for_byte(recording, tmp_pa
     assert "notifications" in capsys.readouterr().err
 
 
+# tests/recordings/single-delete.lsrec as recorded on 2026-11-22 in format 1 (an entry's
+# source under `kind`), with the golden it gave then: kept apart, so that re-recording the
+# shipped cases never loses the proof that old recordings still replay byte for byte.
+FORMAT_1 = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "recording_format1.lsrec"
+
+
+def test_a_format_1_recording_replays_to_its_golden_byte_for_byte(tmp_path, capsys):
+    assert fmt.read(str(FORMAT_1)).header["format_version"] == 1 < fmt.FORMAT_VERSION
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["run", str(FORMAT_1), "-o", str(out)]) == 0
+    assert out.read_bytes() == FORMAT_1.with_suffix(".jsonl").read_bytes()
+    assert "2 notifications" in capsys.readouterr().err
+
+
 def test_golden_kinds_tell_each_case_apart():
     """What each real case produced (so a golden regenerated wrongly is noticed)."""
     kinds = {p.stem: [event["payload"]["capture"]["kind"]
@@ -85,8 +99,8 @@ def replay(tmp_path, entries, times) -> list[dict]:
     with open(path, "wb") as stream:
         writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
                                      monotonic=lambda: next(ticks))
-        for kind, fields in entries:
-            writer.write(kind, **fields)
+        for source, fields in entries:
+            writer.write(source, **fields)
     recording = fmt.read(str(path))
     player.check(recording)
     out = io.StringIO()
@@ -187,8 +201,8 @@ def test_a_domain_whose_nova_metadata_was_unusable_is_unavailable_not_ignored(tm
                                      monotonic=lambda: next(ticks))
         writer.write(fmt.INSTANCE, instance_id=GUEST.instance_id, gone=False, info=None,
                      unusable="metadata.rejected")
-        kind, fields = delete_start()
-        writer.write(kind, **fields)
+        source, fields = delete_start()
+        writer.write(source, **fields)
         writer.write(fmt.READING, cause=1, instance_id=GUEST.instance_id, reading=None)
     recording = fmt.read(str(path))
     player.check(recording)
@@ -247,7 +261,8 @@ def test_replay_publishes_as_the_configured_agent_would(tmp_path):
     assert not names & {"disk.read.bytes", "instance"}  # legacy meters
     assert all(signing.verify(s, "s3cret") for s in samples)
     [exists] = [e["payload"] for e in events if e["event_type"] == "compute.instance.exists"]
-    assert exists["audit_period_beginning"] == "2026-11-22 00:00:00"  # the day, not the hour
+    day = fmt.read(str(recording)).started_at.strftime("%Y-%m-%d 00:00:00")
+    assert exists["audit_period_beginning"] == day  # the day, not the hour
     assert cli.main(["run", str(recording), "-o", str(out), "--config-file", str(conf),
                      "--telemetry-secret", "other"]) == 0  # the command line wins
     events = [json.loads(line) for line in out.read_text().splitlines()]

@@ -90,9 +90,9 @@ def test_duplicates_are_ignored(make_spool, counters):
     assert counters.get("spool.duplicate") == 1
 
 
-def test_bad_kind_and_conduit_rejected(make_spool):
+def test_bad_tier_and_conduit_rejected(make_spool):
     sp = make_spool()
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="tier"):
         sp.put(note(1), "exists")
     sp.put(note(1), "final")
     with pytest.raises(ValueError, match="unknown conduit"):
@@ -288,7 +288,7 @@ def test_read_only_stats_while_open(make_spool, clock):
     sp.confirm(1, "file")
     stats = spool_mod.read_only_stats(sp.path, (clock.now.timestamp() + 4))
     assert stats == {"depth": 2, "oldest_age_seconds": 4.0,
-                     "by_kind": {"final": 1, "periodic": 1},
+                     "by_tier": {"final": 1, "periodic": 1},
                      "confirmed_by_conduit": {"file": 1}, "rejects": 0}
 
 

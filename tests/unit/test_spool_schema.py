@@ -1,4 +1,4 @@
-"""The spool's format across versions: upgrade of a file today's release wrote, tolerant body
+"""The spool's format across versions: upgrade of files earlier releases wrote, tolerant body
 decoding, quarantine of a corrupt file, refusal of a newer file.
 
 tests/fixtures/spool_v0.sqlite was written by the spool of commit 8eca848 (layout version 0,
@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.publishing import spool_schema
+from lifecycle_stats.publishing import capture_rows, spool_schema
 from lifecycle_stats.publishing.spool import Spool
 from lifecycle_stats.records import Notification
 
@@ -120,3 +120,114 @@ def test_a_file_from_a_newer_agent_is_refused_untouched(v0_copy):
         open_spool(v0_copy)
     assert v0_copy.read_bytes() == before
     assert not [p for p in os.listdir(v0_copy.parent) if ".corrupt-" in p]
+
+
+# The layout of version 1 as that release created it (before `kind` became `tier`), written
+# out here rather than taken from the code: the code only knows how to leave it.
+V1_LAYOUT = """
+CREATE TABLE records (seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL, created_at REAL NOT NULL, body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+CREATE INDEX records_kind_seq ON records (kind, seq);
+CREATE TABLE deliveries (seq INTEGER NOT NULL, conduit TEXT NOT NULL,
+    PRIMARY KEY (seq, conduit)) WITHOUT ROWID;
+CREATE TABLE delivered (message_id TEXT PRIMARY KEY, delivered_at REAL NOT NULL);
+CREATE INDEX delivered_at ON delivered (delivered_at);
+CREATE TABLE rejects (id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER, message_id TEXT,
+    kind TEXT, created_at REAL, body BLOB, reason TEXT NOT NULL, rejected_at REAL NOT NULL,
+    origin TEXT NOT NULL DEFAULT 'spool');
+CREATE TABLE captures (instance_id TEXT PRIMARY KEY, message_id TEXT NOT NULL,
+    captured_at REAL NOT NULL);
+CREATE INDEX captures_at ON captures (captured_at);
+PRAGMA user_version = 1;
+"""
+DAY_BEFORE = T0.timestamp() - 86400
+
+
+def v1_body(message_id, kind):
+    """A body as version 1 wrote it: `v: 1` and the record's tier under `kind`."""
+    return msgpack.packb({"event_type": "compute.instance.exists", "priority": "INFO",
+                          "publisher_id": "p", "payload": {"instance_id": "i"},
+                          "message_id": message_id, "timestamp": "t", "v": 1, "kind": kind,
+                          "created_at": DAY_BEFORE})
+
+
+@pytest.fixture
+def v1_spool(tmp_path):
+    """final 1 (confirmed by `log`), periodic 2, a capture 3 still waiting for its build,
+    final 4 after it, and a reject of a final refused by messagingv2."""
+    path = tmp_path / "spool.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(V1_LAYOUT)
+    rows = [(1, "m1", "final"), (2, "m2", "periodic"), (4, "m4", "final")]
+    db.executemany("INSERT INTO records (seq, message_id, kind, created_at, body) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   [(seq, mid, kind, DAY_BEFORE, v1_body(mid, kind)) for seq, mid, kind in rows])
+    db.execute("INSERT INTO records (seq, message_id, kind, created_at, body) "
+               "VALUES (3, 'm3', 'capture', ?, x'c0')", (DAY_BEFORE,))
+    db.execute("INSERT INTO deliveries VALUES (1, 'log')")
+    db.execute("INSERT INTO rejects (seq, message_id, kind, created_at, body, reason, "
+               "rejected_at, origin) VALUES (0, 'm0', 'final', ?, x'c0', 'refused', ?, "
+               "'messagingv2')", (DAY_BEFORE, DAY_BEFORE))
+    db.commit()
+    db.close()
+    return path
+
+
+def columns(db, table):
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]
+
+
+def test_a_version_1_spool_is_upgraded_to_tiers_keeping_every_record(v1_spool):
+    sp = open_spool(v1_spool)
+    try:
+        db = sp._db
+        assert db.execute("PRAGMA user_version").fetchone()[0] == spool_schema.SCHEMA_VERSION == 2
+        assert "tier" in columns(db, "records") and "kind" not in columns(db, "records")
+        assert "tier" in columns(db, "rejects") and "kind" not in columns(db, "rejects")
+        indexes = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'records'")}
+        assert "records_tier_seq" in indexes and "records_kind_seq" not in indexes
+        assert db.execute("SELECT seq, tier FROM records ORDER BY seq").fetchall() == [
+            (1, "final"), (2, "periodic"), (3, "capture"), (4, "final")]
+        assert db.execute("SELECT message_id, tier, origin FROM rejects").fetchall() == [
+            ("m0", "final", "messagingv2")]
+        # the capture still holds back what came after it; its old bodies decode
+        assert [(seq, n.message_id) for seq, n in sp.pending("messagingv2", 10)] == [
+            (1, "m1"), (2, "m2")]
+        assert [seq for seq, _ in sp.pending("log", 10)] == [2]
+        assert [w.message_id for w in capture_rows.waiting(sp, 10)] == ["m3"]
+        assert sp.confirm(1, "messagingv2") is True  # completes with the old `log` delivery
+    finally:
+        sp.close()
+
+
+def test_the_status_command_reads_tiers_before_and_after_the_upgrade(v1_spool):
+    expected = {"final": 2, "periodic": 1, "capture": 1}
+    assert spool_schema.read_only_stats(str(v1_spool), T0.timestamp())["by_tier"] == expected
+    open_spool(v1_spool).close()
+    assert spool_schema.read_only_stats(str(v1_spool), T0.timestamp())["by_tier"] == expected
+
+
+def test_new_bodies_say_tier_and_old_bodies_saying_kind_still_decode(tmp_path):
+    sp = open_spool(tmp_path / "spool.sqlite")
+    try:
+        sp.put(Notification("e", "INFO", "p", {}, "m1", "t"), "periodic")
+        body = msgpack.unpackb(sp._db.execute("SELECT body FROM records").fetchone()[0])
+    finally:
+        sp.close()
+    assert (body["v"], body["tier"]) == (2, "periodic") and "kind" not in body
+    old = spool_schema.decode(v1_body("m9", "final"))
+    assert (old.message_id, old.event_type) == ("m9", "compute.instance.exists")
+
+
+def test_a_spool_with_tiers_is_a_layout_an_agent_of_version_1_refuses(tmp_path):
+    # An agent of layout 1 refuses any file whose user_version is above 1 (SpoolTooNew,
+    # the file untouched): the rename must therefore come with a version above 1.
+    open_spool(tmp_path / "spool.sqlite").close()
+    db = sqlite3.connect(tmp_path / "spool.sqlite")
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] > 1
+        assert "kind" not in columns(db, "records")
+    finally:
+        db.close()

@@ -99,7 +99,7 @@ def test_dead_pid_means_not_running_but_spool_is_live(agent, tmp_path, clock):
     assert f"pid {os.getpid()} is gone" in got["problems"][0]
     assert got["spool"]["depth"] == 2
     assert got["spool"]["oldest_age_seconds"] == 70.0
-    assert got["spool"]["by_kind"] == {"final": 1, "periodic": 1}
+    assert got["spool"]["by_tier"] == {"final": 1, "periodic": 1}
 
 
 def test_nothing_there(tmp_path, clock):

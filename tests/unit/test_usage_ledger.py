@@ -218,7 +218,7 @@ def test_prune_forgets_what_was_reported_never_what_is_owed(tmp_path):
     ledger.record(INFO, reading(20, 300))
     note = Notification("compute.instance.exists", "INFO", "p", {}, "m-1", "t")
     ledger.claim_report("m-1", IID, hour(0)[1], lambda used: note, begin=hour(0)[0],
-                        end=hour(0)[1], kind="periodic", source="agent_period", now=hour(1)[0])
+                        end=hour(0)[1], tier="periodic", source="agent_period", now=hour(1)[0])
     ledger.record(INFO, reading(200, 900))
     ledger.record(INFO, reading(210, 1000))
     ledger.prune(T0 + datetime.timedelta(hours=4))  # reported, but not spooled yet: kept
@@ -307,3 +307,35 @@ def test_a_domain_seen_again_after_an_undefine_is_not_gone(ledger):
     ledger.record(INFO, reading(3, 50, domain_id=2))  # ... defined and started again
     assert not ledger.delete_announced(IID, T0 + datetime.timedelta(minutes=4))
     assert ledger.ended(IID) is None
+
+
+# The reports table of schema version 2, as that release created it: a report's tier was
+# named `kind`. A v2 file is made here from today's by the inverse of the migration.
+V2_REPORTS = ["message_id", "instance_id", "kind", "source", "notification", "made_at",
+              "spooled_at", "version"]
+
+
+def test_a_schema_2_ledger_is_migrated_in_place_keeping_what_it_owes(tmp_path):
+    path = str(tmp_path / "usage.sqlite")
+    first = usage_ledger.UsageLedger(path, periods.parse("hour"))
+    first.record(INFO, reading(10, 100))
+    first.record(INFO, reading(20, 300))
+    note = Notification("compute.instance.exists", "INFO", "p", {}, "m-1", "t")
+    first.claim_report("m-1", IID, hour(0)[1], lambda used: note, begin=hour(0)[0],
+                       end=hour(0)[1], tier="periodic", source="agent_period", now=hour(1)[0])
+    first.record(INFO, reading(70, 900))
+    first.close()
+    db = sqlite3.connect(path)
+    db.executescript("ALTER TABLE reports RENAME COLUMN tier TO kind; PRAGMA user_version=2;")
+    assert [row[1] for row in db.execute("PRAGMA table_info(reports)")] == V2_REPORTS
+    db.close()
+    second = usage_ledger.UsageLedger(path, periods.parse("hour"))
+    try:
+        assert not second.moved_aside
+        assert second._db.execute("PRAGMA user_version").fetchone() == (3,)
+        columns = [row[1] for row in second._db.execute("PRAGMA table_info(reports)")]
+        assert "tier" in columns and "kind" not in columns
+        assert second.unspooled_reports() == [("periodic", note)]  # still owed to the spool
+        assert owed(second).totals["cpu_time_ns"] == 600  # the reading after the report
+    finally:
+        second.close()

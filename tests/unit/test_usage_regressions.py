@@ -5,33 +5,28 @@ stand-ins and an injected clock, and checks what billing sees — Σ usage over 
 deduplicated by message_id, against the counter growth the test fed in."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 
 import pytest
 
-from lifecycle_stats import counters
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.exceptions import CaptureDeferred, HypervisorError
-from lifecycle_stats.publishing import spool
 from lifecycle_stats.records import AuditWindow, StopAnnouncement, DiskStats, VnicStats
-from lifecycle_stats.usage import closer as period_closer, codec
-from lifecycle_stats.usage import ledger as usage_ledger, periods
+from lifecycle_stats import counters
+from lifecycle_stats.usage import codec, ledger as usage_ledger, periods
+from tests.support import fakes
 from tests.support.fakes import (
     UUID, FakeInspector, FakeRegistry, FlakySpool, make_info, make_reading,
 )
+from tests.support.usage_files import UsageFiles
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 22, 0, 10, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
+class Clock(fakes.Clock):
     def at(self, minutes: float) -> datetime.datetime:
         self.now = T0 + datetime.timedelta(minutes=minutes)
         return self.now
@@ -48,26 +43,18 @@ def read(minutes, cpu, *, pid=1, vda=0, tap=0, started=None):
     return dataclasses.replace(base, **fields)
 
 
-class World:
+class World(UsageFiles):
     def __init__(self, state, *, fail_exists=0, backlog=24, emit_own=True):
-        self.clock = Clock(T0)
-        self.counters = counters.Counters()
-        self.real_spool = spool.Spool(str(state / "spool.sqlite"), conduits=["test"],
-                                      counters=self.counters)
+        super().__init__(state, Clock(T0))
         self.spool = FlakySpool(self.real_spool, fail_exists)
-        self.ledger = usage_ledger.UsageLedger(str(state / "usage.sqlite"),
-                                               periods.parse("hour"), counters=self.counters,
-                                               clock=self.clock)
         self.inspector = FakeInspector({})
         self.core = Pipeline(readers=Readers.one(self.inspector),
                              registry=FakeRegistry({UUID: make_info()}), spool=self.spool,
                              ledger=self.ledger, settings=Settings("cmp1", "ls.cmp1"),
                              counters=self.counters, clock=self.clock, sleep=lambda _s: None)
         self.reporter = self.core.reporter
-        self.closer = period_closer.PeriodCloser(
-            reporter=self.reporter, instances=lambda: {UUID: make_info()},
-            poll=lambda: None, counters=self.counters, clock=self.clock, backlog=backlog,
-            emit_own=emit_own, wait=lambda _s: False)
+        self.closer = self.make_closer(self.reporter, poll=lambda: None, backlog=backlog,
+                                       emit_own=emit_own, wait=lambda _s: False)
 
     def poll(self, reading):
         self.clock.now = max(self.clock.now, reading.read_at)
@@ -88,11 +75,8 @@ class World:
         return outcome
 
     def exists(self):
-        unique = {}
-        for _, note in self.real_spool.pending("test", 10_000):
-            if note.event_type == "compute.instance.exists":
-                unique[note.message_id] = note.payload
-        return list(unique.values())
+        """The exists billing keeps: deduplicated by message_id."""
+        return list({note.message_id: note.payload for note in super().exists()}.values())
 
     def billed(self, key="cpu_time_ns"):
         return sum(e["usage"][key] for e in self.exists())
@@ -108,16 +92,11 @@ class World:
         self.clock.at(minutes)
         self.closer.close_due()
 
-    def close(self):
-        self.real_spool.close()
-        self.ledger.close()
-
 
 @pytest.fixture
 def world(tmp_path):
-    made = World(tmp_path)
-    yield made
-    made.close()
+    with contextlib.closing(World(tmp_path)) as made:
+        yield made
 
 
 def test_defect_1_one_counter_going_down_resets_that_series_alone(world):
