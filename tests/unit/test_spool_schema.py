@@ -78,7 +78,7 @@ def test_new_bodies_carry_their_version_and_old_ones_still_decode(v0_copy):
 
 def test_decoding_ignores_what_a_newer_body_adds():
     doc = {"v": 7, "event_type": "e", "priority": "INFO", "publisher_id": "p",
-           "payload": {}, "message_id": "m", "timestamp": "t", "kind": "final",
+           "payload": {}, "message_id": "m", "timestamp": "t", "tier": "final",
            "created_at": 1.0, "route": "somewhere-new"}
     assert spool_schema.decode(msgpack.packb(doc)).message_id == "m"
     del doc["timestamp"]
