@@ -135,9 +135,25 @@ class Sample:
     resource_metadata: Mapping[str, Any]
 
     def as_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["resource_metadata"] = dict(self.resource_metadata)
+        # Not dataclasses.asdict: its recursive deepcopy of the metadata was half of a
+        # delete.samples build (doc/benchmarks.md); a copy of the plain containers is the same.
+        out = {name: getattr(self, name) for name in _SAMPLE_FIELDS}
+        out["resource_metadata"] = plain_copy(self.resource_metadata)
         return out
+
+
+def plain_copy(value: Any) -> Any:
+    """A copy of nested mappings and lists (as dicts and lists); leaves are shared (immutable)."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, (dict, Mapping)):
+        return {k: plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_copy(v) for v in value]
+    return value
+
+
+_SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(Sample))
 
 
 DELETE = "delete"  # the stop action that ends the instance (StopAnnouncement.action)

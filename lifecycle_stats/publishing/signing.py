@@ -50,7 +50,9 @@ def _pairs(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
     for key in sorted(message):
         value = message[key]
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        # dict first: the Mapping ABC's isinstance is slow, and nearly every value is plain
+        if isinstance(value, dict) or (value is not None and not isinstance(
+                value, (str, int, float)) and isinstance(value, Mapping)):
             yield from _pairs(value, name + ":")
         elif isinstance(value, (list, tuple)):
             yield name, _as_listed(value)
@@ -63,13 +65,10 @@ def signature(message: Mapping[str, Any], secret: str | bytes) -> str:
     if not secret:
         return ""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
-    digest = hmac.new(key, b"", hashlib.sha256)
-    for name, value in _pairs(message):
-        if name == SIGNATURE_KEY:
-            continue
-        digest.update(name.encode("utf-8"))
-        digest.update(str(value).encode("utf-8"))
-    return digest.hexdigest()
+    # HMAC of the concatenation equals feeding the pieces one by one; one call is cheaper
+    text = "".join(f"{name}{value}" for name, value in _pairs(message)
+                   if name != SIGNATURE_KEY)
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def signed(message: Mapping[str, Any], secret: str) -> dict[str, Any]:
