@@ -85,6 +85,7 @@ class Agent:
         self._build_publishing(emitters)
         self._build_usage()
         self._build_core()
+        self._build_senders()
         self._build_listeners(listen_transport)
         self.metrics = exposition.MetricsExporter(conf, exposition.make_registry(
             metrics.AgentCollector(self.snapshot, self.counters)))
@@ -111,12 +112,18 @@ class Agent:
         self.spool = spool.Spool(spool.spool_path(conf.state_path),
                                  conduits=list(self.emitters), counters=self.counters,
                                  max_records=conf.spool.max_records)
+
+    def _build_senders(self) -> None:
+        """One per conduit; each publishes a capture as soon as it is durable, built by the
+        core's publication (one build per capture, shared)."""
+        conf = self.conf
         self.senders = [
             sender.Sender(self.spool, name, emitter, counters=self.counters,
                           wait_initial=conf.spool.retry_initial_wait,
                           wait_max=conf.spool.retry_max_wait,
                           probe_after=conf.spool.poison_probe_attempts,
-                          max_age_seconds=conf.spool.max_age_seconds)
+                          max_age_seconds=conf.spool.max_age_seconds,
+                          build=self.pipeline.publication.build)
             for name, emitter in self.emitters.items()]
 
     def _build_usage(self) -> None:

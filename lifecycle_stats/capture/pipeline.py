@@ -98,11 +98,11 @@ class Pipeline:
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
             if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
-                self.publication.wake()  # builds it and tells the ledger (on_built)
+                self.publication.wake()  # tells the ledger (on_built), then swaps
             elif captured.outcome is not Outcome.NOT_NOVA:  # flagged or a redelivery
                 self._account_deletion(trigger, captured.ended, gone=False)
-        if captured.outcome is Outcome.FLAGGED:
-            self._on_spooled()  # spooled as a notification already
+        if captured.outcome.spooled:
+            self._on_spooled()  # senders publish a capture as soon as it is durable
         return captured.outcome
 
     def lifecycle(self, event: LifecycleEvent) -> None:

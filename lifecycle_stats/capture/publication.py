@@ -1,15 +1,18 @@
-"""Publish after: build each durable capture into its delete.samples, on a thread of its own.
+"""Publish after: each durable capture built into its delete.samples, and its deletion accounted.
 
-Nova's delete waits for the capture alone (flush.py: the read, one durable append). This
-thread then builds, validates and signs the delete.samples from the capture record
-(capture_record.py) and swaps the capture for it in the spool, many in one transaction
-(publishing/capture_rows.py), then wakes the senders. Before the swap, each deletion is
-accounted (on_built: the usage ledger closes the instance, its final exists is spooled), so
-that also happens after nova's answer and again after a crash. What is waiting at start (a crash
-between capture and publication) is built first, so nothing captured is lost, and what was
-read as `final` stays `final`. A capture that cannot be published as captured is kept in the
-spool's rejects and published flagged (`capture.flagged`), as a capture that failed at the
-read is; a record that cannot be read at all moves to rejects (`spool.corrupt`).
+Nova's delete waits for the capture alone (flush.py: the read, one durable append). Senders
+publish a capture as soon as it is durable, built by `build` (the publishing side's
+Spool.pending calls it): build, validate and sign from the capture record
+(capture_record.py), once per capture however many conduits ask (a memo shared with this
+thread). This thread then, off the delivery path, accounts each deletion (on_built: the usage
+ledger hears of the delete; its final exists follows the end) and swaps the capture for its
+notification in the spool, many in one transaction (publishing/capture_rows.py); the record
+leaves the spool only after that, so a crash before it redoes the accounting. What is waiting
+at start (a crash between capture and publication) is built and sent like any capture, so
+nothing captured is lost, and what was read as `final` stays `final`. A capture that cannot be
+published as captured is kept in the spool's rejects and published flagged
+(`capture.flagged`), as a capture that failed at the read is; a record that cannot be read at
+all moves to rejects (`spool.corrupt`), and senders wait for that.
 """
 from __future__ import annotations
 
@@ -59,6 +62,40 @@ class _Built(NamedTuple):
     capture: capture_record.Capture | None  # built as captured: its deletion is accounted
 
 
+class _Memo:
+    """One build per capture, shared by the senders and this thread: the first to ask builds,
+    the others wait for it. Forgotten after the swap (the spool then holds the notification)."""
+
+    def __init__(self, build: Callable[[capture_rows.Waiting], _Built]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._entries: dict[int, tuple[threading.Event, list]] = {}
+
+    def get(self, waiting: capture_rows.Waiting) -> _Built:
+        with self._lock:
+            entry = self._entries.get(waiting.seq)
+            mine = entry is None
+            if mine:
+                entry = self._entries[waiting.seq] = (threading.Event(), [])
+        done, result = entry
+        if mine:
+            try:
+                result.append(self._build(waiting))
+            finally:
+                if not result:  # the build itself failed: the next one asking tries again
+                    self.forget([waiting.seq])
+                done.set()
+        done.wait()
+        if not result:
+            raise RuntimeError(f"building capture {waiting.message_id} failed")
+        return result[0]
+
+    def forget(self, seqs: list[int]) -> None:
+        with self._lock:
+            for seq in seqs:
+                self._entries.pop(seq, None)
+
+
 class Publication:
     def __init__(self, *, spool, settings: Settings, counters: Counters,
                  on_published: Callable[[], None] = lambda: None,
@@ -76,6 +113,12 @@ class Publication:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._memo = _Memo(self._build)
+
+    def build(self, waiting: capture_rows.Waiting) -> Notification | None:
+        """The notification a sender publishes for this capture (Spool.pending's build);
+        None for a record that cannot be read (this thread moves it to rejects)."""
+        return self._memo.get(waiting).row[1]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lifecycle-stats-publication",
@@ -104,11 +147,12 @@ class Publication:
         directly); how many were published."""
         published = 0
         while waiting := capture_rows.waiting(self._spool, self._batch):
-            built = [self._build(w) for w in waiting]
+            built = [self._memo.get(w) for w in waiting]
             for capture in (b.capture for b in built if b.capture is not None):
                 self._on_built(capture)  # before the swap: a crash in between redoes both
             published += capture_rows.publish(
                 self._spool, [capture_rows.Built(*b.row) for b in built])
+            self._memo.forget([w.seq for w in waiting])
             self._counters.incr("publication.batches")
             self._on_published()
             if len(waiting) < self._batch:

@@ -1,11 +1,14 @@
-"""Captures waiting in the spool for their build (capture first, publish after).
+"""Captures in the spool (capture first, publish after).
 
 A deletion's capture is one spool record of tier `capture` under the delete.samples' own
 message id: durable once put() returns (a group commit, like every put), a duplicate for
-seen(), the instance's newest capture for last_capture(), never sent by a conduit. The
-publication thread builds the notification from it and swaps one for the other in one
-transaction, in the capture's place (publish), or keeps it in rejects and publishes a flagged one instead. The body
-is opaque here (capture/capture_record.py writes and reads it).
+seen(), the instance's newest capture for last_capture(). A sender publishes it as its build
+makes it (Spool.pending's build: deterministic, so a build after a restart gives the same
+notification), at once, in capture order. The publication thread accounts the deletion and
+then swaps the capture for its notification in one transaction, in the capture's place
+(publish), or keeps what could not be published in rejects; only then may the record leave
+the spool (Spool.retire_complete), so a crash before the accounting redoes it. The body is
+opaque here (capture/capture_record.py writes and reads it).
 """
 from __future__ import annotations
 
@@ -50,6 +53,31 @@ def put(spool: "Spool", message_id: str, instance_id: str, body: bytes) -> bool:
     return stored
 
 
+def put_flagged(spool: "Spool", flagged: Notification, rejected: Notification,
+                reason: str) -> bool:
+    """A flagged final delete.samples and, in the same transaction, what it replaces in
+    rejects (Spool.put_flagged)."""
+    now = spool.now()
+    body = spool_schema.encode(flagged, "final", now)
+    kept = spool_schema.reject_body(rejected, now)
+    instance_id = flagged.payload.get("instance_id")
+
+    def insert_both(db: sqlite3.Connection) -> bool:
+        stored = spool.insert(db, flagged.message_id, "final", body, now,
+                              instance_id if isinstance(instance_id, str) else None)
+        if stored:
+            db.execute("INSERT INTO rejects (message_id, tier, created_at, body, reason, "
+                       "rejected_at, origin) VALUES (?, 'final', ?, ?, ?, ?, 'capture')",
+                       (rejected.message_id, now, kept, reason, now))
+        return stored
+
+    stored = spool.write(insert_both)
+    if stored:
+        spool.counters.incr("spool.put")
+        spool.counters.incr("spool.rejects.capture")
+    return stored
+
+
 def waiting(spool: "Spool", limit: int) -> list[Waiting]:
     """Up to limit captures not built yet, oldest first."""
     rows = spool.read(lambda db: db.execute(
@@ -74,16 +102,20 @@ def publish(spool: "Spool", built: list[Built]) -> int:
                 continue
             # in the capture's place (its seq): senders keep capture order
             body = spool_schema.encode(item.notification, "final", now)
-            done += db.execute("UPDATE records SET tier = 'final', body = ? WHERE seq = ? AND "
-                               "tier = ?", (body, item.waiting.seq, TIER)).rowcount
-            if item.reason is not None:
+            swapped = db.execute("UPDATE records SET tier = 'final', body = ? WHERE seq = ? AND "
+                                 "tier = ?", (body, item.waiting.seq, TIER)).rowcount
+            if item.reason is not None and swapped:
                 _keep_rejected(db, item, now, origin="capture")
+            # senders may have delivered it already (built from the capture): retire it now
+            spool.retire_complete(db, item.waiting.seq)
+            done += swapped
         return done
 
     return spool.write(swap)
 
 
 def _remove(db: sqlite3.Connection, seq: int) -> bool:
+    db.execute("DELETE FROM deliveries WHERE seq = ?", (seq,))
     return db.execute("DELETE FROM records WHERE seq = ? AND tier = ?",
                       (seq, TIER)).rowcount == 1
 

@@ -1,8 +1,9 @@
 """One thread per conduit draining the spool in order: publish a batch, retire it.
 
 Up to `batch` pending records are published in order (a conduit's emit_batch when it has
-one, else emit each); the leading ones the conduit confirmed are retired in one spool
-transaction (one fsync for the batch). A record that fails is retried (exponential backoff) before any later record is tried, so a
+one, else emit each), a deletion's capture as soon as it is durable, built by `build`; the
+leading ones the conduit confirmed are retired in one spool transaction (one fsync for the
+batch). A record that fails is retried (exponential backoff) before any later record is tried, so a
 conduit sees notifications in the order they were captured. Stopping wakes a backoff sleep at
 once; a record being sent when stop() is called was either confirmed or stays spooled for the
 next start.
@@ -27,7 +28,7 @@ from lifecycle_stats.counters import Counters
 from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.records import Notification
-from lifecycle_stats.publishing.spool import Spool
+from lifecycle_stats.publishing.spool import Build, Spool
 
 LOG = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class Sender:
                  counters: Counters | None = None, wait_initial: float = 0.5,
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
                  batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
-                 max_age_seconds: float = 0.0):
+                 max_age_seconds: float = 0.0, build: Build | None = None):
         if not 0 < wait_initial <= wait_max:
             raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
         if batch < 1 or probe_after < 1 or max_age_seconds < 0:
@@ -61,6 +62,7 @@ class Sender:
         self._poll = poll_interval
         self._probe_after = probe_after
         self._max_age = max_age_seconds
+        self._build = build  # a capture, built to send (capture/publication.py); None: wait
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -128,7 +130,7 @@ class Sender:
         transaction; the first record it could not deliver goes the one-at-a-time way
         (retries, poison probe; the batch's try is its first attempt) before anything
         behind it. True: there may be more to do right away."""
-        items = self._spool.pending(self.conduit, self._batch)
+        items = self._spool.pending(self.conduit, self._batch, self._build)
         delivered, error = self._publish_batch([notification for _, notification in items])
         if delivered:
             self._confirm_many([seq for seq, _ in items[:delivered]])
@@ -210,7 +212,7 @@ class Sender:
 
     def _next_goes_through(self, seq: int) -> bool:
         """Try the record behind seq once: delivered (and confirmed) means the conduit works."""
-        behind = [(s, n) for s, n in self._spool.pending(self.conduit, 2) if s != seq]
+        behind = [(s, n) for s, n in self._spool.pending(self.conduit, 2, self._build) if s != seq]
         if not behind:
             return False  # nothing is held up behind this record: keep trying it
         next_seq, notification = behind[0]

@@ -34,6 +34,7 @@ from lifecycle_stats.records import Notification, utcnow
 from lifecycle_stats import sqlite_tx
 
 LOG = logging.getLogger(__name__)
+Build = Callable[[capture_rows.Waiting], "Notification | None"]  # a capture, built to send
 CAPTURE_EVENT = "compute.instance.delete.samples"
 
 SPOOL_FILENAME = "spool.sqlite"
@@ -67,7 +68,7 @@ class Spool:
         spool_schema.restrict_sidecars(path)
         self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
         with self._tx() as db:
-            self._retire_complete(db)
+            self.retire_complete(db)
 
     def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return sqlite_tx.immediate(self._db, self._lock)
@@ -109,24 +110,8 @@ class Spool:
 
     def put_flagged(self, flagged: Notification, rejected: Notification, reason: str) -> bool:
         """put() a flagged final, and keep what could not be published (rejected) in
-        `rejects`, in one transaction: a retry never keeps it twice."""
-        now = self._now()
-        body = encode(flagged, "final", now)
-        kept = spool_schema.reject_body(rejected, now)
-
-        def insert_both(db: sqlite3.Connection) -> bool:
-            stored = self._insert(db, flagged, "final", body, now)
-            if stored:
-                db.execute("INSERT INTO rejects (message_id, tier, created_at, body, reason, "
-                           "rejected_at, origin) VALUES (?, 'final', ?, ?, ?, ?, 'capture')",
-                           (rejected.message_id, now, kept, reason, now))
-            return stored
-
-        stored = self._group.run(insert_both)
-        if stored:
-            self._counters.incr("spool.put")
-            self._counters.incr("spool.rejects.capture")
-        return stored
+        `rejects`, in one transaction: a retry never keeps it twice (capture_rows.py)."""
+        return capture_rows.put_flagged(self, flagged, rejected, reason)
 
     def _insert(self, db: sqlite3.Connection, notification: Notification, tier: str,
                 body: bytes, now: float) -> bool:
@@ -176,7 +161,7 @@ class Spool:
         with self._tx() as db:
             db.executemany("INSERT OR IGNORE INTO deliveries (seq, conduit) SELECT seq, ? "
                            "FROM records WHERE seq = ?", [(conduit, seq) for seq in seqs])
-            return sum(self._retire_complete(db, seq) for seq in seqs)
+            return sum(self.retire_complete(db, seq) for seq in seqs)
 
     def note_failure(self, seq: int, error: str) -> tuple[int, float]:
         """Count a failed delivery of seq; (attempts so far, record age in seconds)."""
@@ -198,27 +183,29 @@ class Spool:
                        "?, ? FROM records WHERE seq = ?", (reason, self._now(), conduit, seq))
             db.execute("INSERT OR IGNORE INTO deliveries (seq, conduit) VALUES (?, ?)",
                        (seq, conduit))
-            self._retire_complete(db, seq, delivered=False)
+            self.retire_complete(db, seq, delivered=False)
 
-    def _retire_complete(self, db: sqlite3.Connection, seq: int | None = None, *,
-                         delivered: bool = True) -> int:
-        """Remove records every configured conduit confirmed (one seq, or all at start-up)."""
+    def retire_complete(self, db: sqlite3.Connection, seq: int | None = None, *,
+                        delivered: bool = True) -> int:
+        """Remove records every configured conduit confirmed (one seq, or all at start-up).
+        A capture stays until its swap (capture_rows.publish): its deletion is accounted."""
         marks = ",".join("?" * len(self.conduits))
         where = "AND r.seq = ?" if seq is not None else ""
         rows = db.execute(
-            f"SELECT r.seq, r.message_id FROM records r WHERE (SELECT count(*) FROM deliveries d"
-            f" WHERE d.seq = r.seq AND d.conduit IN ({marks})) = ? {where}",
-            (*self.conduits, len(self.conduits), *(() if seq is None else (seq,)))).fetchall()
+            f"SELECT r.seq, r.message_id FROM records r WHERE r.tier != ? AND (SELECT count(*) "
+            f"FROM deliveries d WHERE d.seq = r.seq AND d.conduit IN ({marks})) = ? {where}",
+            (capture_rows.TIER, *self.conduits, len(self.conduits),
+             *(() if seq is None else (seq,)))).fetchall()
         now = self._now()
         for done_seq, message_id in rows:
-            self._delete(db, done_seq)
+            self.delete(db, done_seq)
             if delivered:
                 db.execute("INSERT OR REPLACE INTO delivered (message_id, delivered_at) "
                            "VALUES (?, ?)", (message_id, now))
         return len(rows)
 
     @staticmethod
-    def _delete(db: sqlite3.Connection, seq: int) -> None:
+    def delete(db: sqlite3.Connection, seq: int) -> None:
         db.execute("DELETE FROM records WHERE seq = ?", (seq,))
         db.execute("DELETE FROM deliveries WHERE seq = ?", (seq,))
 
@@ -236,31 +223,44 @@ class Spool:
             (message_id, message_id, now - self._retention[0])).fetchone()
         return row is not None
 
-    def pending(self, conduit: str, limit: int) -> list[tuple[int, Notification]]:
-        """Up to limit records conduit has not confirmed, oldest first, up to the first
-        capture still waiting for its build (capture_rows.py): order is capture order.
+    def pending(self, conduit: str, limit: int, build: Build | None = None
+                ) -> list[tuple[int, Notification]]:
+        """Up to limit records conduit has not confirmed, oldest first: order is capture order.
 
-        Undecodable bodies are moved to `rejects` on the way (never returned, never blocking).
+        A capture (capture_rows.py) is given as build(it) makes it; without build, or when
+        build gives None (it cannot be built yet), the list ends before it. Undecodable bodies
+        are moved to `rejects` on the way (never returned, never blocking).
         """
         with self._tx() as db:
             rows = db.execute(
-                "SELECT seq, message_id, body FROM records r WHERE seq < coalesce((SELECT min(seq) "
-                "FROM records WHERE tier = 'capture'), 1 << 62) AND NOT EXISTS (SELECT 1 FROM "
-                "deliveries d WHERE d.seq = r.seq AND d.conduit = ?) ORDER BY seq LIMIT ?",
+                "SELECT seq, message_id, tier, body FROM records r WHERE NOT EXISTS (SELECT 1 "
+                "FROM deliveries d WHERE d.seq = r.seq AND d.conduit = ?) ORDER BY seq LIMIT ?",
                 (conduit, limit)).fetchall()
-            out = []
-            for seq, message_id, body in rows:
+            out: list[tuple[int, Notification | capture_rows.Waiting]] = []
+            for seq, message_id, tier, body in rows:
+                if tier == capture_rows.TIER:
+                    if build is None:
+                        break
+                    out.append((seq, capture_rows.Waiting(seq, message_id, body)))
+                    continue
                 try:
                     out.append((seq, decode(body)))
                 except ValueError as exc:
                     self._reject(db, seq, message_id, str(exc))
-            return out
+        # captures are built outside the lock: a capture's put never waits for a build
+        for index, (seq, item) in enumerate(out):
+            if isinstance(item, capture_rows.Waiting):
+                built = build(item)
+                if built is None:
+                    return out[:index]
+                out[index] = (seq, built)
+        return out
 
     def _reject(self, db: sqlite3.Connection, seq: int, message_id: str, reason: str) -> None:
         db.execute("INSERT INTO rejects (seq, message_id, tier, created_at, body, reason, "
                    "rejected_at, origin) SELECT seq, message_id, tier, created_at, body, ?, ?, "
                    "'spool' FROM records WHERE seq = ?", (reason, self._now(), seq))
-        self._delete(db, seq)
+        self.delete(db, seq)
         self._counters.incr("spool.corrupt")
         LOG.error("spool record %d (message_id %s) is corrupt (%s): moved to the rejects table",
                   seq, message_id, reason)

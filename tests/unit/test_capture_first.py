@@ -125,3 +125,84 @@ def test_an_unreadable_capture_moves_to_rejects_and_the_others_are_built(box):
     [(origin, body)] = box.spool._db.execute("SELECT origin, body FROM rejects").fetchall()
     assert origin == "spool" and body == b"\xc1"
     assert box.counters.get("spool.corrupt") == 1
+
+
+def test_a_sender_publishes_a_capture_before_its_swap_in_capture_order(box):
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters)
+    assert capture_only(box) is Outcome.FINAL
+    box.spool.put(exists(1), "final")  # spooled behind the capture
+    pending = box.spool.pending("test", 10, publication.build)
+    assert [n.event_type for _, n in pending] == [
+        "compute.instance.delete.samples", "compute.instance.exists"]
+    assert tiers(box.spool) == ["capture", "final"]  # nothing was swapped to send it
+    assert pending[0][1].message_id == payloads.delete_message_id(trigger())
+    payloads.validate(pending[0][1])
+    # built once, and the swap writes exactly what was sent
+    publication.build_waiting()
+    [(_, swapped), _] = box.spool.pending("test", 10)
+    assert swapped == pending[0][1]
+    assert box.counters.get("publication.built") == 1
+
+
+def test_a_delivered_capture_leaves_the_spool_only_after_its_deletion_is_accounted(box):
+    accounted = []
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters,
+                              on_built=lambda capture: accounted.append(capture.message_id))
+    assert capture_only(box) is Outcome.FINAL
+    [(seq, _)] = box.spool.pending("test", 10, publication.build)
+    assert box.spool.confirm(seq, "test") is False  # delivered, but not accounted yet
+    assert tiers(box.spool) == ["capture"] and box.spool.pending_count("test") == 0
+    box.spool.close()  # the agent dies before the accounting
+
+    reopened = spool.Spool(box.spool.path, conduits=["test"])  # the next start
+    try:
+        assert tiers(reopened) == ["capture"]  # not retired at start either
+        assert reopened.pending("test", 10, publication.build) == []  # not sent again
+        again = Publication(spool=reopened, settings=SETTINGS, counters=box.counters,
+                            on_built=lambda capture: accounted.append(capture.message_id))
+        assert again.build_waiting() == 1
+        assert accounted == [payloads.delete_message_id(trigger())]
+        assert tiers(reopened) == [] and reopened.seen(accounted[0])  # retired, remembered
+    finally:
+        reopened.close()
+        box.spool = spool.Spool(box.spool.path, conduits=["test"])
+
+
+@pytest.mark.allow_error_logs
+def test_senders_wait_at_an_unreadable_capture_until_it_moves_to_rejects(box):
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters)
+    other = "0c6f1a43-34d1-4c8f-a5a7-3c36ad5b1a11"
+    capture_only(box)
+    capture_only(box, instance_id=other)
+    box.spool._db.execute("UPDATE records SET body = x'c1' WHERE seq = 1")  # torn on disk
+    assert box.spool.pending("test", 10, publication.build) == []  # order: nothing passes it
+    publication.build_waiting()
+    [(_, note)] = box.spool.pending("test", 10, publication.build)
+    assert note.payload["instance_id"] == other
+
+
+def test_two_senders_deliver_a_capture_built_once_with_no_publication_thread(box, tmp_path):
+    from lifecycle_stats.emitters.memory import MemoryConduit
+    from lifecycle_stats.publishing.sender import Sender
+
+    box.spool.close()
+    box.spool = spool.Spool(str(tmp_path / "two.sqlite"), conduits=["a", "b"])
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters)
+    assert capture_only(box) is Outcome.FINAL
+    conduits = {"a": MemoryConduit(), "b": MemoryConduit()}
+    senders = [Sender(box.spool, name, conduit, build=publication.build, poll_interval=0.05)
+               for name, conduit in conduits.items()]
+    try:
+        for s in senders:
+            s.start()
+        assert all(s.drain(10) for s in senders)  # no publication thread is running
+        for conduit in conduits.values():
+            [sent] = conduit.sent
+            assert sent.message_id == payloads.delete_message_id(trigger())
+        assert box.counters.get("publication.built") == 1
+        assert tiers(box.spool) == ["capture"]  # delivered everywhere, not accounted yet
+        publication.build_waiting()
+        assert tiers(box.spool) == []
+    finally:
+        for s in senders:
+            s.stop(5)
