@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import threading
 from typing import Any, Callable
@@ -78,6 +79,12 @@ OPTS = [
                 help="Requeue a message whose handling failed unexpectedly (a bug) instead of "
                      "acknowledging it. A capture deferred by a failure that may pass (locked "
                      "or full spool, libvirt read error) is always requeued."),
+    cfg.IntOpt("workers", default=8, min=1, max=256,
+               help="Notifications handled at once (oslo.messaging's threading executor). "
+                    "The executor keeps every thread it ever started; with its own default "
+                    "([DEFAULT] executor_thread_pool_size = 64) a burst of deletes left 64 "
+                    "threads and their memory behind (doc/benchmarks.md). Messages beyond "
+                    "this wait, unacknowledged, in the listener's queue."),
     cfg.StrOpt("source", default="direct", choices=["direct", "router"],
                help="direct: the agent's queue binds nova's topics and hears every INFO "
                     "notification (small sites). router: it binds only its own routing key "
@@ -112,12 +119,14 @@ class Subscription:
     stop_timeout: float = STOP_TIMEOUT
     connect_wait: float = CONNECT_WAIT
     retry_max_wait: float = 30.0
+    workers: int = 8  # the executor's threads: handlers at once
 
     @classmethod
     def from_opts(cls, opts, host: str) -> "Subscription":
         """From `[notification_listener]`: nova's own exchange and topics, or (source =
         router) the router's topic for this host, on which both nova formats arrive."""
-        common = {"pool": opts.pool, "allow_requeue": opts.allow_requeue}
+        common = {"pool": opts.pool, "allow_requeue": opts.allow_requeue,
+                  "workers": opts.workers}
         if opts.source == "router":
             from lifecycle_stats.listeners.router.events import host_topic
 
@@ -161,7 +170,8 @@ class NotificationListener:
             transport, self.targets, [self.endpoint], executor="threading",
             allow_requeue=True, pool=self.pool)
         self._starter = BackgroundStart(
-            self._server.start, self._server.stop, name=f"listener {self.pool}",
+            functools.partial(self._server.start, override_pool_size=heard.workers),
+            self._server.stop, name=f"listener {self.pool}",
             counters=self.counters, error_counter="bus.connect_errors",
             retry_max_wait=heard.retry_max_wait, on_started=self._log_started)
 

@@ -316,7 +316,8 @@ def test_options_are_listed_for_the_sample_config():
     names = {opt.name: opt for opt in opts}
     assert set(names) == {"transport_url", "exchange", "legacy_topic", "versioned_topic",
                           "listen_legacy", "listen_versioned", "pool", "allow_requeue",
-                          "source", "router_exchange", "router_durable_queues"}
+                          "source", "router_exchange", "router_durable_queues", "workers"}
+    assert names["workers"].default == 8
     assert names["source"].default == "direct"
     assert names["transport_url"].secret and names["pool"].default is None
     assert names["allow_requeue"].default is False
@@ -391,3 +392,31 @@ def test_a_resize_revert_s_exists_is_read_first_then_its_window_heard(enrich):
     assert heard[0].action == "resize_revert"
     assert counters.snapshot() == {"bus.triggers.legacy": 1,
                                    ("bus.audits.legacy" if enrich else "bus.ignored"): 1}
+
+
+def test_the_listener_handles_at_most_workers_messages_at_once_and_starts_no_more_threads(
+        fake_bus):
+    """oslo.messaging's threading executor starts a thread per message up to its pool size
+    and keeps them all (64 by default): a burst left them behind. The listener's is bounded."""
+    running, most, lock, release = [], [0], threading.Lock(), threading.Event()
+
+    def slow(trigger):
+        with lock:
+            running.append(threading.current_thread())
+            most[0] = max(most[0], len(running))
+        release.wait(WAIT)
+        with lock:
+            running.remove(threading.current_thread())
+        return trigger
+
+    before = threading.active_count()
+    fake_bus.listen(on_trigger=slow, workers=3)
+    for _ in range(12):
+        fake_bus.legacy(HOST)
+    wait_for(lambda: most[0] == 3)
+    time.sleep(0.2)  # nothing more starts while the three are busy
+    assert most[0] == 3 and threading.active_count() - before <= 3 + 2  # + the poll thread(s)
+    release.set()
+    wait_for(lambda: fake_bus.listeners[0].counters.snapshot().get(
+        "bus.triggers.legacy", 0) == 12)
+    assert most[0] == 3
