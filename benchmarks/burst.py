@@ -14,6 +14,9 @@ and its CPU in the burst. --deletes N deletes only the first N guests (benchmark
 a 200-delete burst with 500 domains present).
 
     .venv/bin/python benchmarks/burst.py [--guests 200] [--window 1.0] [--workers 8]
+                                         [--listener-workers N]
+
+MALLOC_ARENA_MAX in the environment reaches the agent process (the systemd unit sets it).
 """
 from __future__ import annotations
 
@@ -131,13 +134,17 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=60.0,
                         help="seconds to wait for every delete.samples")
     parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--listener-workers", type=int, default=None,
+                        help="the agent's [notification_listener] workers (default: its own)")
     args = parser.parse_args()
     _common.exit_on_sigterm()
     agent.quiet_libvirt_stderr()
     with _common.workdir("lifecycle-stats-burst-") as directory, _common.guests(
             args.uri, directory, paused=args.guests, running=0,
             workers=args.workers) as (_, made):
-        bench = Bench(directory, args.uri, args.poll_interval)
+        extra = ({} if args.listener_workers is None else
+                 {"notification_listener": {"workers": str(args.listener_workers)}})
+        bench = Bench(directory, args.uri, args.poll_interval, extra=extra)
         try:
             bench.start()
             result = measure(bench, made, args.window, args.wait)
