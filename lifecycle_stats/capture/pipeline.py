@@ -10,9 +10,10 @@
 The agent (agent.py), the replay player (replay/player.py) and every benchmark build the core
 through Pipeline; nothing else builds its parts. Follow a deletion from here:
 announced → Flusher.capture (delete_read.DeleteReader.read → capture_record → spool.put_capture)
-→ nova's answer; then on the publication thread: Publication (payloads, validation, signing) →
-the senders, and observations.delete_announced (the ledger ends the instance once its domain is
-gone: found gone by that read, libvirt's undefine, or a resync) → ExistsReporter.final_due.
+→ nova's answer and the senders woken, which publish the capture built by Publication.build
+(payloads, validation, signing); then on the publication thread: observations.delete_announced
+(the ledger ends the instance once its domain is gone: found gone by that read, libvirt's
+undefine, or a resync) → ExistsReporter.final_due, and the capture swapped for its notification.
 """
 from __future__ import annotations
 
