@@ -263,22 +263,29 @@ def test_sigkill_between_capture_and_send_loses_nothing(bus, agents, guest_facto
 def test_sigkill_between_capture_and_publication_loses_nothing(bus, agents, guest_factory,
                                                                tmp_path):
     """Capture first, publish after: nova's deletes are answered once the captures are
-    durable; the agent is killed before any delete.samples is built from them (a long
-    [publication] linger holds the build), nova destroys the domains, and the next start
-    builds and publishes every capture, each still `final`."""
+    durable; the agent is killed before any delete.samples is published from them (its
+    conduit's broker address refuses connections) and before any deletion is accounted (a
+    long [publication] linger holds the publication thread), nova destroys the domains, and
+    the next start builds and publishes every capture, each still `final`."""
     guests = [g for g, _ in guest_factory.create_many(3, paused=True)]
     host = bus.host()
     own_hook = {"hook": {"socket_path": str(tmp_path / "hook.sock")}}
+    nowhere = "rabbit://guest:guest@127.0.0.1:1/"  # nothing listens on port 1
     dead = agents(harness.AgentProcess(
         tmp_path, host=host, transport_url=bus.url, names=bus.names,
-        extra={**own_hook, "publication": {"linger": "60"}}))
+        extra={**own_hook, "publication": {"linger": "60"},
+               "oslo_messaging_notifications": {"transport_url": nowhere}}))
     billing = bus.billing()
     dead.start()
     for guest in guests:
         bus.nova.delete_start(guest, host)
     dead.wait_for(lambda s: s["counters"].get("flush.final") == 3
                   and s["counters"].get("spool.captures") == 3, 30, "3 captures spooled")
-    assert dead.counter("publication.built") == 0  # nothing built, nothing sent
+    dead.wait_for(lambda s: s["counters"].get("sender.messagingv2.retries", 0) >= 1, 30,
+                  "a refused send")  # the sender built the first capture and tried it
+    assert dead.counter("sender.messagingv2.sent") == 0  # nothing published
+    assert dead.counter("publication.batches") == 0  # nothing accounted, nothing swapped
+    assert _spool_depth(dead.status()) == 3
     dead.kill()
     for guest in guests:  # nova destroys them: the counters exist nowhere but in the spool
         guest_factory.destroy(guest)
