@@ -34,10 +34,12 @@ LOG = logging.getLogger(__name__)
 
 OPTS = [
     cfg.FloatOpt("linger", default=0.0, min=0.0, max=60.0,
-                 help="Seconds the publication thread waits after a capture before building, "
-                      "so that more captures of a burst share one build transaction. Nova "
-                      "never waits for it (it waits for the capture alone); delivery of each "
-                      "delete.samples is later by up to this much. A stop builds at once."),
+                 help="Seconds the publication thread waits after a capture before it "
+                      "accounts the deletion and swaps the capture for its delete.samples, "
+                      "so that more captures of a burst share one transaction. Neither nova "
+                      "nor the senders wait for it (senders publish the capture as soon as it "
+                      "is durable); the usage ledger hears of each delete up to this much "
+                      "later. A stop goes on at once."),
 ]
 
 
