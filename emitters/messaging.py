@@ -6,11 +6,9 @@ this conduit builds the same message a Notifier builds and hands it to the trans
 rabbit driver publishes with publisher confirms and raises when delivery failed. The envelope
 message_id is the notification's deterministic id, so consumers can drop redeliveries.
 
-emit_batch publishes a batch in order and says how many leading messages the broker
-confirmed; the sender retires those in one spool transaction. On the rabbit driver the first
-message goes through the driver and the rest with their confirms pipelined
-(rabbit_batch.py: the driver itself waits for every confirm before the next send); on any
-other driver each is sent and confirmed in turn.
+emit_batch publishes a batch in order, each message confirmed by the broker (the rabbit
+driver waits for every publisher confirm), and stops at the first one not confirmed; the
+sender then retires the confirmed ones in one spool transaction.
 """
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ from typing import Sequence
 import oslo_messaging
 from oslo_config import cfg
 
-from lifecycle_stats.emitters import rabbit_batch
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.exceptions import BatchEmitError, EmitError
 from lifecycle_stats.records import Notification
@@ -44,30 +41,14 @@ class MessagingConduit(Conduit):
         self._owns_transport = transport is None
         self._topics = list(conf.oslo_messaging_notifications.topics)
         self._retry = conf.messaging_emitter.send_retry
-        self._pipelined = rabbit_batch.available(self._transport)
 
     def emit_batch(self, notifications: Sequence[Notification]) -> None:
-        """Publish in order; BatchEmitError (with how many were confirmed) on a failure."""
-        if self._pipelined and len(notifications) > 1:
-            self._emit_pipelined(notifications)
-            return
+        """Publish in order; BatchEmitError (with how many went before) at the first failure."""
         for delivered, notification in enumerate(notifications):
             try:
                 self.emit(notification)
             except EmitError as exc:
                 raise BatchEmitError(str(exc), delivered) from exc
-
-    def _emit_pipelined(self, notifications: Sequence[Notification]) -> None:
-        try:  # the driver's way first: it declares the exchange and queue, and connects
-            self.emit(notifications[0])
-        except EmitError as exc:
-            raise BatchEmitError(str(exc), 0) from exc
-        try:
-            rabbit_batch.publish(self._transport, self._topics, notifications[1:],
-                                 envelope=self.envelope_version == 2.0)
-        except Exception as exc:  # any failure: only what the broker acknowledged counts
-            raise BatchEmitError(f"batch of {len(notifications)} not confirmed after the "
-                                 f"first: {exc}", 1 + getattr(exc, "confirmed", 0)) from exc
 
     def emit(self, notification: Notification) -> None:
         self._publish({
