@@ -51,7 +51,7 @@ class DeleteReader:
         info = identify(self._registry, instance_id) if reading is not None else None
         state = reading.state if reading is not None else state
         if reading is not None and reading.active and info is not None:
-            self._observations.observe(info, reading, closing=True)
+            self._observations.observe_deletion(info, reading)  # the ledger's after nova's answer
             return DeleteRead(Outcome.FINAL, info, reading, state)
         known = self._observations.newest_known(instance_id)
         if known is not None:

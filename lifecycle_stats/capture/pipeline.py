@@ -128,6 +128,10 @@ class Pipeline:
     def _account_built(self, capture: capture_record.Capture) -> None:
         """On the publication thread, before its delete.samples takes the capture's place."""
         gone = capture.figures.get("domain_state") == GONE
+        reading = capture.reading
+        if (capture.outcome == Outcome.FINAL.value and capture.info is not None
+                and reading is not None and reading.active):  # read live: a closing reading
+            self.observations.deletion_captured(capture.info, reading)
         self._account_deletion(capture.trigger, capture.ended, gone=gone)
 
     def _account_deletion(self, trigger: StopAnnouncement, ended: datetime.datetime | None, *,

@@ -11,7 +11,7 @@ import threading
 from oslo_config import cfg
 from oslo_log import log
 
-from lifecycle_stats import opts
+from lifecycle_stats import interpreter, opts
 from lifecycle_stats.operations import reload, sd_notify
 from lifecycle_stats.exceptions import ConfigError, HypervisorError
 
@@ -67,6 +67,7 @@ def main(argv=None) -> int:
         print(f"lifecycle-stats-agent: cannot start: {exc}", file=sys.stderr)
         agent.stop()
         return EXIT_UNAVAILABLE
+    interpreter.tune_for_latency()
     sd_notify.notify("READY=1")
     run_until(stopping, reloading, conf)
     LOG.info("signal received: finishing flushes in flight")

@@ -31,7 +31,9 @@ def action(name, at, event="compute.instance.{}.start"):
 
 
 class Host:
-    """One agent's capture side on a state directory (re-made to play an agent restart)."""
+    """One agent's capture side on a state directory (re-made to play an agent restart).
+    libvirt's events go to the ledger through core.observations, as the agent's do
+    (capture/domain_events.py): a deletion's closing reading is recorded before them."""
 
     def __init__(self, state, clock, inspector, registry):
         self.counters = counters.Counters()
@@ -96,7 +98,7 @@ def test_an_action_on_a_domain_already_off_is_counted_missed(host, clock, live):
 def power_off_then_delete(host, clock, live, days=3):
     live.readings[UUID] = reading_at(clock.advance(30), 4_000)
     host.handle(action("power_off", clock.now))
-    host.ledger.process_ended(UUID, clock.advance(0.5))  # libvirt's STOPPED
+    host.core.observations.process_ended(UUID, clock.advance(0.5))  # libvirt's STOPPED
     live.readings[UUID] = reading_at(clock.advance(days * 86400), 0, active=False)
     return host.handle(action("delete", clock.now))
 
@@ -104,7 +106,7 @@ def power_off_then_delete(host, clock, live, days=3):
 def test_power_off_then_delete_is_complete_and_says_the_domain_is_off(host, clock, live):
     assert power_off_then_delete(host, clock, live) is Outcome.LAST_KNOWN
     assert "compute.instance.exists" not in host.spooled()  # the domain is still there
-    host.ledger.domain_gone(UUID, clock.advance(1))  # libvirt's undefine: the delete happened
+    host.core.observations.domain_gone(UUID, clock.advance(1))  # libvirt's undefine
     events = host.spooled()
     capture = events["compute.instance.delete.samples"].payload["capture"]
     assert capture["complete"] is True
@@ -121,7 +123,7 @@ def test_after_an_agent_restart_the_ledger_stands_in_for_the_cache(tmp_path, hos
                                                                    live):
     live.readings[UUID] = reading_at(clock.advance(30), 4_000)
     host.handle(action("power_off", clock.now))
-    host.ledger.process_ended(UUID, clock.advance(0.5))
+    host.core.observations.process_ended(UUID, clock.advance(0.5))
     host.close()
     restarted = Host(tmp_path, clock, live, FakeRegistry({UUID: make_info()}))
     live.readings[UUID] = reading_at(clock.advance(600), 0, active=False)
@@ -153,7 +155,7 @@ def test_a_live_delete_is_complete_with_all_usage_in_the_final_exists(host, cloc
     live.readings[UUID] = reading_at(clock.advance(60), 9_000)
     assert host.handle(action("delete", clock.now)) is Outcome.FINAL
     del live.readings[UUID]
-    host.ledger.domain_gone(UUID, clock.advance(0.2))  # destroyed and undefined
+    host.core.observations.domain_gone(UUID, clock.advance(0.2))  # destroyed and undefined
     events = host.spooled()
     assert events["compute.instance.delete.samples"].payload["capture"]["complete"] is True
     final = events["compute.instance.exists"]
@@ -178,7 +180,7 @@ def test_an_instance_never_seen_running_still_gets_its_gauges(tmp_path, clock):
 def test_a_final_exists_is_not_the_capture_a_retried_delete_supersedes(host, clock, live):
     live.readings[UUID] = reading_at(clock.advance(60), 9_000)
     host.handle(action("delete", clock.now))
-    host.ledger.domain_gone(UUID, clock.advance(1))
+    host.core.observations.domain_gone(UUID, clock.advance(1))
     assert "compute.instance.exists" in host.spooled()
     samples = host.spooled()["compute.instance.delete.samples"]
     assert host.spool.last_capture(UUID) == samples.message_id
@@ -193,7 +195,7 @@ def test_the_final_exists_is_stamped_no_later_than_nova_announced_the_delete(hos
     clock.advance(2)  # the agent handles the announcement two seconds after nova sent it
     trigger = dataclasses.replace(action("delete", clock.now), announced_at=announced)
     assert host.handle(trigger) is Outcome.FINAL
-    host.ledger.domain_gone(UUID, clock.advance(1))
+    host.core.observations.domain_gone(UUID, clock.advance(1))
     events = host.spooled()
     assert events["compute.instance.exists"].timestamp == isotime(announced)
     assert events["compute.instance.delete.samples"].timestamp == isotime(announced)
