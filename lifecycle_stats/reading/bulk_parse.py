@@ -24,6 +24,8 @@ _VNIC_KEYS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop",
 _BLOCK_KEYS = ("name", "path", "rd.reqs", "rd.bytes", "wr.reqs", "wr.bytes", "rd.times",
                "wr.times", "capacity", "allocation", "physical")
 _new = object.__new__
+_ABSENT = object()  # a key missing, told from a key present with None: one lookup for both
+_NONE: frozenset[str] = frozenset()
 # libvirt's balloon / perf keys and the names the reading keeps (inspector's tables)
 _MEMORY = (("balloon.current", "actual"), ("balloon.available", "available"),
            ("balloon.usable", "usable"), ("balloon.unused", "unused"), ("balloon.rss", "rss"),
@@ -59,42 +61,45 @@ class Devices(NamedTuple):  # a tuple: built for every domain on every poll
 
 
 def devices(stats: Stats) -> Devices:
+    return Devices(*device_tuple(stats))
+
+
+def device_tuple(stats: Stats) -> tuple[Any, Any, Any, Any]:
+    """devices() as a plain tuple (a NamedTuple's __new__ is Python code): the poll's."""
     counted: list[str] = []
     uncounted: list[str] = []
     disks = _disks(stats, counted, uncounted)
     vnics = _vnics(stats, counted, uncounted)
-    return Devices(disks, vnics, frozenset(counted), frozenset(uncounted))
+    return disks, vnics, frozenset(counted), frozenset(uncounted) if uncounted else _NONE
 
 
-def active_reading(stats: Stats, parsed: Devices, instance_id: str, domain_name: str,
-                   state: str, state_code: int | None, process_id: int,
-                   read_at: datetime.datetime, started_at: float | None) -> DomainReading:
+def active_reading(stats: Stats, disks: tuple[DiskStats, ...], vnics: tuple[VnicStats, ...],
+                   instance_id: str, domain_name: str, state: str, state_code: int | None,
+                   cpu_time_ns: int | None, process_id: int, read_at: datetime.datetime,
+                   started_at: float | None) -> DomainReading:
     """An active domain's reading from its bulk record and its devices (devices())."""
     get = stats.get
-    reading = _new(DomainReading)
-    reading.__dict__.update({  # every field, as __init__ would
-        "instance_id": instance_id, "domain_name": domain_name, "state": state,
-        "active": True, "cpu_time_ns": get("cpu.time"), "vcpus": get("vcpu.current"),
-        "memory_kib": get("balloon.current"), "memory_max_kib": get("balloon.maximum"),
-        "disks": parsed.disks, "vnics": parsed.vnics, "read_at": read_at, "path": "bulk",
-        "state_code": state_code,
-        "memory_stats": {name: stats[key] for key, name in _MEMORY if key in stats},
-        "perf": {name: stats[key] for key, name in _PERF if key in stats},
-        "process_id": process_id, "vcpu_time_ns": vcpu_time(stats),
-        "process_started_at": started_at})
-    return reading
-
-
-def vcpu_time(stats: Stats) -> int | None:
-    """inspector.vcpu_time_from_stats: Ceilometer 27's `cpu`, Σ(vcpu.N.time + vcpu.N.wait)."""
-    get = stats.get
-    total, counted = 0, 0
+    vcpu_total, vcpus_counted = 0, 0  # inspector.vcpu_time_from_stats: Ceilometer's `cpu`
     for n in range(get("vcpu.maximum", 0)):
         time_key, wait_key = _VCPUS[n] if n < len(_VCPUS) else _vcpu_keys(n)
         time_ns, wait_ns = get(time_key), get(wait_key)
         if time_ns is not None and wait_ns is not None:
-            total, counted = total + time_ns + wait_ns, counted + 1
-    return total if counted and counted == get("vcpu.current") else None
+            vcpu_total, vcpus_counted = vcpu_total + time_ns + wait_ns, vcpus_counted + 1
+    vcpus = get("vcpu.current")
+    reading = _new(DomainReading)
+    reading.__dict__.update({  # every field, as __init__ would
+        "instance_id": instance_id, "domain_name": domain_name, "state": state,
+        "active": True, "cpu_time_ns": cpu_time_ns, "vcpus": vcpus,
+        "memory_kib": get("balloon.current"), "memory_max_kib": get("balloon.maximum"),
+        "disks": disks, "vnics": vnics, "read_at": read_at, "path": "bulk",
+        "state_code": state_code,
+        "memory_stats": {name: value for key, name in _MEMORY
+                         if (value := get(key, _ABSENT)) is not _ABSENT},
+        "perf": {name: value for key, name in _PERF if (value := get(key, _ABSENT)) is not _ABSENT},
+        "process_id": process_id,
+        "vcpu_time_ns": vcpu_total if vcpus_counted and vcpus_counted == vcpus else None,
+        "process_started_at": started_at})
+    return reading
 
 
 def _disks(stats: Stats, counted: list[str], uncounted: list[str]) -> tuple[DiskStats, ...]:
@@ -114,8 +119,8 @@ def _disks(stats: Stats, counted: list[str], uncounted: list[str]) -> tuple[Disk
         if name is None or name in disks:
             continue  # a backing-chain entry repeats its disk's name
         capacity, physical = get(capacity_key), get(physical_key)
-        if capacity is not None and physical is not None:
-            capacity = max(capacity, physical)  # as inspector.disk_sizes, as Ceilometer
+        if capacity is not None and physical is not None and physical > capacity:
+            capacity = physical  # max(capacity, physical), as inspector.disk_sizes, Ceilometer
         disk = disks[name] = _new(DiskStats)
         disk.__dict__.update({  # every field, as __init__ would
             "device": name, "read_requests": read_requests, "read_bytes": stats[rd_bytes],

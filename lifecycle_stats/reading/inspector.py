@@ -111,20 +111,19 @@ class Inspector:
                 read_at: datetime.datetime, instance_id: str) -> records.DomainReading:
         """_reading() for the bulk poll: the same reading (tests/unit/test_bulk_parse.py),
         for less CPU (bulk_parse; the name and start read once per process)."""
-        state = stats.get("state.state")
-        if state in INACTIVE_STATES or _lacks_groups(stats):
+        state, cpu_time = stats.get("state.state"), stats.get("cpu.time")
+        if state in INACTIVE_STATES or (cpu_time is None and _lacks_groups(stats)):
             return self._reading(conn, dom, stats, "bulk", read_at, instance_id)
-        process_id, cpu_time = dom.ID(), stats.get("cpu.time") or 0
-        parsed = bulk_parse.devices(stats)
-        if self._memory.judge_devices(instance_id, process_id, cpu_time, parsed.counted,
-                                      parsed.uncounted):
+        process_id, cpu = dom.ID(), cpu_time or 0
+        disks, vnics, counted, uncounted = bulk_parse.device_tuple(stats)
+        if self._memory.judge_devices(instance_id, process_id, cpu, counted, uncounted):
             self._counters.incr(TORN)
             raise DomainGone(instance_id)
-        known = (self._processes.known(instance_id, process_id, cpu_time)
-                 or self._processes.learn(instance_id, process_id, cpu_time, dom.name()))
+        known = (self._processes.known(instance_id, process_id, cpu)
+                 or self._processes.learn(instance_id, process_id, cpu, dom.name()))
         return bulk_parse.active_reading(
-            stats, parsed, instance_id, known.domain_name, state_name(state), state,
-            process_id, read_at, known.started_at)
+            stats, disks, vnics, instance_id, known.domain_name, state_name(state), state,
+            cpu_time, process_id, read_at, known.started_at)
 
     def _read(self, conn: libvirt.virConnect, instance_id: str) -> records.DomainReading:
         dom = conn.lookupByUUIDString(instance_id)
