@@ -34,7 +34,8 @@ class KnownProcesses:
                 or cpu_time_ns < known.cpu_time_ns):
             return None
         if cpu_time_ns != known.cpu_time_ns:
-            self._known[instance_id] = known._replace(cpu_time_ns=cpu_time_ns)
+            self._known[instance_id] = Known(process_id, cpu_time_ns, known.domain_name,
+                                             known.started_at)  # _replace: 3x the cost
         return known
 
     def learn(self, instance_id: str, process_id: int, cpu_time_ns: int,

@@ -80,7 +80,7 @@ class DeviceMemory:
             view = self._views.get(instance_id)
             same = view is not None and view.process_id == process_id and cpu >= view.cpu_time_ns
             earlier = view.counted if same else None
-            torn = torn_devices(counted, uncounted, earlier)
+            torn = bool(uncounted) and torn_devices(counted, uncounted, earlier)
             if not torn and not (same and cpu == view.cpu_time_ns and counted == earlier):
                 self._views[instance_id] = ProcessView(process_id, cpu, counted)
             elif earlier is None:
