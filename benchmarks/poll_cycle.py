@@ -14,9 +14,9 @@ Targets (issue 19): ours >= 50x below Ceilometer's client CPU, and <= 1.5x the r
 Ours reads every active domain of the daemon, Ceilometer's inspector only the benchmark's
 guests: with other domains present the per-domain ratio is printed beside the per-poll one.
 --profile prints a cProfile summary of one inspector poll and one poller poll;
---no-ceilometer skips the baseline (for --guests 500). Guests and images are removed even on Ctrl-C or SIGTERM;
-a killed run's guests are named "lst-<pid>-bench<n>" and swept by novalike.sweep_leftovers
-(here at start, and by the tests).
+--no-ceilometer skips the baseline (for --guests 500). Guests and images are removed even on
+Ctrl-C or SIGTERM; a killed run's guests are named "lst-<pid>-bench<n>" and swept by
+novalike.sweep_leftovers (here at start, and by the tests).
 
     .venv/bin/python benchmarks/poll_cycle.py [--guests 30] [--rounds 10] [--profile]
 """
