@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from typing import Any
 
 import msgpack
@@ -27,8 +28,13 @@ def unpack(body: bytes) -> Any:
 
 def known(cls, doc: dict) -> dict:
     """Only the fields `cls` has: unknown keys never break decoding."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in doc.items() if k in names}
+
+
+@functools.cache  # dataclasses.fields() per decode was most of the bulk poll's ledger work
+def _field_names(cls) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
 
 def encode_reading(reading: DomainReading) -> bytes:

@@ -46,10 +46,14 @@ class _Process:
     domain_id: int | None
     started_at: float | None
     latest_at: float
-    latest: DomainReading
+    latest_body: bytes  # its latest reading, encoded: most polls never need it decoded
     series: dict
     closing: bool  # its latest reading was taken after a stop was announced
     ended_at: float | None
+
+    @property
+    def latest(self) -> DomainReading:
+        return codec.decode_reading(self.latest_body)
 
 
 class UsageLedger(Ends, Books):
@@ -202,7 +206,7 @@ class UsageLedger(Ends, Books):
                          "ORDER BY number DESC LIMIT 1", (iid,)).fetchone()
         if row is None:
             return None
-        return _Process(row[0], row[1], row[2], row[3], codec.decode_reading(row[4]),
+        return _Process(row[0], row[1], row[2], row[3], row[4],
                         codec.unpack(row[5]), bool(row[6]), row[7])
 
     def _bucket(self, at: float) -> float:
