@@ -27,7 +27,11 @@ class Observations:
         # answer (its own fsync was on nova's wait); any ledger event of the instance
         # records it first, so the ledger sees readings and ends in the order they happened.
         self._closing: dict[str, tuple[InstanceInfo, DomainReading]] = {}
-        self._order = threading.Lock()  # held while a held-back reading is being recorded
+        # Recorders hold _order from taking a held reading until it is in the ledger (a later
+        # event of the instance waits for it); the delete path only holds _held, briefly:
+        # it never waits for a ledger transaction.
+        self._order = threading.Lock()
+        self._held = threading.Lock()  # guards _closing
 
     def observe(self, info: InstanceInfo, reading: DomainReading, *,
                 closing: bool = False) -> None:
@@ -44,7 +48,7 @@ class Observations:
         the instance, whichever comes first. Not durable here: the capture record is, and
         its build accounts it again after a crash."""
         self.cache.update(info, reading)
-        with self._order:
+        with self._held:
             held = self._closing.get(info.instance_id)
             if held is None or held[1].read_at < reading.read_at:
                 self._closing[info.instance_id] = (info, reading)
@@ -54,7 +58,8 @@ class Observations:
         now (held back or, after a restart, from the durable capture; twice is harmless:
         the ledger ignores a reading no newer than what it holds)."""
         with self._order:
-            held = self._closing.pop(info.instance_id, None)
+            with self._held:
+                held = self._closing.pop(info.instance_id, None)
             items = {reading.read_at: (info, reading)}
             if held is not None:
                 items[held[1].read_at] = held
@@ -64,11 +69,12 @@ class Observations:
         """Record the held-back closing reading of instance_id (None: of every instance)
         before the caller's ledger event; waits for one being recorded by another thread."""
         with self._order:
-            if instance_id is None:
-                held, self._closing = list(self._closing.values()), {}
-            else:
-                one = self._closing.pop(instance_id, None)
-                held = [one] if one is not None else []
+            with self._held:
+                if instance_id is None:
+                    held, self._closing = list(self._closing.values()), {}
+                else:
+                    one = self._closing.pop(instance_id, None)
+                    held = [one] if one is not None else []
             if held:
                 self._ledger.record_all(held, closing=True)
 

@@ -5,6 +5,7 @@ of the instance (libvirt's undefine, a poll, the delete itself), and again from 
 capture after a crash."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import threading
 
@@ -113,6 +114,37 @@ def test_an_event_waits_for_a_held_reading_being_recorded_by_another_thread():
     builder.join(5)
     gone.join(5)
     assert ledger.calls == [("record", UUID, make_reading().read_at, True), ("gone", UUID)]
+
+
+def test_a_deletion_never_waits_for_another_instance_s_ledger_transaction():
+    """The publication thread records one deletion's closing reading (a ledger fsync) while
+    the next deletion is captured: that capture, on nova's wait, must not queue behind it."""
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowLedger(CallLog):
+        def record_all(self, items, *, closing=False):
+            entered.set()
+            release.wait(5)
+            super().record_all(items, closing=closing)
+
+    other = "0f6f1f0e-4c1e-4a55-9f0c-6d2b1c3a4e5f"
+    seen = Observations(LastReadings(clock=lambda: NOW), SlowLedger())
+    seen.observe_deletion(make_info(), make_reading())
+    builder = threading.Thread(target=seen.deletion_captured,
+                               args=(make_info(), make_reading()))
+    builder.start()
+    try:
+        assert entered.wait(5)
+        capture = threading.Thread(target=seen.observe_deletion,
+                                   args=(make_info(instance_id=other),
+                                         dataclasses.replace(make_reading(),
+                                                             instance_id=other)))
+        capture.start()
+        capture.join(1.0)
+        assert not capture.is_alive()  # held only the short lock of the held readings
+    finally:
+        release.set()
+        builder.join(5)
 
 
 def test_after_a_crash_the_build_accounts_the_reading_from_the_capture(tmp_path):
