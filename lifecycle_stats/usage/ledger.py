@@ -39,6 +39,11 @@ from lifecycle_stats.usage.store import guarded, open_ledger
 
 LOG = logging.getLogger(__name__)
 
+# A reading sampled before the held one yet stamped after it was stamped within the held
+# request's duration. Without start times to tell processes apart, a lower cpu later than
+# this is a new process that got the same domain id (libvirtd restarted), not a late sample.
+LONGEST_READ_SECONDS = 300.0
+
 
 @dataclasses.dataclass(frozen=True)
 class _Process:
@@ -141,7 +146,9 @@ class UsageLedger(Ends, Books):
         iid, at = reading.instance_id, _ts(reading.read_at)
         if at <= current.latest_at:
             return  # older than what we hold: its growth is inside the newer reading's
-        if arithmetic.sampled_before(current.series, counters):
+        if arithmetic.sampled_before(current.series, counters) and (
+                None not in (current.started_at, reading.process_started_at)
+                or at - current.latest_at < LONGEST_READ_SECONDS):
             # stamped later but sampled earlier (a bulk poll is stamped when it starts): the
             # held values are at least as fresh, so they hold at `at` too; nothing grew
             self.counters.incr("usage.readings_out_of_order")

@@ -163,6 +163,25 @@ def test_a_reading_stamped_later_but_sampled_earlier_adds_nothing_and_is_counted
     assert ledger.counters.get("usage.series_resets") == 0
 
 
+def test_a_lower_cpu_long_after_without_start_times_is_a_new_process_not_a_late_sample(ledger):
+    """Same domain id, no start times (a remote URI): a late sample is stamped within the held
+    read's duration; minutes later a lower cpu is a process that got the id again."""
+    ledger.record(INFO, reading(1, 1000, domain_id=7))
+    ledger.record(INFO, reading(2, 5000, domain_id=7))
+    ledger.record(INFO, reading(10, 100, domain_id=7))  # libvirtd restarted: id 7 again
+    assert owed(ledger).totals["cpu_time_ns"] == 4000 + 100
+    assert ledger.counters.get("usage.readings_out_of_order") == 0
+
+
+def test_with_the_same_start_known_a_lower_cpu_is_out_of_order_however_late(ledger):
+    started = T0.timestamp()
+    for minutes, cpu in ((1, 1000), (2, 5000), (10, 100)):
+        ledger.record(INFO, dataclasses.replace(reading(minutes, cpu, domain_id=7),
+                                                process_started_at=started))
+    assert owed(ledger).totals["cpu_time_ns"] == 4000
+    assert ledger.counters.get("usage.readings_out_of_order") == 1
+
+
 def test_an_out_of_order_closing_reading_keeps_the_newer_values_and_closes(ledger):
     ledger.record(INFO, reading(1, 1000, domain_id=7))
     ledger.record(INFO, reading(2, 5000, domain_id=7))  # a poll that sampled after the flush
