@@ -16,6 +16,7 @@ all moves to rejects (`spool.corrupt`), and senders wait for that.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -68,12 +69,22 @@ class _Memo:
     """One build per capture, shared by the senders and this thread: the first to ask builds,
     the others wait for it. Forgotten after the swap (the spool then holds the notification)."""
 
+    SWAPPED_KEPT = 4096  # seqs swapped lately: a sender that read one just before its swap
+
     def __init__(self, build: Callable[[capture_rows.Waiting], _Built]) -> None:
         self._build = build
         self._lock = threading.Lock()
         self._entries: dict[int, tuple[threading.Event, list]] = {}
+        self._swapped: collections.OrderedDict[int, None] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, waiting: capture_rows.Waiting) -> _Built:
+        with self._lock:
+            late = waiting.seq in self._swapped
+        if late:  # read before its swap, asked after: built again, never remembered
+            return self._build(waiting)
         with self._lock:
             entry = self._entries.get(waiting.seq)
             mine = entry is None
@@ -92,10 +103,14 @@ class _Memo:
             raise RuntimeError(f"building capture {waiting.message_id} failed")
         return result[0]
 
-    def forget(self, seqs: list[int]) -> None:
+    def forget(self, seqs: list[int], *, swapped: bool = False) -> None:
         with self._lock:
             for seq in seqs:
                 self._entries.pop(seq, None)
+                if swapped:
+                    self._swapped[seq] = None
+            while len(self._swapped) > self.SWAPPED_KEPT:
+                self._swapped.popitem(last=False)
 
 
 class Publication:
@@ -154,7 +169,7 @@ class Publication:
                 self._on_built(capture)  # before the swap: a crash in between redoes both
             published += capture_rows.publish(
                 self._spool, [capture_rows.Built(*b.row) for b in built])
-            self._memo.forget([w.seq for w in waiting])
+            self._memo.forget([w.seq for w in waiting], swapped=True)
             self._counters.incr("publication.batches")
             self._on_published()
             if len(waiting) < self._batch:

@@ -206,3 +206,19 @@ def test_two_senders_deliver_a_capture_built_once_with_no_publication_thread(box
     finally:
         for s in senders:
             s.stop(5)
+
+
+def test_a_capture_asked_for_after_its_swap_is_built_but_not_remembered():
+    """A sender reads a capture row, the publication thread builds, accounts and swaps it,
+    then the sender asks for its build: built again (harmless, same bytes), and nothing is
+    left in the memo (before: an entry no one would ever forget, one per such race)."""
+    from lifecycle_stats.capture.publication import _Memo
+    from lifecycle_stats.publishing.capture_rows import Waiting
+
+    builds = []
+    memo = _Memo(lambda waiting: builds.append(waiting.seq) or ("built", waiting.seq))
+    waiting = Waiting(7, "m-7", b"body")
+    assert memo.get(waiting) == ("built", 7)
+    memo.forget([7], swapped=True)
+    assert memo.get(waiting) == ("built", 7)
+    assert builds == [7, 7] and len(memo) == 0
