@@ -45,6 +45,19 @@ class CallLog(NoUsage):
         return False
 
 
+class SlowLedger(CallLog):
+    """A ledger whose transaction lasts until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def record_all(self, items, *, closing=False):
+        self.entered.set()
+        self.release.wait(5)
+        super().record_all(items, closing=closing)
+
+
 def trigger():
     return StopAnnouncement(instance_id=UUID, event_type="compute.instance.delete.start",
                             host=HOST, received_at=NOW, identity={"tenant_id": "p1"})
@@ -91,15 +104,8 @@ def test_a_poll_records_every_held_reading_before_its_own():
 
 
 def test_an_event_waits_for_a_held_reading_being_recorded_by_another_thread():
-    entered, release = threading.Event(), threading.Event()
-
-    class SlowLedger(CallLog):
-        def record_all(self, items, *, closing=False):
-            entered.set()
-            release.wait(5)
-            super().record_all(items, closing=closing)
-
     ledger = SlowLedger()
+    entered, release = ledger.entered, ledger.release
     seen = Observations(LastReadings(clock=lambda: NOW), ledger)
     seen.observe_deletion(make_info(), make_reading())
     builder = threading.Thread(target=seen.deletion_captured,
@@ -119,16 +125,10 @@ def test_an_event_waits_for_a_held_reading_being_recorded_by_another_thread():
 def test_a_deletion_never_waits_for_another_instance_s_ledger_transaction():
     """The publication thread records one deletion's closing reading (a ledger fsync) while
     the next deletion is captured: that capture, on nova's wait, must not queue behind it."""
-    entered, release = threading.Event(), threading.Event()
-
-    class SlowLedger(CallLog):
-        def record_all(self, items, *, closing=False):
-            entered.set()
-            release.wait(5)
-            super().record_all(items, closing=closing)
-
+    ledger = SlowLedger()
+    entered, release = ledger.entered, ledger.release
     other = "0f6f1f0e-4c1e-4a55-9f0c-6d2b1c3a4e5f"
-    seen = Observations(LastReadings(clock=lambda: NOW), SlowLedger())
+    seen = Observations(LastReadings(clock=lambda: NOW), ledger)
     seen.observe_deletion(make_info(), make_reading())
     builder = threading.Thread(target=seen.deletion_captured,
                                args=(make_info(), make_reading()))
