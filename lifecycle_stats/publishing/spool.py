@@ -250,7 +250,11 @@ class Spool:
         # captures are built outside the lock: a capture's put never waits for a build
         for index, (seq, item) in enumerate(out):
             if isinstance(item, capture_rows.Waiting):
-                built = build(item)
+                try:
+                    built = build(item)
+                except Exception:  # noqa: BLE001 - what precedes it still goes; retried later
+                    LOG.exception("building capture %s failed", item.message_id)
+                    built = None
                 if built is None:
                     return out[:index]
                 out[index] = (seq, built)

@@ -222,3 +222,19 @@ def test_a_capture_asked_for_after_its_swap_is_built_but_not_remembered():
     memo.forget([7], swapped=True)
     assert memo.get(waiting) == ("built", 7)
     assert builds == [7, 7] and len(memo) == 0
+
+
+@pytest.mark.allow_error_logs
+def test_a_build_that_raises_holds_back_only_what_comes_after_the_capture(box):
+    """A bug in a build must not stall the records spooled before the capture (they were
+    sendable before it was) nor lose it: the list ends at it, as for one not built yet."""
+    box.spool.put(exists(1), "periodic")
+    capture_only(box)
+    box.spool.put(exists(2), "periodic")
+
+    def broken(_waiting):
+        raise RuntimeError("a bug in the build")
+
+    [(_, note)] = box.spool.pending("test", 10, broken)
+    assert note.message_id == "exists-1"
+    assert tiers(box.spool) == ["periodic", "capture", "periodic"]  # nothing lost
