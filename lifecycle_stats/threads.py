@@ -1,7 +1,9 @@
-"""How a long-lived thread is doing, in the words the status file uses."""
+"""Long-lived threads: how one is doing, in the words the status file uses, and the loop the
+senders and the publication thread share (sleep until woken or stopped)."""
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 NOT_STARTED = "not started"
 ALIVE = "alive"
@@ -15,3 +17,35 @@ def state(thread: threading.Thread | None, stopping: bool) -> str:
     if thread.is_alive():
         return ALIVE
     return STOPPED if stopping else DEAD
+
+
+class WakeableLoop:
+    """One daemon thread that waits on `woken` between rounds and ends once `stopping` is set
+    (a stop also wakes it). Its owner's target reads both events."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.woken = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self, target: Callable[[], None], name: str) -> None:
+        if self.thread is not None:
+            raise RuntimeError(f"{name} already started")
+        self.thread = threading.Thread(target=target, name=name, daemon=True)
+        self.thread.start()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+    @property
+    def state(self) -> str:
+        return state(self.thread, self.stopping.is_set())
+
+    def stop(self, timeout: float | None) -> bool:
+        """Ask the thread to end and wait (bounded); True when it has ended or never started."""
+        self.stopping.set()
+        self.woken.set()
+        if self.thread is None:
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()

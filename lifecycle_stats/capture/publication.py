@@ -127,9 +127,8 @@ class Publication:
         self._batch = batch
         self._poll = poll_interval
         self._linger = linger
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = threads.WakeableLoop()
+        self._stop, self._wake = self._loop.stopping, self._loop.woken
         self._memo = _Memo(self._build)
 
     def build(self, waiting: capture_rows.Waiting) -> Notification | None:
@@ -138,26 +137,19 @@ class Publication:
         return self._memo.get(waiting).row[1]
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lifecycle-stats-publication",
-                                        daemon=True)
-        self._thread.start()
+        self._loop.start(self._run, "lifecycle-stats-publication")
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     @property
     def thread_state(self) -> str:
-        return threads.state(self._thread, self._stop.is_set())
+        return self._loop.state
 
     def stop(self, timeout: float) -> bool:
         """Build what is waiting (bounded by timeout), then end; True when the thread ended.
         What is not built by then is built at the next start."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._loop.stop(timeout)
 
     def build_waiting(self) -> int:
         """Build every capture waiting now (the thread's work; the replay player calls it

@@ -63,10 +63,9 @@ class Sender:
         self._probe_after = probe_after
         self._max_age = max_age_seconds
         self._build = build  # a capture, built to send (capture/publication.py); None: wait
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._loop = threads.WakeableLoop()
+        self._stop, self._wake = self._loop.stopping, self._loop.woken
         self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
         self._retrying = tenacity.Retrying(
             sleep=sleep if sleep is not None else self._stop.wait,
             wait=tenacity.wait_exponential(multiplier=wait_initial, min=wait_initial,
@@ -79,28 +78,19 @@ class Sender:
     # -- control ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"sender {self.conduit} already started")
-        self._thread = threading.Thread(target=self._run, name=f"sender-{self.conduit}",
-                                        daemon=True)
-        self._thread.start()
+        self._loop.start(self._run, f"sender-{self.conduit}")
 
     @property
     def thread_state(self) -> str:
-        return threads.state(self._thread, self._stop.is_set())
+        return self._loop.state
 
     def wake(self) -> None:
         """New records were put: look now instead of at the next poll."""
-        self._wake.set()
+        self._loop.wake()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop after the current attempt; True when the thread has ended."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._loop.stop(timeout)
 
     def drain(self, timeout: float) -> bool:
         """Wait until this conduit has nothing pending; False on timeout."""

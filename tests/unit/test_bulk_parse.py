@@ -10,7 +10,11 @@ import pytest
 from lifecycle_stats.exceptions import DomainGone
 from lifecycle_stats.reading import bulk_parse, inspector, processes, qemu_process
 from tests.support import reference_parse
-from tests.support.stats_records import COMPLETE, TORN, WITH_VHOSTUSER, without
+from tests.support.stats_records import (
+    COMPLETE, TORN, WITH_VHOSTUSER, StatsConnection, without,
+)
+
+LOCAL = "qemu:///system"  # so the inspector reads the QEMU process's start (faked below)
 
 SIZES = {"block.0.capacity": 100, "block.0.allocation": 50, "block.0.physical": 120,
          "block.0.rd.times": 7, "block.0.wr.times": 8}
@@ -139,21 +143,6 @@ class Domain:
         return "instance-1"
 
 
-class BulkConnection:
-    """The bulk call over one domain whose record a test sets; call() as the Hypervisor's."""
-
-    uri = "qemu:///system"  # so the inspector reads the QEMU process's start (faked below)
-
-    def __init__(self, dom, record):
-        self.dom, self.record = dom, record
-
-    def call(self, fn, instance_id=None):
-        return fn(self)
-
-    def getAllDomainStats(self, groups, flags):
-        return [(self.dom, self.record)]
-
-
 READ_AT = datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc)
 
 
@@ -171,8 +160,8 @@ def test_the_polls_reading_equals_the_single_reads(record, monkeypatch):
     read, on the first poll of a process and on a later one."""
     monkeypatch.setattr(qemu_process, "started_at", lambda name: 1234.5)
     dom = Domain("u", 7)
-    reference = inspector.Inspector(BulkConnection(dom, record), clock=lambda: READ_AT)
-    polled = inspector.Inspector(BulkConnection(dom, record), clock=lambda: READ_AT)
+    reference, polled = (inspector.Inspector(StatsConnection(dom, record, uri=LOCAL),
+                                             clock=lambda: READ_AT) for _ in range(2))
     for _ in range(2):
         expected = outcome(lambda: reference._reading(None, dom, record, "bulk", READ_AT, "u"))
         got = outcome(polled.poll)
@@ -187,7 +176,7 @@ def test_the_polls_reading_equals_the_single_reads(record, monkeypatch):
 def test_the_poll_reads_a_process_name_and_start_once():
     reads = []
     dom = Domain("u", 7)
-    conn = BulkConnection(dom, {**COMPLETE, **EXTRAS})
+    conn = StatsConnection(dom, {**COMPLETE, **EXTRAS}, uri=LOCAL)
     polled = inspector.Inspector(conn)
     polled._processes = type(polled._processes)(lambda name: reads.append(name) or 99.0)
     for cpu in (5, 6, 6):  # a paused domain's cpu stays; a running one's grows

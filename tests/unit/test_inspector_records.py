@@ -3,7 +3,9 @@ import pytest
 
 from lifecycle_stats.reading import inspector, processes
 from tests.support import reference_parse
-from tests.support.stats_records import COMPLETE, TORN, WITH_VHOSTUSER, without
+from tests.support.stats_records import (
+    COMPLETE, TORN, WITH_VHOSTUSER, StatsConnection, without,
+)
 
 
 def later(record, cpu=50):
@@ -111,25 +113,6 @@ class Domain:
 
     def blockInfo(self, dev, flags=0):  # (capacity, allocation, physical), as libvirt's
         return (16 << 20, 200 << 10, 192 << 10)
-
-
-class StatsConnection:
-    """Hands the inspector the stats records a test sets, as libvirt's bulk and single calls."""
-
-    def __init__(self, dom, record):
-        self.dom, self.record = dom, record
-
-    def call(self, fn, instance_id=None):
-        return fn(self)
-
-    def getAllDomainStats(self, groups, flags):
-        return [(self.dom, self.record)]
-
-    def lookupByUUIDString(self, uuid):
-        return self.dom
-
-    def domainListGetStats(self, doms, groups):
-        return [(self.dom, self.record)]
 
 
 def test_an_instance_with_a_vhostuser_port_is_polled_and_read_with_its_other_devices():
