@@ -30,8 +30,10 @@ OPTS = [
 class Poller:
     def __init__(self, *, reader: Reader, registry: Registry, observations: Observations,
                  interval: float, counters: Counters,
-                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime.datetime] = utcnow,
+                 on_polled: Callable[[], None] = lambda: None) -> None:
         self._reader = reader
+        self._on_polled = on_polled  # after each poll, off nova's wait
         self._registry = registry
         self._observations = observations
         self.interval = interval
@@ -57,6 +59,7 @@ class Poller:
             if info is not None:
                 identified.append((info, reading))
         self._observations.observe_poll(identified)  # one ledger transaction per poll
+        self._on_polled()
         return len(identified)
 
     def start(self) -> None:

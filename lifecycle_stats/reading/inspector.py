@@ -1,7 +1,7 @@
 """Reads libvirt domain counters into records.DomainReading.
 
 poll(): one bulk getAllDomainStats over the active domains. read(): one domain, one
-domainListGetStats. Drivers whose stats records lack the cpu/block/interface groups (libvirt's
+domainListGetStats, on a handle kept by learn_domains() (domain_handles.py) where one is. Drivers whose stats records lack the cpu/block/interface groups (libvirt's
 test driver returns only state.*) are read per call instead (path "fallback"); once a connection
 has shown that, later reads on it go straight to the fallback. No libvirt object leaves here.
 Every reading is stamped with the time its request started, and carries its QEMU process
@@ -19,6 +19,7 @@ import libvirt
 
 from lifecycle_stats import records
 from lifecycle_stats.reading import bulk_parse, nova_metadata, qemu_process
+from lifecycle_stats.reading.domain_handles import DomainHandles
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.reading.known_processes import KnownProcesses
 from lifecycle_stats.counters import Counters
@@ -68,6 +69,7 @@ class Inspector:
         local = getattr(hypervisor, "uri", "") in ("qemu:///system", "qemu+unix:///system")
         self._started_at = qemu_process.started_at if local else (lambda _name: None)
         self._processes = KnownProcesses(self._started_at)  # the poll's, per QEMU process
+        self._handles = DomainHandles()  # read()'s: no lookup on nova's wait
 
     def poll(self) -> dict[str, records.DomainReading]:
         """Every active domain's reading, keyed by uuid. Domains that vanish are left out."""
@@ -76,6 +78,11 @@ class Inspector:
     def read(self, instance_id: str) -> records.DomainReading:
         """One domain's reading; raises DomainGone when the domain no longer exists."""
         return self._hv.call(functools.partial(self._read, instance_id=instance_id), instance_id)
+
+    def learn_domains(self) -> int:
+        """Keep a handle of every domain, so a later read() makes one libvirt call, not two.
+        Off nova's wait: after a poll, at a resync. How many domains."""
+        return self._hv.call(self._handles.learn_all)
 
     def _poll(self, conn: libvirt.virConnect) -> dict[str, records.DomainReading]:
         fallback = conn is self._no_bulk_conn
@@ -126,14 +133,16 @@ class Inspector:
             cpu_time, process_id, read_at, known.started_at)
 
     def _read(self, conn: libvirt.virConnect, instance_id: str) -> records.DomainReading:
-        dom = conn.lookupByUUIDString(instance_id)
-        if conn is self._no_bulk_conn:
-            return _fallback_reading(dom, self._clock)
+        if conn is self._no_bulk_conn:  # per call, its process id from a fresh lookup
+            return _fallback_reading(conn.lookupByUUIDString(instance_id), self._clock)
+        handle = self._handles.get(conn, instance_id)
         read_at = self._clock()
-        stats = conn.domainListGetStats([dom], STATS_GROUPS)
+        stats = conn.domainListGetStats([handle], STATS_GROUPS)
         if not stats:  # measured: a domain destroyed after lookup yields [] rather than an error
+            self._handles.forget(instance_id)
             raise DomainGone(instance_id)
-        reading = self._reading(conn, dom, stats[0][1], "single", read_at, dom.UUIDString())
+        dom, record = stats[0]  # libvirt's domain as it is now: this QEMU process's id
+        reading = self._reading(conn, dom, record, "single", read_at, dom.UUIDString())
         return with_block_info(dom, reading) if reading.active else reading
 
     def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,

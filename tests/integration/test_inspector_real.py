@@ -129,3 +129,20 @@ def test_poll_survives_libvirtd_dropping_the_connection(libvirt_uri, running):
     assert flusher.is_alive() and Inspector(flusher).read(guest.instance_id).active
     poller.close()
     flusher.close()
+
+
+def test_a_kept_handle_reads_the_domains_new_process_and_its_end(libvirt_uri, guest_factory):
+    """learn_domains() spares a delete's read the lookup; a handle kept across a restart of
+    the QEMU process reads the new process (its id from libvirt now, not the handle's), and a
+    domain undefined since reads as gone."""
+    guest, dom = guest_factory.create()
+    inspector = Inspector(Hypervisor(libvirt_uri))
+    assert inspector.learn_domains() >= 1
+    first = inspector.read(guest.instance_id)
+    dom.destroy()
+    dom.create()  # the same domain, a new QEMU process
+    again = inspector.read(guest.instance_id)
+    assert again.active and again.process_id == dom.ID() != first.process_id
+    guest_factory.destroy(guest)  # destroyed and undefined
+    with pytest.raises(DomainGone):
+        inspector.read(guest.instance_id)

@@ -146,6 +146,29 @@ def test_libvirt_events_and_polls_go_through_the_same_observations(core):
     assert forgotten == [UUID]
 
 
+def test_polls_and_resyncs_keep_the_announced_readers_domain_handles(tmp_path):
+    """So a delete's read makes one libvirt call (reading/domain_handles.py)."""
+    learned = []
+
+    class Learning(PollingInspector):
+        def learn_domains(self):
+            learned.append("announced")
+
+    made = Core(tmp_path)
+    made.registry.sync = lambda: {UUID}  # libvirt's domains, as a resync lists them
+    try:
+        door = Pipeline(readers=Readers(announced=Learning(), poll=PollingInspector(
+            {UUID: make_reading()}), events=PollingInspector()), registry=made.registry,
+            spool=made.spool, ledger=made.ledger, settings=Settings.for_host(HOST),
+            counters=made.counters, clock=lambda: NOW)
+        door.poll()
+        door.poller.poll_logged()  # the poller thread's own poll
+        door.resync()
+        assert learned == ["announced"] * 3
+    finally:
+        made.close()
+
+
 def test_a_nova_audit_window_is_enriched_into_an_exists(core):
     core.door.poll()
     window = AuditWindow(instance_id=UUID, event_type=EXISTS, host=HOST,
