@@ -23,6 +23,25 @@ def without(record, *prefixes):
     return {k: v for k, v in record.items() if not k.startswith(prefixes)}
 
 
+class Domain:
+    """A libvirt domain handle: uuid, name, process id, one disk's blockInfo."""
+
+    def __init__(self, uuid, process_id):
+        self.uuid, self.process_id = uuid, process_id
+
+    def UUIDString(self):
+        return self.uuid
+
+    def name(self):
+        return "instance-1"
+
+    def ID(self):
+        return self.process_id
+
+    def blockInfo(self, dev, flags=0):  # (capacity, allocation, physical), as libvirt's
+        return (16 << 20, 200 << 10, 192 << 10)
+
+
 class StatsConnection:
     """Hands the inspector the stats records a test sets, as libvirt's bulk and single calls
     (a Hypervisor's call() runs fn on it). uri: a local one makes the inspector read the QEMU

@@ -6,8 +6,7 @@ import pytest
 from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.capture.pipeline import Readers
 from lifecycle_stats.reading import inspector
-from tests.support.stats_records import COMPLETE, StatsConnection
-from tests.unit.test_inspector_records import Domain
+from tests.support.stats_records import COMPLETE, Domain, StatsConnection
 
 
 class CountingConnection(StatsConnection):

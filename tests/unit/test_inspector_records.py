@@ -4,7 +4,7 @@ import pytest
 from lifecycle_stats.reading import inspector, processes
 from tests.support import reference_parse
 from tests.support.stats_records import (
-    COMPLETE, TORN, WITH_VHOSTUSER, StatsConnection, without,
+    COMPLETE, TORN, WITH_VHOSTUSER, Domain, StatsConnection, without,
 )
 
 
@@ -96,23 +96,6 @@ def test_balloon_and_perf_groups_keep_libvirts_names_and_only_what_is_there():
     assert inspector.memory_from_stats(EXTRAS) == {"actual": 2048, "rss": 512, "usable": 100}
     assert inspector.perf_from_stats(EXTRAS) == {"cpu_cycles": 7, "instructions": 8}
     assert inspector.perf_from_stats(COMPLETE) == {}
-
-
-class Domain:
-    def __init__(self, uuid, process_id):
-        self.uuid, self.process_id = uuid, process_id
-
-    def UUIDString(self):
-        return self.uuid
-
-    def name(self):
-        return "instance-1"
-
-    def ID(self):
-        return self.process_id
-
-    def blockInfo(self, dev, flags=0):  # (capacity, allocation, physical), as libvirt's
-        return (16 << 20, 200 << 10, 192 << 10)
 
 
 def test_an_instance_with_a_vhostuser_port_is_polled_and_read_with_its_other_devices():
