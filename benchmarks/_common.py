@@ -24,8 +24,12 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from tests.support import guests as novalike  # noqa: E402
+from lifecycle_stats.capture import poller as _poller  # noqa: E402
 from lifecycle_stats.records import StopAnnouncement  # noqa: E402
 
+# The agent's own [poller] interval default: what the latency benchmarks run with unless told
+# (a poll in flight shares libvirtd and the two cores with a capture; --poll-interval 2 shows it)
+AGENT_POLL_INTERVAL = next(o.default for o in _poller.OPTS if o.name == "interval")
 PREFIX = "lst"  # the tests' prefix too: their session fixture sweeps a killed run's guests
 LEGACY_DELETE = "compute.instance.delete.start"
 

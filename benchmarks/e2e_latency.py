@@ -274,9 +274,12 @@ def main() -> int:
                         help="of the --deletes latency guests, how many run (others paused)")
     parser.add_argument("--concurrent", action="store_true",
                         help="race each Δ's guests at once instead of one at a time")
-    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--poll-interval", type=float, default=_common.AGENT_POLL_INTERVAL,
+                        help="seconds between the agent's bulk polls (default: the agent's)")
     parser.add_argument("--uri", default="qemu:///system")
     args = parser.parse_args()
+    print(f"agent bulk poll every {args.poll_interval:g} s"
+          f"{' (the agent default)' if args.poll_interval == _common.AGENT_POLL_INTERVAL else ''}")
     deltas = [float(d) for d in args.deltas.split(",")]
     racers = len(deltas) * args.guests_per_delta
     if not 0 <= args.running <= args.deletes:

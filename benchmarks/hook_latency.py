@@ -158,9 +158,12 @@ def main() -> int:
                         help="notify() calls of an event type the driver ignores, per arm")
     parser.add_argument("--mode", choices=("threading", "eventlet"), default="threading")
     parser.add_argument("--timeout", type=float, default=0.5)
-    parser.add_argument("--poll-interval", type=float, default=2.0)
+    parser.add_argument("--poll-interval", type=float, default=_common.AGENT_POLL_INTERVAL,
+                        help="seconds between the agent's bulk polls (default: the agent's)")
     parser.add_argument("--uri", default="qemu:///system")
     args = parser.parse_args()
+    print(f"agent bulk poll every {args.poll_interval:g} s"
+          f"{' (the agent default)' if args.poll_interval == _common.AGENT_POLL_INTERVAL else ''}")
     total = 2 * args.deletes
     if not 0 <= args.running <= total:
         parser.error("--running must be between 0 and 2 × --deletes")
