@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 from oslo_config import cfg
 
@@ -46,18 +46,29 @@ def _as_listed(value: Any) -> Any:
     return value
 
 
-def _pairs(message: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+def _is_mapping(value: Any) -> bool:
+    # dict first: the Mapping ABC's isinstance is slow, and nearly every value is plain
+    return isinstance(value, dict) or (value is not None and not isinstance(
+        value, (str, int, float)) and isinstance(value, Mapping))
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def _text(message: Mapping[str, Any], prefix: str, out: list[str]) -> None:
+    """The digest's text, appended to out: "<key><value>" per (key, value) pair in sorted key
+    order, nested mappings as "outer:inner" keys, lists as Ceilometer prints them. Appended
+    in place, without a generator per level: signing was half of a delete.samples build."""
     for key in sorted(message):
         value = message[key]
-        name = f"{prefix}{key}"
-        # dict first: the Mapping ABC's isinstance is slow, and nearly every value is plain
-        if isinstance(value, dict) or (value is not None and not isinstance(
-                value, (str, int, float)) and isinstance(value, Mapping)):
-            yield from _pairs(value, name + ":")
+        if type(value) in _PLAIN:
+            out.append(f"{prefix}{key}{value}")
+        elif _is_mapping(value):
+            _text(value, f"{prefix}{key}:", out)
         elif isinstance(value, (list, tuple)):
-            yield name, _as_listed(value)
+            out.append(f"{prefix}{key}{_as_listed(value)}")
         else:
-            yield name, value
+            out.append(f"{prefix}{key}{value}")
 
 
 def signature(message: Mapping[str, Any], secret: str | bytes) -> str:
@@ -66,9 +77,11 @@ def signature(message: Mapping[str, Any], secret: str | bytes) -> str:
         return ""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     # HMAC of the concatenation equals feeding the pieces one by one; one call is cheaper
-    text = "".join(f"{name}{value}" for name, value in _pairs(message)
-                   if name != SIGNATURE_KEY)
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    if SIGNATURE_KEY in message:
+        message = {k: v for k, v in message.items() if k != SIGNATURE_KEY}
+    pieces: list[str] = []
+    _text(message, "", pieces)
+    return hmac.new(key, "".join(pieces).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def signed(message: Mapping[str, Any], secret: str) -> dict[str, Any]:
