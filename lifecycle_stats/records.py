@@ -142,14 +142,18 @@ class Sample:
         return out
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def plain_copy(value: Any) -> Any:
-    """A copy of nested mappings and lists (as dicts and lists); leaves are shared (immutable)."""
+    """A copy of nested mappings and lists (as dicts and lists); leaves are shared (immutable).
+    Plain leaves are taken without a call: this runs over every sample's metadata."""
     if value is None or isinstance(value, (str, int, float)):
         return value
     if isinstance(value, (dict, Mapping)):
-        return {k: plain_copy(v) for k, v in value.items()}
+        return {k: v if type(v) in _LEAVES else plain_copy(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [plain_copy(v) for v in value]
+        return [v if type(v) in _LEAVES else plain_copy(v) for v in value]
     return value
 
 
