@@ -112,12 +112,12 @@ class Pipeline:
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
+            if captured.outcome.spooled:
+                self._on_spooled()  # first: senders publish a capture as soon as it is durable
             if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
-                self.publication.wake()  # tells the ledger (on_built), then swaps
+                self.publication.wake()  # then, off delivery: the ledger (on_built), the swap
             elif captured.outcome is not Outcome.NOT_NOVA:  # flagged or a redelivery
                 self._account_deletion(trigger, captured.ended, gone=False)
-        if captured.outcome.spooled:
-            self._on_spooled()  # senders publish a capture as soon as it is durable
         return captured.outcome
 
     def lifecycle(self, event: LifecycleEvent) -> None:

@@ -34,13 +34,13 @@ from lifecycle_stats.records import StopAnnouncement, InstanceInfo, Notification
 LOG = logging.getLogger(__name__)
 
 OPTS = [
-    cfg.FloatOpt("linger", default=0.0, min=0.0, max=60.0,
+    cfg.FloatOpt("linger", default=0.02, min=0.0, max=60.0,
                  help="Seconds the publication thread waits after a capture before it "
-                      "accounts the deletion and swaps the capture for its delete.samples, "
-                      "so that more captures of a burst share one transaction. Neither nova "
-                      "nor the senders wait for it (senders publish the capture as soon as it "
-                      "is durable); the usage ledger hears of each delete up to this much "
-                      "later. A stop goes on at once."),
+                      "accounts the deletion and swaps the capture for its delete.samples. "
+                      "The senders meanwhile build and publish the capture alone (they "
+                      "publish it as soon as it is durable), and more captures of a burst "
+                      "share one transaction. Nova never waits for it; the usage ledger hears "
+                      "of each delete up to this much later. A stop goes on at once."),
 ]
 
 

@@ -34,7 +34,7 @@ class Settings:
     telemetry_secret: str = signing.CEILOMETER_DEFAULT_SECRET  # [publisher] telemetry_secret
     retry: Retry = Retry()
     poll_interval: float = 60.0  # [poller] interval
-    publication_linger: float = 0.0  # [publication] linger
+    publication_linger: float = 0.02  # [publication] linger
 
     @classmethod
     def for_host(cls, host: str, **overrides) -> "Settings":

@@ -106,6 +106,17 @@ def test_nova_waits_for_the_capture_alone_and_the_accounting_follows_the_build(c
     assert core.ledger.ended(UUID) is not None
 
 
+def test_the_senders_are_woken_before_the_publication_thread(core):
+    """The senders build and publish a fresh capture; the publication thread (accounting, the
+    swap) comes after them and lingers, so it does not compete with their build."""
+    woken = []
+    core.door._on_spooled = lambda: woken.append("senders")
+    core.door.publication.wake = lambda: woken.append("publication")
+    core.door.announced(announce())
+    assert woken == ["senders", "publication"]
+    assert Settings.for_host(HOST).publication_linger > 0
+
+
 def test_another_stop_takes_a_closing_reading_and_publishes_nothing(core):
     assert core.door.announced(announce("power_off")) is Outcome.READ
     assert core.spooled() == [] and core.woken == 0
