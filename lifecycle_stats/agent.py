@@ -166,6 +166,7 @@ class Agent:
 
     def start(self) -> None:
         self.metrics.start()  # first: a taken port fails the start before anything runs
+        self.spool.checkpoint_in_background()  # never in a capture's commit
         for s in self.senders:
             s.start()
         self.pipeline.publication.start()  # builds first what a crash left captured
@@ -247,6 +248,7 @@ class Agent:
                   **self.lifecycle.thread_states(),
                   "poller": self.poller.thread_state,
                   "publication": self.pipeline.publication.thread_state,
+                  "spool-checkpoints": self.spool.checkpoint_thread_state,
                   "bus": self.bus.state,
                   "status-writer": self.status.thread_state}
         states.update({f"sender-{s.conduit}": s.thread_state for s in self.senders})

@@ -1,0 +1,89 @@
+"""The spool's WAL checkpoints on a thread of their own (publishing/checkpoints.py), so a
+capture's commit never copies the log into the database while nova waits. Real SQLite."""
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+
+from lifecycle_stats.counters import Counters
+from lifecycle_stats.publishing import checkpoints
+from lifecycle_stats.publishing.spool import Spool
+from lifecycle_stats.records import Notification
+
+BIG = "x" * 40_000  # about a delete.samples
+
+
+def note(n: int) -> Notification:
+    return Notification(event_type="compute.instance.delete.samples", priority="INFO",
+                        publisher_id="lifecycle-stats.h1", payload={"n": n, "pad": BIG},
+                        message_id=f"msg-{n}", timestamp="2026-11-21T12:00:00.000000+00:00")
+
+
+def log_frames(path: str) -> tuple[int, int]:
+    """(frames in the log, frames of it already in the database), without checkpointing."""
+    db = sqlite3.connect(path)
+    try:  # a checkpoint of nothing new reports the log's state (TRUNCATE would change it)
+        _busy, logged, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return logged, copied
+    finally:
+        db.close()
+
+
+def test_commits_leave_the_checkpoint_to_the_background_thread(tmp_path):
+    counters = Counters()
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
+    try:
+        spool.checkpoint_in_background(interval=3600)  # the thread waits: commits only
+        for n in range(150):  # ~6 MB of log, past SQLite's own 1000-page checkpoint
+            spool.put(note(n), "final")
+        assert spool.read(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
+            == checkpoints.FALLBACK_PAGES
+        logged, _ = log_frames(spool.path)
+        assert logged > 1000  # no commit checkpointed the log (which restarts it)
+        assert spool.checkpoint_thread_state == "alive"
+    finally:
+        spool.close()
+    assert counters.get("spool.checkpoints") == 1  # the last one, at close
+    logged, copied = log_frames(spool.path)
+    assert logged == copied  # all of it is in the database
+
+
+def test_the_thread_checkpoints_what_the_commits_logged(tmp_path):
+    counters = Counters()
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
+    try:
+        spool.checkpoint_in_background(interval=0.05)
+        for n in range(30):
+            spool.put(note(n), "final")
+        deadline = time.monotonic() + 10
+        while counters.get("spool.checkpoints") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        logged, copied = log_frames(spool.path)
+        assert counters.get("spool.checkpoints") >= 2 and logged == copied
+    finally:
+        spool.close()
+    assert spool.checkpoint_thread_state == "stopped"
+
+
+def test_a_failed_checkpoint_is_counted_and_logged_and_the_spool_goes_on(tmp_path, caplog):
+    counters = Counters()
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
+    closed = sqlite3.connect(spool.path)
+    closed.close()
+    with caplog.at_level(logging.WARNING):
+        got = checkpoints.Checkpointer(spool.path, counters=counters).checkpoint(closed)
+    assert got == 0 and counters.get("spool.checkpoint_errors") == 1
+    assert "background checkpoint" in caplog.text
+    assert spool.put(note(1), "final")  # the commit's own fallback still bounds the log
+    spool.close()
+
+
+def test_without_background_checkpoints_sqlite_checkpoints_in_the_commit(tmp_path):
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"])
+    try:
+        assert spool.read(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
+            == 1000
+        assert spool.checkpoint_thread_state == "not started"
+    finally:
+        spool.close()
