@@ -163,6 +163,11 @@ class UsageLedger(Ends, Books):
             journal.withdraw_gaps(db, iid, current.number, "ended_unread")
             self.counters.incr("usage.ends_withdrawn")
             ended = None
+        elif ended is not None and current.closing and not closing:
+            # a reading held back and committed after the end, newer than the closing one:
+            # the process ran on after that (a failed delete), unread from here to its end
+            journal.add_gap(db, iid, current.number, self._bucket(ended), at, ended,
+                            "ended_unread")
         db.execute("UPDATE processes SET latest_at = ?, latest = ?, series = ?, closing = ?, "
                    "ended_at = ? WHERE instance_id = ? AND number = ?",
                    (at, codec.encode_reading(reading), codec.pack(series), int(closing), ended,

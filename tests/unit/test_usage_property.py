@@ -437,6 +437,11 @@ def seconds(text: str) -> float:
          ("stop", 0, 0, 2), ("start", 0, 0, 1), ("grow", 0, 3, 10), ("release", 0, 0, 1),
          ("poll", 0, 0, 1)],
     emit_own=True, first=(-100.0, None))
+@example(  # a failed delete's closing read, a poll held back, the stop, then the held
+    # poll committed: the process ran unread from the held poll to its stop (review, session 5)
+    ops=[("grow", 0, 0, 1)] * 21 + [("delete_fail", 1, 0, 1), ("hold", 1, 0, 1),
+                                    ("stop", 1, 0, 1), ("release", 0, 0, 1)],
+    emit_own=False, first=(None, -1.0))
 @example(  # a held reading committed after a slow poll stamped before it but sampled after
     ops=[("poll", 0, 0, 1), ("grow", 0, 5, 1), ("hold", 0, 0, 1), ("grow", 0, 5, 1),
          ("slow_poll", 0, 0, 6), ("release", 0, 0, 1), ("grow", 0, 5, 1), ("poll", 0, 0, 1)],
