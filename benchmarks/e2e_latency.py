@@ -189,7 +189,8 @@ def broker_hop_ms(bench: Bench, hops: int = 30, payload: dict | None = None) -> 
     out = []
     try:
         # until the listener's queue is bound a probe is dropped: warm up until one arrives
-        next(n for n in range(-1, -41, -1) if probe(n, 0.5) is not None)
+        if next((n for n in range(-1, -41, -1) if probe(n, 0.5) is not None), None) is None:
+            raise RuntimeError(f"no probe came back on {topic} within 20 s")
         out = [ms for ms in (probe(n, 10) for n in range(hops)) if ms is not None]
     finally:
         listener.stop()

@@ -208,7 +208,7 @@ class Agent:
         self.metrics.stop()
         for emitter in self.emitters.values():
             emitter.close()
-        self.spool.close()
+        self.spool.close(timeout=min(1.0, left()))
         self.ledger.close()
         for connection in (self.flush_hv, self.poll_hv, self.events_hv):
             connection.close()

@@ -88,7 +88,7 @@ KNOWN_COUNTERS = (
     "libvirt.resync_errors", "metadata.malformed", "metadata.read_errors",
     "metadata.rejected", "poller.errors", "poller.polls", "publication.batches",
     "publication.built", "publication.errors", "publication.flagged", "spool.captures",
-    "spool.checkpoints", "spool.checkpoint_errors",
+    "spool.checkpoints", "spool.checkpoint_errors", "spool.checkpointed_pages",
     "spool.commits", "spool.committed_writes", "spool.corrupt", "spool.duplicate",
     "spool.over_bound", "spool.put", "spool.quarantined", "spool.rejects.capture",
     "spool.shed", "status.write_errors", "usage.exists_duplicates", "usage.exists_incomplete",

@@ -77,7 +77,8 @@ def signature(message: Mapping[str, Any], secret: str | bytes) -> str:
         return ""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     # HMAC of the concatenation equals feeding the pieces one by one; one call is cheaper
-    if SIGNATURE_KEY in message:
+    if SIGNATURE_KEY in message and not _is_mapping(message[SIGNATURE_KEY]):
+        # only that flat name is left out: a mapping under it is flattened and signed
         message = {k: v for k, v in message.items() if k != SIGNATURE_KEY}
     pieces: list[str] = []
     _text(message, "", pieces)

@@ -69,6 +69,7 @@ class Spool:
         spool_schema.restrict_sidecars(path)
         self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
         self._checkpointer: checkpoints.Checkpointer | None = None
+        self._closed = False
         with self._tx() as db:
             self.retire_complete(db)
 
@@ -298,13 +299,19 @@ class Spool:
         return None if oldest is None else max(0.0, self._now() - oldest)
 
     def checkpoint_in_background(self, interval: float = checkpoints.INTERVAL) -> None:
-        """WAL checkpoints on a thread of their own, never in a capture's commit
-        (checkpoints.py); until close()."""
+        """WAL checkpoints on a thread of their own, not in a capture's commit (up to
+        checkpoints.FALLBACK_PAGES of log); until close(), or until that thread ends."""
         with self._lock:
             checkpoints.leave_to_background(self._db)
-        self._checkpointer = checkpoints.Checkpointer(self.path, counters=self._counters,
-                                                      interval=interval)
+        self._checkpointer = checkpoints.Checkpointer(
+            self.path, counters=self._counters, interval=interval,
+            on_exit=self._checkpoints_ended)
         self._checkpointer.start()
+
+    def _checkpoints_ended(self) -> None:
+        with self._lock:
+            if not self._closed:
+                checkpoints.take_back(self._db)
 
     @property
     def checkpoint_thread_state(self) -> str:
@@ -313,8 +320,11 @@ class Spool:
             return threads.NOT_STARTED
         return self._checkpointer.thread_state
 
-    def close(self) -> None:
+    def close(self, timeout: float = 5.0) -> None:
+        """timeout: how long to wait for the checkpoint thread (the last connection's
+        close checkpoints what is left anyway)."""
         if self._checkpointer is not None:
-            self._checkpointer.stop()
+            self._checkpointer.stop(timeout)
         with self._lock:
+            self._closed = True
             self._db.close()

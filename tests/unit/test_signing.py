@@ -49,3 +49,36 @@ def test_no_secret_means_empty_signature_and_everything_verifies():
 def test_non_ascii_or_missing_signature_is_invalid():
     assert not signing.verify({"a": 1, "message_signature": "é" * 64}, "k")
     assert not signing.verify({"a": 1, "message_signature": 5}, "k")
+
+
+class Port(int):
+    """An int subclass with its own format(): fed as f-string formatting does."""
+
+    def __format__(self, spec):
+        return f"port-{int(self)}"
+
+
+def test_scalars_and_odd_values_feed_their_text_as_before_the_in_place_build():
+    """The digest's text made in place (signing._text) gives the pieces the generator gave:
+    str() of plain values, f-string formatting of others, mappings of any kind flattened,
+    lists and tuples as Ceilometer prints them."""
+    import decimal
+    import types
+
+    message = {"t": True, "n": None, "f": 0.1, "inf": float("inf"), "neg": -0.0,
+               "big": 10 ** 30, "port": Port(8), "dec": decimal.Decimal("1.50"),
+               "raw": b"\xc3\xa9", "tuple": (1, "a"), "proxy": types.MappingProxyType({"k": 1})}
+    assert signing.signature(message, "s") == manual("s", [
+        ("big", "1" + "0" * 30), ("dec", "1.50"), ("f", "0.1"), ("inf", "inf"), ("n", "None"),
+        ("neg", "-0.0"), ("port", "port-8"), ("proxy:k", "1"), ("raw", "b'\\xc3\\xa9'"),
+        ("t", "True"), ("tuple", "[1, b'a']")])
+
+
+def test_a_mapping_under_the_signature_key_is_signed_like_any_other():
+    """Only the flat name message_signature is left out (Ceilometer compares the flattened
+    name), so a mapping under it is flattened and fed in."""
+    message = {"a": 1, "message_signature": {"x": 1}}
+    assert signing.signature(message, "k") == manual("k", [("a", "1"),
+                                                           ("message_signature:x", "1")])
+    assert signing.signature({"a": 1, "message_signature": "old"}, "k") == manual(
+        "k", [("a", "1")])
