@@ -4,9 +4,9 @@ processes.py).
 
 The bulk poll parses every active domain's record on every poll, so this is written for CPU:
 each key is looked up once, the key strings are built once per device index (not per poll),
-and the frozen records are filled through their __dict__ in one update, not by their
-__init__'s object.__setattr__ per field (a DomainReading: 1.4 against 3.9 us); so every field
-is written out here, nothing defaulted. The results equal the plain reference definitions
+and the frozen records are given their whole __dict__, not filled by their __init__'s
+object.__setattr__ per field (a DomainReading: 1.4 against 3.9 us); so every field is written
+out here, nothing defaulted. The poll keeps what it parsed per domain: device_reuse.py. The results equal the plain reference definitions
 (tests/support/reference_parse.py for disks and vNICs; inspector.memory_from_stats /
 perf_from_stats / vcpu_time_from_stats; processes.counted_devices / uncounted_devices) and
 the single read's Inspector._reading: tests/unit/test_bulk_parse.py compares them all.
@@ -24,6 +24,7 @@ _VNIC_KEYS = ("rx.bytes", "rx.pkts", "rx.errs", "rx.drop",
 _BLOCK_KEYS = ("name", "path", "rd.reqs", "rd.bytes", "wr.reqs", "wr.bytes", "rd.times",
                "wr.times", "capacity", "allocation", "physical")
 _new = object.__new__
+_set_dict = object.__setattr__  # a frozen record's __dict__ given whole, no update of a copy
 _ABSENT = object()  # a key missing, told from a key present with None: one lookup for both
 _NONE: frozenset[str] = frozenset()
 # libvirt's balloon / perf keys and the names the reading keeps (inspector's tables)
@@ -94,7 +95,7 @@ def active_reading(stats: Stats, disks: tuple[DiskStats, ...], vnics: tuple[Vnic
         if (value := get(key, _ABSENT)) is not _ABSENT:
             perf[name] = value
     reading = _new(DomainReading)
-    reading.__dict__.update({  # every field, as __init__ would
+    _set_dict(reading, "__dict__", {  # every field, as __init__ would
         "instance_id": instance_id, "domain_name": domain_name, "state": state,
         "active": True, "cpu_time_ns": cpu_time_ns, "vcpus": vcpus,
         "memory_kib": get("balloon.current"), "memory_max_kib": get("balloon.maximum"),
@@ -122,15 +123,9 @@ def _disks(stats: Stats, counted: list[str], uncounted: list[str]) -> tuple[Disk
         counted.append(f"block:{name}")
         if name is None or name in disks:
             continue  # a backing-chain entry repeats its disk's name
-        capacity, physical = get(capacity_key), get(physical_key)
-        if capacity is not None and physical is not None and physical > capacity:
-            capacity = physical  # max(capacity, physical), as inspector.disk_sizes, Ceilometer
-        disk = disks[name] = _new(DiskStats)
-        disk.__dict__.update({  # every field, as __init__ would
-            "device": name, "read_requests": read_requests, "read_bytes": stats[rd_bytes],
-            "write_requests": stats[wr_reqs], "write_bytes": stats[wr_bytes],
-            "read_time_ns": get(rd_times), "write_time_ns": get(wr_times),
-            "capacity": capacity, "allocation": get(allocation_key), "physical": physical})
+        disks[name] = disk_stats(name, read_requests, stats[rd_bytes], stats[wr_reqs],
+                                 stats[wr_bytes], get(rd_times), get(wr_times), get(capacity_key),
+                                 get(allocation_key), get(physical_key))
     return tuple(disks.values())
 
 
@@ -149,9 +144,34 @@ def _vnics(stats: Stats, counted: list[str], uncounted: list[str]) -> tuple[Vnic
         counted.append(f"net:{name}")
         if name is None or name in vnics:
             continue
-        vnic = vnics[name] = _new(VnicStats)
-        vnic.__dict__.update({  # every field, as __init__ would
-            "device": name, "rx_bytes": rx_bytes, "rx_packets": stats[rx_pkts],
-            "rx_errors": stats[rx_errs], "rx_drops": stats[rx_drop], "tx_bytes": stats[tx_bytes],
-            "tx_packets": stats[tx_pkts], "tx_errors": stats[tx_errs], "tx_drops": stats[tx_drop]})
+        vnics[name] = vnic_stats(name, rx_bytes, stats[rx_pkts], stats[rx_errs], stats[rx_drop],
+                                 stats[tx_bytes], stats[tx_pkts], stats[tx_errs], stats[tx_drop])
     return tuple(vnics.values())
+
+
+def disk_stats(name: str, read_requests: int, read_bytes: int, write_requests: int,
+               write_bytes: int, read_time_ns: int | None, write_time_ns: int | None,
+               capacity: int | None, allocation: int | None,
+               physical: int | None) -> DiskStats:
+    """DiskStats(...) without its __init__, capacity as Ceilometer reports it:
+    max(capacity, physical) (inspector.disk_sizes)."""
+    if capacity is not None and physical is not None and physical > capacity:
+        capacity = physical
+    disk = _new(DiskStats)
+    _set_dict(disk, "__dict__", {  # every field, as __init__ would
+        "device": name, "read_requests": read_requests, "read_bytes": read_bytes,
+        "write_requests": write_requests, "write_bytes": write_bytes,
+        "read_time_ns": read_time_ns, "write_time_ns": write_time_ns,
+        "capacity": capacity, "allocation": allocation, "physical": physical})
+    return disk
+
+
+def vnic_stats(name: str, rx_bytes: int, rx_packets: int, rx_errors: int, rx_drops: int,
+               tx_bytes: int, tx_packets: int, tx_errors: int, tx_drops: int) -> VnicStats:
+    """VnicStats(...) without its __init__."""
+    vnic = _new(VnicStats)
+    _set_dict(vnic, "__dict__", {  # every field, as __init__ would
+        "device": name, "rx_bytes": rx_bytes, "rx_packets": rx_packets, "rx_errors": rx_errors,
+        "rx_drops": rx_drops, "tx_bytes": tx_bytes, "tx_packets": tx_packets,
+        "tx_errors": tx_errors, "tx_drops": tx_drops})
+    return vnic

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import libvirt
 
 from lifecycle_stats import records
-from lifecycle_stats.reading import bulk_parse, nova_metadata, qemu_process
+from lifecycle_stats.reading import bulk_parse, device_reuse, nova_metadata, qemu_process
 from lifecycle_stats.reading.domain_handles import DomainHandles
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.reading.known_processes import KnownProcesses
@@ -38,6 +38,7 @@ ACTIVE_ONLY = libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE
 # Indexed by virDomainState.
 STATE_NAMES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
                "pmsuspended")
+_STATE_NAME_OF = dict(enumerate(STATE_NAMES))  # state_name() as one lookup, for the poll
 # A shut-off domain has no QEMU process; its cpu figure is the daemon's own CPU time.
 INACTIVE_STATES = frozenset({libvirt.VIR_DOMAIN_SHUTOFF})
 # Keys whose absence from an active domain's record means the driver lacks the bulk groups.
@@ -70,6 +71,7 @@ class Inspector:
         self._started_at = qemu_process.started_at if local else (lambda _name: None)
         self._processes = KnownProcesses(self._started_at)  # the poll's, per QEMU process
         self._handles = DomainHandles()  # read()'s: no lookup on nova's wait
+        self._devices = device_reuse.DeviceReuse()  # the poll's, per domain
 
     def poll(self) -> dict[str, records.DomainReading]:
         """Every active domain's reading, keyed by uuid. Domains that vanish are left out."""
@@ -89,30 +91,32 @@ class Inspector:
         read_at = self._clock()  # when the read started: a reading is as old as its request
         stats = conn.getAllDomainStats(
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
-        ids = [dom.UUIDString() for dom, _ in stats]
-        readings = [self._poll_one(conn, dom, instance_id, record, read_at)
-                    for instance_id, (dom, record) in zip(ids, stats)]
+        readings, ids = {}, []
+        self._devices.begin_poll()
+        for dom, record in stats:  # one loop, no per-domain helper calls: it runs per domain
+            instance_id = dom.UUIDString()
+            ids.append(instance_id)
+            try:
+                try:  # a plain try (not translated()): this runs per domain on every poll
+                    reading = self._polled(conn, dom, record, read_at, instance_id)
+                except libvirt.libvirtError as exc:
+                    raise translate(exc, instance_id) from exc
+            except DomainGone:
+                self._counters.incr(VANISHED)
+                continue
+            except ConnectionLost:
+                raise
+            except (HypervisorError, MetadataError) as exc:
+                LOG.warning("cannot read domain %s, left out of this poll: %s", instance_id, exc)
+                self._counters.incr(UNREADABLE)
+                continue
+            # A domain that stopped while the fallback read it comes back inactive: not polled.
+            if reading.active:
+                readings[instance_id] = reading
+        self._devices.end_poll()
         self._memory.keep_only(ids)
         self._processes.keep_only(ids)
-        # A domain that stopped while the fallback read it comes back inactive: not polled.
-        return {r.instance_id: r for r in readings if r is not None and r.active}
-
-    def _poll_one(self, conn: libvirt.virConnect, dom: libvirt.virDomain, instance_id: str,
-                  stats: Stats, read_at: datetime.datetime) -> records.DomainReading | None:
-        try:
-            try:  # a plain try (not translated()): this runs per domain on every poll
-                return self._polled(conn, dom, stats, read_at, instance_id)
-            except libvirt.libvirtError as exc:
-                raise translate(exc, instance_id) from exc
-        except DomainGone:
-            self._counters.incr(VANISHED)
-            return None
-        except ConnectionLost:
-            raise
-        except (HypervisorError, MetadataError) as exc:
-            LOG.warning("cannot read domain %s, left out of this poll: %s", instance_id, exc)
-            self._counters.incr(UNREADABLE)
-            return None
+        return readings
 
     def _polled(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
                 read_at: datetime.datetime, instance_id: str) -> records.DomainReading:
@@ -122,14 +126,15 @@ class Inspector:
         if state in INACTIVE_STATES or (cpu_time is None and _lacks_groups(stats)):
             return self._reading(conn, dom, stats, "bulk", read_at, instance_id)
         process_id, cpu = dom.ID(), cpu_time or 0
-        disks, vnics, counted, uncounted = bulk_parse.device_tuple(stats)
+        disks, vnics, counted, uncounted = self._devices.device_tuple(instance_id, stats)
         if self._memory.judge_devices(instance_id, process_id, cpu, counted, uncounted):
             self._counters.incr(TORN)
             raise DomainGone(instance_id)
         known = (self._processes.known(instance_id, process_id, cpu)
                  or self._processes.learn(instance_id, process_id, cpu, dom.name()))
         return bulk_parse.active_reading(
-            stats, disks, vnics, instance_id, known.domain_name, state_name(state), state,
+            stats, disks, vnics, instance_id, known.domain_name,
+            _STATE_NAME_OF.get(state, "unknown"), state,
             cpu_time, process_id, read_at, known.started_at)
 
     def _read(self, conn: libvirt.virConnect, instance_id: str) -> records.DomainReading:

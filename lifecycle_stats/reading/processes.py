@@ -9,15 +9,13 @@ every process) and by its cpu time, which never goes down within one process.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 Stats = Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class ProcessView:
+class ProcessView(NamedTuple):  # a tuple: a running domain's cpu makes a new one every poll
     process_id: int
     cpu_time_ns: int
     counted: frozenset[str]  # "block:vda", "net:tap1": devices that had counters

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from lifecycle_stats.exceptions import DomainGone
-from lifecycle_stats.reading import bulk_parse, inspector, processes, qemu_process
+from lifecycle_stats.reading import bulk_parse, device_reuse, inspector, processes, qemu_process
 from tests.support import reference_parse
 from tests.support.stats_records import (
     COMPLETE, TORN, WITH_VHOSTUSER, StatsConnection, without,
@@ -60,6 +60,43 @@ def generated(seed):
     return record
 
 
+def full(seed):
+    """A record as QEMU's are: every device with every key (bulk_parse.DeviceReuse's fast
+    path), repeated names (backing chains) and sizes either way round."""
+    rng = random.Random(seed)
+    record = {"state.state": rng.choice([1, 3]), "cpu.time": rng.randrange(10**9),
+              "vcpu.current": 1, "vcpu.maximum": 1, "vcpu.0.time": 5, "vcpu.0.wait": 1,
+              "balloon.current": 32768, "balloon.maximum": 32768, "balloon.rss": 38040}
+    disks, vnics = rng.randrange(4), rng.randrange(4)
+    record["block.count"], record["net.count"] = disks, vnics
+    for i in range(disks):
+        record[f"block.{i}.name"] = rng.choice(["vda", "vdb", "sda"])
+        record[f"block.{i}.path"] = f"/img/{i}"
+        for key in ("rd.reqs", "rd.bytes", "wr.reqs", "wr.bytes", "rd.times", "wr.times",
+                    "capacity", "allocation", "physical"):
+            record[f"block.{i}.{key}"] = rng.randrange(1000)
+    for i in range(vnics):
+        record[f"net.{i}.name"] = rng.choice(["tap1", "tap2", "tap3"])
+        for key in bulk_parse._VNIC_KEYS:
+            record[f"net.{i}.{key}"] = rng.randrange(1000)
+    return record
+
+
+# One record of a paused guest on this host's QEMU 7.2 (libvirt 9.0), every key as read.
+QEMU_PAUSED = {
+    "state.state": 3, "state.reason": 1, "cpu.time": 1150000000, "cpu.user": 320000000,
+    "cpu.system": 830000000, "cpu.cache.monitor.count": 0, "cpu.haltpoll.success.time": 0,
+    "cpu.haltpoll.fail.time": 0, "balloon.current": 32768, "balloon.maximum": 32768,
+    "balloon.last-update": 0, "balloon.rss": 38040, "vcpu.current": 1, "vcpu.maximum": 1,
+    "vcpu.0.state": 1, "vcpu.0.time": 0, "vcpu.0.wait": 0, "vcpu.0.delay": 6692616,
+    "net.count": 1, "net.0.name": "b2989x23", "net.0.rx.bytes": 86, "net.0.rx.pkts": 1,
+    "net.0.rx.errs": 0, "net.0.rx.drop": 1, "net.0.tx.bytes": 0, "net.0.tx.pkts": 0,
+    "net.0.tx.errs": 0, "net.0.tx.drop": 0, "block.count": 1, "block.0.name": "vda",
+    "block.0.path": "/tmp/bench/23.qcow2", "block.0.backingIndex": 1, "block.0.rd.reqs": 0,
+    "block.0.rd.bytes": 0, "block.0.rd.times": 0, "block.0.wr.reqs": 0, "block.0.wr.bytes": 0,
+    "block.0.wr.times": 0, "block.0.fl.reqs": 0, "block.0.fl.times": 0,
+    "block.0.allocation": 0, "block.0.capacity": 16777216, "block.0.physical": 204800}
+
 EXTRAS = {"vcpu.current": 2, "vcpu.maximum": 2, "vcpu.0.time": 100, "vcpu.0.wait": 5,
           "vcpu.1.time": 200, "vcpu.1.wait": 7, "balloon.current": 2048,
           "balloon.maximum": 4096, "balloon.rss": 512, "perf.instructions": 8}
@@ -68,7 +105,8 @@ RECORDS = [COMPLETE, TORN, WITH_VHOSTUSER, {**COMPLETE, **SIZES}, {**COMPLETE, *
            {"state.state": 1}, {**COMPLETE, **SIZES, **EXTRAS},
            {**COMPLETE, "state.state": 3}, {**COMPLETE, "state.state": 5},  # paused, shut off
            {"state.state": 1, "cpu.time": 5, "block.count": 0},
-           *(generated(seed) for seed in range(300))]
+           *(generated(seed) for seed in range(300)),
+           QEMU_PAUSED, *(full(seed) for seed in range(100))]
 
 
 @pytest.mark.parametrize("record", RECORDS)
@@ -81,6 +119,34 @@ def test_one_pass_equals_the_reference_definitions(record):
     for earlier in (None, frozenset(), processes.counted_devices(COMPLETE)):
         assert processes.torn_devices(parsed.counted, parsed.uncounted, earlier) == \
             processes.is_torn(record, earlier)
+
+
+@pytest.mark.parametrize("record", RECORDS)
+def test_the_polls_reuse_equals_one_pass(record):
+    """DeviceReuse (the poll's) gives device_tuple()'s answer on a domain's first poll, on a
+    poll with the same values (its last answer again) and after any one value changed."""
+    reuse = device_reuse.DeviceReuse()
+    changed = {key: (value + 1 if isinstance(value, int) else value + "x")
+               for key, value in record.items() if key.startswith(("block.", "net."))
+               and not key.endswith(".count")}
+    for values in (record, dict(record), *({**record, key: value}
+                                          for key, value in changed.items()), record):
+        reuse.begin_poll()
+        assert reuse.device_tuple("u", values) == bulk_parse.device_tuple(values)
+        reuse.end_poll()
+
+
+def test_the_polls_reuse_gives_the_same_records_for_the_same_values():
+    reuse = device_reuse.DeviceReuse()
+    first = reuse.device_tuple("u", QEMU_PAUSED)
+    reuse.end_poll()
+    assert all(a is b for a, b in zip(reuse.device_tuple("u", dict(QEMU_PAUSED)), first))
+    reuse.end_poll()
+    moved = reuse.device_tuple("u", {**QEMU_PAUSED, "block.0.rd.bytes": 512})
+    assert moved[0][0].read_bytes == 512 and moved[1] == first[1]
+    reuse.end_poll()
+    reuse.end_poll()  # a poll that did not see "u": forgotten
+    assert reuse.device_tuple("u", QEMU_PAUSED)[0][0] is not moved[0][0]
 
 
 def test_capacity_is_the_larger_of_capacity_and_physical():
