@@ -93,7 +93,7 @@ class Inspector:
             libvirt.VIR_DOMAIN_STATS_STATE if fallback else STATS_GROUPS, ACTIVE_ONLY)
         readings, ids = {}, []
         self._devices.begin_poll()
-        for dom, record in stats:  # one loop, no per-domain helper calls: it runs per domain
+        for dom, record in stats:  # a plain loop: a comprehension is a call (Python 3.11)
             instance_id = dom.UUIDString()
             ids.append(instance_id)
             try:
