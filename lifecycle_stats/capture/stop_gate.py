@@ -2,7 +2,9 @@
 
 close() refuses new work at once, waits (bounded) for the work in flight, and from its return
 on refuses every write: a flush that outlives the stop raises ShuttingDown instead of writing
-to a closing spool, so its trigger is not acknowledged and reaches the next run.
+to a closing spool, so its trigger is not acknowledged and reaches the next run. Writes run
+outside the gate's lock, so concurrent captures share the spool's group commit; close() waits
+for the writes in progress (unbounded: each is one spool transaction) before it returns.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class StopGate:
         self._accepting = True  # False from the start of close()
         self.closed = False  # True once close() returned
         self._in_flight = 0
+        self._writing = 0  # writes in progress
 
     @contextlib.contextmanager
     def working(self, what: str) -> Iterator[None]:
@@ -48,7 +51,13 @@ class StopGate:
         with self._cond:
             if self.closed:
                 raise ShuttingDown("the agent is stopping: nothing more is written")
+            self._writing += 1
+        try:
             return put(*args, **kwargs)
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
 
     def close(self, timeout: float) -> bool:
         """Refuse new work, wait for work in flight; False if some still runs."""
@@ -56,4 +65,5 @@ class StopGate:
             self._accepting = False
             done = self._cond.wait_for(lambda: self._in_flight == 0, timeout)
             self.closed = True
+            self._cond.wait_for(lambda: self._writing == 0)
             return done
