@@ -14,24 +14,36 @@ and its CPU in the burst. --deletes N deletes only the first N guests (benchmark
 a 200-delete burst with 500 domains present).
 
     .venv/bin/python benchmarks/burst.py [--guests 200] [--window 1.0] [--workers 8]
-                                         [--listener-workers N]
+                                         [--listener-workers N] [--rounds N]
+                                         [--baseline-agent PATH] [--profile DIR]
+
+--rounds repeats the burst on the same guests (they stay alive), a fresh agent each time;
+--baseline-agent runs another checkout's agent before this one in every round (A/B/A/B on
+one set of guests), and the medians of both are printed side by side.
 
 MALLOC_ARENA_MAX in the environment reaches the agent process (the systemd unit sets it).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import pathlib
+import signal
+import statistics
+import subprocess
 import sys
 import threading
 import time
 import warnings
+from typing import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _common  # noqa: E402
 from benchmarks._procstats import cpu_seconds, rss_mib  # noqa: E402
 from benchmarks.e2e_latency import KINDS, Bench, captured_epoch  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
+from tests.integration import harness  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 TARGET_LAST_S = 2.0  # issue 19: the last delivered <= 2.0 s after the first publish
@@ -136,22 +148,77 @@ def main() -> int:
     parser.add_argument("--uri", default="qemu:///system")
     parser.add_argument("--listener-workers", type=int, default=None,
                         help="the agent's [notification_listener] workers (default: its own)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="bursts on the same guests, a fresh agent for each")
+    parser.add_argument("--baseline-agent", type=pathlib.Path, default=None,
+                        help="another checkout's lifecycle-stats-agent: each round runs it, "
+                             "then this one (A/B on the same guests, back to back)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="py-spy (from this venv) records each burst's agent into DIR "
+                             "(collapsed stacks, idle threads left out)")
     args = parser.parse_args()
     _common.exit_on_sigterm()
     agent.quiet_libvirt_stderr()
+    agents = [("this", harness.AGENT)]
+    if args.baseline_agent is not None:
+        agents.insert(0, ("baseline", args.baseline_agent))
+    extra = ({} if args.listener_workers is None else
+             {"notification_listener": {"workers": str(args.listener_workers)}})
+    results: dict[str, list[dict]] = {label: [] for label, _ in agents}
     with _common.workdir("lifecycle-stats-burst-") as directory, _common.guests(
             args.uri, directory, paused=args.guests, running=0,
             workers=args.workers) as (_, made):
-        extra = ({} if args.listener_workers is None else
-                 {"notification_listener": {"workers": str(args.listener_workers)}})
-        bench = Bench(directory, args.uri, args.poll_interval, extra=extra)
-        try:
-            bench.start()
-            result = measure(bench, made, args.window, args.wait)
-        finally:
-            bench.close()
-    report(result, args.guests, args.window)
+        for round_no in range(1, args.rounds + 1):
+            for label, executable in agents:
+                bench = Bench(directory, args.uri, args.poll_interval, extra=extra,
+                              executable=executable)
+                try:
+                    bench.start()
+                    with spying(bench.agent.proc.pid, args.profile, f"{round_no}-{label}"):
+                        result = measure(bench, made, args.window, args.wait)
+                finally:
+                    bench.close()
+                results[label].append(result)
+                print(f"\nround {round_no}, {label} agent ({executable})")
+                report(result, args.guests, args.window)
+    if len(agents) > 1 or args.rounds > 1:
+        compare(results)
     return 0
+
+
+@contextlib.contextmanager
+def spying(pid: int, directory: str | None, name: str) -> Iterator[None]:
+    """py-spy records pid while the block runs (nothing when directory is None)."""
+    if directory is None:
+        yield
+        return
+    os.makedirs(directory, exist_ok=True)
+    out = os.path.join(directory, f"burst-{name}.txt")
+    spy = subprocess.Popen([str(harness.AGENT.with_name("py-spy")), "record", "--pid", str(pid),
+                            "--format", "raw", "--rate", "250", "--threads", "--output", out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # attached before the first publish
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded, then exits
+        spy.wait(30)
+
+
+def compare(results: dict[str, list[dict]]) -> None:
+    """Each agent's median over its rounds (rounds alternate, so both met the same load)."""
+    print("\nmedian over rounds          " + "  ".join(f"{label:>12}" for label in results))
+    for key, title in (("last_s", "last delivered, s"), ("rss_after", "RSS after, MiB"),
+                       ("cpu_s", "agent CPU, s")):
+        print(f"{title:<28}" + "  ".join(
+            f"{statistics.median(r[key] for r in rounds):>12.2f}"
+            for rounds in results.values()))
+    print(f"{'read p50, ms':<28}" + "  ".join(
+        f"{statistics.median(r['to_read']['p50'] for r in rounds):>12.0f}"
+        for rounds in results.values()))
+    print("last delivered per round, s: " + "; ".join(
+        f"{label} " + " ".join(f"{r['last_s']:.2f}" for r in rounds)
+        for label, rounds in results.items()))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class Bench:
 
     def __init__(self, directory: str, uri: str, poll_interval: float,
                  extra: dict[str, dict[str, str]] | None = None,
-                 event_types: tuple[str, ...] | None = ("compute.instance.delete.samples",)):
+                 event_types: tuple[str, ...] | None = ("compute.instance.delete.samples",),
+                 executable: pathlib.Path = harness.AGENT):
         import oslo_messaging
         from oslo_config import cfg
 
@@ -72,7 +73,8 @@ class Bench:
             # the run's own hook socket: the default path may be served by another agent
             extra={"DEFAULT": {"debug": "false"},
                    "hook": {"socket_path": os.path.join(directory, "hook.sock")},
-                   **(extra or {})})
+                   **(extra or {})},
+            executable=executable)
         self.nova = harness.Nova(self.transport, self.names)
         self.billing: harness.BillingConsumer | None = None
         self._event_types = event_types

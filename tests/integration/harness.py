@@ -62,8 +62,11 @@ class AgentProcess:
     def __init__(self, workdir: pathlib.Path, *, host: str, transport_url: str,
                  names: BusNames, libvirt_uri: str = "qemu:///system",
                  poll_interval: float = 2.0, extra: dict[str, dict[str, str]] | None = None,
-                 state_path: pathlib.Path | None = None):
+                 state_path: pathlib.Path | None = None, executable: pathlib.Path = AGENT):
+        """executable: the agent's console script (a benchmark's same-run baseline may be
+        another checkout's)."""
         self.workdir = workdir
+        self.executable = executable
         self.host = host
         self.state_path = state_path or workdir / f"state-{host}"
         self.log_file = workdir / f"agent-{host}.log"
@@ -99,7 +102,7 @@ class AgentProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        self.proc = subprocess.Popen([str(AGENT), "--config-file", str(self.config_file)],
+        self.proc = subprocess.Popen([str(self.executable), "--config-file", str(self.config_file)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.wait_for(lambda s: s.get("pid") == self.proc.pid, timeout, "agent status")
 
