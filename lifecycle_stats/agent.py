@@ -4,8 +4,9 @@ Threads: libvirt's event loop; the lifecycle listener's worker and reconnect thr
 bulk poller; oslo.messaging's threading executor for the bus listener (each delete.start is
 flushed on the thread that received it and acknowledged once spooled); the hook server's
 accept thread and one thread per connection from nova's driver (answered once spooled); one
-sender per conduit; the status writer. Flush, poller and events each own a libvirt connection, so a
-flush never waits behind a bulk poll.
+sender per conduit; the status writer. Flush, poller and events each own their libvirt
+connections (the flush a small pool: the reads of a burst of deletes run at once), so a flush
+never waits behind a bulk poll.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from lifecycle_stats import records
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
-from lifecycle_stats.interfaces import Conduit
+from lifecycle_stats.interfaces import Conduit, Connection
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
-from lifecycle_stats.reading import hypervisor, inspector, processes, registry
+from lifecycle_stats.reading import connection_pool, hypervisor, inspector, processes, registry
 from lifecycle_stats.usage import closer, store
 from lifecycle_stats.usage.ledger import UsageLedger
 
@@ -96,9 +97,10 @@ class Agent:
         conf.register_mutate_hook(self._apply_mutable_options)
 
     def _build_reading(self) -> None:
-        """Three libvirt connections, so no reader waits behind another: the flush's, the bulk
-        poller's, and the event handler's (which the registry's metadata reads share)."""
-        self.flush_hv = hypervisor.Hypervisor.from_conf(self.conf)
+        """Separate libvirt connections, so no reader waits behind another: the flush's (a
+        pool: the reads at nova's announcements run at once), the bulk poller's, and the event
+        handler's (which the registry's metadata reads share)."""
+        self.flush_hv = connection_pool.ConnectionPool.from_conf(self.conf)
         self.poll_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.registry = registry.DomainRegistry(self.events_hv, self.counters)
@@ -160,7 +162,7 @@ class Agent:
         # nova's notifier driver (zero race): same triggers, same door; None when disabled
         self.hook = hook_server.from_conf(conf, conf.host, on_trigger, self.counters)
 
-    def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
+    def _inspector(self, connection: Connection) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
                                    memory=self.device_memory)
 

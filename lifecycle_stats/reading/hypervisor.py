@@ -32,6 +32,12 @@ OPTS = [
                     "drops; the connection is reopened before each retry."),
     cfg.FloatOpt("connection_retry_max_wait", default=2.0, min=0.0,
                  help="Upper bound in seconds of the exponential wait between reconnects."),
+    # the pool of the reads at nova's announcements (connection_pool.py)
+    cfg.IntOpt("read_connections", default=4, min=1, max=64,
+               help="libvirt connections for the reads at nova's announcements (bus workers "
+                    "and the hook read at once). libvirtd serves at most its "
+                    "max_client_requests (default 5) calls of one connection at once; each "
+                    "connection costs the daemon one client slot (max_clients)."),
     # the event connection's (listeners/libvirt_events.py): one [libvirt] group, defined here
     cfg.IntOpt("keepalive_interval", default=5, min=1,
                help="Seconds between keepalive probes on the event connection."),

@@ -258,4 +258,4 @@ def test_opts_are_not_registered_globally_at_import():
     assert "libvirt" not in cfg.CONF
     assert {opt.name for opt in hypervisor.OPTS} == {
         "uri", "connection_retry_attempts", "connection_retry_max_wait",
-        "keepalive_interval", "keepalive_count", "reconnect_max_wait"}
+        "keepalive_interval", "keepalive_count", "reconnect_max_wait", "read_connections"}
