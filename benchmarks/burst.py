@@ -155,7 +155,7 @@ def main() -> int:
                              "then this one (A/B on the same guests, back to back)")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="py-spy (from this venv) records each burst's agent into DIR "
-                             "(collapsed stacks, idle threads left out)")
+                             "(collapsed stacks of the thread holding the GIL: Python's CPU)")
     args = parser.parse_args()
     _common.exit_on_sigterm()
     agent.quiet_libvirt_stderr()
@@ -195,7 +195,8 @@ def spying(pid: int, directory: str | None, name: str) -> Iterator[None]:
     os.makedirs(directory, exist_ok=True)
     out = os.path.join(directory, f"burst-{name}.txt")
     spy = subprocess.Popen([str(harness.AGENT.with_name("py-spy")), "record", "--pid", str(pid),
-                            "--format", "raw", "--rate", "250", "--threads", "--output", out],
+                            "--format", "raw", "--rate", "250", "--gil", "--threads",
+                            "--output", out],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)  # attached before the first publish
     try:
