@@ -19,7 +19,7 @@ import time
 from oslo_config import cfg
 
 from lifecycle_stats import counters as counters_mod
-from lifecycle_stats import records
+from lifecycle_stats import interpreter, records
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
@@ -125,7 +125,8 @@ class Agent:
                           wait_max=conf.spool.retry_max_wait,
                           probe_after=conf.spool.poison_probe_attempts,
                           max_age_seconds=conf.spool.max_age_seconds,
-                          build=self.pipeline.publication.build)
+                          build=self.pipeline.publication.build,
+                          on_drained=interpreter.release_free_heap)
             for name, emitter in self.emitters.items()]
 
     def _build_usage(self) -> None:

@@ -9,9 +9,14 @@ is mostly libvirt and fsync waits, so what costs it is waiting for the GIL and t
   long-lived objects, and every full collection walked them (measured: 22–42 ms pauses of
   the whole agent, any thread's capture included). What is allocated later is collected
   as before.
+- Free heap is given back once a burst has been delivered (release_free_heap): glibc keeps
+  what a thread freed in that thread's malloc arena, so a burst's payloads, built and sent
+  on several threads, left the agent ~5 MiB larger for good (doc/benchmarks.md).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import gc
 import sys
 
@@ -23,3 +28,19 @@ def tune_for_latency() -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     gc.collect()  # what start-up left as garbage is freed, not frozen
     gc.freeze()
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (musl)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+def release_free_heap() -> bool:
+    """Return the C heap's free pages, in every malloc arena, to the OS (malloc_trim(0): a
+    walk of the free lists, ~1 ms); False where the C library cannot."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True

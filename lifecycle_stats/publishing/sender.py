@@ -14,6 +14,9 @@ the spool, across restarts) the record behind it is tried once: if that one goes
 failing record is poison and moves to the spool's rejects (ERROR log, counter
 `sender.<conduit>.rejected`); the conduit goes on. A broker outage never rejects anything this
 way. `max_age_seconds` (off by default) also rejects a record still undelivered at that age.
+
+`on_drained` runs on the sender's thread when it finds nothing left to send after it
+delivered something: the end of a burst (the agent gives the heap's free pages back then).
 """
 from __future__ import annotations
 
@@ -45,7 +48,8 @@ class Sender:
                  counters: Counters | None = None, wait_initial: float = 0.5,
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
                  batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
-                 max_age_seconds: float = 0.0, build: Build | None = None):
+                 max_age_seconds: float = 0.0, build: Build | None = None,
+                 on_drained: Callable[[], object] = lambda: None):
         if not 0 < wait_initial <= wait_max:
             raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
         if batch < 1 or probe_after < 1 or max_age_seconds < 0:
@@ -63,6 +67,8 @@ class Sender:
         self._probe_after = probe_after
         self._max_age = max_age_seconds
         self._build = build  # a capture, built to send (capture/publication.py); None: wait
+        self._on_drained = on_drained
+        self._delivered_since_drained = False
         self._loop = threads.WakeableLoop()
         self._stop, self._wake = self._loop.stopping, self._loop.woken
         self._progress = threading.Condition()
@@ -106,6 +112,8 @@ class Sender:
             self._wake.clear()
             try:
                 busy = self._send_batch()
+                if not busy:
+                    self._drained()
             except Exception:  # the spool itself failed: keep the thread, try again later
                 LOG.exception("sender %s: spool error; retrying in %.1f s", self.conduit,
                               self._poll)
@@ -114,6 +122,11 @@ class Sender:
             if not busy:
                 self._notify_progress()
                 self._wake.wait(self._poll)
+
+    def _drained(self) -> None:
+        if self._delivered_since_drained and self._spool.pending_count(self.conduit) == 0:
+            self._delivered_since_drained = False
+            self._on_drained()
 
     def _send_batch(self) -> bool:
         """Publish what is pending as one batch and retire what the conduit confirmed in one
@@ -218,6 +231,7 @@ class Sender:
 
     def _confirm_many(self, seqs: list[int]) -> None:
         self._spool.confirm_many(seqs, self.conduit)
+        self._delivered_since_drained = True
         self._counters.incr(f"sender.{self.conduit}.sent", len(seqs))
         self._counters.incr(f"sender.{self.conduit}.retired_batches")
         self._notify_progress()

@@ -25,3 +25,9 @@ def test_tuning_shortens_the_switch_interval_and_freezes_the_start_up_heap():
     assert found["after"]["switch"] == 0.001
     assert found["before"]["frozen"] == 0
     assert found["after"]["frozen"] >= 1000
+
+
+def test_release_free_heap_gives_back_what_threads_freed():
+    from lifecycle_stats import interpreter
+
+    assert interpreter.release_free_heap() is (interpreter._malloc_trim() is not None)
