@@ -23,10 +23,10 @@ from lifecycle_stats import interpreter, records
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
-from lifecycle_stats.interfaces import Conduit, Connection
+from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
 from lifecycle_stats.publishing import sender, spool
-from lifecycle_stats.reading import connection_pool, hypervisor, inspector, processes, registry
+from lifecycle_stats.reading import hypervisor, inspector, processes, reader_pool, registry
 from lifecycle_stats.usage import closer, store
 from lifecycle_stats.usage.ledger import UsageLedger
 
@@ -100,7 +100,9 @@ class Agent:
         """Separate libvirt connections, so no reader waits behind another: the flush's (a
         pool: the reads at nova's announcements run at once), the bulk poller's, and the event
         handler's (which the registry's metadata reads share)."""
-        self.flush_hv = connection_pool.ConnectionPool.from_conf(self.conf)
+        first = hypervisor.Hypervisor.from_conf(self.conf)  # registers [libvirt]
+        self.flush_hvs = [first] + [hypervisor.Hypervisor.from_conf(self.conf)
+                                    for _ in range(self.conf.libvirt.read_connections - 1)]
         self.poll_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.registry = registry.DomainRegistry(self.events_hv, self.counters)
@@ -139,7 +141,8 @@ class Agent:
         """The core, through its one front door (capture/pipeline.py), and its period closer."""
         conf = self.conf
         self.pipeline = Pipeline(
-            readers=Readers(announced=self._inspector(self.flush_hv),
+            readers=Readers(announced=reader_pool.ReaderPool(
+                                [self._inspector(hv) for hv in self.flush_hvs]),
                             poll=self._inspector(self.poll_hv),
                             events=self._inspector(self.events_hv)),
             registry=self.registry, spool=self.spool, ledger=self.ledger,
@@ -163,7 +166,7 @@ class Agent:
         # nova's notifier driver (zero race): same triggers, same door; None when disabled
         self.hook = hook_server.from_conf(conf, conf.host, on_trigger, self.counters)
 
-    def _inspector(self, connection: Connection) -> inspector.Inspector:
+    def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
                                    memory=self.device_memory)
 
@@ -213,7 +216,7 @@ class Agent:
             emitter.close()
         self.spool.close(timeout=min(1.0, left()))
         self.ledger.close()
-        for connection in (self.flush_hv, self.poll_hv, self.events_hv):
+        for connection in (*self.flush_hvs, self.poll_hv, self.events_hv):
             connection.close()
         LOG.info("lifecycle-stats agent stopped")
 
@@ -221,7 +224,8 @@ class Agent:
         return {
             "host": self.conf.host,
             "connections": {
-                "libvirt_flush": "connected" if self.flush_hv.is_alive() else "disconnected",
+                "libvirt_flush": ("connected" if any(hv.is_alive() for hv in self.flush_hvs)
+                                  else "disconnected"),
                 "libvirt_poll": "connected" if self.poll_hv.is_alive() else "disconnected",
                 "libvirt_metadata": "connected" if self.events_hv.is_alive() else "disconnected",
                 "libvirt_events": "connected" if self.lifecycle.is_connected else "disconnected",

@@ -32,7 +32,7 @@ OPTS = [
                     "drops; the connection is reopened before each retry."),
     cfg.FloatOpt("connection_retry_max_wait", default=2.0, min=0.0,
                  help="Upper bound in seconds of the exponential wait between reconnects."),
-    # the pool of the reads at nova's announcements (connection_pool.py)
+    # the agent's pool of readers at nova's announcements (reader_pool.py)
     cfg.IntOpt("read_connections", default=4, min=1, max=64,
                help="libvirt connections for the reads at nova's announcements (bus workers "
                     "and the hook read at once). libvirtd serves at most its "
