@@ -16,7 +16,9 @@ failing record is poison and moves to the spool's rejects (ERROR log, counter
 way. `max_age_seconds` (off by default) also rejects a record still undelivered at that age.
 
 `on_drained` runs on the sender's thread when it finds nothing left to send after it
-delivered something: the end of a burst (the agent gives the heap's free pages back then).
+delivered `drained_after` records since the last time: the end of a burst (the agent gives the
+heap's free pages back then), not every lull inside one (a sender that keeps pace with
+captures drains after nearly every one).
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ class Sender:
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
                  batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
                  max_age_seconds: float = 0.0, build: Build | None = None,
-                 on_drained: Callable[[], object] = lambda: None):
+                 on_drained: Callable[[], object] = lambda: None, drained_after: int = 64):
         if not 0 < wait_initial <= wait_max:
             raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
         if batch < 1 or probe_after < 1 or max_age_seconds < 0:
@@ -68,7 +70,8 @@ class Sender:
         self._max_age = max_age_seconds
         self._build = build  # a capture, built to send (capture/publication.py); None: wait
         self._on_drained = on_drained
-        self._delivered_since_drained = False
+        self._drained_after = drained_after
+        self._delivered_since_drained = 0
         self._loop = threads.WakeableLoop()
         self._stop, self._wake = self._loop.stopping, self._loop.woken
         self._progress = threading.Condition()
@@ -124,8 +127,9 @@ class Sender:
                 self._wake.wait(self._poll)
 
     def _drained(self) -> None:
-        if self._delivered_since_drained and self._spool.pending_count(self.conduit) == 0:
-            self._delivered_since_drained = False
+        if (self._delivered_since_drained >= self._drained_after
+                and self._spool.pending_count(self.conduit) == 0):
+            self._delivered_since_drained = 0
             self._on_drained()
 
     def _send_batch(self) -> bool:
@@ -231,7 +235,7 @@ class Sender:
 
     def _confirm_many(self, seqs: list[int]) -> None:
         self._spool.confirm_many(seqs, self.conduit)
-        self._delivered_since_drained = True
+        self._delivered_since_drained += len(seqs)
         self._counters.incr(f"sender.{self.conduit}.sent", len(seqs))
         self._counters.incr(f"sender.{self.conduit}.retired_batches")
         self._notify_progress()

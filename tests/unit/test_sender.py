@@ -372,7 +372,7 @@ def test_an_emit_batch_bug_confirms_nothing_and_the_records_still_go_out(spool, 
     assert [n.message_id for n in emitter.sent] == ["msg-0", "msg-1", "msg-2"]
 
 
-def test_on_drained_runs_once_a_burst_is_delivered_and_not_while_idle(spool, run):
+def test_on_drained_runs_once_a_burst_is_delivered_not_while_idle_nor_in_a_trickle(spool, run):
     drained, calls = threading.Event(), []
 
     def on_drained():
@@ -381,10 +381,12 @@ def test_on_drained_runs_once_a_burst_is_delivered_and_not_while_idle(spool, run
 
     for n in range(3):
         spool.put(note(n), "final")
-    sender = run(MemoryConduit(), poll_interval=0.01, on_drained=on_drained)
+    sender = run(MemoryConduit(), poll_interval=0.01, on_drained=on_drained, drained_after=3)
     assert drained.wait(10) and calls == [0]
     drained.clear()
     assert not drained.wait(0.2)  # ~20 idle rounds: nothing delivered, nothing called
-    spool.put(note(3), "final")
-    sender.wake()
-    assert drained.wait(10) and calls == [0, 0]
+    for n in range(3, 6):
+        spool.put(note(n), "final")
+        sender.wake()
+        assert sender.drain(timeout=10)  # drained after each one: a trickle
+    assert drained.wait(10) and calls == [0, 0]  # once, after the third
