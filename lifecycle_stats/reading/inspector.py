@@ -1,9 +1,10 @@
 """Reads libvirt domain counters into records.DomainReading.
 
 poll(): one bulk getAllDomainStats over the active domains. read(): one domain, one
-domainListGetStats, on a handle kept by learn_domains() (domain_handles.py). Drivers whose stats records lack the cpu/block/interface groups (libvirt's
-test driver returns only state.*) are read per call instead (path "fallback"); once a connection
-has shown that, later reads on it go straight to the fallback. No libvirt object leaves here.
+domainListGetStats, on a handle kept by learn_domains() (domain_handles.py). Drivers whose
+stats records lack the cpu/block/interface groups (libvirt's test driver returns only
+state.*) are read per call instead (path "fallback"); once a connection has shown that, later
+reads on it go straight to the fallback. No libvirt object leaves here.
 Every reading is stamped with the time its request started, and carries its QEMU process
 (libvirt's domain id), so readings can be ordered. Torn reads: processes.py.
 """
