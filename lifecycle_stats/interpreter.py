@@ -9,6 +9,10 @@ is mostly libvirt and fsync waits, so what costs it is waiting for the GIL and t
   long-lived objects, and every full collection walked them (measured: 22–42 ms pauses of
   the whole agent, any thread's capture included). What is allocated later is collected
   as before.
+- At most two malloc arenas (limit_malloc_arenas, before any thread starts): glibc gives a
+  thread that contends for the heap an arena of its own (up to 8 per core) and keeps what
+  it freed there, so a burst handled on many threads left every arena's pages resident.
+  The GIL already serialises nearly every allocation, so fewer arenas cost no waiting.
 - Free heap is given back once a burst has been delivered (release_free_heap): glibc keeps
   what a thread freed in that thread's malloc arena, so a burst's payloads, built and sent
   on several threads, left the agent ~5 MiB larger for good (doc/benchmarks.md).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import gc
+import os
 import sys
 
 SWITCH_INTERVAL = 0.001  # seconds; CPython's default is 0.005
@@ -44,3 +49,16 @@ def release_free_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+M_ARENA_MAX = -8  # glibc's mallopt() parameter
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas, unless the operator set MALLOC_ARENA_MAX; False where the C
+    library has no mallopt (musl) or refused."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    return mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1

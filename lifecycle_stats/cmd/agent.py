@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     from lifecycle_stats.agent import Agent
 
     argv = sys.argv[1:] if argv is None else argv
+    interpreter.limit_malloc_arenas()  # before any thread starts
     try:
         conf = parse_config(argv, "lifecycle-stats-agent")
         agent = Agent(conf)  # registers the conduits' options too

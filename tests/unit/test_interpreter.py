@@ -31,3 +31,22 @@ def test_release_free_heap_gives_back_what_threads_freed():
     from lifecycle_stats import interpreter
 
     assert interpreter.release_free_heap() is (interpreter._malloc_trim() is not None)
+
+
+def test_the_agent_caps_malloc_arenas_unless_the_operator_set_them(monkeypatch):
+    from lifecycle_stats import interpreter
+
+    calls = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(interpreter.ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert interpreter.limit_malloc_arenas() is True
+    assert calls == [(interpreter.M_ARENA_MAX, interpreter.MALLOC_ARENAS)]
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # glibc read it at start: left as it is
+    assert interpreter.limit_malloc_arenas() is False
+    assert len(calls) == 1
