@@ -25,7 +25,7 @@ from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
-from lifecycle_stats.publishing import sender, spool
+from lifecycle_stats.publishing import checkpoints, sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, reader_pool, registry
 from lifecycle_stats.usage import closer, store
 from lifecycle_stats.usage.ledger import UsageLedger
@@ -116,6 +116,7 @@ class Agent:
         self.spool = spool.Spool(spool.spool_path(conf.state_path),
                                  conduits=list(self.emitters), counters=self.counters,
                                  max_records=conf.spool.max_records)
+        self.checkpoints = checkpoints.Checkpointer(self.spool)  # never in a capture's commit
 
     def _build_senders(self) -> None:
         """One per conduit; each publishes a capture as soon as it is durable, built by the
@@ -172,7 +173,7 @@ class Agent:
 
     def start(self) -> None:
         self.metrics.start()  # first: a taken port fails the start before anything runs
-        self.spool.checkpoint_in_background()  # never in a capture's commit
+        self.checkpoints.start()
         for s in self.senders:
             s.start()
         self.pipeline.publication.start()  # builds first what a crash left captured
@@ -214,7 +215,8 @@ class Agent:
         self.metrics.stop()
         for emitter in self.emitters.values():
             emitter.close()
-        self.spool.close(timeout=min(1.0, left()))
+        self.checkpoints.stop(min(1.0, left()))  # the spool's close checkpoints the rest
+        self.spool.close()
         self.ledger.close()
         for connection in (*self.flush_hvs, self.poll_hv, self.events_hv):
             connection.close()
@@ -255,7 +257,7 @@ class Agent:
                   **self.lifecycle.thread_states(),
                   "poller": self.poller.thread_state,
                   "publication": self.pipeline.publication.thread_state,
-                  "spool-checkpoints": self.spool.checkpoint_thread_state,
+                  "spool-checkpoints": self.checkpoints.thread_state,
                   "bus": self.bus.state,
                   "status-writer": self.status.thread_state}
         states.update({f"sender-{s.conduit}": s.thread_state for s in self.senders})

@@ -7,7 +7,7 @@ lock (and nova, waiting for the capture) waits for the checkpoint too. With back
 checkpoints the spool leaves them to this thread, on a connection of its own: a PASSIVE
 checkpoint blocks neither writers nor readers. The commit's own checkpoint stays as a
 fallback at a larger log (FALLBACK_PAGES), and if this thread ends for any reason the spool
-gets SQLite's own 1000 pages back (`on_exit`): a dead thread costs what the spool cost before,
+gets SQLite's own 1000 pages back: a dead thread costs what the spool cost before,
 never an unbounded log. The log file is cut back to JOURNAL_LIMIT bytes after a checkpoint.
 Durability is unchanged: every commit fsyncs the log, and this connection fsyncs what it
 copies (synchronous=FULL on both).
@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from lifecycle_stats import threads
-from lifecycle_stats.counters import Counters
+
+if TYPE_CHECKING:
+    from lifecycle_stats.publishing.spool import Spool
 
 LOG = logging.getLogger(__name__)
 
@@ -30,12 +32,13 @@ INTERVAL = 1.0  # seconds between background checkpoints
 
 
 class Checkpointer:
-    def __init__(self, path: str, *, counters: Counters, interval: float = INTERVAL,
-                 on_exit: Callable[[], None] = lambda: None) -> None:
-        self._path = path
-        self._counters = counters
+    """The spool's checkpoints from start() to stop(); the agent owns it (the spool alone, in
+    tests and the replay player, checkpoints in its commits as SQLite does)."""
+
+    def __init__(self, spool: "Spool", *, interval: float = INTERVAL) -> None:
+        self._spool = spool
+        self._counters = spool.counters
         self._interval = interval
-        self._on_exit = on_exit  # the thread ended: the commits checkpoint again
         self._loop = threads.WakeableLoop()
         self._failing = False
 
@@ -44,6 +47,7 @@ class Checkpointer:
         return self._loop.state
 
     def start(self) -> None:
+        self._spool.read(leave_to_background)
         self._loop.start(self._run, "lifecycle-stats-spool-checkpoints")
 
     def stop(self, timeout: float | None) -> bool:
@@ -51,8 +55,8 @@ class Checkpointer:
 
     def _run(self) -> None:
         try:
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                 timeout=30)
+            db = sqlite3.connect(self._spool.path, isolation_level=None,
+                                 check_same_thread=False, timeout=30)
             try:
                 db.execute("PRAGMA synchronous=FULL")  # what it copies is fsynced
                 while not self._loop.stopping.wait(self._interval):
@@ -62,9 +66,16 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - whatever ended it, the commits take over again
             self._counters.incr("spool.checkpoint_errors")
             LOG.exception("background checkpoints of %s ended; commits checkpoint again",
-                          self._path)
+                          self._spool.path)
         finally:
-            self._on_exit()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """The thread ended: the spool's commits checkpoint at SQLite's own size again."""
+        try:
+            self._spool.read(take_back)
+        except sqlite3.ProgrammingError:  # the spool closed first: nothing commits any more
+            pass
 
     def checkpoint(self, db: sqlite3.Connection) -> int:
         """One PASSIVE checkpoint on db; the log frames it copied (0 on a failure: the first
@@ -75,11 +86,11 @@ class Checkpointer:
             self._counters.incr("spool.checkpoint_errors")
             if not self._failing:
                 LOG.warning("background checkpoint of %s failed (the next failures are only "
-                            "counted): %s", self._path, exc)
+                            "counted): %s", self._spool.path, exc)
             self._failing = True
             return 0
         if self._failing:
-            LOG.info("background checkpoints of %s work again", self._path)
+            LOG.info("background checkpoints of %s work again", self._spool.path)
             self._failing = False
         self._counters.incr("spool.checkpoints")
         copied = max(copied, 0)

@@ -28,8 +28,7 @@ import threading
 from typing import Any, Callable
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats import threads
-from lifecycle_stats.publishing import capture_rows, checkpoints, spool_bounds, spool_schema
+from lifecycle_stats.publishing import capture_rows, spool_bounds, spool_schema
 from lifecycle_stats.publishing.group_commit import GroupCommit
 from lifecycle_stats.records import Notification, utcnow
 from lifecycle_stats import sqlite_tx
@@ -68,8 +67,6 @@ class Spool:
         self._db = spool_schema.open_database(path, clock=clock, counters=self._counters)
         spool_schema.restrict_sidecars(path)
         self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
-        self._checkpointer: checkpoints.Checkpointer | None = None
-        self._closed = False
         with self._tx() as db:
             self.retire_complete(db)
 
@@ -298,33 +295,6 @@ class Spool:
             oldest = self._db.execute("SELECT min(created_at) FROM records").fetchone()[0]
         return None if oldest is None else max(0.0, self._now() - oldest)
 
-    def checkpoint_in_background(self, interval: float = checkpoints.INTERVAL) -> None:
-        """WAL checkpoints on a thread of their own, not in a capture's commit (up to
-        checkpoints.FALLBACK_PAGES of log); until close(), or until that thread ends."""
+    def close(self) -> None:
         with self._lock:
-            checkpoints.leave_to_background(self._db)
-        self._checkpointer = checkpoints.Checkpointer(
-            self.path, counters=self._counters, interval=interval,
-            on_exit=self._checkpoints_ended)
-        self._checkpointer.start()
-
-    def _checkpoints_ended(self) -> None:
-        with self._lock:
-            if not self._closed:
-                checkpoints.take_back(self._db)
-
-    @property
-    def checkpoint_thread_state(self) -> str:
-        """The background checkpoints' thread ("not started": SQLite's own, in commits)."""
-        if self._checkpointer is None:
-            return threads.NOT_STARTED
-        return self._checkpointer.thread_state
-
-    def close(self, timeout: float = 5.0) -> None:
-        """timeout: how long to wait for the checkpoint thread (the last connection's
-        close checkpoints what is left anyway)."""
-        if self._checkpointer is not None:
-            self._checkpointer.stop(timeout)
-        with self._lock:
-            self._closed = True
             self._db.close()

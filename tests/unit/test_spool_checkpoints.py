@@ -37,15 +37,17 @@ def test_commits_leave_the_checkpoint_to_the_background_thread(tmp_path):
     counters = Counters()
     spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
     try:
-        spool.checkpoint_in_background(interval=3600)  # the thread waits: commits only
+        checkpointer = checkpoints.Checkpointer(spool, interval=3600)
+        checkpointer.start()  # the thread waits: commits only
         for n in range(150):  # ~6 MB of log, past SQLite's own 1000-page checkpoint
             spool.put(note(n), "final")
         assert spool.read(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
             == checkpoints.FALLBACK_PAGES
         logged, _ = log_frames(spool.path)
         assert logged > 1000  # no commit checkpointed the log (which restarts it)
-        assert spool.checkpoint_thread_state == "alive"
+        assert checkpointer.thread_state == "alive"
     finally:
+        checkpointer.stop(5)
         spool.close()
     assert counters.get("spool.checkpoints") == 0  # the thread never woke
 
@@ -54,7 +56,8 @@ def test_the_thread_checkpoints_what_the_commits_logged(tmp_path):
     counters = Counters()
     spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
     try:
-        spool.checkpoint_in_background(interval=0.05)
+        checkpointer = checkpoints.Checkpointer(spool, interval=0.05)
+        checkpointer.start()
         for n in range(30):
             spool.put(note(n), "final")
         frames = (os.path.getsize(spool.path + "-wal") - 32) // (4096 + 24)  # WAL layout
@@ -67,8 +70,9 @@ def test_the_thread_checkpoints_what_the_commits_logged(tmp_path):
         logged, _ = log_frames(spool.path)
         assert logged < 100
     finally:
-        spool.close(timeout=5)
-    assert spool.checkpoint_thread_state == "stopped"
+        checkpointer.stop(5)
+        spool.close()
+    assert checkpointer.thread_state == "stopped"
 
 
 @pytest.mark.allow_error_logs
@@ -81,12 +85,13 @@ def test_when_the_thread_ends_the_commits_checkpoint_at_sqlites_own_size_again(
     spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["a"], counters=counters)
     try:
         monkeypatch.setattr(checkpoints.sqlite3, "connect", no_connection)
-        spool.checkpoint_in_background(interval=0.01)
+        checkpointer = checkpoints.Checkpointer(spool, interval=0.01)
+        checkpointer.start()
         deadline = time.monotonic() + 10
-        while spool.checkpoint_thread_state == "alive" and time.monotonic() < deadline:
+        while checkpointer.thread_state == "alive" and time.monotonic() < deadline:
             time.sleep(0.01)
         monkeypatch.undo()
-        assert spool.checkpoint_thread_state == "dead"  # the status file shows it
+        assert checkpointer.thread_state == "dead"  # the status file shows it
         assert counters.get("spool.checkpoint_errors") == 1
         assert "commits checkpoint again" in caplog.text
         assert spool.read(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
@@ -101,7 +106,7 @@ def test_a_failed_checkpoint_is_counted_and_logged_and_the_spool_goes_on(tmp_pat
     closed = sqlite3.connect(spool.path)
     closed.close()
     with caplog.at_level(logging.WARNING):
-        got = checkpoints.Checkpointer(spool.path, counters=counters).checkpoint(closed)
+        got = checkpoints.Checkpointer(spool).checkpoint(closed)
     assert got == 0 and counters.get("spool.checkpoint_errors") == 1
     assert "background checkpoint" in caplog.text
     assert spool.put(note(1), "final")  # the commit's own fallback still bounds the log
@@ -113,6 +118,6 @@ def test_without_background_checkpoints_sqlite_checkpoints_in_the_commit(tmp_pat
     try:
         assert spool.read(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
             == 1000
-        assert spool.checkpoint_thread_state == "not started"
+        assert checkpoints.Checkpointer(spool).thread_state == "not started"
     finally:
         spool.close()
