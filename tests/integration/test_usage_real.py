@@ -26,7 +26,9 @@ RUN = uuid.uuid4().hex[:8]
 HOST = f"lst-usage-{RUN}"
 KILL_HOST = f"lst-usage-{RUN}-kill"
 ENRICH_HOST = f"lst-usage-{RUN}-enrich"
+PERIODS_HOST = f"lst-usage-{RUN}-periods"
 EVENT_WAIT = 20.0
+HOUR_END_MARGIN = 60.0  # seconds; the longest test here takes 15 s on this machine
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def names():
 @pytest.fixture(scope="module")
 def bus(rabbit_url, names):
     with harness.billing_bus(rabbit_url, amqp_url(rabbit_url), names,
-                             [HOST, KILL_HOST, ENRICH_HOST], project="lifecycle-stats-usage",
+                             [HOST, KILL_HOST, ENRICH_HOST, PERIODS_HOST], project="lifecycle-stats-usage",
                              event_types=None) as (transport, billing):
         yield billing, harness.Nova(transport, names)
 
@@ -71,6 +73,17 @@ def agent(names, libvirt_uri, rabbit_url, tmp_path_factory, bus):
             process.stop(timeout=20)
         finally:
             process.kill()
+
+
+@pytest.fixture(autouse=True)
+def clear_of_the_hour_end():
+    """The agents here close hourly audit periods (the default), and an exists at the hour
+    splits a life's usage in two: the checks below that read one exists (or the final one's
+    process count) would then see a part. A test that could straddle the hour waits it out;
+    test_usage_adds_up_across_audit_periods crosses periods on purpose."""
+    left = 3600.0 - time.time() % 3600.0  # UTC hours are whole hours of the Unix epoch
+    if left < HOUR_END_MARGIN:
+        time.sleep(left + 1.0)
 
 
 @pytest.fixture
@@ -321,3 +334,33 @@ def test_a_resize_revert_is_read_on_the_destination_before_it_destroys(world, ag
     life = usage_world.resize_then_revert(world)
     assert agent.counter("flush.action.resize_revert") == reverts + 1
     assert_adds_up(world, life, processes=3)
+
+
+def test_usage_adds_up_across_audit_periods(names, libvirt_uri, rabbit_url, nova, billing,
+                                            guest_factory, tmp_path):
+    """Periods of 5 s: the life below spans several, and billing's sum over every exists
+    (deduplicated by message_id) is what the QEMU processes used, as with one period."""
+    process = start_agent(tmp_path, PERIODS_HOST, names, libvirt_uri, rabbit_url,
+                          extra={"usage": {"audit_period": "5s"}})
+    own = usage_world.World(process, nova, billing, guest_factory, libvirt_uri)
+    try:
+        life = own.boot()
+        own.stop(life, "power_off")
+        time.sleep(5.0)  # off for a whole period: its exists has no growth
+        own.start(life)
+        own.delete(life)
+        billed = own.billed(life)
+        assert billed is not None, f"no final exists for {life.guest.instance_id}"
+        assert billed.exists >= 3 and billed.finals == 1
+        assert sum(life.low) <= billed.cpu_time_ns <= sum(life.high), (
+            f"billed {billed.cpu_time_ns} ns, used {sum(life.low)}..{sum(life.high)} ns "
+            f"in {billed.exists} exists")
+        [final] = [e["payload"] for e in own.exists_of(life) if e["payload"]["final"]]
+        # the first process ended periods before the delete: the final exists alone is a part
+        assert final["usage"]["cpu_time_ns"] < sum(life.low)
+    finally:
+        own.close()
+        try:
+            process.stop(timeout=20)
+        finally:
+            process.kill()

@@ -208,13 +208,13 @@ class World:
         """The sum over the instance's exists once a final one came (None: none came)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(e["payload"].get("final") for e in self._exists(life)):
+            if any(e["payload"].get("final") for e in self.exists_of(life)):
                 time.sleep(STRAGGLERS)
-                return _sum(self._exists(life))
+                return _sum(self.exists_of(life))
             time.sleep(0.1)
         return None
 
-    def _exists(self, life: Life) -> list[dict]:
+    def exists_of(self, life: Life) -> list[dict]:
         return [e for e in self.billing.by_instance().get(life.guest.instance_id, [])
                 if e["event_type"] == EXISTS]
 
