@@ -67,6 +67,11 @@ class Spool:
         self._db = spool_schema.open_database(path, clock=clock, counters=self._counters)
         spool_schema.restrict_sidecars(path)
         self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
+        # seen() and last_capture() are asked on nova's wait: a connection of their own reads
+        # the last commit without waiting for the writers' lock (a commit holds it across
+        # its fsync)
+        self._lookups = spool_schema.open_lookups(path)
+        self._lookups_lock = threading.Lock()
         with self._tx() as db:
             self.retire_complete(db)
 
@@ -145,8 +150,8 @@ class Spool:
 
     def last_capture(self, instance_id: str) -> str | None:
         """The message_id of the newest capture of this instance within the retention period."""
-        with self._lock:
-            return self._db.execute(
+        with self._lookups_lock:
+            return self._lookups.execute(
                 "SELECT max(message_id) FROM captures WHERE instance_id = ? AND captured_at >= ?",
                 (instance_id, self._now() - self._retention[0])).fetchone()[0]
 
@@ -212,9 +217,9 @@ class Spool:
     # -- reading ----------------------------------------------------------------------------
 
     def seen(self, message_id: str) -> bool:
-        """Spooled now, or delivered within the retention period."""
-        with self._lock:
-            return self._known(self._db, message_id, self._now())
+        """Spooled now, or delivered within the retention period (as of the last commit)."""
+        with self._lookups_lock:
+            return self._known(self._lookups, message_id, self._now())
 
     def _known(self, db: sqlite3.Connection, message_id: str, now: float) -> bool:
         row = db.execute(
@@ -296,5 +301,7 @@ class Spool:
         return None if oldest is None else max(0.0, self._now() - oldest)
 
     def close(self) -> None:
+        with self._lookups_lock:
+            self._lookups.close()
         with self._lock:
             self._db.close()

@@ -192,6 +192,14 @@ def _open(path: str) -> sqlite3.Connection:
     return db
 
 
+def open_lookups(path: str) -> sqlite3.Connection:
+    """A read-only connection to the spool open_database() prepared: WAL lets it read the
+    last commit while a writer's transaction is open."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA query_only=1")
+    return db
+
+
 def _check_integrity(db: sqlite3.Connection) -> None:
     # quick_check reads every page once: a torn or overwritten file is found at start, not
     # by the first put of a final sample.

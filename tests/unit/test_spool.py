@@ -328,3 +328,33 @@ def test_spool_survives_kill_9(tmp_path):
         assert sp.depth() == 0
     finally:
         sp.close()
+
+
+def test_lookups_on_nova_s_wait_do_not_wait_for_a_commit_in_progress(make_spool):
+    """seen() and last_capture() read the last commit on a connection of their own: a
+    writer's open transaction (which holds the writers' lock through its fsync) never holds
+    them, and what it has not committed is not seen yet."""
+    sp = make_spool()
+    assert sp.put_capture("cap-1", "inst-1", b"capture one")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(db):
+        sp.insert(db, "msg-9", "final", spool_mod.encode(note(9), "final", 0.0), 0.0)
+        inside.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=sp.write, args=(slow_write,))
+    writer.start()
+    try:
+        assert inside.wait(5)
+        answers = []
+        reader = threading.Thread(target=lambda: answers.extend(
+            [sp.seen("cap-1"), sp.seen("msg-9"), sp.last_capture("inst-1")]))
+        reader.start()
+        reader.join(2)
+        assert not reader.is_alive(), "a lookup waited for the open transaction"
+        assert answers == [True, False, "cap-1"]
+    finally:
+        release.set()
+        writer.join(5)
+    assert sp.seen("msg-9")
