@@ -100,6 +100,13 @@ def publish(spool: "Spool", built: list[Built]) -> int:
                 LOG.error("capture %s cannot be read (%s): moved to the rejects table",
                           item.waiting.message_id, item.reason)
                 continue
+            if item.reason is None and _delivered_everywhere(spool, db, item.waiting.seq):
+                # the senders delivered what it was built into: nothing left to encode
+                swapped = db.execute("UPDATE records SET tier = 'final' WHERE seq = ? AND "
+                                     "tier = ?", (item.waiting.seq, TIER)).rowcount
+                spool.retire_complete(db, item.waiting.seq)
+                done += swapped
+                continue
             # in the capture's place (its seq): senders keep capture order
             body = spool_schema.encode(item.notification, "final", now)
             swapped = db.execute("UPDATE records SET tier = 'final', body = ? WHERE seq = ? AND "
@@ -112,6 +119,12 @@ def publish(spool: "Spool", built: list[Built]) -> int:
         return done
 
     return spool.write(swap)
+
+
+def _delivered_everywhere(spool: "Spool", db: sqlite3.Connection, seq: int) -> bool:
+    marks = ",".join("?" * len(spool.conduits))
+    return db.execute(f"SELECT count(*) FROM deliveries WHERE seq = ? AND conduit IN ({marks})",
+                      (seq, *spool.conduits)).fetchone()[0] == len(spool.conduits)
 
 
 def _remove(db: sqlite3.Connection, seq: int) -> bool:

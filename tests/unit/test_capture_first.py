@@ -238,3 +238,28 @@ def test_a_build_that_raises_holds_back_only_what_comes_after_the_capture(box):
     [(_, note)] = box.spool.pending("test", 10, broken)
     assert note.message_id == "exists-1"
     assert tiers(box.spool) == ["periodic", "capture", "periodic"]  # nothing lost
+
+
+def test_the_swap_encodes_only_what_a_conduit_still_has_to_send(box, tmp_path, monkeypatch):
+    """A capture every conduit delivered leaves at its swap without its notification being
+    encoded and written (it would be deleted in the same transaction); one a conduit still
+    owes is swapped for the notification that conduit then sends."""
+    box.spool.close()
+    box.spool = spool.Spool(str(tmp_path / "two.sqlite"), conduits=["a", "b"])
+    encoded = []
+    real_encode = capture_rows.spool_schema.encode
+    monkeypatch.setattr(capture_rows.spool_schema, "encode",
+                        lambda *args: encoded.append(args[0].message_id) or real_encode(*args))
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters)
+    other = "0c6f1a43-34d1-4c8f-a5a7-3c36ad5b1a11"
+    capture_only(box)
+    capture_only(box, instance_id=other)
+    first, second = box.spool.pending("a", 10, publication.build)
+    assert box.spool.pending("b", 10, publication.build)[0] == first
+    for conduit in ("a", "b"):
+        box.spool.confirm(first[0], conduit)  # the first delivered everywhere
+    box.spool.confirm(second[0], "a")  # the second still owed to b
+    assert publication.build_waiting() == 2
+    assert encoded == [second[1].message_id]
+    assert box.spool.seen(first[1].message_id) and tiers(box.spool) == ["final"]
+    assert box.spool.pending("a", 10) == [] and box.spool.pending("b", 10) == [second]
