@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 UTC = datetime.timezone.utc
 
@@ -158,6 +158,22 @@ def plain_copy(value: Any) -> Any:
 
 
 _SAMPLE_FIELDS = tuple(f.name for f in dataclasses.fields(Sample))
+
+
+def sample_dicts(samples: Iterable[Sample]) -> list[dict[str, Any]]:
+    """as_dict() of each sample; samples that share one metadata mapping (one resource's)
+    share one copy of it, so signing.signed_all makes its text once."""
+    copies: dict[int, Any] = {}  # the samples keep their mappings alive: ids stay theirs
+    out = []
+    for sample in samples:
+        metadata = sample.resource_metadata
+        copied = copies.get(id(metadata))
+        if copied is None:
+            copied = copies[id(metadata)] = plain_copy(metadata)
+        row = {name: getattr(sample, name) for name in _SAMPLE_FIELDS}
+        row["resource_metadata"] = copied
+        out.append(row)
+    return out
 
 
 DELETE = "delete"  # the stop action that ends the instance (StopAnnouncement.action)

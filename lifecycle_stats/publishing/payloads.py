@@ -16,7 +16,7 @@ import jsonschema
 
 from lifecycle_stats.publishing import samples, signing
 from lifecycle_stats.records import (
-    StopAnnouncement, DomainReading, InstanceInfo, Notification, isotime,
+    StopAnnouncement, DomainReading, InstanceInfo, Notification, isotime, sample_dicts,
 )
 
 DELETE_SAMPLES = "compute.instance.delete.samples"
@@ -110,7 +110,7 @@ def delete_samples(
         "message_id": message_id,
         "supersedes": supersedes,
         "capture": with_figures(capture(kind, trigger, reading, now, errors), figures),
-        "samples": [signing.signed(s.as_dict(), telemetry_secret) for s in built],
+        "samples": signing.signed_all(sample_dicts(built), telemetry_secret),
     }
     # The envelope time too: Ceilometer's stock meters.yaml stamps the samples it makes of
     # delete.samples (memory, vcpus, disk.*.size) with it.

@@ -167,23 +167,27 @@ def sum_disks(disks: tuple[DiskStats, ...]) -> DiskStats:
     )
 
 
-def _targets(meter, info, reading, view) -> Iterator[tuple[object, str, dict[str, Any]]]:
-    """(record holding the stat, resource id, extra resource metadata) per sample of meter;
-    the extras are the ones Ceilometer's pollster adds."""
+def _targets(meter, info, reading, view) -> Iterator[tuple[object, str, tuple, dict[str, Any]]]:
+    """(record holding the stat, resource id, which resource's metadata, extra resource
+    metadata) per sample of meter; the extras are the ones Ceilometer's pollster adds."""
     if meter.scope == meters.INSTANCE:
-        yield view, info.instance_id, ({"cpu_number": view.vcpus} if meter.name == "cpu" else {})
+        if meter.name == "cpu":
+            yield view, info.instance_id, ("cpu",), {"cpu_number": view.vcpus}
+        else:
+            yield view, info.instance_id, (), {}
     elif meter.scope == meters.DISK_TOTAL and reading.disks:
-        yield sum_disks(reading.disks), info.instance_id, {}
+        yield sum_disks(reading.disks), info.instance_id, (), {}
     elif meter.scope == meters.DISK:
         for disk in reading.disks:
-            yield disk, disk_resource_id(info, disk.device), {"disk_name": disk.device}
+            yield disk, disk_resource_id(info, disk.device), ("disk", disk.device), {
+                "disk_name": disk.device}
     elif meter.scope == meters.VNIC:
         for vnic in reading.vnics:
             facts = info.vnic_facts.get(vnic.device, {})
             fref = facts.get("fref")
             extra = {"name": vnic.device, "mac": facts.get("mac"), "fref": fref,
                      "parameters": facts.get("parameters", {}), "vnic_name": fref or vnic.device}
-            yield vnic, fref or vnic_resource_id(info, vnic.device), extra
+            yield vnic, fref or vnic_resource_id(info, vnic.device), ("vnic", vnic.device), extra
 
 
 def build_samples(
@@ -206,19 +210,23 @@ def build_samples(
         rows = (*rows, meters.flavor_meter(info.flavor.name))
     stamp = isotime(timestamp or reading.read_at)
     out = []
+    metadata: dict[tuple, dict[str, Any]] = {}  # one per resource, shared by its samples
     for meter in rows:
         if meter.needs_active and not reading.active:
             continue
-        for record, resource_id, extra in _targets(meter, info, reading, view):
+        for record, resource_id, whose, extra in _targets(meter, info, reading, view):
             volume = getattr(record, meter.stat)
             if volume is None:
                 continue
+            meta = metadata.get(whose)
+            if meta is None:
+                meta = metadata[whose] = {**base_meta, **extra}
             out.append(Sample(
                 name=meter.name, type=meter.type, unit=meter.unit, volume=volume,
                 resource_id=resource_id, timestamp=stamp,
                 user_id=info.user_id, project_id=info.project_id,
                 message_id=deterministic_id(info.instance_id, capture_id, meter.name, resource_id),
-                source=source, resource_metadata={**base_meta, **extra},
+                source=source, resource_metadata=meta,
             ))
     return out
 

@@ -213,3 +213,27 @@ def test_host_id_matches_nova():
     # nova.utils.generate_hostid("cmp1", "p1"); "" without a host
     assert samples.host_id("p1", "cmp1") == hashlib.sha224(b"p1cmp1").hexdigest()
     assert samples.host_id("p1", "") == ""
+
+
+def test_samples_of_one_resource_share_its_metadata_and_signatures_are_unchanged():
+    """One metadata mapping per resource (instance, cpu, each disk, each vNIC), shared by its
+    samples: the payload's copy keeps the sharing, and each signature equals the signature
+    of that sample alone."""
+    from lifecycle_stats.publishing import signing
+    from lifecycle_stats.records import sample_dicts
+
+    built = samples.build_samples(make_info(), make_reading(), host="cmp1", capture_id="c")
+    by_resource = {}
+    for sample in built:
+        key = (sample.resource_id, "cpu_number" in sample.resource_metadata)
+        by_resource.setdefault(key, set()).add(id(sample.resource_metadata))
+    assert all(len(ids) == 1 for ids in by_resource.values())
+    assert len({id(s.resource_metadata) for s in built}) == len(by_resource) < len(built)
+    rows = sample_dicts(built)
+    assert rows == [s.as_dict() for s in built]
+    assert len({id(r["resource_metadata"]) for r in rows}) == len(by_resource)
+    assert not {id(r["resource_metadata"]) for r in rows} & {id(s.resource_metadata)
+                                                            for s in built}
+    signed = signing.signed_all(rows, "secret")
+    assert [s["message_signature"] for s in signed] == [
+        signing.signature(s.as_dict(), "secret") for s in built]

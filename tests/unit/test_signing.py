@@ -1,3 +1,4 @@
+import copy
 import hashlib
 import hmac
 
@@ -82,3 +83,18 @@ def test_a_mapping_under_the_signature_key_is_signed_like_any_other():
                                                            ("message_signature:x", "1")])
     assert signing.signature({"a": 1, "message_signature": "old"}, "k") == manual(
         "k", [("a", "1")])
+
+
+def test_signed_all_gives_each_message_the_signature_it_has_alone():
+    """signed_all makes the text of a nested mapping shared by several messages once: each
+    signature is still the one the message has alone, whatever the others hold."""
+    shared = {"flavor": {"id": "f", "ram": 512}, "host": "h", "image": {"id": "i"}}
+    other = {"flavor": {"id": "g", "ram": 512}, "host": "h"}  # equal to nothing above
+    messages = [{"counter_volume": n, "resource_metadata": meta, "tags": [n]}
+                for n, meta in enumerate([shared, shared, other, shared, {**shared, "x": 1}])]
+    messages.append({"resource_metadata": shared, "outer": {"resource_metadata": shared}})
+    batch = signing.signed_all(messages, "k")
+    assert [m["message_signature"] for m in batch] == [
+        signing.signature(copy.deepcopy(m), "k") for m in messages]
+    assert len(set(m["message_signature"] for m in batch)) == len(messages)
+    assert all(signing.verify(m, "k") for m in batch)
