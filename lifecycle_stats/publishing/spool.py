@@ -236,21 +236,24 @@ class Spool:
         build gives None (it cannot be built yet), the list ends before it. Undecodable bodies
         are moved to `rejects` on the way (never returned, never blocking).
         """
-        with self._tx() as db:
-            rows = db.execute(
+        # read on the lookups' connection and decoded outside every lock: a capture's put
+        # never waits for a sender's read of up to `limit` bodies
+        with self._lookups_lock:
+            rows = self._lookups.execute(
                 "SELECT seq, message_id, tier, body FROM records r WHERE NOT EXISTS (SELECT 1 "
                 "FROM deliveries d WHERE d.seq = r.seq AND d.conduit = ?) ORDER BY seq LIMIT ?",
                 (conduit, limit)).fetchall()
-            out: list[tuple[int, Notification | capture_rows.Waiting]] = []
-            for seq, message_id, tier, body in rows:
-                if tier == capture_rows.TIER:
-                    if build is None:
-                        break
-                    out.append((seq, capture_rows.Waiting(seq, message_id, body)))
-                    continue
-                try:
-                    out.append((seq, decode(body)))
-                except ValueError as exc:
+        out: list[tuple[int, Notification | capture_rows.Waiting]] = []
+        for seq, message_id, tier, body in rows:
+            if tier == capture_rows.TIER:
+                if build is None:
+                    break
+                out.append((seq, capture_rows.Waiting(seq, message_id, body)))
+                continue
+            try:
+                out.append((seq, decode(body)))
+            except ValueError as exc:
+                with self._tx() as db:
                     self._reject(db, seq, message_id, str(exc))
         # captures are built outside the lock: a capture's put never waits for a build
         for index, (seq, item) in enumerate(out):
@@ -266,9 +269,13 @@ class Spool:
         return out
 
     def _reject(self, db: sqlite3.Connection, seq: int, message_id: str, reason: str) -> None:
-        db.execute("INSERT INTO rejects (seq, message_id, tier, created_at, body, reason, "
-                   "rejected_at, origin) SELECT seq, message_id, tier, created_at, body, ?, ?, "
-                   "'spool' FROM records WHERE seq = ?", (reason, self._now(), seq))
+        """Move a corrupt record to rejects (once: another conduit's sender may have)."""
+        moved = db.execute("INSERT INTO rejects (seq, message_id, tier, created_at, body, "
+                           "reason, rejected_at, origin) SELECT seq, message_id, tier, "
+                           "created_at, body, ?, ?, 'spool' FROM records WHERE seq = ?",
+                           (reason, self._now(), seq)).rowcount
+        if not moved:
+            return
         self.delete(db, seq)
         self._counters.incr("spool.corrupt")
         LOG.error("spool record %d (message_id %s) is corrupt (%s): moved to the rejects table",

@@ -247,6 +247,22 @@ def test_corrupt_body_goes_to_rejects(make_spool, counters, caplog):
     assert "moved to the rejects table" in caplog.text
 
 
+@pytest.mark.allow_error_logs
+def test_a_corrupt_record_read_by_two_conduits_is_rejected_once(make_spool, counters):
+    sp = make_spool(conduits=("a", "b"))
+    sp.put(note(1), "final")
+    sp.put(note(2), "final")
+    sp._db.execute("UPDATE records SET body = ? WHERE message_id = 'msg-1'", (b"\xc1garbage",))
+    stale = sp._lookups.execute("SELECT seq, message_id FROM records WHERE message_id = "
+                                "'msg-1'").fetchone()  # what b's sender read before a's reject
+    assert ids(sp.pending("a", 10)) == ["msg-2"]
+    with sp._tx() as db:  # b's sender rejects what it read before
+        sp._reject(db, *stale, "undecodable")
+    assert ids(sp.pending("b", 10)) == ["msg-2"]
+    assert sp._db.execute("SELECT count(*) FROM rejects").fetchone()[0] == 1
+    assert counters.get("spool.corrupt") == 1
+
+
 def test_seen_after_delivery_and_retention(make_spool, clock):
     sp = make_spool(retention_seconds=3600)
     assert not sp.seen("msg-1")
@@ -358,3 +374,31 @@ def test_lookups_on_nova_s_wait_do_not_wait_for_a_commit_in_progress(make_spool)
         release.set()
         writer.join(5)
     assert sp.seen("msg-9")
+
+
+def test_a_sender_s_read_does_not_wait_for_a_commit_in_progress(make_spool):
+    """pending() reads the last commit on the lookups' connection: a sender never waits
+    behind a writer's open transaction (a capture's put, a swap), nor makes one wait."""
+    sp = make_spool()
+    sp.put(note(1), "final")
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_write(db):
+        sp.insert(db, "msg-9", "final", spool_mod.encode(note(9), "final", 0.0), 0.0)
+        inside.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=sp.write, args=(slow_write,))
+    writer.start()
+    try:
+        assert inside.wait(5)
+        got = []
+        reader = threading.Thread(target=lambda: got.extend(sp.pending("a", 10)))
+        reader.start()
+        reader.join(2)
+        assert not reader.is_alive(), "pending() waited for the open transaction"
+        assert ids(got) == ["msg-1"]
+    finally:
+        release.set()
+        writer.join(5)
+    assert ids(sp.pending("a", 10)) == ["msg-1", "msg-9"]
