@@ -8,6 +8,8 @@ restarts (its id is stale: the id is taken from the stats record's own domain) a
 gone since yields an empty stats list, as one gone after a lookup does.
 
 A handle belongs to the connection it came from: after a reconnect every handle is dropped.
+A read still running on the lost connection (it raced the reconnect) keeps nothing: the
+handles stay the live connection's.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class DomainHandles:
             dom = conn.lookupByUUIDString(instance_id)
             with self._lock:
                 if conn is not self._conn:
+                    if self._conn is not None and _alive(self._conn):
+                        return dom  # conn is the older one: the handles stay the live one's
                     self._conn, self._by_uuid = conn, {}
                 self._by_uuid[instance_id] = dom
         return dom
@@ -44,3 +48,11 @@ class DomainHandles:
     def forget(self, instance_id: str) -> None:
         with self._lock:
             self._by_uuid.pop(instance_id, None)
+
+
+def _alive(conn: libvirt.virConnect) -> bool:
+    """libvirt's own view of the connection (no call to libvirtd); a closed one raises."""
+    try:
+        return conn.isAlive() == 1
+    except libvirt.libvirtError:
+        return False

@@ -49,6 +49,10 @@ class StatsConnection:
 
     def __init__(self, dom, record, uri: str = ""):
         self.dom, self.record, self.uri = dom, record, uri
+        self.alive = True  # False: closed or lost, as libvirt's isAlive() says
+
+    def isAlive(self):
+        return int(self.alive)
 
     def call(self, fn, instance_id=None):
         return fn(self)

@@ -76,6 +76,25 @@ def test_a_new_connection_drops_the_old_ones_handles():
     assert second.lookups == 1 and second.handles_passed[0] not in first.handles_passed
 
 
+def test_a_read_on_the_lost_connection_racing_the_reconnect_keeps_the_new_handles():
+    first = CountingConnection(Domain("u", 7), COMPLETE)
+    reader = inspector.Inspector(first)
+    reader.learn_domains()
+    second = CountingConnection(Domain("u", 7), COMPLETE)
+    reader._hv = second  # reconnected, and the new connection's handles learned
+    reader.learn_domains()
+    first.alive = False
+    assert reader._handles.get(first, "u") is not None  # a read begun before the reconnect
+    reader.read("u")
+    assert second.lookups == 0  # its handles were kept, not reset to the lost connection's
+    second.alive = False
+    third = CountingConnection(Domain("u", 7), COMPLETE)
+    reader._hv = third  # lost again: the next read's connection takes over the handles
+    reader.read("u")
+    reader.read("u")
+    assert third.lookups == 1
+
+
 class FailingLister:
     def learn_domains(self):
         raise HypervisorError("libvirtd went away")
