@@ -19,6 +19,7 @@ from tests.support.nova import legacy_start_payload, messaging_conf, versioned_s
 HOST = "compute-1"
 NOW = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
 WAIT = 5.0
+LOADED_WAIT = 30.0  # 12 messages through 3 workers timed out at 5 s on a machine at load 20
 HANDLED = oslo_messaging.NotificationResult.HANDLED
 REQUEUE = oslo_messaging.NotificationResult.REQUEUE
 
@@ -404,7 +405,7 @@ def test_the_listener_handles_at_most_workers_messages_at_once_and_starts_no_mor
         with lock:
             running.append(threading.current_thread())
             most[0] = max(most[0], len(running))
-        release.wait(WAIT)
+        release.wait(LOADED_WAIT)
         with lock:
             running.remove(threading.current_thread())
         return trigger
@@ -413,10 +414,10 @@ def test_the_listener_handles_at_most_workers_messages_at_once_and_starts_no_mor
     fake_bus.listen(on_trigger=slow, workers=3)
     for _ in range(12):
         fake_bus.legacy(HOST)
-    wait_for(lambda: most[0] == 3)
+    wait_for(lambda: most[0] == 3, LOADED_WAIT)
     time.sleep(0.2)  # nothing more starts while the three are busy
     assert most[0] == 3 and threading.active_count() - before <= 3 + 2  # + the poll thread(s)
     release.set()
     wait_for(lambda: fake_bus.listeners[0].counters.snapshot().get(
-        "bus.triggers.legacy", 0) == 12)
+        "bus.triggers.legacy", 0) == 12, LOADED_WAIT)
     assert most[0] == 3
