@@ -62,6 +62,13 @@ def start_agent(workdir, host, names, libvirt_uri, rabbit_url,
     return process
 
 
+def stop(process: harness.AgentProcess) -> None:
+    try:
+        process.stop(timeout=20)
+    finally:
+        process.kill()
+
+
 @pytest.fixture(scope="module")
 def agent(names, libvirt_uri, rabbit_url, tmp_path_factory, bus):
     process = start_agent(tmp_path_factory.mktemp("usage"), HOST, names, libvirt_uri,
@@ -69,10 +76,7 @@ def agent(names, libvirt_uri, rabbit_url, tmp_path_factory, bus):
     try:
         yield process
     finally:
-        try:
-            process.stop(timeout=20)
-        finally:
-            process.kill()
+        stop(process)
 
 
 @pytest.fixture(autouse=True)
@@ -237,10 +241,7 @@ def test_kill_minus_9_mid_period_keeps_the_ledger(names, libvirt_uri, rabbit_url
         assert usage["cpu_time_ns"] >= before_kill  # read before the kill, kept
         assert usage["processes"] == 1 and usage_world.read_to_the_destroy(usage)
     finally:
-        try:
-            process.stop(timeout=20)
-        finally:
-            process.kill()
+        stop(process)
 
 
 def test_nova_s_own_exists_is_enriched_for_exactly_its_window(names, libvirt_uri, rabbit_url,
@@ -272,10 +273,7 @@ def test_nova_s_own_exists_is_enriched_for_exactly_its_window(names, libvirt_uri
         assert payload["usage"]["cpu_time_ns"] > 0 and payload["usage"]["processes"] == 1
         assert set(payload["bandwidth"]) == set(guest.vnics)
     finally:
-        try:
-            process.stop(timeout=20)
-        finally:
-            process.kill()
+        stop(process)
 
 
 # -- issue 18's outside-in scenarios: billing's sum against our own reads --------------------
@@ -311,10 +309,7 @@ def test_power_cycle_then_agent_kill_minus_9_then_delete_bills_everything_used(
         assert_adds_up(own, life, processes=2)
     finally:
         own.close()
-        try:
-            process.stop(timeout=20)
-        finally:
-            process.kill()
+        stop(process)
 
 
 def test_a_failed_delete_ends_nothing_and_the_real_delete_bills_everything(world):
@@ -360,7 +355,4 @@ def test_usage_adds_up_across_audit_periods(names, libvirt_uri, rabbit_url, nova
         assert final["usage"]["cpu_time_ns"] < sum(life.low)
     finally:
         own.close()
-        try:
-            process.stop(timeout=20)
-        finally:
-            process.kill()
+        stop(process)

@@ -346,41 +346,9 @@ def test_spool_survives_kill_9(tmp_path):
         sp.close()
 
 
-def test_lookups_on_nova_s_wait_do_not_wait_for_a_commit_in_progress(make_spool):
-    """seen() and last_capture() read the last commit on a connection of their own: a
-    writer's open transaction (which holds the writers' lock through its fsync) never holds
-    them, and what it has not committed is not seen yet."""
-    sp = make_spool()
-    assert sp.put_capture("cap-1", "inst-1", b"capture one")
-    inside, release = threading.Event(), threading.Event()
-
-    def slow_write(db):
-        sp.insert(db, "msg-9", "final", spool_mod.encode(note(9), "final", 0.0), 0.0)
-        inside.set()
-        release.wait(10)
-
-    writer = threading.Thread(target=sp.write, args=(slow_write,))
-    writer.start()
-    try:
-        assert inside.wait(5)
-        answers = []
-        reader = threading.Thread(target=lambda: answers.extend(
-            [sp.seen("cap-1"), sp.seen("msg-9"), sp.last_capture("inst-1")]))
-        reader.start()
-        reader.join(2)
-        assert not reader.is_alive(), "a lookup waited for the open transaction"
-        assert answers == [True, False, "cap-1"]
-    finally:
-        release.set()
-        writer.join(5)
-    assert sp.seen("msg-9")
-
-
-def test_a_sender_s_read_does_not_wait_for_a_commit_in_progress(make_spool):
-    """pending() reads the last commit on the lookups' connection: a sender never waits
-    behind a writer's open transaction (a capture's put, a swap), nor makes one wait."""
-    sp = make_spool()
-    sp.put(note(1), "final")
+def read_during_an_open_write(sp, read):
+    """read() on another thread while a write transaction (msg-9's insert) is open; what it
+    returned, once it returned within 2 s (the transaction still open)."""
     inside, release = threading.Event(), threading.Event()
 
     def slow_write(db):
@@ -393,12 +361,32 @@ def test_a_sender_s_read_does_not_wait_for_a_commit_in_progress(make_spool):
     try:
         assert inside.wait(5)
         got = []
-        reader = threading.Thread(target=lambda: got.extend(sp.pending("a", 10)))
+        reader = threading.Thread(target=lambda: got.append(read()))
         reader.start()
         reader.join(2)
-        assert not reader.is_alive(), "pending() waited for the open transaction"
-        assert ids(got) == ["msg-1"]
+        assert not reader.is_alive(), "the read waited for the open transaction"
+        return got[0]
     finally:
         release.set()
         writer.join(5)
+
+
+def test_lookups_on_nova_s_wait_do_not_wait_for_a_commit_in_progress(make_spool):
+    """seen() and last_capture() read the last commit on a connection of their own: a
+    writer's open transaction (which holds the writers' lock through its fsync) never holds
+    them, and what it has not committed is not seen yet."""
+    sp = make_spool()
+    assert sp.put_capture("cap-1", "inst-1", b"capture one")
+    answers = read_during_an_open_write(
+        sp, lambda: [sp.seen("cap-1"), sp.seen("msg-9"), sp.last_capture("inst-1")])
+    assert answers == [True, False, "cap-1"]
+    assert sp.seen("msg-9")
+
+
+def test_a_sender_s_read_does_not_wait_for_a_commit_in_progress(make_spool):
+    """pending() reads the last commit on the lookups' connection: a sender never waits
+    behind a writer's open transaction (a capture's put, a swap), nor makes one wait."""
+    sp = make_spool()
+    sp.put(note(1), "final")
+    assert ids(read_during_an_open_write(sp, lambda: sp.pending("a", 10))) == ["msg-1"]
     assert ids(sp.pending("a", 10)) == ["msg-1", "msg-9"]
