@@ -64,14 +64,15 @@ class HookBench(Bench):
         return process
 
 
-def delete_at_delta_zero(nova, guest, host: str) -> tuple[float, bool]:
-    """notify() ms, and whether the destroy really followed at once (False: libvirtd was
-    restarted meanwhile by another run, and the destroy waited for a reconnect)."""
+def delete_at_delta_zero(nova, guest, host: str) -> tuple[float, dict, bool]:
+    """notify() ms, each driver's ms in it, and whether the destroy really followed at once
+    (False: libvirtd was restarted meanwhile by another run, and the destroy waited for a
+    reconnect)."""
     result = nova.call({"op": "delete", "guest": dataclasses.asdict(guest), "host": host,
                         "formats": ["legacy"], "destroy": True})
     if "error" in result:
         raise RuntimeError(f"nova stand-in failed: {result['error']}\n{nova.log_tail()}")
-    return result["notify_ms"][0], not result["reconnected"]
+    return result["notify_ms"][0], result["driver_ms"][0], not result["reconnected"]
 
 
 def ignored_notify(nova, host: str) -> float:
@@ -82,12 +83,13 @@ def ignored_notify(nova, host: str) -> float:
 
 
 def run(bench: HookBench, novas: dict, made: list, ignored: int) -> dict:
-    per_arm = {arm: {"notify": [], "ids": []} for arm in novas}
+    per_arm = {arm: {"notify": [], "drivers": [], "ids": []} for arm in novas}
     arms = list(novas)
     for i, (guest, _) in enumerate(made):  # alternate, so drift hits both arms alike
         arm = arms[i % len(arms)]
-        notify_ms, at_once = delete_at_delta_zero(novas[arm], guest, bench.host)
+        notify_ms, driver_ms, at_once = delete_at_delta_zero(novas[arm], guest, bench.host)
         per_arm[arm]["notify"].append(notify_ms)
+        per_arm[arm]["drivers"].append(driver_ms)
         if at_once:
             per_arm[arm]["ids"].append(guest.instance_id)
         else:
@@ -109,6 +111,20 @@ def agent_share(log_text: str) -> list[tuple[float, float]]:
     found = re.findall(r"delete.start captured \(\w+\) in ([\d.]+) ms, ([\d.]+) ms of it",
                        log_text)
     return [(float(whole), float(agent)) for whole, agent in found]
+
+
+def notify_split(per_arm: dict) -> dict[str, dict[str, float]]:
+    """Per arm, the p50 of each driver's own time in notify(delete.start) and of the rest
+    (oslo.messaging around the drivers: serializing, the message's envelope, stevedore)."""
+    split = {}
+    for arm, results in per_arm.items():
+        names = sorted({name for call in results["drivers"] for name in call})
+        split[arm] = {name: _common.summary([c.get(name, 0.0) for c in results["drivers"]])["p50"]
+                      for name in names}
+        split[arm]["around the drivers"] = _common.summary(
+            [total - sum(call.values())
+             for total, call in zip(results["notify"], results["drivers"])])["p50"]
+    return split
 
 
 def report_target(per_arm: dict, read_ms: list[float]) -> None:
@@ -148,6 +164,14 @@ def report(per_arm: dict, mode: str, timeout: float,
           f"p50 {inside['p50']:.1f} ms, p99 {inside['p99']:.1f} ms (n={inside['n']}); the "
           f"driver's call around it (connect, frames, the agent's accept and thread): p50 "
           f"{outside['p50']:.1f} ms, p99 {outside['p99']:.1f} ms")
+    own = [call.get("lifecycle_stats", 0.0) - whole for call, (whole, _) in
+           zip(per_arm["with driver"]["drivers"], agent_ms)]
+    own = _common.summary(own)
+    print(f"the driver's notify() outside that call (trigger, dedupe, its log line): p50 "
+          f"{own['p50']:.2f} ms, p99 {own['p99']:.2f} ms")
+    print("where notify(delete.start) goes, p50 ms: " + "; ".join(
+        f"{arm}: " + ", ".join(f"{name} {value:.2f}" for name, value in split.items())
+        for arm, split in notify_split(per_arm).items()))
     print("\n(ii) capture kinds of Δ = 0 deletes (destroy as soon as notify() returned)")
     rows = [[arm, len(per_arm[arm]["ids"]), *(per_arm[arm]["kinds"][k] for k in KINDS),
              f"{100 * per_arm[arm]['kinds']['final'] / max(1, len(per_arm[arm]['ids'])):.0f}%"]

@@ -11,7 +11,10 @@ flush's per-instance lock and the spool's seen() make the second a DUPLICATE, on
 
 Threads: one accept thread; one thread per connection, at most ``max_connections`` at a time
 (nova deletes instances in parallel RPC workers); beyond that a connection is answered BUSY at
-once, so nova never waits in a queue that no one works on.
+once, so nova never waits in a queue that no one works on. The driver keeps its connections
+(listeners/nova/connections.py): a connection's thread answers one request after another
+until the driver closes it or it has been idle ``idle_timeout`` seconds, which every reply
+tells the driver (protocol.KEEP), so no delete pays for a connect, an accept and a new thread.
 """
 from __future__ import annotations
 
@@ -68,8 +71,12 @@ OPTS = [
     cfg.IntOpt("max_connections", default=16, min=1,
                help="Triggers handled at once; more are answered 'busy' at once."),
     cfg.FloatOpt("request_timeout", default=5.0, min=0.1,
-                 help="Seconds to wait for a connected driver's request, and to write the "
-                      "answer."),
+                 help="Seconds to wait for a newly connected driver's request, to read a "
+                      "request once it began, and to write the answer."),
+    cfg.FloatOpt("idle_timeout", default=300.0, min=1.0,
+                 help="Seconds a driver's connection is kept open without a request (it "
+                      "holds one of max_connections meanwhile); the driver stops reusing "
+                      "it a little earlier."),
 ]
 
 
@@ -85,7 +92,7 @@ class HookServer:
     def __init__(self, path: str, *, host: str, on_trigger: AnnouncementHandler,
                  counters: Counters | None = None, group: str | None = None,
                  max_connections: int = 16, request_timeout: float = 5.0,
-                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 idle_timeout: float = 300.0, clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self.path = path
         self.host = host
         self._on_trigger = on_trigger
@@ -95,6 +102,8 @@ class HookServer:
         self._in_flight = 0
         self._idle = threading.Condition()
         self._request_timeout = request_timeout
+        self._idle_timeout = idle_timeout
+        self._open: set[socket.socket] = set()  # under self._idle: what stop() wakes
         self._clock = clock
         self._stopping = threading.Event()
         self._sock: socket.socket | None = None
@@ -124,19 +133,23 @@ class HookServer:
         socket_file.remove_if_ours(self.path, self._inode)
         self._sock = None
         with self._idle:
+            for conn in self._open:  # idle ones see EOF now; busy ones answer, then end
+                _end_reading(conn)
             if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
                 LOG.warning("%d hook triggers still in hand after %.1fs", self._in_flight,
                             timeout)
 
-    def _take_slot(self) -> bool:
+    def _take_slot(self, conn: socket.socket) -> bool:
         with self._idle:
             if self._in_flight >= self._max_connections:
                 return False
             self._in_flight += 1
+            self._open.add(conn)
             return True
 
-    def _free_slot(self) -> None:
+    def _free_slot(self, conn: socket.socket) -> None:
         with self._idle:
+            self._open.discard(conn)
             self._in_flight -= 1
             self._idle.notify_all()
 
@@ -153,7 +166,7 @@ class HookServer:
             if self._stopping.is_set():
                 conn.close()
                 return
-            if not self._take_slot():
+            if not self._take_slot(conn):
                 self.counters.incr("hook.busy")
                 self._reply(conn, {"v": hook_protocol.VERSION, "status": hook_protocol.BUSY})
                 conn.close()
@@ -162,33 +175,50 @@ class HookServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        """Answer the connection's requests one after another until it closes, idles out,
+        sends garbage or the server stops."""
         try:
-            deadline = time.monotonic() + self._request_timeout
-            try:
-                request = hook_protocol.read_frame(conn, deadline)
-            except hook_protocol.ProtocolError as exc:
-                self.counters.incr("hook.rejected")
-                LOG.warning("rejected a frame on %s: %s", self.path, exc)
-                self._reply(conn, _answer(hook_protocol.REJECTED, detail=str(exc)))
-                return
-            except OSError as exc:
+            if not _request_arrives(conn, self._request_timeout):  # sent at once on connect
                 self.counters.incr("hook.read_errors")
-                LOG.warning("no request read on %s: %s", self.path, exc)
+                LOG.warning("no request on %s within %.1fs", self.path, self._request_timeout)
                 return
-            started = time.monotonic()
-            reply = self.answer(request)
-            reply["agent_ms"] = round((time.monotonic() - started) * 1000, 2)  # for nova's log
-            self._reply(conn, reply)
+            while self._serve_one(conn) and not self._stopping.is_set():
+                if not _request_arrives(conn, self._idle_timeout):
+                    return  # idle too long: the driver has stopped reusing it already
         finally:
             conn.close()
-            self._free_slot()
+            self._free_slot(conn)
 
-    def _reply(self, conn: socket.socket, reply: dict) -> None:
+    def _serve_one(self, conn: socket.socket) -> bool:
+        """Read one request and answer it; False when the connection is done."""
+        try:
+            request = hook_protocol.read_frame(conn, time.monotonic() + self._request_timeout)
+        except hook_protocol.Closed:
+            return False  # the driver closed it between requests: its right
+        except hook_protocol.ProtocolError as exc:  # out of step: answered, then closed
+            self.counters.incr("hook.rejected")
+            LOG.warning("rejected a frame on %s: %s", self.path, exc)
+            self._reply(conn, _answer(hook_protocol.REJECTED, detail=str(exc)))
+            return False
+        except OSError as exc:
+            self.counters.incr("hook.read_errors")
+            LOG.warning("no request read on %s: %s", self.path, exc)
+            return False
+        started = time.monotonic()
+        reply = self.answer(request)
+        reply["agent_ms"] = round((time.monotonic() - started) * 1000, 2)  # for nova's log
+        reply[hook_protocol.KEEP] = self._idle_timeout
+        return self._reply(conn, reply)
+
+    def _reply(self, conn: socket.socket, reply: dict) -> bool:
+        """False when the answer could not be written (the connection is then done)."""
         try:
             hook_protocol.send_frame(conn, reply, time.monotonic() + self._request_timeout)
+            return True
         except OSError as exc:  # nova stopped waiting (its timeout): the work is done anyway
             self.counters.incr("hook.late_replies")
             LOG.info("nova left before the answer %s: %s", reply.get("status"), exc)
+            return False
 
     def answer(self, request: dict) -> dict:
         """Parse, hand on, and say what became of it; never raises."""
@@ -224,6 +254,26 @@ class HookServer:
         return _answer(STATUS[outcome], outcome=outcome.value)
 
 
+def _request_arrives(conn: socket.socket, wait: float) -> bool:
+    """True once something arrives within ``wait`` seconds (a request, or the EOF that
+    read_frame then reports as Closed); False when the connection stayed silent."""
+    try:
+        conn.settimeout(wait)
+        conn.recv(1, socket.MSG_PEEK)
+        return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True  # read_frame meets the same error and says what it was
+
+
+def _end_reading(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass  # already closed by its thread
+
+
 def _wake(path: str) -> None:
     """Connect once, so a blocked accept() returns now rather than at its next poll."""
     try:
@@ -252,4 +302,4 @@ def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: AnnouncementHandler,
         return None
     return HookServer(opts.socket_path, host=host, on_trigger=on_trigger, counters=counters,
                       group=opts.socket_group, max_connections=opts.max_connections,
-                      request_timeout=opts.request_timeout)
+                      request_timeout=opts.request_timeout, idle_timeout=opts.idle_timeout)

@@ -15,7 +15,9 @@ Reads one JSON command per stdin line and writes one JSON result per stdout line
       at once, as nova's driver.destroy does: {"notify_ms": [...], "destroyed": bool}
   {"op": "notify", "event_type": e, "payload": p, "publisher_id": id}
     → one notify() on the legacy notifier: {"notify_ms": [ms]}
-Every result also says whether the hub kept running meanwhile (eventlet: "ticks").
+Every result also says whether the hub kept running meanwhile (eventlet: "ticks"), and
+"driver_ms": per notify(), each driver's own time ({driver name: ms}), so a benchmark can tell
+the drivers' share of notify() from oslo.messaging's around them.
 """
 from __future__ import annotations
 
@@ -92,13 +94,38 @@ class Ticker:
             ticker.wait()
 
 
+class DriverTimes:
+    """Wraps each driver's notify() of the given Notifiers: {name: ms} per notify() call."""
+
+    def __init__(self, *notifiers):
+        self.calls: list[dict[str, float]] = []
+        for notifier in notifiers:
+            for ext in notifier._driver_mgr.extensions:
+                ext.obj.notify = self._timed(ext.name, ext.obj.notify)
+
+    def _timed(self, name, notify):
+        def wrapper(*args, **kwargs):
+            started = time.monotonic()
+            try:
+                return notify(*args, **kwargs)
+            finally:
+                if not self.calls or name in self.calls[-1]:
+                    self.calls.append({})
+                self.calls[-1][name] = (time.monotonic() - started) * 1000
+        return wrapper
+
+    def take(self) -> list[dict[str, float]]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
 def timed(fn) -> float:
     started = time.monotonic()
     fn()
     return (time.monotonic() - started) * 1000
 
 
-def delete(command, legacy, versioned, ticker, conn):
+def delete(command, legacy, versioned, ticker, conn, times):
     from oslo_context import context
 
     from tests.support.guests import NovaGuest
@@ -122,13 +149,15 @@ def delete(command, legacy, versioned, ticker, conn):
                                                                       request))))
         return out
 
+    times.take()
     notify_ms, ticks = ticker.run_during(announce)
+    driver_ms = times.take()
     destroyed = reconnected = False
     if command.get("destroy"):  # nothing in between: Δ = 0
         reconnected = conn.destroy(guest.instance_id)
         destroyed = True
     return {"notify_ms": notify_ms, "destroyed": destroyed, "ticks": ticks,
-            "reconnected": reconnected}
+            "reconnected": reconnected, "driver_ms": driver_ms}
 
 
 class Libvirt:
@@ -188,13 +217,14 @@ def main() -> int:
     conf, transport, legacy, versioned = build_notifiers(args.config_file)
     conn = Libvirt(args.libvirt_uri) if args.libvirt_uri else None
     ticker = Ticker(args.mode)
+    times = DriverTimes(legacy, versioned)
     print(json.dumps({"ready": True, "mode": args.mode, "drivers": sorted(
         legacy._driver_mgr.names())}), flush=True)
     for line in sys.stdin:
         command = json.loads(line)
         try:
             if command["op"] == "delete":
-                result = delete(command, legacy, versioned, ticker, conn)
+                result = delete(command, legacy, versioned, ticker, conn, times)
             else:
                 result = notify(command, legacy, ticker)
         except Exception as exc:  # nova would have failed here: the test must see it

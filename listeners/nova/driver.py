@@ -11,6 +11,7 @@ payload, and lets ``BaseException`` (eventlet.Timeout) through into nova. So thi
 - imports nothing from nova, eventlet or libvirt (nova >= 2026.2 runs native threads and
   poisons ``import eventlet``; older nova monkey-patches socket, so our socket is green);
 - bounds its wait with socket timeouts against one deadline (``[lifecycle_stats] timeout``);
+- keeps its connections to the agent open between actions (connections.py);
 - catches every Exception itself and logs one line without the payload.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 from oslo_config import cfg
 from oslo_messaging.notify import notifier
 
-from lifecycle_stats.listeners.nova import protocol as hook_protocol
+from lifecycle_stats.listeners.nova import connections, protocol as hook_protocol
 
 LOG = logging.getLogger(__name__)
 GROUP = "lifecycle_stats"
@@ -80,7 +81,8 @@ _RECENT = RecentTriggers()
 class LifecycleStatsDriver(notifier.Driver):
     """Entry point ``lifecycle_stats`` in ``oslo.messaging.notify.drivers``."""
 
-    def __init__(self, conf, topics, transport, recent: RecentTriggers | None = None):
+    def __init__(self, conf, topics, transport, recent: RecentTriggers | None = None,
+                 agent: connections.AgentConnections | None = None):
         super().__init__(conf, topics, transport)
         conf.register_opts(OPTS, group=GROUP)
         opts = conf[GROUP]
@@ -88,6 +90,7 @@ class LifecycleStatsDriver(notifier.Driver):
         self.timeout = opts.timeout
         self.host = opts.host or _nova_host(conf)
         self._recent = recent if recent is not None else _RECENT
+        self._agent = agent if agent is not None else connections.shared(self.socket_path)
         self._quiet_until = 0.0
 
     def notify(self, ctxt, msg, priority, retry):
@@ -125,7 +128,7 @@ class LifecycleStatsDriver(notifier.Driver):
     def _send(self, trigger: dict) -> None:
         started = time.monotonic()
         try:
-            reply = hook_protocol.request(self.socket_path, trigger, self.timeout)
+            reply = self._agent.request(trigger, self.timeout)
         except (OSError, hook_protocol.ProtocolError) as exc:
             self._warn("lifecycle-stats agent at %s did not capture %s within %.2fs (%s: %s); "
                        "nova goes on", self.socket_path, trigger["event_type"], self.timeout,

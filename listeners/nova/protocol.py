@@ -1,7 +1,11 @@
 """The wire between the driver inside nova-compute and the agent's hook server.
 
-One request and one reply per connection on a local unix socket, each one frame: a 4-byte
-big-endian length, then a msgpack map. This module is imported by nova_driver INSIDE
+Requests and replies on a local unix socket, each one frame: a 4-byte big-endian length, then
+a msgpack map. A connection carries one request, then its reply, then maybe the next request:
+an agent that keeps connections open says so in every reply (KEEP, the seconds it keeps an
+idle one); without it, the connection ends with the reply. Both are version 1: a driver that
+sends one request per connection, and an agent that closes after each reply, still work with
+the other side's newer copy. This module is imported by nova_driver INSIDE
 nova-compute, so it imports only the standard library and msgpack (which nova already has
 through oslo.serialization); it must never import the agent's core, eventlet or libvirt.
 
@@ -80,6 +84,10 @@ def action_of(event_type: object, payload: object) -> tuple[str, str] | None:
     return found if isinstance(fields, dict) and fields.get(key) == wanted else None
 
 
+# Reply field: the agent serves further requests on this connection until it has been idle
+# this many seconds (absent: it closes the connection after this reply).
+KEEP = "keep"
+
 # Reply statuses. CAPTURED: the delete's notification is spooled (or already was); CACHED:
 # a non-delete action's reading is cached; IGNORED: not an instance of this host; the rest
 # are failures the driver only logs.
@@ -94,6 +102,10 @@ STATUSES = frozenset({CAPTURED, CACHED, IGNORED, REJECTED, BUSY, ERROR})
 
 class ProtocolError(Exception):
     """A frame that is not ours: wrong length, not msgpack, not a map, wrong version."""
+
+
+class Closed(ProtocolError):
+    """The peer closed the connection between frames (nothing of a frame was read)."""
 
 
 class DeadlineExceeded(socket.timeout):
@@ -120,30 +132,33 @@ def decode(body: bytes) -> dict:
 
 
 def send_frame(sock: socket.socket, message: dict, deadline: float) -> None:
-    _set_remaining(sock, deadline)
+    set_remaining(sock, deadline)
     sock.sendall(encode(message))
 
 
 def read_frame(sock: socket.socket, deadline: float) -> dict:
-    (length,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size, deadline))
+    (length,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size, deadline, at_boundary=True))
     if length > MAX_FRAME:
         raise ProtocolError(f"frame of {length} bytes announced, more than {MAX_FRAME}")
     return decode(_read_exactly(sock, length, deadline))
 
 
-def _read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
+def _read_exactly(sock: socket.socket, count: int, deadline: float,
+                  at_boundary: bool = False) -> bytes:
     chunks, missing = [], count
     while missing:
-        _set_remaining(sock, deadline)
+        set_remaining(sock, deadline)
         chunk = sock.recv(min(missing, 65536))
         if not chunk:
+            if at_boundary and missing == count:
+                raise Closed("peer closed the connection")
             raise ProtocolError(f"peer closed with {missing} of {count} bytes unread")
         chunks.append(chunk)
         missing -= len(chunk)
     return b"".join(chunks)
 
 
-def _set_remaining(sock: socket.socket, deadline: float) -> None:
+def set_remaining(sock: socket.socket, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise DeadlineExceeded("deadline passed")
@@ -151,11 +166,13 @@ def _set_remaining(sock: socket.socket, deadline: float) -> None:
 
 
 def request(path: str, message: dict, timeout: float) -> dict:
-    """Connect to ``path``, send ``message``, return the reply; everything within
-    ``timeout`` seconds. Raises OSError (incl. socket.timeout) or ProtocolError."""
+    """One request on a connection of its own (as drivers before KEEP did; the driver now
+    keeps connections: connections.py): connect to ``path``, send ``message``, return the
+    reply; everything within ``timeout`` seconds. Raises OSError (incl. socket.timeout) or
+    ProtocolError."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        _set_remaining(sock, deadline)
+        set_remaining(sock, deadline)
         sock.connect(path)
         send_frame(sock, message, deadline)
         return read_frame(sock, deadline)

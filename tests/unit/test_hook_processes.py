@@ -88,8 +88,9 @@ def test_the_driver_imports_nothing_but_stdlib_msgpack_and_oslo():
 import sys
 import msgpack, oslo_config.cfg, oslo_messaging.notify.notifier
 before = set(sys.modules)
-from lifecycle_stats.listeners.nova import driver as nova_driver, protocol as hook_protocol
-allowed = {hook_protocol.__name__, nova_driver.__name__}
+from lifecycle_stats.listeners.nova import connections, driver as nova_driver
+from lifecycle_stats.listeners.nova import protocol as hook_protocol
+allowed = {hook_protocol.__name__, nova_driver.__name__, connections.__name__}
 for name in list(allowed):
     while "." in name:
         name = name.rsplit(".", 1)[0]
