@@ -171,6 +171,7 @@ class HookServer:
                 self._reply(conn, {"v": hook_protocol.VERSION, "status": hook_protocol.BUSY})
                 conn.close()
                 continue
+            self.counters.incr("hook.connections")
             threading.Thread(target=self._serve, args=(conn,), name="hook-conn",
                              daemon=True).start()
 

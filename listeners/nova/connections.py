@@ -64,7 +64,7 @@ class AgentConnections:
     def request(self, message: dict, timeout: float) -> dict:
         """Send ``message``, return the agent's answer; everything within ``timeout``
         seconds. Raises OSError (incl. socket.timeout) or protocol.ProtocolError."""
-        deadline = self._clock() + timeout
+        deadline = time.monotonic() + timeout  # protocol's clock; self._clock ages idle ones
         frame = protocol.encode(message)
         kept = self._take()
         if kept is not None:

@@ -63,6 +63,27 @@ def test_the_agent_gets_the_trigger_before_notify_returns(nova, sock_path):
         server.stop()
 
 
+def test_deletes_reuse_one_connection_across_an_agent_restart(nova, sock_path):
+    """The kept connection in both of nova's modes (a green socket under eventlet): one
+    connection for several deletes, and a restarted agent's new socket found at once."""
+    servers, recorders = [], []
+    try:
+        for _ in range(2):
+            recorders.append(TriggerRecorder())
+            servers.append(hook_server.HookServer(sock_path, host=HOST, on_trigger=recorders[-1],
+                                                  group=MY_GROUP, clock=lambda: NOW))
+            servers[-1].start()
+            for _ in range(3):
+                assert "error" not in nova.call(delete_start())
+            servers[-1].stop()
+        assert [len(r.triggers) for r in recorders] == [3, 3]
+        assert [s.counters.get("hook.connections") for s in servers] == [1, 1]
+        assert "did not capture" not in nova.log()
+    finally:
+        for server in servers:
+            server.stop()
+
+
 def test_a_mute_agent_holds_nova_only_until_the_timeout(nova, sock_path):
     with socket.socket(socket.AF_UNIX) as mute:  # accepts into the backlog, never answers
         mute.bind(sock_path)
