@@ -25,6 +25,7 @@ import grp
 import os
 import pathlib
 import re
+import statistics
 import sys
 import time
 import uuid
@@ -113,6 +114,37 @@ def agent_share(log_text: str) -> list[tuple[float, float]]:
     return [(float(whole), float(agent)) for whole, agent in found]
 
 
+def explain_added(per_arm: dict, agent_ms: list[tuple[float, float]]) -> None:
+    """Where the added time goes, per hooked delete: the agent's answer, the driver's round
+    trip around it, the driver's own code, and the rest of notify(); then the same as means
+    (medians of parts do not add up to the median of the whole; means do)."""
+    drivers = per_arm["with driver"]["drivers"]
+    parts = {"the agent": [agent for _, agent in agent_ms],
+             "round trip": [whole - agent for whole, agent in agent_ms],
+             "the driver outside its call": [call.get("lifecycle_stats", 0.0) - whole for
+                                             call, (whole, _) in zip(drivers, agent_ms)]}
+    inside, outside, own = (_common.summary(v) for v in parts.values())
+    print(f"of which in the agent (frame read → answer: parse, live read, capture fsync): "
+          f"p50 {inside['p50']:.1f} ms, p99 {inside['p99']:.1f} ms (n={inside['n']}); the "
+          f"driver's round trip around it (frames, wake-ups; a connect, the agent's accept and "
+          f"thread only on a new connection): p50 {outside['p50']:.1f} ms, p99 "
+          f"{outside['p99']:.1f} ms; the driver outside that call (trigger, dedupe, log "
+          f"line): p50 {own['p50']:.2f} ms, p99 {own['p99']:.2f} ms")
+    mean = statistics.fmean
+    rest = {arm: [total - sum(call.values()) for total, call in
+                  zip(per_arm[arm]["notify"], per_arm[arm]["drivers"])] for arm in per_arm}
+    messaging = {arm: [call.get("messagingv2", 0.0) for call in per_arm[arm]["drivers"]]
+                 for arm in per_arm}
+    added = mean(per_arm["with driver"]["notify"]) - mean(per_arm["bus alone"]["notify"])
+    print(f"means, which add up: added {added:+.2f} ms = the agent "
+          f"{mean(parts['the agent']):.2f} + round trip {mean(parts['round trip']):.2f} + the "
+          f"driver outside it {mean(parts['the driver outside its call']):.2f} + messagingv2 "
+          f"(with − without the driver) "
+          f"{mean(messaging['with driver']) - mean(messaging['bus alone']):+.2f} + "
+          f"oslo.messaging around the drivers "
+          f"{mean(rest['with driver']) - mean(rest['bus alone']):+.2f}")
+
+
 def notify_split(per_arm: dict) -> dict[str, dict[str, float]]:
     """Per arm, the p50 of each driver's own time in notify(delete.start) and of the rest
     (oslo.messaging around the drivers: serializing, the message's envelope, stevedore)."""
@@ -158,20 +190,7 @@ def report(per_arm: dict, mode: str, timeout: float,
     print(_common.table(["", "n", "p50", "p99", "max"], rows))
     print(f"added by the driver to delete.start: p50 {driver['p50'] - base['p50']:+.1f} ms, "
           f"p99 {driver['p99'] - base['p99']:+.1f} ms")
-    inside = _common.summary([agent for _, agent in agent_ms])
-    outside = _common.summary([whole - agent for whole, agent in agent_ms])
-    print(f"of which in the agent (frame read → answer: parse, live read, capture fsync): "
-          f"p50 {inside['p50']:.1f} ms, p99 {inside['p99']:.1f} ms (n={inside['n']}); the "
-          f"driver's call around it (connect, frames, the agent's accept and thread): p50 "
-          f"{outside['p50']:.1f} ms, p99 {outside['p99']:.1f} ms")
-    own = [call.get("lifecycle_stats", 0.0) - whole for call, (whole, _) in
-           zip(per_arm["with driver"]["drivers"], agent_ms)]
-    own = _common.summary(own)
-    print(f"the driver's notify() outside that call (trigger, dedupe, its log line): p50 "
-          f"{own['p50']:.2f} ms, p99 {own['p99']:.2f} ms")
-    print("where notify(delete.start) goes, p50 ms: " + "; ".join(
-        f"{arm}: " + ", ".join(f"{name} {value:.2f}" for name, value in split.items())
-        for arm, split in notify_split(per_arm).items()))
+    explain_added(per_arm, agent_ms)
     print("\n(ii) capture kinds of Δ = 0 deletes (destroy as soon as notify() returned)")
     rows = [[arm, len(per_arm[arm]["ids"]), *(per_arm[arm]["kinds"][k] for k in KINDS),
              f"{100 * per_arm[arm]['kinds']['final'] / max(1, len(per_arm[arm]['ids'])):.0f}%"]
