@@ -114,6 +114,13 @@ def agent_share(log_text: str) -> list[tuple[float, float]]:
     return [(float(whole), float(agent)) for whole, agent in found]
 
 
+def way_there_and_back(log_text: str) -> list[tuple[float, float]]:
+    """(to the agent, back from it) per hooked delete, ms, when the agent says read_at."""
+    found = re.findall(r"delete.start captured .* \(([-\d.]+) ms to reach it, ([-\d.]+) ms "
+                       r"back\)", log_text)
+    return [(float(there), float(back)) for there, back in found]
+
+
 def explain_added(per_arm: dict, agent_ms: list[tuple[float, float]]) -> None:
     """Where the added time goes, per hooked delete: the agent's answer, the driver's round
     trip around it, the driver's own code, and the rest of notify(); then the same as means
@@ -157,6 +164,16 @@ def notify_split(per_arm: dict) -> dict[str, dict[str, float]]:
             [total - sum(call.values())
              for total, call in zip(results["notify"], results["drivers"])])["p50"]
     return split
+
+
+def report_round_trip(split: list[tuple[float, float]]) -> None:
+    if not split:
+        return  # an agent without read_at
+    there = _common.summary([t for t, _ in split])
+    back = _common.summary([b for _, b in split])
+    print(f"the round trip, split on the host's monotonic clock: to the agent's read of the "
+          f"request p50 {there['p50']:.2f} ms, p99 {there['p99']:.2f} ms; from its answer "
+          f"back p50 {back['p50']:.2f} ms, p99 {back['p99']:.2f} ms (n={there['n']})")
 
 
 def report_target(per_arm: dict, read_ms: list[float]) -> None:
@@ -231,8 +248,9 @@ def main() -> int:
                 ignored_notify(nova, bench.host)
             read_ms = _common.one_read_ms(args.uri, made)
             results = run(bench, novas, made, args.ignored)
-            report(results, args.mode, args.timeout,
-                   agent_share(novas["with driver"].log()))
+            nova_log = novas["with driver"].log()
+            report(results, args.mode, args.timeout, agent_share(nova_log))
+            report_round_trip(way_there_and_back(nova_log))
             report_target(results, read_ms)
             time.sleep(1.0)
             counters = bench.agent.status().get("counters", {})

@@ -205,9 +205,12 @@ class HookServer:
             self.counters.incr("hook.read_errors")
             LOG.warning("no request read on %s: %s", self.path, exc)
             return False
-        started = time.monotonic()
+        read_at = time.monotonic()
         reply = self.answer(request)
-        reply["agent_ms"] = round((time.monotonic() - started) * 1000, 2)  # for nova's log
+        # for nova's log: the agent's share of nova's wait, and (the same clock in every
+        # process of the host) when the request arrived, so the driver can split the rest
+        reply["agent_ms"] = round((time.monotonic() - read_at) * 1000, 2)
+        reply["read_at"] = read_at
         reply[hook_protocol.KEEP] = self._idle_timeout
         return self._reply(conn, reply)
 

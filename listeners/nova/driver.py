@@ -134,13 +134,14 @@ class LifecycleStatsDriver(notifier.Driver):
                        "nova goes on", self.socket_path, trigger["event_type"], self.timeout,
                        type(exc).__name__, exc)
             return
-        elapsed_ms = (time.monotonic() - started) * 1000
+        done = time.monotonic()
         if reply.get("status") in (hook_protocol.CAPTURED, hook_protocol.CACHED,
                                    hook_protocol.IGNORED):
             self._quiet_until = 0.0
-            LOG.debug("lifecycle-stats: %s %s (%s) in %.1f ms, %s ms of it in the agent",
+            LOG.debug("lifecycle-stats: %s %s (%s) in %.1f ms, %s ms of it in the agent%s",
                       trigger["event_type"], reply.get("status"), reply.get("outcome"),
-                      elapsed_ms, reply.get("agent_ms"))
+                      (done - started) * 1000, reply.get("agent_ms"),
+                      _way_there_and_back(reply, started, done))
         else:
             self._warn("lifecycle-stats agent answered %s for %s: %s", reply.get("status"),
                        trigger["event_type"], str(reply.get("detail", ""))[:200])
@@ -154,6 +155,17 @@ class LifecycleStatsDriver(notifier.Driver):
             LOG.warning(text, *args)
         else:
             LOG.debug(text, *args)
+
+
+def _way_there_and_back(reply: dict, started: float, done: float) -> str:
+    """The rest of the wait: to the agent's reading of the request (connect, frame, its
+    wake-up), and from its answer back (frame, nova's wake-up). Both clocks are the host's
+    monotonic clock; an agent before read_at leaves it out."""
+    read_at, agent_ms = reply.get("read_at"), reply.get("agent_ms")
+    if not isinstance(read_at, float) or not isinstance(agent_ms, (int, float)):
+        return ""
+    there = (read_at - started) * 1000
+    return f" ({there:.1f} ms to reach it, {(done - read_at) * 1000 - agent_ms:.1f} ms back)"
 
 
 def _request_id(ctxt) -> str | None:
