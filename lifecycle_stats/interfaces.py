@@ -67,9 +67,11 @@ class Outcome(enum.Enum):
 
 class AnnouncementHandler(Protocol):
     """What a listener hands a nova stop announcement to (capture.pipeline.Pipeline.announced).
-    It returns once a deletion's capture is durably spooled."""
+    It returns once a deletion's capture is durably spooled; ``answer``, when given, hears a
+    deletion's outcome before anything that follows the capture."""
 
-    def __call__(self, trigger: StopAnnouncement) -> Outcome: ...
+    def __call__(self, trigger: StopAnnouncement,
+                 answer: Callable[[Outcome], None] | None = None) -> Outcome: ...
 
 
 LifecycleHandler = Callable[[LifecycleEvent], None]

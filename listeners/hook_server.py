@@ -206,13 +206,22 @@ class HookServer:
             LOG.warning("no request read on %s: %s", self.path, exc)
             return False
         read_at = time.monotonic()
-        reply = self.answer(request)
+        sent: list[bool] = []
+
+        def reply_now(reply: dict) -> None:  # once, as soon as there is an answer
+            if not sent:
+                sent.append(self._reply(conn, self._stamped(reply, read_at)))
+
+        reply_now(self.answer(request, early=reply_now))
+        return sent[0]
+
+    def _stamped(self, reply: dict, read_at: float) -> dict:
         # for nova's log: the agent's share of nova's wait, and (the same clock in every
         # process of the host) when the request arrived, so the driver can split the rest
         reply["agent_ms"] = round((time.monotonic() - read_at) * 1000, 2)
         reply["read_at"] = read_at
         reply[hook_protocol.KEEP] = self._idle_timeout
-        return self._reply(conn, reply)
+        return reply
 
     def _reply(self, conn: socket.socket, reply: dict) -> bool:
         """False when the answer could not be written (the connection is then done)."""
@@ -224,8 +233,9 @@ class HookServer:
             LOG.info("nova left before the answer %s: %s", reply.get("status"), exc)
             return False
 
-    def answer(self, request: dict) -> dict:
-        """Parse, hand on, and say what became of it; never raises."""
+    def answer(self, request: dict, early: Callable[[dict], None] | None = None) -> dict:
+        """Parse, hand on, and say what became of it; never raises. ``early`` gets the answer
+        as soon as the core knows the outcome, before the core's work that follows it."""
         event_type = request.get("event_type")
         try:
             trigger = nova_notifications.parse(
@@ -245,8 +255,9 @@ class HookServer:
             self.counters.incr("hook.ignored")      # revert's (the bus brings those)
             return _answer(hook_protocol.IGNORED)
         self.counters.incr(f"hook.triggers.{trigger.action}")
+        told = None if early is None else (lambda outcome: early(_answered(outcome)))
         try:
-            outcome = self._on_trigger(trigger)
+            outcome = self._on_trigger(trigger, answer=told)
         except (CaptureDeferred, ShuttingDown) as exc:  # nothing spooled; the bus copy is retried
             self.counters.incr("hook.deferred")
             LOG.warning("capture of %s deferred: %s", trigger.instance_id, exc)
@@ -255,7 +266,7 @@ class HookServer:
             self.counters.incr("hook.handler_errors")
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
             return _answer(hook_protocol.ERROR, detail="handler failed; see the agent's log")
-        return _answer(STATUS[outcome], outcome=outcome.value)
+        return _answered(outcome)
 
 
 def _request_arrives(conn: socket.socket, wait: float) -> bool:
@@ -290,6 +301,10 @@ def _wake(path: str) -> None:
 
 def _answer(status: str, **extra) -> dict:
     return {"v": hook_protocol.VERSION, "status": status, **extra}
+
+
+def _answered(outcome: Outcome) -> dict:
+    return _answer(STATUS[outcome], outcome=outcome.value)
 
 
 def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: AnnouncementHandler,

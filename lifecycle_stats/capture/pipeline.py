@@ -103,15 +103,20 @@ class Pipeline:
         self._readers = readers
 
     # -- what the outside world does -------------------------------------------------
-    def announced(self, trigger: StopAnnouncement) -> Outcome:
+    def announced(self, trigger: StopAnnouncement,
+                  answer: Callable[[Outcome], None] | None = None) -> Outcome:
         """Nova announced a stop. Returns once a deletion's capture is durably spooled (its
         delete.samples is built after, on the publication thread);
         raises CaptureDeferred (nothing spooled yet: redeliver) or ShuttingDown (after
-        close(): redeliver to the next run)."""
+        close(): redeliver to the next run). ``answer`` hears a deletion's outcome first,
+        before the senders are woken: the hook answers nova there (measured: woken senders
+        held the answer back 0.5 ms at p50, 25 ms at p99; doc/benchmarks.md)."""
         if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)
+            if answer is not None:
+                _tell(answer, captured.outcome)
             if captured.outcome.spooled:
                 self._on_spooled()  # first: senders publish a capture as soon as it is durable
             if captured.outcome.spooled and captured.outcome is not Outcome.FLAGGED:
@@ -159,3 +164,11 @@ class Pipeline:
         self.observations.delete_announced(
             trigger.instance_id, ended or trigger.received_at,
             sent_by=trigger.announced_at, gone=gone)
+
+
+def _tell(answer: Callable[[Outcome], None], outcome: Outcome) -> None:
+    """A listener's failure to answer must not keep the senders asleep."""
+    try:
+        answer(outcome)
+    except Exception:
+        LOG.exception("answering %s failed", outcome.value)

@@ -81,8 +81,9 @@ KNOWN_COUNTERS = (
     "bus.ignored", "bus.rejected", "bus.requeued", "bus.requeued_at_stop",
     "events.handler_errors", "events.start_reads", "events.stop_read_missed",
     "events.stop_reads", "flush.action_missed", "flush.deferred", "flush.duplicates",
-    "flush.flagged", "flush.metadata_unusable", "flush.not_nova", "flush.read_errors", "hook.busy", "hook.deferred",
-    "hook.handler_errors", "hook.ignored", "hook.late_replies", "hook.read_errors",
+    "flush.flagged", "flush.metadata_unusable", "flush.not_nova", "flush.read_errors",
+    "hook.busy", "hook.connections", "hook.deferred", "hook.handler_errors", "hook.ignored",
+    "hook.late_replies", "hook.read_errors",
     "hook.rejected", "inspector.torn_reads", "inspector.unreadable", "inspector.vanished",
     "libvirt.disconnects", "libvirt.reconnect_errors", "libvirt.reconnects",
     "libvirt.resync_errors", "metadata.malformed", "metadata.read_errors",
@@ -247,11 +248,11 @@ def timed(handle: Callable[[Any], Any], counters: Counters,
     """handle, observing its duration into `flush.duration.<outcome>` (`error` if it raised).
 
     The outcome is the returned value's `.value` (interfaces.Outcome) or its str()."""
-    def timed_handle(trigger):
+    def timed_handle(trigger, **kwargs):
         started = clock()
         outcome = "error"
         try:
-            result = handle(trigger)
+            result = handle(trigger, **kwargs)
             outcome = str(getattr(result, "value", result))
             return result
         finally:

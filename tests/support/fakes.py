@@ -138,12 +138,14 @@ class TriggerRecorder:
         self.entered = threading.Event()
         self.error: Exception | None = None
 
-    def __call__(self, trigger):
+    def __call__(self, trigger, answer=None):
         self.entered.set()
         self.release.wait(30)
         if self.error is not None:
             raise self.error
         self.triggers.append(trigger)
+        if answer is not None:
+            answer(self.outcome)
         return self.outcome
 
 

@@ -346,5 +346,30 @@ def test_a_busy_agent_still_answers_busy_at_once(sock_path, recorder):
         srv.stop()
 
 
+@pytest.mark.allow_error_logs
+def test_nova_is_answered_as_soon_as_the_core_knows_the_outcome(sock_path, agent):
+    after_the_answer = threading.Event()
+
+    def core(trigger, answer=None):  # answers, then goes on (waking the senders, ...)
+        answer(Outcome.FINAL)
+        after_the_answer.wait(10)
+        raise RuntimeError("what follows the answer failed")
+
+    srv = hook_server.HookServer(sock_path, host=HOST, on_trigger=core, group="",
+                                 clock=lambda: NOW)
+    srv.start()
+    try:
+        assert agent.request(delete_start(), 2.0)["outcome"] == "final"  # while core runs
+        after_the_answer.set()
+        assert wait_for(lambda: srv.counters.get("hook.handler_errors") == 1)
+        after_the_answer.clear()
+        threading.Timer(0.2, after_the_answer.set).start()
+        answer = agent.request(delete_start(), 2.0)  # the same connection: no second frame
+        assert answer["outcome"] == "final" and srv.counters.get("hook.connections") == 1
+    finally:
+        after_the_answer.set()
+        srv.stop()
+
+
 def test_the_driver_objects_of_one_process_share_the_connections(sock_path):
     assert connections.shared(sock_path) is connections.shared(sock_path)

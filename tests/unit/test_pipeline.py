@@ -97,6 +97,16 @@ def test_a_deletion_spools_its_samples_then_its_final_exists_and_wakes_the_sende
     assert core.spooled() == [payloads.DELETE_SAMPLES, EXISTS] and core.woken == woken
 
 
+@pytest.mark.allow_error_logs
+def test_the_answer_comes_before_the_senders_are_woken(core, caplog):
+    heard = []
+    assert core.door.announced(announce(), answer=lambda o: heard.append((o, core.woken))) \
+        is Outcome.FINAL
+    assert heard == [(Outcome.FINAL, 0)] and core.woken > 0  # told, then the senders woken
+    core.door.announced(announce(), answer=lambda o: 1 / 0)  # a broken listener...
+    assert "answering duplicate failed" in caplog.text  # ...is logged; the capture stands
+
+
 def test_nova_waits_for_the_capture_alone_and_the_accounting_follows_the_build(core):
     assert core.door.announced(announce()) is Outcome.FINAL
     assert core.spool.pending("test", 10) == [] and core.spool.depth() == 1  # the capture
