@@ -3,8 +3,9 @@
 The driver inside nova-compute sends nova's own .start message (hook_protocol) and waits; the
 server parses it exactly as the bus listener does (nova_notifications.parse, here with every
 action of hook_protocol.ACTIONS), hands the trigger to the same handler (the core's front door,
-capture.pipeline.Pipeline.announced), and answers only once that returned: for a delete, once the delete.samples is spooled. Nova goes
-on with the destroy after the answer (or after its own timeout).
+capture.pipeline.Pipeline.announced), and answers as soon as the core knows the outcome: for a
+delete, once its capture is spooled, before the senders are woken to publish it. Nova goes on
+with the destroy after the answer (or after its own timeout).
 
 Both paths may deliver one delete (nova keeps publishing to the bus through messagingv2): the
 flush's per-instance lock and the spool's seen() make the second a DUPLICATE, one event.
@@ -69,7 +70,8 @@ OPTS = [
                     "group, the socket is not served (a warning says so); any other "
                     "missing group is a configuration error."),
     cfg.IntOpt("max_connections", default=16, min=1,
-               help="Triggers handled at once; more are answered 'busy' at once."),
+               help="Driver connections served at once (a kept one holds its place while "
+                    "idle); more are answered 'busy' at once."),
     cfg.FloatOpt("request_timeout", default=5.0, min=0.1,
                  help="Seconds to wait for a newly connected driver's request, to read a "
                       "request once it began, and to write the answer."),
@@ -92,7 +94,8 @@ class HookServer:
     def __init__(self, path: str, *, host: str, on_trigger: AnnouncementHandler,
                  counters: Counters | None = None, group: str | None = None,
                  max_connections: int = 16, request_timeout: float = 5.0,
-                 idle_timeout: float = 300.0, clock: Callable[[], datetime.datetime] = utcnow) -> None:
+                 idle_timeout: float = 300.0,
+                 clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self.path = path
         self.host = host
         self._on_trigger = on_trigger
