@@ -21,7 +21,6 @@ from oslo_context import context
 from lifecycle_stats.exceptions import ConfigError
 from lifecycle_stats.listeners import hook_server, socket_file
 from lifecycle_stats.listeners.nova import driver as nova_driver, protocol as hook_protocol
-from tests.support.fakes import TriggerRecorder
 from tests.support.nova import IDENTITY, legacy_start_payload, versioned_start_payload
 
 HOST = "cmp1"
@@ -36,16 +35,6 @@ def legacy(instance_id, host=HOST):
 
 def versioned(instance_id, host=HOST):
     return versioned_start_payload(instance_id, host)
-
-
-@pytest.fixture
-def sock_path(tmp_path):
-    return str(tmp_path / "run" / "hook.sock")
-
-
-@pytest.fixture
-def recorder():
-    return TriggerRecorder()
 
 
 @pytest.fixture

@@ -31,16 +31,6 @@ def delete_start(instance_id=None) -> dict:
             "payload": legacy_start_payload(instance_id or str(uuid.uuid4()), HOST)}
 
 
-@pytest.fixture
-def sock_path(tmp_path):
-    return str(tmp_path / "run" / "hook.sock")
-
-
-@pytest.fixture
-def recorder():
-    return TriggerRecorder()
-
-
 def start_server(sock_path, recorder, **kwargs) -> hook_server.HookServer:
     server = hook_server.HookServer(sock_path, host=HOST, on_trigger=recorder, group="",
                                     clock=lambda: NOW, **kwargs)
