@@ -312,7 +312,7 @@ def test_stop_ends_kept_connections_at_once(sock_path, recorder, caplog):
         pool.request(delete_start(), 2.0)
     started = time.monotonic()
     srv.stop()
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < hook_server.STOP_TIMEOUT - 0.5  # not left to time out
     assert srv._in_flight == 0 and "still in hand" not in caplog.text
     with pytest.raises(OSError):  # and the driver finds no agent, without waiting
         pools[0].request(delete_start(), 2.0)
@@ -329,7 +329,7 @@ def test_a_busy_agent_still_answers_busy_at_once(sock_path, recorder):
         with socket.socket(socket.AF_UNIX) as other:  # answered before it even asks
             other.connect(sock_path)
             assert protocol.read_frame(other, started + 2)["status"] == protocol.BUSY
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.5  # not after the idle one's 300 s
         assert pool.request(delete_start(), 2.0)["status"] == protocol.CAPTURED
     finally:
         pool.close()
