@@ -16,6 +16,10 @@ is mostly libvirt and fsync waits, so what costs it is waiting for the GIL and t
 - Free heap is given back once a burst has been delivered (release_free_heap): glibc keeps
   what a thread freed in that thread's malloc arena, so a burst's payloads, built and sent
   on several threads, left the agent ~5 MiB larger for good (doc/benchmarks.md).
+- No green DNS (skip_green_dns, before oslo.messaging is imported): oslo.messaging imports
+  eventlet (through oslo.service and oslo.utils), and eventlet imports dnspython twice over
+  for a resolver only a monkey-patched process uses: ~200 modules, 6.6 MiB resident in an
+  agent that never patches anything (refuse_green_threads in agent.py).
 """
 from __future__ import annotations
 
@@ -49,6 +53,12 @@ def release_free_heap() -> bool:
         return False
     trim(0)
     return True
+
+
+def skip_green_dns() -> None:
+    """Tell eventlet not to load its green resolver (EVENTLET_NO_GREENDNS, read once when
+    eventlet is first imported); an operator's own setting wins."""
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
 
 
 M_ARENA_MAX = -8  # glibc's mallopt() parameter

@@ -41,6 +41,7 @@ def check_values(conf: cfg.ConfigOpts) -> None:
 
 
 def main(argv=None) -> int:
+    interpreter.skip_green_dns()  # before the agent's imports bring eventlet in
     from lifecycle_stats.agent import Agent
 
     argv = sys.argv[1:] if argv is None else argv

@@ -136,3 +136,40 @@ def test_a_bad_value_read_only_at_start_is_a_configuration_error_exit_2(tmp_path
     assert result.returncode == 2, result.stderr
     assert "configuration error" in result.stderr and "port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+IMPORTS_OF_MAIN = """
+import sys
+from lifecycle_stats.cmd import agent
+code = agent.main(["--config-file", sys.argv[1]])
+print(code, sorted({name.split(".")[0] for name in sys.modules} & {"dns", "jsonschema"}))
+"""
+
+
+def test_the_agent_loads_neither_green_dns_nor_jsonschema(tmp_path, monkeypatch):
+    """Regression (agent memory, issue 19): eventlet, which oslo.messaging imports, loaded
+    dnspython for a green resolver the never-patched agent cannot use (6.6 MiB resident),
+    and payloads.py loaded jsonschema (2.8 MiB) that only a refused payload needs."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}\n"
+                    "[libvirt]\nuri = qemu+tcp://127.0.0.1:1/system\n"
+                    "connection_retry_attempts = 1\n"
+                    "[oslo_messaging_notifications]\ndriver = messagingv2\n"
+                    "[notification_listener]\ntransport_url = fake://\n"
+                    "[metrics]\nport = 0\n" + NO_HOOK)
+    monkeypatch.delenv("EVENTLET_NO_GREENDNS", raising=False)
+    result = subprocess.run([sys.executable, "-c", IMPORTS_OF_MAIN, str(conf)],
+                            capture_output=True, text=True, timeout=60)
+    last = result.stdout.splitlines()[-1:]  # the agent logs to stdout before it
+    assert last == ["1 []"], result.stdout + result.stderr  # 1: libvirt unreachable
+
+
+def test_an_operator_setting_for_green_dns_wins(monkeypatch):
+    from lifecycle_stats import interpreter
+
+    monkeypatch.setenv("EVENTLET_NO_GREENDNS", "no")
+    interpreter.skip_green_dns()
+    assert interpreter.os.environ["EVENTLET_NO_GREENDNS"] == "no"
+    monkeypatch.delenv("EVENTLET_NO_GREENDNS")
+    interpreter.skip_green_dns()
+    assert interpreter.os.environ["EVENTLET_NO_GREENDNS"] == "yes"

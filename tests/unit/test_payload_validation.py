@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import pathlib
+import subprocess
+import sys
 
 import jsonschema
 import pytest
@@ -118,3 +121,30 @@ def test_dependent_required_is_compiled_as_draft7_dependencies(monkeypatch):
             compiled({"a": 1})
     finally:
         payloads._compiled.cache_clear()
+
+
+VALID_IN_A_CHILD = """
+import datetime, sys
+from lifecycle_stats.publishing import payloads
+from lifecycle_stats.records import StopAnnouncement
+from tests.support.fakes import UUID, make_info, make_reading
+now = datetime.datetime(2026, 11, 22, 3, 0, tzinfo=datetime.timezone.utc)
+trigger = StopAnnouncement(instance_id=UUID, event_type="compute.instance.delete.start",
+                           host="cmp1", received_at=now, identity={})
+for kind, reading in ((payloads.FINAL, make_reading()), (payloads.UNAVAILABLE, None)):
+    payloads.validate(payloads.delete_samples(kind=kind, trigger=trigger, info=make_info(),
+                                              reading=reading, host="cmp1", publisher_id="p",
+                                              now=now))
+print(sorted(name for name in ("jsonschema", "referencing", "rpds") if name in sys.modules))
+"""
+
+
+def test_valid_payloads_never_load_jsonschema():
+    """Regression (agent memory): payloads.py imported jsonschema at the top, 2.8 MiB resident
+    in every agent for a verdict only a refused payload needs."""
+    from tests.support import fakes
+
+    root = str(pathlib.Path(fakes.__file__).resolve().parents[2])
+    out = subprocess.run([sys.executable, "-c", VALID_IN_A_CHILD], capture_output=True,
+                         text=True, check=True, cwd=root).stdout
+    assert out.strip() == "[]"
