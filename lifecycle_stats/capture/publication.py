@@ -28,7 +28,7 @@ from lifecycle_stats import threads
 from lifecycle_stats.capture import capture_record
 from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.publishing import capture_rows, payloads
+from lifecycle_stats.publishing import capture_rows, payloads, sender
 from lifecycle_stats.records import StopAnnouncement, InstanceInfo, Notification
 
 LOG = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Publication:
     def __init__(self, *, spool, settings: Settings, counters: Counters,
                  on_published: Callable[[], None] = lambda: None,
                  on_built: Callable[[capture_record.Capture], None] = lambda capture: None,
-                 batch: int = 100,
+                 batch: int = sender.BATCH,  # built and held at once, as a sender does
                  poll_interval: float = 1.0, linger: float = 0.0) -> None:
         self._spool = spool
         self._settings = settings

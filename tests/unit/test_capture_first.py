@@ -263,3 +263,19 @@ def test_the_swap_encodes_only_what_a_conduit_still_has_to_send(box, tmp_path, m
     assert encoded == [second[1].message_id]
     assert box.spool.seen(first[1].message_id) and tiers(box.spool) == ["final"]
     assert box.spool.pending("a", 10) == [] and box.spool.pending("b", 10) == [second]
+
+
+def test_captures_are_built_and_swapped_16_at_a_time(box):
+    """Regression (agent memory): a burst's captures were built 100 at a time and held until
+    their swap (~60 KiB of Python objects each), and what they held stayed resident."""
+    import uuid
+
+    for n in range(40):
+        assert capture_only(box, instance_id=str(uuid.UUID(int=n + 1))) is Outcome.FINAL
+    held = []
+    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters,
+                              on_published=lambda: held.append(len(publication._memo)))
+    assert publication.build_waiting() == 40
+    assert box.counters.get("publication.batches") == 3  # 16 + 16 + 8, one swap each
+    assert held == [0, 0, 0]  # each batch forgotten once swapped
+    assert tiers(box.spool) == ["final"] * 40
