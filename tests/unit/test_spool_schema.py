@@ -231,3 +231,14 @@ def test_a_spool_with_tiers_is_a_layout_an_agent_of_version_1_refuses(tmp_path):
         assert "kind" not in columns(db, "records")
     finally:
         db.close()
+
+
+def test_the_spool_keeps_a_small_page_cache(tmp_path):
+    """Regression (agent memory): SQLite's default 2000 KiB cache filled with a burst's
+    bodies and stayed resident; the OS's page cache holds the file anyway."""
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["bus"])
+    try:
+        size = spool.read(lambda db: db.execute("PRAGMA cache_size").fetchone()[0])
+        assert size == -spool_schema.CACHE_KIB == -512
+    finally:
+        spool.close()
