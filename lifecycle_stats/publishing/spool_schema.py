@@ -175,17 +175,22 @@ def open_database(path: str, *, clock: Callable[[], datetime.datetime],
         return _open(path)
 
 
-# SQLite's page cache for the spool, KiB (its default is 2000): a record is written once and
-# read soon after, and the file is in the OS's page cache anyway. The default filled with a
-# burst's bodies and stayed resident (sqlite3_memory_used after 200 puts of 36 KB: 2.3 MiB;
-# 0.5 MiB with this).
+# SQLite's page cache per spool connection, KiB (its default is 2000): a record is written
+# once and read soon after, and the file is in the OS's page cache anyway. The default filled
+# with a burst's bodies and stayed resident (sqlite3_memory_used after 200 puts of 36 KB:
+# 2.3 MiB; 0.5 MiB with this).
 CACHE_KIB = 512
 
 
-def _open(path: str) -> sqlite3.Connection:
+def _connect(path: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+    return db
+
+
+def _open(path: str) -> sqlite3.Connection:
+    db = _connect(path)  # its cache capped before quick_check reads every page
     try:
-        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # before quick_check reads every page
         _check_integrity(db)
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
@@ -203,7 +208,7 @@ def _open(path: str) -> sqlite3.Connection:
 def open_lookups(path: str) -> sqlite3.Connection:
     """A read-only connection to the spool open_database() prepared: WAL lets it read the
     last commit while a writer's transaction is open."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db = _connect(path)
     db.execute("PRAGMA query_only=1")
     return db
 

@@ -240,5 +240,7 @@ def test_the_spool_keeps_a_small_page_cache(tmp_path):
     try:
         size = spool.read(lambda db: db.execute("PRAGMA cache_size").fetchone()[0])
         assert size == -spool_schema.CACHE_KIB == -512
+        # the senders' reads (pending) run on the lookups' connection
+        assert spool._lookups.execute("PRAGMA cache_size").fetchone()[0] == -512
     finally:
         spool.close()
