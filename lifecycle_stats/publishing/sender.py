@@ -36,11 +36,6 @@ from lifecycle_stats.records import Notification
 from lifecycle_stats.publishing.spool import Build, Spool
 
 LOG = logging.getLogger(__name__)
-# Records one batch holds, built: a delete.samples is ~60 KiB of Python objects, and what a
-# burst's batches of 100 held at once stayed resident after it (pymalloc keeps an arena while
-# any object in it lives): +9 arenas after a 200-delete burst. A smaller batch costs a
-# retirement commit (~1 ms) per 16 records instead of per 100; publishing is ~3 ms a record.
-BATCH = 16
 
 class _Stopped(Exception):
     """stop() was called before the next attempt."""
@@ -54,7 +49,7 @@ class Sender:
     def __init__(self, spool: Spool, conduit_name: str, emitter: Conduit, *,
                  counters: Counters | None = None, wait_initial: float = 0.5,
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
-                 batch: int = BATCH, poll_interval: float = 1.0, probe_after: int = 5,
+                 batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
                  max_age_seconds: float = 0.0, build: Build | None = None,
                  on_drained: Callable[[], object] = lambda: None, drained_after: int = 64):
         if not 0 < wait_initial <= wait_max:

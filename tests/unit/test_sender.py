@@ -321,17 +321,6 @@ def test_a_pending_batch_is_published_once_and_retired_in_one_transaction(spool,
     assert len(commits) <= 3, commits
 
 
-def test_a_backlog_goes_out_in_batches_of_16_built_records_at_most(spool, run):
-    """Regression (agent memory): batches of 100 built delete.samples (~60 KiB each) left
-    their arenas resident after a burst; the default batch holds 16."""
-    for n in range(40):
-        spool.put(note(n), "final")
-    emitter = Batching()
-    assert run(emitter).drain(timeout=10)
-    assert [len(batch) for batch in emitter.batches] == [16, 16, 8]
-    assert [n.message_id for n in emitter.sent] == [f"msg-{n}" for n in range(40)]
-
-
 def test_without_emit_batch_records_are_emitted_one_by_one_and_retired_together(spool, run):
     for n in range(20):
         spool.put(note(n), "final")
