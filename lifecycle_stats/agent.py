@@ -25,7 +25,7 @@ from lifecycle_stats.operations import exposition, metrics, status
 from lifecycle_stats.emitters import loader
 from lifecycle_stats.interfaces import Conduit
 from lifecycle_stats.listeners import bus, hook_server, libvirt_events
-from lifecycle_stats.publishing import checkpoints, sender, spool
+from lifecycle_stats.publishing import checkpoints, payloads, sender, spool
 from lifecycle_stats.reading import hypervisor, inspector, processes, reader_pool, registry
 from lifecycle_stats.usage import closer, store
 from lifecycle_stats.usage.ledger import UsageLedger
@@ -173,6 +173,7 @@ class Agent:
 
     def start(self) -> None:
         self.metrics.start()  # first: a taken port fails the start before anything runs
+        payloads.prepare_validators()  # not on the first delete's way to the bus
         self.checkpoints.start()
         for s in self.senders:
             s.start()

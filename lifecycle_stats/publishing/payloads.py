@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import fastjsonschema
 
 from lifecycle_stats.publishing import samples, signing
+from lifecycle_stats.publishing.exists import EXISTS
 from lifecycle_stats.records import (
     StopAnnouncement, DomainReading, InstanceInfo, Notification, isotime, sample_dicts,
 )
@@ -185,6 +186,13 @@ def _as_draft7(node: Any) -> Any:
             value = _as_draft7(value)
         out["dependencies" if key == "dependentRequired" else key] = value
     return out
+
+
+def prepare_validators() -> int:
+    """Compile the validator of every published event type now (at the agent's start): a
+    compile takes ~15 ms, and the first delete after a start would otherwise wait for it
+    between its capture and its publication. How many were compiled."""
+    return sum(_compiled(event_type) is not None for event_type in (DELETE_SAMPLES, EXISTS))
 
 
 def validate(notification: Notification) -> None:
