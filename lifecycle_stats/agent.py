@@ -129,7 +129,8 @@ class Agent:
                           probe_after=conf.spool.poison_probe_attempts,
                           max_age_seconds=conf.spool.max_age_seconds,
                           build=self.pipeline.publication.build,
-                          on_drained=interpreter.release_free_heap)
+                          on_drained=interpreter.release_free_heap,
+                          before_batch=self.pipeline.nova_waiting.wait_clear)
             for name, emitter in self.emitters.items()]
 
     def _build_usage(self) -> None:

@@ -123,8 +123,10 @@ class Publication:
                  on_published: Callable[[], None] = lambda: None,
                  on_built: Callable[[capture_record.Capture], None] = lambda capture: None,
                  batch: int = BATCH,
-                 poll_interval: float = 1.0, linger: float = 0.0) -> None:
+                 poll_interval: float = 1.0, linger: float = 0.0,
+                 before_batch: Callable[[], object] = lambda: None) -> None:
         self._spool = spool
+        self._before_batch = before_batch  # yields to a capture nova waits for
         self._settings = settings
         self._counters = counters
         self._on_published = on_published
@@ -160,7 +162,11 @@ class Publication:
         """Build every capture waiting now (the thread's work; the replay player calls it
         directly); how many were published."""
         published = 0
-        while waiting := capture_rows.waiting(self._spool, self._batch):
+        while True:
+            self._before_batch()
+            waiting = capture_rows.waiting(self._spool, self._batch)
+            if not waiting:
+                break
             built = [self._memo.get(w) for w in waiting]
             for capture in (b.capture for b in built if b.capture is not None):
                 self._on_built(capture)  # before the swap: a crash in between redoes both

@@ -51,7 +51,8 @@ class Sender:
                  wait_max: float = 30.0, sleep: Callable[[float], object] | None = None,
                  batch: int = 100, poll_interval: float = 1.0, probe_after: int = 5,
                  max_age_seconds: float = 0.0, build: Build | None = None,
-                 on_drained: Callable[[], object] = lambda: None, drained_after: int = 64):
+                 on_drained: Callable[[], object] = lambda: None, drained_after: int = 64,
+                 before_batch: Callable[[], object] = lambda: None):
         if not 0 < wait_initial <= wait_max:
             raise ValueError(f"need 0 < wait_initial <= wait_max, got {wait_initial}, {wait_max}")
         if batch < 1 or probe_after < 1 or max_age_seconds < 0:
@@ -70,6 +71,7 @@ class Sender:
         self._max_age = max_age_seconds
         self._build = build  # a capture, built to send (capture/publication.py); None: wait
         self._on_drained = on_drained
+        self._before_batch = before_batch  # yields to a capture nova waits for (bounded)
         self._drained_after = drained_after
         self._delivered_since_drained = 0
         self._loop = threads.WakeableLoop()
@@ -114,6 +116,7 @@ class Sender:
         while not self._stop.is_set():
             self._wake.clear()
             try:
+                self._before_batch()
                 busy = self._send_batch()
                 if not busy:
                     self._drained()

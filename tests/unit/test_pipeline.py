@@ -13,6 +13,7 @@ import oslo_messaging
 import pytest
 
 from lifecycle_stats import counters
+from lifecycle_stats.capture.nova_waiting import NovaWaiting
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.exceptions import ShuttingDown
 from lifecycle_stats.interfaces import Outcome
@@ -105,6 +106,24 @@ def test_the_answer_comes_before_the_senders_are_woken(core, caplog):
     assert heard == [(Outcome.FINAL, 0)] and core.woken > 0  # told, then the senders woken
     core.door.announced(announce(), answer=lambda o: 1 / 0)  # a broken listener...
     assert "answering duplicate failed" in caplog.text  # ...is logged; the capture stands
+
+
+def test_publishing_waits_for_a_capture_nova_waits_for_and_not_for_the_bus_s(core):
+    """While the hook's capture runs (up to nova's answer), publishing's wait_clear() waits;
+    a capture from the bus (nobody waiting) holds nothing (capture/nova_waiting.py)."""
+    entered = []
+
+    class Recording(NovaWaiting):
+        def capture(self):
+            entered.append(True)
+            return super().capture()
+
+    core.door.nova_waiting = waiting = Recording()
+    assert core.door.announced(announce()) is Outcome.FINAL  # the bus's: nobody waits
+    assert entered == []
+    during = []
+    core.door.announced(announce(), answer=lambda o: during.append(waiting.wait_clear(0.01)))
+    assert entered == [True] and during == [False] and waiting.wait_clear(0.01) is True
 
 
 def test_nova_waits_for_the_capture_alone_and_the_accounting_follows_the_build(core):

@@ -1,0 +1,56 @@
+"""Captures nova waits for come first (capture/nova_waiting.py): publishing waits for them,
+bounded; captures nobody waits for hold nothing."""
+import threading
+import time
+
+from lifecycle_stats.capture.nova_waiting import NovaWaiting
+from lifecycle_stats.emitters.memory import MemoryConduit
+from lifecycle_stats.publishing.sender import Sender
+from lifecycle_stats.publishing.spool import Spool
+from lifecycle_stats.records import Notification
+
+
+def note(n):
+    return Notification("compute.instance.exists", "INFO", "lifecycle-stats.h1", {"n": n},
+                        f"msg-{n}", "2026-12-05T00:00:00.000000+00:00")
+
+
+def test_wait_clear_returns_at_once_when_nova_waits_for_nothing():
+    started = time.monotonic()
+    assert NovaWaiting().wait_clear(5.0) is True
+    assert time.monotonic() - started < 1.0
+
+
+def test_wait_clear_waits_for_every_capture_then_gives_up_at_its_bound():
+    waiting = NovaWaiting()
+    with waiting.capture():
+        with waiting.capture():
+            assert waiting.wait_clear(0.05) is False  # bounded: publishing is never starved
+        assert waiting.wait_clear(0.05) is False  # one still runs
+        done = []
+        waiter = threading.Thread(target=lambda: done.append(waiting.wait_clear(5.0)))
+        waiter.start()
+        time.sleep(0.1)
+        assert done == []  # waits while nova waits
+    waiter.join(5)
+    assert done == [True]
+
+
+def test_a_sender_publishes_nothing_while_a_capture_nova_waits_for_runs(tmp_path):
+    waiting = NovaWaiting()
+    spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["m"])
+    conduit = MemoryConduit()
+    sender = Sender(spool, "m", conduit, poll_interval=0.05,
+                    before_batch=lambda: waiting.wait_clear(10.0))
+    try:
+        with waiting.capture():
+            sender.start()
+            spool.put(note(1), "final")
+            sender.wake()
+            time.sleep(0.3)
+            assert conduit.sent == []
+        assert sender.drain(5)
+        assert [n.message_id for n in conduit.sent] == ["msg-1"]
+    finally:
+        sender.stop(5)
+        spool.close()
