@@ -67,9 +67,9 @@ class Spool:
         self._db = spool_schema.open_database(path, clock=clock, counters=self._counters)
         spool_schema.restrict_sidecars(path)
         self._group = GroupCommit(self._db, self._lock, on_commit=self._count_commit)
-        # seen() and last_capture() are asked on nova's wait: a connection of their own reads
-        # the last commit without waiting for the writers' lock (a commit holds it across
-        # its fsync)
+        # seen() and last_capture() (asked on nova's wait) and the senders' pending() read
+        # the last commit on a connection of their own, never waiting for the writers' lock
+        # (a commit holds it across its fsync)
         self._lookups = spool_schema.open_lookups(path)
         self._lookups_lock = threading.Lock()
         with self._tx() as db:
