@@ -52,12 +52,70 @@ def test_a_new_qemu_process_starts_a_new_memory():
     assert not memory.judge("u", 8, later(no_net, cpu=1))
 
 
-def test_without_memory_only_the_measured_torn_shape_is_torn():
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# measured racing a destroy: the disk has lost its counters, the vNIC not yet
+DISK_TORN_FIRST = {**TORN, "net.0.rx.bytes": 10, "net.0.rx.pkts": 1, "net.0.rx.errs": 0,
+                   "net.0.rx.drop": 0, "net.0.tx.bytes": 20, "net.0.tx.pkts": 2,
+                   "net.0.tx.errs": 0, "net.0.tx.drop": 0}
+
+
+def test_without_memory_the_measured_torn_shapes_are_torn():
     memory = processes.DeviceMemory()
     assert memory.judge("a", 1, TORN)  # names, not one counter: the destroy race
-    assert not memory.judge("b", 1, WITH_VHOSTUSER)  # some counters: a device that has none
-    # a domain whose devices never have counters is read from its second read of the process on
-    assert not memory.judge("a", 1, later(TORN))
+    assert memory.judge("c", 1, DISK_TORN_FIRST)  # a disk with its file and no counters
+    assert not memory.judge("b", 1, WITH_VHOSTUSER)  # some counters: a vNIC that has none
+
+
+@pytest.mark.parametrize("record", [TORN, DISK_TORN_FIRST])
+def test_a_second_torn_read_of_the_process_is_torn_too(record):
+    """Regression (CI, Δ = 0): two reads raced one destroy; the first had no memory of the
+    process and was remembered as "no device has counters", so the second was believed and a
+    `final` went out without one disk or network meter."""
+    clock = Clock()
+    memory = processes.DeviceMemory(clock)
+    assert memory.judge("a", 1, record)
+    clock.now += 2.0  # a destroy's length
+    assert memory.judge("a", 1, later(record))
+
+
+def test_a_torn_looking_shape_kept_for_steady_seconds_is_believed():
+    """A domain whose devices never have counters (vhost-user alone) is read once one QEMU
+    process has shown the shape for STEADY seconds; a new process starts over."""
+    clock = Clock()
+    memory = processes.DeviceMemory(clock)
+    assert memory.judge("a", 1, TORN)
+    clock.now += processes.STEADY - 0.5
+    assert memory.judge("a", 1, later(TORN, cpu=40))
+    clock.now += 0.5
+    assert not memory.judge("a", 1, later(TORN, cpu=45))
+    assert not memory.judge("a", 1, later(TORN, cpu=50))
+    assert memory.judge("a", 2, later(TORN, cpu=1))  # a new process: judged afresh
+
+
+def test_devices_gone_from_the_record_mark_a_torn_read_an_unplugged_one_does_not():
+    memory = processes.DeviceMemory()
+    assert not memory.judge("u", 7, COMPLETE)
+    assert memory.judge("u", 7, {"state.state": 1, "cpu.time": 50})  # no device at all
+    unplugged = {**without(COMPLETE, "net."), "net.count": 0, "cpu.time": 60}
+    assert not memory.judge("u", 7, unplugged)  # the disk still counts: a vNIC was detached
+
+
+def test_the_flush_does_not_believe_a_second_torn_read():
+    conn = StatsConnection(Domain("u", 7), TORN)
+    memory = processes.DeviceMemory()
+    poller = inspector.Inspector(conn, memory=memory)
+    flusher = inspector.Inspector(conn, memory=memory)
+    assert poller.poll() == {}  # torn: left out of the poll
+    conn.record = later(TORN)
+    with pytest.raises(inspector.DomainGone):
+        flusher.read("u")
 
 
 def test_memory_keeps_only_the_domains_it_is_told():
