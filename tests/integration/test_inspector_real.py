@@ -39,7 +39,7 @@ def running(guest_factory):
 
 
 def test_bulk_poll_and_single_read_agree(libvirt_uri, running):
-    guest, _ = running
+    guest, dom = running
     inspector = Inspector(Hypervisor(libvirt_uri))
     bulk = inspector.poll()[guest.instance_id]
     single = inspector.read(guest.instance_id)
@@ -55,6 +55,9 @@ def test_bulk_poll_and_single_read_agree(libvirt_uri, running):
         counters = [f for f in vars(before) if f not in sizes]
         assert all(getattr(before, f) <= getattr(after, f) for f in counters), (before, after)
     assert bulk.disks[0].read_requests > 0  # the firmware read the boot disk
+    # the file's sizes come from the record and a stat(): the figures blockInfo gives
+    [disk] = single.disks
+    assert (disk.capacity, disk.allocation, disk.physical) == tuple(dom.blockInfo("vda", 0))
     assert single.memory_kib == guest.memory_mb * 1024 and single.vcpus == guest.vcpus
 
 

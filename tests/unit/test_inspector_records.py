@@ -225,10 +225,47 @@ def test_cpu_is_ceilometers_sum_of_vcpu_time_and_wait():
     assert inspector.vcpu_time_from_stats({**two, "vcpu.maximum": 3}) == 312
 
 
+class CountingDomain(Domain):
+    def __init__(self, uuid, process_id):
+        super().__init__(uuid, process_id)
+        self.block_info_calls = 0
+
+    def blockInfo(self, dev, flags=0):
+        self.block_info_calls += 1
+        return super().blockInfo(dev, flags)
+
+
 def test_a_single_read_takes_disk_sizes_from_block_info_as_ceilometer_does():
-    conn = StatsConnection(Domain("u", 7), WITH_VHOSTUSER)
+    dom = CountingDomain("u", 7)
+    conn = StatsConnection(dom, WITH_VHOSTUSER)  # its disk's file is not on this machine
     polled = inspector.Inspector(conn).poll()["u"]
     final = inspector.Inspector(conn).read("u")
     [disk] = final.disks
     assert (disk.capacity, disk.allocation, disk.physical) == (16 << 20, 200 << 10, 192 << 10)
+    assert dom.block_info_calls == 1
     assert polled.disks[0].read_bytes == disk.read_bytes  # the counters are the bulk record's
+
+
+def test_a_disk_file_this_process_can_stat_needs_no_block_info_call(tmp_path):
+    image = tmp_path / "disk"
+    image.write_bytes(b"q" * 196616)
+    sized = {**COMPLETE, "block.0.path": str(image), "block.0.capacity": 16 << 20,
+             "block.0.allocation": 0, "block.0.physical": 204800}
+    dom = CountingDomain("u", 7)
+    [disk] = inspector.Inspector(StatsConnection(dom, sized)).read("u").disks
+    # blockInfo's figures: the record's capacity, QEMU's actual size, the file's size
+    assert (disk.capacity, disk.allocation, disk.physical) == (16 << 20, 204800, 196616)
+    assert dom.block_info_calls == 0
+    # a cdrom's capacity is aligned below its file: max(capacity, physical) of blockInfo's
+    cdrom = {**sized, "block.0.capacity": 196608}
+    [disk] = inspector.Inspector(StatsConnection(dom, cdrom)).read("u").disks
+    assert disk.capacity == 196616 and dom.block_info_calls == 0
+
+
+def test_a_disk_that_is_no_regular_file_asks_block_info():
+    record = {**COMPLETE, "block.0.path": "/dev/null", "block.0.capacity": 1,
+              "block.0.physical": 2}
+    dom = CountingDomain("u", 7)
+    [disk] = inspector.Inspector(StatsConnection(dom, record)).read("u").disks
+    assert dom.block_info_calls == 1
+    assert (disk.capacity, disk.allocation, disk.physical) == (16 << 20, 200 << 10, 192 << 10)
