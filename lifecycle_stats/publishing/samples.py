@@ -22,6 +22,7 @@ OPTS = [
 # Fixed namespace: the same capture of the same meter always gets the same message_id, so a
 # consumer can drop redeliveries across agent restarts.
 MESSAGE_ID_NAMESPACE = uuid.UUID("2f0f7f4e-57c4-4e4b-9a37-2b9c1b7d5a10")
+_NAMESPACE_BYTES = MESSAGE_ID_NAMESPACE.bytes
 
 
 KIB_PER_MIB = 1024
@@ -105,7 +106,14 @@ def host_id(project_id: str | None, host: str) -> str:
 
 
 def deterministic_id(*parts: str) -> str:
-    return str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "|".join(parts)))
+    """str(uuid.uuid5(MESSAGE_ID_NAMESPACE, "|".join(parts))), without building a UUID object:
+    one per sample, ~35 per delete.samples (3.5 against 8.4 us here)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + "|".join(parts).encode("utf-8"))
+                       .digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 def disk_resource_id(info: InstanceInfo, device: str) -> str:

@@ -1,8 +1,11 @@
 import dataclasses
 import datetime
 import hashlib
+import uuid
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from lifecycle_stats.publishing import meters, samples
 from lifecycle_stats.records import Flavor
@@ -237,3 +240,9 @@ def test_samples_of_one_resource_share_its_metadata_and_signatures_are_unchanged
     signed = signing.signed_all(rows, "secret")
     assert [s["message_signature"] for s in signed] == [
         signing.signature(s.as_dict(), "secret") for s in built]
+
+
+@hypothesis.given(st.lists(st.text(max_size=60), min_size=1, max_size=5))
+def test_deterministic_id_is_uuid5_of_the_joined_parts(parts):
+    expected = uuid.uuid5(samples.MESSAGE_ID_NAMESPACE, "|".join(parts))
+    assert samples.deterministic_id(*parts) == str(expected)
