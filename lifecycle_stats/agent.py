@@ -107,6 +107,7 @@ class Agent:
         self.events_hv = hypervisor.Hypervisor.from_conf(self.conf)
         self.registry = registry.DomainRegistry(self.events_hv, self.counters)
         self.device_memory = processes.DeviceMemory()  # shared: the torn rule's memory
+        self.process_facts = inspector.process_facts(self.poll_hv)  # shared: names, starts
 
     def _build_publishing(self, emitters: dict[str, Conduit] | None) -> None:
         conf = self.conf
@@ -170,7 +171,7 @@ class Agent:
 
     def _inspector(self, connection: hypervisor.Hypervisor) -> inspector.Inspector:
         return inspector.Inspector(connection, counters=self.counters,
-                                   memory=self.device_memory)
+                                   memory=self.device_memory, processes=self.process_facts)
 
     def start(self) -> None:
         self.metrics.start()  # first: a taken port fails the start before anything runs

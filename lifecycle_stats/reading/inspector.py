@@ -63,16 +63,18 @@ def state_name(state: int | None) -> str:
 class Inspector:
     def __init__(self, hypervisor: Connection,
                  clock: Callable[[], datetime.datetime] = records.utcnow,
-                 counters: Counters | None = None, memory: DeviceMemory | None = None):
+                 counters: Counters | None = None, memory: DeviceMemory | None = None,
+                 processes: KnownProcesses | None = None):
         self._hv = hypervisor
         self._clock = clock
         self._counters = counters or Counters()
         self._memory = memory if memory is not None else DeviceMemory()
         self._no_bulk_conn: libvirt.virConnect | None = None  # connection known to lack groups
         # the QEMU process's start is visible only beside a local system daemon's domains
-        local = getattr(hypervisor, "uri", "") in ("qemu:///system", "qemu+unix:///system")
-        self._started_at = qemu_process.started_at if local else (lambda _name: None)
-        self._processes = KnownProcesses(self._started_at)  # the poll's, per QEMU process
+        self._started_at = _start_reader(hypervisor)
+        # per QEMU process: the poll learns, a single read looks up (shared by an agent's
+        # inspectors, so nova's wait reads no pid file for a process the poll knows)
+        self._processes = processes if processes is not None else process_facts(hypervisor)
         self._handles = DomainHandles()  # read()'s: no lookup on nova's wait
         self._devices = device_reuse.DeviceReuse()  # the poll's, per domain
 
@@ -175,7 +177,8 @@ class Inspector:
                                       uncounted):
             self._counters.incr(TORN)
             raise DomainGone(instance_id)
-        name = dom.name()
+        known = self._processes.known(instance_id, process_id, cpu_time or 0)
+        name = dom.name() if known is None else known.domain_name
         return records.DomainReading(
             instance_id=instance_id, domain_name=name, state=state_name(state),
             active=True, cpu_time_ns=cpu_time, vcpus=stats.get("vcpu.current"),
@@ -183,7 +186,19 @@ class Inspector:
             disks=disks, vnics=vnics, read_at=read_at, path=path,
             state_code=state, process_id=process_id, memory_stats=memory_from_stats(stats),
             perf=perf_from_stats(stats), vcpu_time_ns=vcpu_time_from_stats(stats),
-            process_started_at=self._started_at(name))
+            process_started_at=self._started_at(name) if known is None else known.started_at)
+
+
+def _start_reader(hypervisor: Connection) -> Callable[[str], float | None]:
+    """qemu_process.started_at beside a local system daemon's domains, where alone the QEMU
+    process's start is visible; elsewhere a reader that knows none."""
+    local = getattr(hypervisor, "uri", "") in ("qemu:///system", "qemu+unix:///system")
+    return qemu_process.started_at if local else (lambda _name: None)
+
+
+def process_facts(hypervisor: Connection) -> KnownProcesses:
+    """The per-process facts (name, start) the inspectors of one daemon can share."""
+    return KnownProcesses(_start_reader(hypervisor))
 
 
 def vcpu_time_from_stats(stats: Stats) -> int | None:

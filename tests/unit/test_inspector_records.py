@@ -2,6 +2,7 @@
 import pytest
 
 from lifecycle_stats.reading import inspector, processes
+from lifecycle_stats.reading.known_processes import KnownProcesses
 from tests.support import reference_parse
 from tests.support.stats_records import (
     COMPLETE, TORN, WITH_VHOSTUSER, Domain, StatsConnection, without,
@@ -269,3 +270,24 @@ def test_a_disk_that_is_no_regular_file_asks_block_info():
     [disk] = inspector.Inspector(StatsConnection(dom, record)).read("u").disks
     assert dom.block_info_calls == 1
     assert (disk.capacity, disk.allocation, disk.physical) == (16 << 20, 200 << 10, 192 << 10)
+
+
+def test_a_single_read_takes_the_process_start_the_poll_learned():
+    """Nova's wait reads no pid file for a QEMU process the poll knows (the agent's
+    inspectors share these facts)."""
+    starts = []
+
+    def read_start(name):
+        starts.append(name)
+        return 1234.5
+
+    facts = KnownProcesses(read_start)
+    conn = StatsConnection(Domain("u", 7), COMPLETE)
+    inspector.Inspector(conn, processes=facts).poll()
+    reading = inspector.Inspector(conn, processes=facts).read("u")
+    assert (reading.process_started_at, reading.domain_name) == (1234.5, "instance-1")
+    assert starts == ["instance-1"]  # the poll's read only
+    # another QEMU process under the same uuid is not the poll's: read afresh (here, where
+    # no process start is visible, None)
+    conn.dom = Domain("u", 8)
+    assert inspector.Inspector(conn, processes=facts).read("u").process_started_at is None
