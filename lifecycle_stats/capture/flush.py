@@ -104,19 +104,16 @@ class Flusher:
             wait=tenacity.wait_exponential(multiplier=retry.wait, max=retry.max_wait),
             retry=tenacity.retry_if_exception_type(TRANSIENT), sleep=sleep, reraise=True)
 
-    def capture(self, trigger: StopAnnouncement,
-                offer: Callable[[str, bytes], object] | None = None) -> Captured:
+    def capture(self, trigger: StopAnnouncement) -> Captured:
         """Capture and spool one delete attempt's delete.samples, once per attempt.
 
-        offer: given the capture record just before its commit (early_builds.py: built while
-        the fsync runs), for a capture nobody waits for.
         Raises CaptureDeferred when nothing could be spooled yet (redeliver the trigger), and
         ShuttingDown once the gate closed (redeliver it to the next run).
         """
         message_id = payloads.delete_message_id(trigger)
         with self._locks.held(trigger.instance_id):
             try:
-                captured = self._retrying(self._capture_and_spool, trigger, message_id, offer)
+                captured = self._retrying(self._capture_and_spool, trigger, message_id)
             except TRANSIENT as exc:
                 raise self._deferred(trigger, message_id, exc) from exc
         self._attempts.forget(message_id)
@@ -128,8 +125,7 @@ class Flusher:
                         outcome.value, trigger.event_type)
         return captured
 
-    def _capture_and_spool(self, trigger: StopAnnouncement, message_id: str,
-                           offer: Callable[[str, bytes], object] | None) -> Captured:
+    def _capture_and_spool(self, trigger: StopAnnouncement, message_id: str) -> Captured:
         if self._spool.seen(message_id):
             return Captured(Outcome.DUPLICATE)
         built = self._attempts.built(message_id)
@@ -139,8 +135,6 @@ class Flusher:
                 return Captured(built)  # not nova's, or flagged and spooled
             self._attempts.keep_built(message_id, built)
         outcome, body, info, ended = built
-        if offer is not None:
-            offer(message_id, body)
         self._gate.write(self._spool.put_capture, message_id, trigger.instance_id, body)
         return Captured(outcome, info, ended)
 

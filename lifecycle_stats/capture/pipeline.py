@@ -124,9 +124,7 @@ class Pipeline:
         if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
-            # a capture nobody waits for is built while its fsync runs (early_builds.py)
-            captured = self._flusher.capture(
-                trigger, offer=self.publication.early.offer if answer is None else None)
+            captured = self._flusher.capture(trigger)
             if answer is not None:
                 _tell(answer, captured.outcome)
             if captured.outcome.spooled:

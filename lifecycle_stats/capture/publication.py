@@ -20,14 +20,12 @@ import collections
 import contextlib
 import logging
 import threading
-import time
 from typing import Callable, NamedTuple
 
 from oslo_config import cfg
 
 from lifecycle_stats import threads
 from lifecycle_stats.capture import capture_record
-from lifecycle_stats.capture.early_builds import EarlyBuilds
 from lifecycle_stats.capture.settings import Settings
 from lifecycle_stats.counters import Counters
 from lifecycle_stats.publishing import capture_rows, payloads
@@ -139,8 +137,6 @@ class Publication:
         self._loop = threads.WakeableLoop()
         self._stop, self._wake = self._loop.stopping, self._loop.woken
         self._memo = _Memo(self._build)
-        self._offered = threading.Event()  # a capture offered to early builds (its own wake)
-        self.early = EarlyBuilds(self._build_record, self._offer_wake)
 
     def build(self, waiting: capture_rows.Waiting) -> Notification | None:
         """The notification a sender publishes for this capture (Spool.pending's build);
@@ -160,7 +156,6 @@ class Publication:
     def stop(self, timeout: float) -> bool:
         """Build what is waiting (bounded by timeout), then end; True when the thread ended.
         What is not built by then is built at the next start."""
-        self._offered.set()  # a linger ends at once
         return self._loop.stop(timeout)
 
     def build_waiting(self) -> int:
@@ -188,7 +183,6 @@ class Publication:
         while True:
             self._wake.clear()
             try:
-                self._build_offered()
                 self.build_waiting()
             except Exception:  # the spool failed: keep the thread, try again later
                 self._counters.incr("publication.errors")
@@ -197,36 +191,9 @@ class Publication:
             if self._stop.is_set():
                 return
             if self._wake.wait(self._poll) and self._linger:
-                self._linger_building_offered()  # gather a burst; a stop ends it at once
-
-    def _offer_wake(self) -> None:
-        self._offered.set()
-        self._loop.wake()
-
-    def _build_offered(self) -> None:
-        """Captures offered before their commit (early_builds.py), built now."""
-        self._offered.clear()
-        if len(self.early):
-            self._before_batch()
-            self.early.run_queued()
-
-    def _linger_building_offered(self) -> None:
-        deadline = time.monotonic() + self._linger
-        while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            if self._offered.wait(left):
-                self._build_offered()
-
-    def _build_record(self, message_id: str, body: bytes) -> _Built:
-        """An offered capture's build, before it has a spool seq (taken by _build)."""
-        return self._build_now(capture_rows.Waiting(-1, message_id, body))
+                self._stop.wait(self._linger)  # gather a burst; a stop ends it at once
 
     def _build(self, waiting: capture_rows.Waiting) -> _Built:
-        taken, built = self.early.take(waiting.message_id, waiting.body)
-        if taken:  # built while its commit ran: given its seq
-            return _Built((waiting, *built.row[1:]), built.capture)
-        return self._build_now(waiting)
-
-    def _build_now(self, waiting: capture_rows.Waiting) -> _Built:
         try:
             capture = capture_record.decode(waiting.body)
         except ValueError as exc:

@@ -279,25 +279,3 @@ def test_captures_are_built_and_swapped_16_at_a_time(box):
     assert box.counters.get("publication.batches") == 3  # 16 + 16 + 8, one swap each
     assert held == [0, 0, 0]  # each batch forgotten once swapped
     assert tiers(box.spool) == ["final"] * 40
-
-
-def test_a_bus_capture_is_built_while_its_commit_runs_and_the_sender_takes_it(box):
-    publication = Publication(spool=box.spool, settings=SETTINGS, counters=box.counters)
-    offered = []
-
-    def offer(message_id, body):
-        offered.append(message_id)
-        publication.early.offer(message_id, body)
-        publication.early.run_queued()  # the publication thread, before the commit ends
-
-    flusher = box.make(FakeInspector({UUID: make_reading()}), FakeRegistry({UUID: make_info()}))
-    with box.gate.working("flushing"):
-        assert flusher.capture(trigger(), offer=offer).outcome is Outcome.FINAL
-    assert offered == [payloads.delete_message_id(trigger())]
-    assert box.counters.get("publication.built") == 1  # built before its commit ended
-    [(seq, built)] = box.spool.pending("test", 10, publication.build)
-    assert built.message_id == offered[0]
-    assert box.counters.get("publication.built") == 1  # the sender took it: no second build
-    publication.build_waiting()  # the swap finds it built under its seq
-    assert capture_rows.waiting(box.spool, 10) == []
-    assert box.counters.get("publication.built") == 1

@@ -346,15 +346,3 @@ def test_settings_for_a_host_are_the_agents_defaults():
     settings = Settings.for_host(HOST)
     assert settings.publisher_id == f"lifecycle-stats.{HOST}" and settings.legacy_meters
     assert dataclasses.replace(settings, legacy_meters=False).legacy_meters is False
-
-
-def test_only_a_capture_nobody_waits_for_is_offered_to_early_builds(core):
-    offered = []
-    core.door.publication.early.offer = lambda message_id, body: offered.append(message_id)
-    core.door.announced(announce(), answer=lambda outcome: None)  # nova waits: not offered
-    core.door.announced(announce(instance_id=NOT_NOVA))  # not nova's: nothing to build
-    assert offered == []
-    other = StopAnnouncement(instance_id=UUID, event_type="instance.delete.start", host=HOST,
-                             received_at=NOW, action="delete", attempt_id="req-2")
-    assert core.door.announced(other) is Outcome.FINAL  # another attempt, from the bus
-    assert offered == [payloads.delete_message_id(other)]
