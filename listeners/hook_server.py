@@ -1,10 +1,9 @@
 """Serve nova_driver's triggers on a local unix socket: the zero-race path beside the bus.
 
-The driver inside nova-compute sends nova's own .start message (hook_protocol) and waits; the
-server parses it exactly as the bus listener does (nova_notifications.parse, here with every
-action of hook_protocol.ACTIONS), hands the trigger to the same handler (the core's front door,
-capture.pipeline.Pipeline.announced), and answers as soon as the core knows the outcome: for a
-delete, once its capture is spooled, before the senders are woken to publish it. Nova goes on
+The driver inside nova-compute sends nova's own .start message (hook_protocol) and waits; what
+the request becomes is hook_answers.py's (parsed as the bus listener parses it, handed to the
+core's front door), and the server writes the answer as soon as the core knows the outcome: for
+a delete, once its capture is spooled, before the senders are woken to publish it. Nova goes on
 with the destroy after the answer (or after its own timeout).
 
 Both paths may deliver one delete (nova keeps publishing to the bus through messagingv2): the
@@ -29,33 +28,19 @@ from typing import Callable
 from oslo_config import cfg
 
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import CaptureDeferred, RejectedMessage, ShuttingDown
-from lifecycle_stats.interfaces import Outcome, AnnouncementHandler
-from lifecycle_stats.records import StopAnnouncement, utcnow
-from lifecycle_stats.listeners import nova_notifications, socket_file
+from lifecycle_stats.interfaces import AnnouncementHandler
+from lifecycle_stats.records import utcnow
+from lifecycle_stats.listeners import hook_answers, socket_file
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 
 LOG = logging.getLogger(__name__)
 GROUP = "hook"
-ALL_ACTIONS = frozenset(hook_protocol.ACTIONS)
 ACCEPT_POLL = 0.5  # seconds: how soon the accept thread notices stop()
 ACCEPT_JOIN = 1.0  # seconds stop() waits for the accept thread (woken at once by _wake)
 # seconds stop() waits for answers in hand: nova stopped waiting after its own timeout
 # (0.5 s by default); the flushes behind them are also the bus listener's to finish
 STOP_TIMEOUT = 3.0
 DEFAULT_GROUP = "nova"
-# The core's outcome of an announcement, as the driver's status (hook_protocol).
-STATUS = {
-    Outcome.FINAL: hook_protocol.CAPTURED,  # a deletion: its delete.samples is spooled
-    Outcome.LAST_KNOWN: hook_protocol.CAPTURED,
-    Outcome.UNAVAILABLE: hook_protocol.CAPTURED,
-    Outcome.FLAGGED: hook_protocol.CAPTURED,
-    Outcome.DUPLICATE: hook_protocol.CAPTURED,  # spooled before (the bus copy was first)
-    Outcome.NOT_NOVA: hook_protocol.IGNORED,
-    Outcome.READ: hook_protocol.CACHED,  # another stop: its closing reading was taken
-    Outcome.MISSED: hook_protocol.IGNORED,
-}
-
 OPTS = [
     cfg.BoolOpt("enabled", default=True,
                 help="Serve the socket that lifecycle-stats' nova notifier driver "
@@ -98,8 +83,9 @@ class HookServer:
                  clock: Callable[[], datetime.datetime] = utcnow) -> None:
         self.path = path
         self.host = host
-        self._on_trigger = on_trigger
         self.counters = counters if counters is not None else Counters()
+        self._answers = hook_answers.HookAnswers(host=host, on_trigger=on_trigger,
+                                                 counters=self.counters, clock=clock)
         self._gid = socket_file.group_id(group, f"[{GROUP}] socket_group")
         self._max_connections = max_connections
         self._in_flight = 0
@@ -107,7 +93,6 @@ class HookServer:
         self._request_timeout = request_timeout
         self._idle_timeout = idle_timeout
         self._open: set[socket.socket] = set()  # under self._idle: what stop() wakes
-        self._clock = clock
         self._stopping = threading.Event()
         self._sock: socket.socket | None = None
         self._inode = 0
@@ -171,7 +156,7 @@ class HookServer:
                 return
             if not self._take_slot(conn):
                 self.counters.incr("hook.busy")
-                self._reply(conn, {"v": hook_protocol.VERSION, "status": hook_protocol.BUSY})
+                self._reply(conn, hook_answers.reply(hook_protocol.BUSY))
                 conn.close()
                 continue
             self.counters.incr("hook.connections")
@@ -202,7 +187,7 @@ class HookServer:
         except hook_protocol.ProtocolError as exc:  # out of step: answered, then closed
             self.counters.incr("hook.rejected")
             LOG.warning("rejected a frame on %s: %s", self.path, exc)
-            self._reply(conn, _answer(hook_protocol.REJECTED, detail=str(exc)))
+            self._reply(conn, hook_answers.reply(hook_protocol.REJECTED, detail=str(exc)))
             return False
         except OSError as exc:
             self.counters.incr("hook.read_errors")
@@ -237,39 +222,8 @@ class HookServer:
             return False
 
     def answer(self, request: dict, early: Callable[[dict], None] | None = None) -> dict:
-        """Parse, hand on, and say what became of it; never raises. ``early`` gets the answer
-        as soon as the core knows the outcome, before the core's work that follows it."""
-        event_type = request.get("event_type")
-        try:
-            trigger = nova_notifications.parse(
-                event_type, request.get("publisher_id"), request.get("payload"),
-                host=self.host, received_at=self._clock(),
-                context={"request_id": request.get("request_id")},
-                announced_at=nova_notifications.envelope_time(request), actions=ALL_ACTIONS)
-        except (RejectedMessage, ValueError) as exc:
-            self.counters.incr("hook.rejected")
-            LOG.warning("rejected %.80r from the nova driver: %s", event_type, exc)
-            return _answer(hook_protocol.REJECTED, detail=str(exc))
-        except Exception:  # a bug in parse must not leave nova without an answer
-            self.counters.incr("hook.handler_errors")
-            LOG.exception("could not parse %.80r from the nova driver", event_type)
-            return _answer(hook_protocol.ERROR, detail="parse failed; see the agent's log")
-        if not isinstance(trigger, StopAnnouncement):  # not ours, or an exists that is not a
-            self.counters.incr("hook.ignored")      # revert's (the bus brings those)
-            return _answer(hook_protocol.IGNORED)
-        self.counters.incr(f"hook.triggers.{trigger.action}")
-        told = None if early is None else (lambda outcome: early(_answered(outcome)))
-        try:
-            outcome = self._on_trigger(trigger, answer=told)
-        except (CaptureDeferred, ShuttingDown) as exc:  # nothing spooled; the bus copy is retried
-            self.counters.incr("hook.deferred")
-            LOG.warning("capture of %s deferred: %s", trigger.instance_id, exc)
-            return _answer(hook_protocol.ERROR, detail="capture deferred; see the agent's log")
-        except Exception:
-            self.counters.incr("hook.handler_errors")
-            LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
-            return _answer(hook_protocol.ERROR, detail="handler failed; see the agent's log")
-        return _answered(outcome)
+        """What the request becomes (hook_answers.py); never raises."""
+        return self._answers.answer(request, early)
 
 
 def _request_arrives(conn: socket.socket, wait: float) -> bool:
@@ -300,14 +254,6 @@ def _wake(path: str) -> None:
             sock.connect(path)
     except OSError:
         pass
-
-
-def _answer(status: str, **extra) -> dict:
-    return {"v": hook_protocol.VERSION, "status": status, **extra}
-
-
-def _answered(outcome: Outcome) -> dict:
-    return _answer(STATUS[outcome], outcome=outcome.value)
 
 
 def from_conf(conf: cfg.ConfigOpts, host: str, on_trigger: AnnouncementHandler,

@@ -155,7 +155,7 @@ def disk_stats(name: str, read_requests: int, read_bytes: int, write_requests: i
                capacity: int | None, allocation: int | None,
                physical: int | None) -> DiskStats:
     """DiskStats(...) without its __init__, capacity as Ceilometer reports it:
-    max(capacity, physical) (inspector.disk_sizes)."""
+    max(capacity, physical) (block_sizes.disk_sizes)."""
     if capacity is not None and physical is not None and physical > capacity:
         capacity = physical
     disk = _new(DiskStats)

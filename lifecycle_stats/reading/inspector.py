@@ -10,18 +10,17 @@ Every reading is stamped with the time its request started, and carries its QEMU
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import logging
-import os
-import stat
 from typing import Any, Callable, Mapping
 
 import libvirt
 
 from lifecycle_stats import records
-from lifecycle_stats.reading import bulk_parse, device_reuse, nova_metadata, qemu_process
+from lifecycle_stats.reading import (
+    block_sizes, bulk_parse, device_reuse, nova_metadata, qemu_process,
+)
 from lifecycle_stats.reading.domain_handles import DomainHandles
 from lifecycle_stats.reading.processes import DeviceMemory
 from lifecycle_stats.reading.known_processes import KnownProcesses
@@ -153,7 +152,7 @@ class Inspector:
             raise DomainGone(instance_id)
         dom, record = stats[0]  # libvirt's domain as it is now: this QEMU process's id
         reading = self._reading(conn, dom, record, "single", read_at, dom.UUIDString())
-        return with_block_info(dom, reading, record) if reading.active else reading
+        return block_sizes.with_sizes(dom, reading, record) if reading.active else reading
 
     def _reading(self, conn: libvirt.virConnect, dom: libvirt.virDomain, stats: Stats,
                  path: str, read_at: datetime.datetime,
@@ -213,74 +212,11 @@ def vcpu_time_from_stats(stats: Stats) -> int | None:
     return total if counted and counted == stats.get("vcpu.current") else None
 
 
-def with_block_info(dom: libvirt.virDomain, reading: records.DomainReading,
-                    stats: Stats | None = None) -> records.DomainReading:
-    """Disk sizes as virDomainGetBlockInfo gives them, the call Ceilometer's
-    disk.device.capacity / allocation / usage make: for a file-backed disk the bulk record's
-    allocation is QEMU's highest written offset and its physical the allocated blocks, where
-    blockInfo gives the allocated blocks and the file's size. A disk whose file this process
-    can stat is given them from the record and one stat() (file_sizes), not a second libvirt
-    call: blockInfo waits for a QEMU monitor job, ~2 ms of nova's wait. Any other disk asks
-    blockInfo; one it cannot read keeps the bulk figures."""
-    files = _disk_files(stats) if stats is not None else {}
-    disks = []
-    for disk in reading.disks:
-        sizes = file_sizes(disk, *files.get(disk.device, (None, None)))
-        if sizes is None:
-            try:
-                sizes = disk_sizes(*dom.blockInfo(disk.device, 0))
-            except libvirt.libvirtError as exc:
-                LOG.debug("blockInfo(%s) of %s: %s", disk.device, reading.instance_id, exc)
-                disks.append(disk)
-                continue
-        disks.append(dataclasses.replace(disk, **sizes))
-    return dataclasses.replace(reading, disks=tuple(disks))
-
-
-def file_sizes(disk: records.DiskStats, path: str | None,
-               capacity: int | None) -> dict[str, int | None] | None:
-    """blockInfo's figures of a disk backed by a regular file, from the bulk record and the
-    file's stat(): libvirt takes the allocation from QEMU's actual size (the record's
-    physical) and the physical size from the file (tests/integration/test_inspector_real.py
-    compares the two on real QEMU). capacity: the record's own (DiskStats keeps Ceilometer's
-    max(capacity, physical)). None for any other disk, or a file this process cannot stat:
-    blockInfo then."""
-    if path is None or disk.physical is None or capacity is None:
-        return None
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(status.st_mode):
-        return None  # a block device (LVM, iSCSI): blockInfo's allocation is another figure
-    return disk_sizes(capacity, disk.physical, status.st_size)
-
-
-def _disk_files(stats: Stats) -> dict[str, tuple[str, int | None]]:
-    """Each top-level disk's source path and capacity in a stats record (a backing-chain
-    entry repeats its disk's name; the first entry is the disk's own)."""
-    files: dict[str, tuple[str, int | None]] = {}
-    for i in range(stats.get("block.count", 0)):
-        name, path = stats.get(f"block.{i}.name"), stats.get(f"block.{i}.path")
-        if name is not None and path is not None and name not in files:
-            files[name] = (path, stats.get(f"block.{i}.capacity"))
-    return files
-
-
 def _lacks_groups(stats: Stats) -> bool:
     """An active domain's record with none of the cpu/block/interface groups."""
     if stats.get("state.state") in INACTIVE_STATES:
         return False
     return not any(key in stats for key in _GROUP_MARKERS)
-
-
-def disk_sizes(capacity: int | None, allocation: int | None,
-               physical: int | None) -> dict[str, int | None]:
-    """Ceilometer reports capacity as max(capacity, physical): a cdrom's capacity is aligned
-    down to 4 KiB and can be smaller than the file."""
-    if capacity is not None and physical is not None:
-        capacity = max(capacity, physical)
-    return {"capacity": capacity, "allocation": allocation, "physical": physical}
 
 
 # Bulk "balloon.*" keys -> libvirt's memoryStats names (what the fallback path returns).
@@ -328,7 +264,7 @@ def _fallback_disk(dom: libvirt.virDomain, dev: str) -> records.DiskStats:
     return records.DiskStats(
         dev, *dom.blockStats(dev)[:4], read_time_ns=flags.get("rd_total_times"),
         write_time_ns=flags.get("wr_total_times"),
-        **disk_sizes(capacity, allocation, physical))
+        **block_sizes.disk_sizes(capacity, allocation, physical))
 
 
 def _unless_unsupported(call: Callable[[], Any], default: Any) -> Any:

@@ -2,7 +2,7 @@
 time, as first written. The product parses records with reading/bulk_parse.py (written for
 CPU); tests/unit/test_bulk_parse.py holds it to these on every record shape."""
 from lifecycle_stats import records
-from lifecycle_stats.reading.inspector import disk_sizes
+from lifecycle_stats.reading.block_sizes import disk_sizes
 
 
 def disks_from_stats(stats):

@@ -17,7 +17,7 @@ from lifecycle_stats.capture.nova_waiting import NovaWaiting
 from lifecycle_stats.capture.pipeline import Pipeline, Readers, Settings
 from lifecycle_stats.exceptions import ShuttingDown
 from lifecycle_stats.interfaces import Outcome
-from lifecycle_stats.listeners import bus, hook_server
+from lifecycle_stats.listeners import bus, hook_answers, hook_server
 from lifecycle_stats.listeners.nova import protocol as hook_protocol
 from lifecycle_stats.publishing import payloads, spool
 from lifecycle_stats.records import AuditWindow, StopAnnouncement, LifecycleEvent
@@ -220,12 +220,12 @@ def test_a_nova_audit_window_is_enriched_into_an_exists(core):
 # -- one outcome, each listener's reply ------------------------------------------------------
 
 def test_the_hook_maps_every_outcome_to_its_status():
-    assert set(hook_server.STATUS) == set(Outcome)
-    assert {o for o, status in hook_server.STATUS.items()
+    assert set(hook_answers.STATUS) == set(Outcome)
+    assert {o for o, status in hook_answers.STATUS.items()
             if status == hook_protocol.CAPTURED} == {o for o in Outcome if o.spooled} | {
         Outcome.DUPLICATE}
-    assert hook_server.STATUS[Outcome.READ] == hook_protocol.CACHED
-    assert hook_server.STATUS[Outcome.MISSED] == hook_server.STATUS[Outcome.NOT_NOVA] \
+    assert hook_answers.STATUS[Outcome.READ] == hook_protocol.CACHED
+    assert hook_answers.STATUS[Outcome.MISSED] == hook_answers.STATUS[Outcome.NOT_NOVA] \
         == hook_protocol.IGNORED
 
 
