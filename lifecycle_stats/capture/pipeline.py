@@ -114,9 +114,11 @@ class Pipeline:
         close(): redeliver to the next run). ``answer`` hears a deletion's outcome first,
         before the senders are woken: the hook answers nova there (measured: woken senders
         held the answer back 0.5 ms at p50, 25 ms at p99; doc/benchmarks.md)."""
-        if answer is None:
+        if answer is None:  # the bus's: nova has published it, publishing may go on
+            self.nova_waiting.heard_on_bus(trigger.instance_id)
             return self._announced(trigger, None)
-        with self.nova_waiting.capture():  # publishing waits for this one (nova_waiting.py)
+        # publishing waits for this one, then for nova's own copy of it (nova_waiting.py)
+        with self.nova_waiting.capture(trigger.instance_id):
             return self._announced(trigger, answer)
 
     def _announced(self, trigger: StopAnnouncement,

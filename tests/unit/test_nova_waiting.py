@@ -36,6 +36,55 @@ def test_wait_clear_waits_for_every_capture_then_gives_up_at_its_bound():
     assert done == [True]
 
 
+def test_after_the_answer_publishing_yields_until_novas_copy_is_back():
+    waiting = NovaWaiting(hold=30.0)
+    with waiting.capture("i1"):
+        pass  # nova has its answer; its messagingv2 publishes the announcement now
+    assert waiting.wait_clear(0.05) is False
+    waiting.heard_on_bus("i2")  # another instance's copy releases nothing
+    assert waiting.wait_clear(0.05) is False
+    done = []
+    waiter = threading.Thread(target=lambda: done.append(waiting.wait_clear(10.0)))
+    waiter.start()
+    time.sleep(0.1)
+    assert done == []
+    waiting.heard_on_bus("i1")
+    waiter.join(5)
+    assert done == [True]
+
+
+def test_the_hold_ends_by_itself_without_a_bus():
+    waiting = NovaWaiting(hold=0.1)
+    with waiting.capture("i1"):
+        pass
+    started = time.monotonic()
+    assert waiting.wait_clear(10.0) is True
+    assert 0.05 <= time.monotonic() - started < 5.0
+
+
+def test_a_copy_back_before_the_answer_holds_nothing_unless_long_ago():
+    """The driver may run after messagingv2: nova's copy then comes back while the capture
+    still runs. A copy heard longer than the hold ago is another announcement's."""
+    now = [100.0]
+    waiting = NovaWaiting(hold=0.02, clock=lambda: now[0])
+    with waiting.capture("i1"):
+        waiting.heard_on_bus("i1")
+    assert waiting.wait_clear(0.0) is True
+    with waiting.capture("i1"):
+        waiting.heard_on_bus("i1")
+        now[0] += 1.0
+    assert waiting.wait_clear(0.0) is False  # held: until the copy of this one is back
+    waiting.heard_on_bus("i1")
+    assert waiting.wait_clear(0.0) is True
+
+
+def test_a_capture_without_an_instance_holds_nothing_after_it():
+    waiting = NovaWaiting(hold=30.0)
+    with waiting.capture():
+        pass
+    assert waiting.wait_clear(0.0) is True
+
+
 def test_a_sender_publishes_nothing_while_a_capture_nova_waits_for_runs(tmp_path):
     waiting = NovaWaiting()
     spool = Spool(str(tmp_path / "spool.sqlite"), conduits=["m"])

@@ -109,21 +109,25 @@ def test_the_answer_comes_before_the_senders_are_woken(core, caplog):
 
 
 def test_publishing_waits_for_a_capture_nova_waits_for_and_not_for_the_bus_s(core):
-    """While the hook's capture runs (up to nova's answer), publishing's wait_clear() waits;
-    a capture from the bus (nobody waiting) holds nothing (capture/nova_waiting.py)."""
+    """While the hook's capture runs (up to nova's answer), publishing's wait_clear() waits,
+    and after it until nova's own copy of the announcement is back from the bus; a capture
+    from the bus (nobody waiting) holds nothing (capture/nova_waiting.py)."""
     entered = []
 
     class Recording(NovaWaiting):
-        def capture(self):
-            entered.append(True)
-            return super().capture()
+        def capture(self, instance_id=None):
+            entered.append(instance_id)
+            return super().capture(instance_id)
 
-    core.door.nova_waiting = waiting = Recording()
+    core.door.nova_waiting = waiting = Recording(hold=30.0)
     assert core.door.announced(announce()) is Outcome.FINAL  # the bus's: nobody waits
-    assert entered == []
+    assert entered == [] and waiting.wait_clear(0.01) is True
     during = []
     core.door.announced(announce(), answer=lambda o: during.append(waiting.wait_clear(0.01)))
-    assert entered == [True] and during == [False] and waiting.wait_clear(0.01) is True
+    assert entered == [UUID] and during == [False]
+    assert waiting.wait_clear(0.01) is False  # answered; nova's copy not back yet
+    assert core.door.announced(announce()) is Outcome.DUPLICATE  # nova's copy, from the bus
+    assert waiting.wait_clear(0.01) is True
 
 
 def test_nova_waits_for_the_capture_alone_and_the_accounting_follows_the_build(core):
