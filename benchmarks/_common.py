@@ -179,6 +179,53 @@ def trigger(guest: novalike.NovaGuest, host: str) -> StopAnnouncement:
     return made
 
 
+class IdleGuestReads:
+    """The baseline of the latency targets, read as the capture reads: one Inspector.read of a
+    guest nobody has read since it was made -- as idle as the guests being deleted, made in the
+    same batch -- one guest per delete, taken between the deletes after a quiet pause.
+
+    A paused guest's first read after idling costs ~2 ms more than a read of a guest read a
+    moment before (doc/benchmarks.md, "Issue 19, session 8"); the capture's read is such a
+    first read, and back-to-back reads of fresh guests (one_read_ms) never see that cost."""
+
+    QUIET = 0.05  # seconds before and after each read: the agent idle, libvirtd settled
+
+    def __init__(self, uri: str, made: list) -> None:
+        from lifecycle_stats.reading.hypervisor import Hypervisor
+        from lifecycle_stats.reading.inspector import Inspector
+
+        self._guests = [guest.instance_id for guest, _ in made]
+        self._hv = Hypervisor(uri)
+        self._inspector = Inspector(self._hv)
+        self._hv.connection()  # opened now: a read must not time a connect
+        self.ms: list[float] = []
+
+    def read_next(self, quiet: bool = True) -> float:
+        """Read the next guest (between quiet pauses, unless the caller keeps them); ms."""
+        if len(self.ms) >= len(self._guests):
+            raise RuntimeError(f"only {len(self._guests)} guests kept for the baseline")
+        time.sleep(self.QUIET if quiet else 0)
+        started = time.perf_counter()
+        self._inspector.read(self._guests[len(self.ms)])
+        self.ms.append(ms_since(started))
+        time.sleep(self.QUIET if quiet else 0)
+        return self.ms[-1]
+
+    def back_to_back_ms(self, reads: int = 30) -> list[float]:
+        """Sessions 1-7's baseline on the same guests, after their first reads."""
+        return one_read_ms(self._hv.uri, [(_Id(g), None) for g in self._guests], reads)
+
+    def close(self) -> None:
+        self._hv.close()
+
+
+class _Id:
+    __slots__ = ("instance_id",)
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+
+
 def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
     """Single-domain reads (what the agent's capture does at delete.start), round-robin over
     made's guests: the baseline the latency targets are ratios of."""
