@@ -89,6 +89,11 @@ def install(box) -> None:
             "/usr/lib/sysusers.d/lifecycle-stats.conf")
     box.run("systemd-sysusers")
     box.run("install", "-m644", f"{ROOT}/etc/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}")
+    if ROOT.is_relative_to("/tmp") or ROOT.is_relative_to("/var/tmp"):
+        # A checkout under /tmp is hidden by the unit's PrivateTmp=; an operator's venv lives
+        # in /opt. Only this test's copy of the unit sees the checkout through it.
+        write(box, f"/etc/systemd/system/{UNIT}.d/checkout-under-tmp.conf",
+              f"[Service]\nBindReadOnlyPaths={ROOT}\n")
     write(box, "/etc/lifecycle-stats/lifecycle-stats.conf", CONFIG)
     box.run("systemctl", "daemon-reload")
 
