@@ -15,9 +15,11 @@ publishes it, and a billing consumer (harness.BillingConsumer) reading delete.sa
 
 Issue 19's target for (i), against a floor measured in the same run: 2 broker hops (a
 notification published and consumed on the same broker, probe topic of the run's own) plus
-one libvirt read (Inspector.read of one guest, read as the capture reads: a twin of each
-deleted guest, made with it and not read since, read after its delete at a quiet moment;
-_common.IdleGuestReads): p50 <= 1.3 x floor, p99 <= 2.5 x floor.
+one libvirt read (Inspector.read of one guest), run as a pipeline after each delete in the
+delete's conditions (FloorRuns: after a quiet pause a hop, at once the first read of the
+deleted guest's twin -- made with it, not read since -- then at once a second hop):
+p50 <= 1.3 x floor, p99 <= 2.5 x floor. The old floor (back-to-back hops and reads) is
+printed beside it.
 The floor's hops are timed on open broker connections; so is (i): one delete before it, its
 figure printed and not counted, is the agent's first publish since its start (the
 publisher's connection to the broker is opened then).

@@ -49,6 +49,7 @@ class NovaWaiting:
             with self._cond:
                 self._captures -= 1
                 now = self._clock()
+                self._holds = {i: u for i, u in self._holds.items() if u > now}
                 heard = self._heard.pop(instance_id, None)
                 if instance_id is not None and self._hold > 0 and (
                         heard is None or heard < now - self._hold):
