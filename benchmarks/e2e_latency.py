@@ -16,8 +16,8 @@ publishes it, and a billing consumer (harness.BillingConsumer) reading delete.sa
 Issue 19's target for (i), against a floor measured in the same run: 2 broker hops (a
 notification published and consumed on the same broker, probe topic of the run's own) plus
 one libvirt read (Inspector.read of one guest), run as a pipeline after each delete in the
-delete's conditions (FloorRuns: after a quiet pause a hop, at once the first read of the
-deleted guest's twin -- made with it, not read since -- then at once a second hop):
+delete's conditions (_baselines.FloorRuns: after a quiet pause a hop, at once the first read
+of the deleted guest's twin -- made with it, not read since -- then at once a second hop):
 p50 <= 1.3 x floor, p99 <= 2.5 x floor. The old floor (back-to-back hops and reads) is
 printed beside it.
 The floor's hops are timed on open broker connections; so is (i): one delete before it, its
@@ -46,7 +46,7 @@ import kombu.exceptions
 import tenacity
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import _common  # noqa: E402
+from benchmarks import _baselines, _common  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
 from tests.integration import harness  # noqa: E402
 
@@ -70,6 +70,7 @@ class Bench:
         from oslo_config import cfg
 
         self.names = harness.BusNames()
+        self.rabbit_url = RABBIT_URL
         self.host = f"bench-{uuid.uuid4().hex[:8]}"
         conf = cfg.ConfigOpts()
         conf([], project="lifecycle-stats-bench", default_config_files=[])
@@ -146,7 +147,7 @@ def first_delete_ms(bench: Bench, guest) -> str:
 
 
 def latency(bench: Bench, made: list,
-            floor: FloorRuns) -> tuple[list[float], dict | None]:
+            floor: _baselines.FloorRuns) -> tuple[list[float], dict | None]:
     """e2e ms per delete, and one delete.samples payload as consumed; after each, one run of
     the floor."""
     e2e, to_read, to_billing, kinds, payload = [], [], [], {}, None
@@ -176,92 +177,7 @@ def latency(bench: Bench, made: list,
     return e2e, payload
 
 
-class HopProbe:
-    """publish → consumed of one notification on the run's broker (a queue of its own), in
-    this process: a small probe, or ``payload`` (what a delete.samples carries)."""
-
-    def __init__(self, bench: Bench, payload: dict | None = None) -> None:
-        import oslo_messaging
-
-        self._topic = f"{bench.names.samples_topic}-hop-{uuid.uuid4().hex[:8]}"
-        self._payload = payload
-        self._got, self._cond = {}, threading.Condition()  # probe number → when consumed
-        self._n = 0
-        got, cond = self._got, self._cond
-
-        class Endpoint:
-            def info(self, ctxt, publisher_id, event_type, payload, metadata):
-                with cond:
-                    got[payload["n"]] = time.perf_counter()
-                    cond.notify_all()
-
-        target = oslo_messaging.Target(exchange=bench.names.control_exchange, topic=self._topic)
-        self._listener = oslo_messaging.get_notification_listener(
-            bench.transport, [target], [Endpoint()], executor="threading")
-        self._listener.start()
-        self._notifier = oslo_messaging.Notifier(bench.transport, publisher_id="hop",
-                                                 driver="messagingv2", topics=[self._topic])
-        # until the listener's queue is bound a probe is dropped: warm up until one arrives
-        if next((1 for _ in range(40) if self.one(0.5) is not None), None) is None:
-            self.close()
-            raise RuntimeError(f"no probe came back on {self._topic} within 20 s")
-
-    def one(self, timeout: float = 10.0) -> float | None:
-        self._n += 1
-        n = self._n
-        started = time.perf_counter()
-        self._notifier.info({}, "hop.probe",
-                            {"n": n} if self._payload is None else {**self._payload, "n": n})
-        with self._cond:
-            self._cond.wait_for(lambda: n in self._got, timeout)
-        return (self._got[n] - started) * 1e3 if n in self._got else None
-
-    def back_to_back(self, hops: int = 30) -> list[float]:
-        return [ms for ms in (self.one() for _ in range(hops)) if ms is not None]
-
-    def close(self) -> None:
-        self._listener.stop()
-        self._listener.wait()
-        harness.delete_queues("amqp://" + RABBIT_URL.split("://", 1)[1],
-                              [f"{self._topic}.info"])
-
-
-def broker_hop_ms(bench: Bench, hops: int = 30, payload: dict | None = None) -> list[float]:
-    """Back-to-back hops (HopProbe) on a queue of their own."""
-    probe = HopProbe(bench, payload)
-    try:
-        return probe.back_to_back(hops)
-    finally:
-        probe.close()
-
-
-class FloorRuns:
-    """The floor as a pipeline, measured after each delete in the delete's conditions: after a
-    quiet pause, a probe's hop (nova's delete.start reaching an idle agent), then at once one
-    read of the deleted guest's twin (made with it, not read since), then at once a second hop
-    (the agent publishing the moment it has read). A hop after idling costs ~1 ms more than
-    back-to-back hops, a guest's first read ~1-2 ms more than back-to-back reads
-    (doc/benchmarks.md, "Issue 19, session 8"); the old floor, from back-to-back hops and
-    reads, is printed beside it."""
-
-    def __init__(self, probe: HopProbe, twins: _common.IdleGuestReads) -> None:
-        self._probe, self._twins = probe, twins
-        self.runs: list[tuple[float, float, float]] = []  # (hop, read, hop) ms
-
-    def run_one(self) -> None:
-        time.sleep(_common.IdleGuestReads.QUIET)
-        first = self._probe.one()
-        read = self._twins.read_next(quiet=False)
-        second = self._probe.one()
-        if first is not None and second is not None:
-            self.runs.append((first, read, second))
-        time.sleep(_common.IdleGuestReads.QUIET)
-
-    def totals(self) -> list[float]:
-        return [sum(run) for run in self.runs]
-
-
-def report_floor(e2e: list[float], floor: FloorRuns, hops: list[float],
+def report_floor(e2e: list[float], floor: _baselines.FloorRuns, hops: list[float],
                  back_to_back: list[float], big_hops: list[float], payload_kb: float) -> None:
     got, hop, warm = (_common.summary(v) for v in (e2e, hops, back_to_back))
     old_floor = 2 * hop["p50"] + warm["p50"]
@@ -382,14 +298,15 @@ def main() -> int:
         baseline = probe = None
         try:
             bench.start()
-            baseline = _common.IdleGuestReads(args.uri, twins)
-            probe = HopProbe(bench)
+            baseline = _baselines.IdleGuestReads(args.uri, twins)
+            probe = _baselines.HopProbe(bench)
             print(f"the agent's first delete since its start (not counted in (i)): "
                   f"{first_delete_ms(bench, first[0])} ms")
-            floor = FloorRuns(probe, baseline)
+            floor = _baselines.FloorRuns(probe, baseline)
             e2e, payload = latency(bench, steady, floor)
             hops = probe.back_to_back()
-            big = broker_hop_ms(bench, payload=payload) if payload is not None else []
+            big = (_baselines.broker_hop_ms(bench, payload=payload) if payload is not None
+                   else [])
             report_floor(e2e, floor, hops, baseline.back_to_back_ms(), big,
                          len(json.dumps(payload or {})) / 1024)
             report_race(race(bench, racing, deltas, args.concurrent), deltas, args.concurrent)

@@ -13,7 +13,7 @@ notify() returns (Δ = 0). The two alternate, guest by guest.
 Baseline of issue 19's target, in the same run: one libvirt read of one guest (the agent's
 Inspector.read on a connection of this process), read as the capture reads -- a guest made
 with the deleted ones and not read since, one after each hooked delete, at a quiet moment
-(_common.IdleGuestReads); back-to-back reads of those guests afterwards are printed too.
+(_baselines.IdleGuestReads); back-to-back reads of those guests afterwards are printed too.
 Target: the time the driver adds to delete.start p50 <= 1.5 x one read, p99 <= 3 x one read
 (the read's p50).
 
@@ -35,7 +35,7 @@ import uuid
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import _common  # noqa: E402
+from benchmarks import _baselines, _common  # noqa: E402
 from benchmarks.e2e_latency import RABBIT_URL, Bench  # noqa: E402
 from lifecycle_stats import agent  # noqa: E402
 from tests.nova_compute import NovaComputeProcess, write_nova_conf  # noqa: E402
@@ -87,7 +87,7 @@ def ignored_notify(nova, host: str) -> float:
 
 
 def run(bench: HookBench, novas: dict, made: list, ignored: int,
-        baseline: _common.IdleGuestReads) -> dict:
+        baseline: _baselines.IdleGuestReads) -> dict:
     per_arm = {arm: {"notify": [], "drivers": [], "ids": []} for arm in novas}
     arms = list(novas)
     for i, (guest, _) in enumerate(made):  # alternate, so drift hits both arms alike
@@ -254,7 +254,7 @@ def main() -> int:
         spare = {False: paused[total - args.running:], True: running[args.running:]}
         kept = [spare[i >= total - args.running].pop() for i in range(0, total, 2)]
         bench = HookBench(directory, args.uri, args.poll_interval)
-        baseline = _common.IdleGuestReads(args.uri, kept)
+        baseline = _baselines.IdleGuestReads(args.uri, kept)
         novas = {}
         try:
             bench.start()

@@ -65,7 +65,8 @@ def reads(uri: str, made: list, wait: float) -> dict[str, list[float]]:
 
 
 def hops(uri: str, directory: str, count: int) -> dict[str, list[float]]:
-    from benchmarks.e2e_latency import Bench, HopProbe
+    from benchmarks._baselines import HopProbe
+    from benchmarks.e2e_latency import Bench
 
     bench = Bench(directory, uri, _common.AGENT_POLL_INTERVAL)  # its broker names, no agent
     probe = HopProbe(bench)
