@@ -1,7 +1,8 @@
 """What the latency targets of issue 19 are ratios of, measured like the path they measure
 (doc/benchmarks.md, "Issue 19, session 8"): one read of a guest as the capture reads it, a
 broker hop, and the end-to-end floor run as a pipeline after each delete. The old
-back-to-back baselines are kept for comparison (one_read_ms, HopProbe.back_to_back).
+back-to-back baselines are kept for comparison (IdleGuestReads.back_to_back_ms,
+HopProbe.back_to_back).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class IdleGuestReads:
 
     A paused guest's first read after idling costs ~2 ms more than a read of a guest read a
     moment before (doc/benchmarks.md, "Issue 19, session 8"); the capture's read is such a
-    first read, and back-to-back reads of fresh guests (one_read_ms) never see that cost."""
+    first read, and back-to-back reads of fresh guests (back_to_back_ms) never see that
+    cost."""
 
     QUIET = 0.05  # seconds before and after each read: the agent idle, libvirtd settled
 
@@ -50,38 +52,17 @@ class IdleGuestReads:
         return self.ms[-1]
 
     def back_to_back_ms(self, reads: int = 30) -> list[float]:
-        """Sessions 1-7's baseline on the same guests, after their first reads."""
-        return one_read_ms(self._hv.uri, [(_Id(g), None) for g in self._guests], reads)
-
-    def close(self) -> None:
-        self._hv.close()
-
-
-class _Id:
-    __slots__ = ("instance_id",)
-
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-
-
-def one_read_ms(uri: str, made: list, reads: int = 30) -> list[float]:
-    """Single-domain reads (what the agent's capture does at delete.start), round-robin over
-    made's guests: the baseline the latency targets are ratios of."""
-    from lifecycle_stats.reading.hypervisor import Hypervisor
-    from lifecycle_stats.reading.inspector import Inspector
-
-    hv = Hypervisor(uri)
-    inspector = Inspector(hv)
-    try:
-        inspector.read(made[0][0].instance_id)  # opens the connection
+        """Sessions 1-7's baseline on the same guests, after their first reads: round-robin
+        reads, one right after the other."""
         out = []
         for i in range(reads):
             started = time.perf_counter()
-            inspector.read(made[i % len(made)][0].instance_id)
+            self._inspector.read(self._guests[i % len(self._guests)])
             out.append(ms_since(started))
         return out
-    finally:
-        hv.close()
+
+    def close(self) -> None:
+        self._hv.close()
 
 
 class HopProbe:

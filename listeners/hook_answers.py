@@ -33,7 +33,6 @@ STATUS = {
 }
 
 
-
 def reply(status: str, **extra) -> dict:
     return {"v": hook_protocol.VERSION, "status": status, **extra}
 

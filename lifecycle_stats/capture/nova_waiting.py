@@ -48,8 +48,7 @@ class NovaWaiting:
         finally:
             with self._cond:
                 self._captures -= 1
-                now = self._clock()
-                self._holds = {i: u for i, u in self._holds.items() if u > now}
+                now = self._drop_expired()
                 heard = self._heard.pop(instance_id, None)
                 if instance_id is not None and self._hold > 0 and (
                         heard is None or heard < now - self._hold):
@@ -73,10 +72,15 @@ class NovaWaiting:
         with self._cond:
             end = self._clock() + timeout
             while True:
-                now = self._clock()
-                self._holds = {i: u for i, u in self._holds.items() if u > now}
+                now = self._drop_expired()
                 if not self._captures and not self._holds:
                     return True
                 if now >= end:
                     return False
                 self._cond.wait(min([end, *self._holds.values()]) - now)
+
+    def _drop_expired(self) -> float:
+        """Forget the holds whose time is up (under the lock); now."""
+        now = self._clock()
+        self._holds = {i: until for i, until in self._holds.items() if until > now}
+        return now
