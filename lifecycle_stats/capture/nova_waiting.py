@@ -17,6 +17,11 @@ hook_latency.py, doc/benchmarks.md "Issue 19, session 8"). So after the answer p
 keeps yielding until that copy comes back to the agent from the bus (``heard_on_bus``: nova
 has published it), for at most HOLD seconds (no bus listener, a bus down): delete.samples
 leave a millisecond or two later, nova's delete goes on sooner.
+
+Counted (Counters, exported as metrics): `nova_waiting.holds` (answers publishing yielded
+after), `nova_waiting.holds_expired` (of those, ended at HOLD: nova's copy never came back, so
+each hooked delete.samples left HOLD later -- an agent not hearing the topic nova publishes
+on), `nova_waiting.waits_timed_out` (a batch went on at MAX_WAIT while captures still ran).
 """
 from __future__ import annotations
 
@@ -25,12 +30,16 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from lifecycle_stats.counters import Counters
+
 MAX_WAIT = 0.05  # seconds; a capture takes ~10 ms, and nova gives up after 0.5 s
 HOLD = 0.02  # seconds publishing yields after an answer, unless nova's copy comes back first
 
 
 class NovaWaiting:
-    def __init__(self, hold: float = HOLD, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, hold: float = HOLD, clock: Callable[[], float] = time.monotonic,
+                 counters: Counters | None = None) -> None:
+        self._counters = counters if counters is not None else Counters()
         self._cond = threading.Condition()
         self._captures = 0
         self._hold, self._clock = hold, clock
@@ -53,6 +62,7 @@ class NovaWaiting:
                 if instance_id is not None and self._hold > 0 and (
                         heard is None or heard < now - self._hold):
                     self._holds[instance_id] = now + self._hold
+                    self._counters.incr("nova_waiting.holds")
                 self._cond.notify_all()
 
     def heard_on_bus(self, instance_id: str) -> None:
@@ -76,11 +86,15 @@ class NovaWaiting:
                 if not self._captures and not self._holds:
                     return True
                 if now >= end:
+                    self._counters.incr("nova_waiting.waits_timed_out")
                     return False
                 self._cond.wait(min([end, *self._holds.values()]) - now)
 
     def _drop_expired(self) -> float:
         """Forget the holds whose time is up (under the lock); now."""
         now = self._clock()
-        self._holds = {i: until for i, until in self._holds.items() if until > now}
+        kept = {i: until for i, until in self._holds.items() if until > now}
+        if len(kept) < len(self._holds):
+            self._counters.incr("nova_waiting.holds_expired", len(self._holds) - len(kept))
+        self._holds = kept
         return now

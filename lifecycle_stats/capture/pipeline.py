@@ -93,7 +93,7 @@ class Pipeline:
         self._flusher = flush.Flusher(reader=readers.announced, spool=spool, gate=self._gate,
                                       settings=settings, clock=clock, sleep=sleep, **seen)
         # capture first, publish after: built from the durable capture on its own thread
-        self.nova_waiting = NovaWaiting()
+        self.nova_waiting = NovaWaiting(counters=counters)
         self.publication = Publication(spool=spool, settings=settings, counters=counters,
                                        before_batch=self.nova_waiting.wait_clear,
                                        on_published=on_spooled, on_built=self._account_built,

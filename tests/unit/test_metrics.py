@@ -283,7 +283,7 @@ def test_the_known_actions_are_the_hook_protocol_s():
 AGENT_CODE = ("lifecycle_stats", "listeners", "emitters")
 NOT_THE_AGENT = ("replay", "testing", "router")  # their counters are not the agent's
 NOT_COUNTERS = {"flush.duration", "spool.sqlite", "status.json", "usage.sqlite"}
-COUNTER_LIKE = re.compile(r"^(bus|events|flush|hook|inspector|libvirt|metadata|poller|publication|spool|"
+COUNTER_LIKE = re.compile(r"^(bus|events|flush|hook|inspector|libvirt|metadata|nova_waiting|poller|publication|spool|"
                           r"status|usage|sender)\.[a-z_]+(\.[a-z_]+)?$")
 
 

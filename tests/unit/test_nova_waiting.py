@@ -4,6 +4,7 @@ import threading
 import time
 
 from lifecycle_stats.capture.nova_waiting import NovaWaiting
+from lifecycle_stats.counters import Counters
 from lifecycle_stats.emitters.memory import MemoryConduit
 from lifecycle_stats.publishing.sender import Sender
 from lifecycle_stats.publishing.spool import Spool
@@ -76,6 +77,27 @@ def test_a_copy_back_before_the_answer_holds_nothing_unless_long_ago():
     assert waiting.wait_clear(0.0) is False  # held: until the copy of this one is back
     waiting.heard_on_bus("i1")
     assert waiting.wait_clear(0.0) is True
+
+
+def test_holds_are_counted_and_those_nova_never_ended_are_told_apart():
+    """An operator must see an agent that never hears nova's copy: each hooked delete.samples
+    then leaves HOLD late."""
+    now = [100.0]
+    counters = Counters()
+    waiting = NovaWaiting(hold=0.02, clock=lambda: now[0], counters=counters)
+    with waiting.capture("i1"):
+        pass
+    waiting.heard_on_bus("i1")  # nova's copy ended this one
+    with waiting.capture("i2"):
+        pass
+    now[0] += 1.0  # no copy of i2 came back
+    assert waiting.wait_clear(0.0) is True
+    assert counters.get("nova_waiting.holds") == 2
+    assert counters.get("nova_waiting.holds_expired") == 1
+    assert counters.get("nova_waiting.waits_timed_out") == 0
+    with waiting.capture():
+        assert waiting.wait_clear(0.0) is False  # the batch goes on while nova still waits
+    assert counters.get("nova_waiting.waits_timed_out") == 1
 
 
 def test_a_capture_without_an_instance_holds_nothing_after_it():
