@@ -8,8 +8,11 @@ Ours runs in this process. The baseline is Ceilometer's own LibvirtInspector (ce
 (_ceilometer_inspector_worker.py) that times each cycle itself: per instance
 inspect_instance, inspect_vnics, inspect_disks and inspect_disk_info, as the compute
 pollsters call them once per cycle. Beside them: "raw", the bare getAllDomainStats call ours
-makes (the floor: no parsing at all), and "poller", the agent's whole per-poll work
-(Pipeline.poll: the bulk read, identify, the reading cache, one ledger transaction).
+makes (the floor: no parsing at all), "libvirt C", the same call made on libvirt's C library
+itself through ctypes, its records freed unread (what is left once libvirt-python's conversion
+of every record into a dict is taken away: no poll through libvirt-python can cost less than
+"raw"), and "poller", the agent's whole per-poll work (Pipeline.poll: the bulk read,
+identify, the reading cache, one ledger transaction).
 Targets (issue 19): ours >= 50x below Ceilometer's client CPU, and <= 1.5x the raw call's.
 Ours reads every active domain of the daemon, Ceilometer's inspector only the benchmark's
 guests: with other domains present the per-domain ratio is printed beside the per-poll one.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import cProfile
+import ctypes
 import io
 import pstats
 import os
@@ -104,6 +108,46 @@ def raw_call(hv: Hypervisor):
     return call
 
 
+class LibvirtCCall:
+    """virConnectGetAllDomainStats on libvirt's C library (the one libvirt-python wraps),
+    through ctypes on a connection of its own, the records freed unread: the bulk call
+    without libvirt-python's conversion. None where the library cannot be loaded."""
+
+    def __init__(self, uri: str) -> None:
+        lib = ctypes.CDLL("libvirt.so.0")
+        lib.virConnectOpen.restype = ctypes.c_void_p
+        lib.virConnectOpen.argtypes = [ctypes.c_char_p]
+        lib.virConnectClose.argtypes = [ctypes.c_void_p]
+        lib.virConnectGetAllDomainStats.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p), ctypes.c_uint]
+        lib.virDomainStatsRecordListFree.argtypes = [ctypes.c_void_p]
+        self._lib = lib
+        self._conn = lib.virConnectOpen(uri.encode())
+        if not self._conn:
+            raise OSError(f"virConnectOpen({uri}) failed")
+
+    @classmethod
+    def open(cls, uri: str) -> "LibvirtCCall | None":
+        try:
+            return cls(uri)
+        except OSError as exc:
+            print(f"libvirt C: not measured ({exc})", file=sys.stderr)
+            return None
+
+    def __call__(self) -> int:
+        records = ctypes.c_void_p()
+        count = self._lib.virConnectGetAllDomainStats(
+            self._conn, inspector_mod.STATS_GROUPS, ctypes.byref(records),
+            inspector_mod.ACTIVE_ONLY)
+        if count < 0:
+            raise RuntimeError("virConnectGetAllDomainStats failed")
+        self._lib.virDomainStatsRecordListFree(records)
+        return count
+
+    def close(self) -> None:
+        self._lib.virConnectClose(self._conn)
+
+
 def agent_poller(uri: str, workdir: str) -> tuple[Pipeline, list]:
     """The agent's core (capture.pipeline) with its real parts: registry, reading cache,
     usage ledger, spool; its poll() is the poller thread's whole per-poll work."""
@@ -128,10 +172,14 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
     poller_hv, raw_hv = Hypervisor(uri), Hypervisor(uri)
     inspector = Inspector(poller_hv)
     poller, closing = agent_poller(uri, workdir)
-    paths = ["ours", "raw", "poller"] + (["ceilometer"] if ceilometer else [])
+    c_call = LibvirtCCall.open(uri)
+    paths = (["ours", "raw"] + (["libvirt C"] if c_call else []) + ["poller"]
+             + (["ceilometer"] if ceilometer else []))
     results = {name: ([], []) for name in paths}
     try:
         inspector.poll(), raw_call(raw_hv)(), poller.poll()  # warm up every connection
+        if c_call:
+            c_call()
         if ceilometer:
             ceilometer.cycle(guests)
         polled_counts, theirs = [], None
@@ -143,7 +191,7 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
                     assert theirs.read == len(guests), f"Ceilometer's inspector: {theirs}"
                 else:
                     fn = {"ours": inspector.poll, "raw": raw_call(raw_hv),
-                          "poller": poller.poll}[name]
+                          "libvirt C": c_call, "poller": poller.poll}[name]
                     wall, cpu, out = timed(fn)
                     if name == "ours":
                         polled_counts.append(len(out))
@@ -156,7 +204,7 @@ def run(guests: list[dict], rounds: int, uri: str, ceilometer_python: str | None
     finally:
         if ceilometer:
             ceilometer.close()
-        for part in (poller_hv, raw_hv, *closing):
+        for part in (poller_hv, raw_hv, *closing, *([c_call] if c_call else [])):
             part.close()
     polled = int(statistics.median(polled_counts)) if polled_counts else 0
     print(f"guests={len(guests)} rounds={rounds}; ours: bulk poll returned {polled} active "
@@ -203,6 +251,15 @@ def report(results: dict, polled: int = 0, guests: int = 0) -> None:
         ceiling = summary["ceilometer"][2] / raw if raw else float("inf")
         print(f"  the raw call alone: ceilometer/raw {ceiling:.1f}x (the most any poll "
               f"making that call could reach in this run)")
+        if "libvirt C" in summary:
+            c_cpu = summary["libvirt C"][2]
+            needed = summary["ceilometer"][2] / CPU_TARGET
+            print(f"  where ours goes: libvirt's C call {c_cpu:.2f} ms, libvirt-python's "
+                  f"conversion {raw - c_cpu:.2f} ms, ours' own parse "
+                  f"{summary['ours'][2] - raw:.2f} ms; {CPU_TARGET:.0f}x needs ours <= "
+                  f"{needed:.2f} ms, i.e. parsing in <= {max(0.0, needed - raw):.2f} ms on top "
+                  f"of libvirt-python's call, or <= {max(0.0, needed - c_cpu):.2f} ms on top "
+                  f"of libvirt's C call without libvirt-python")
         if polled > guests > 0:  # other domains on the daemon: ours read them too
             per_domain = ratios[2] * polled / guests
             print(f"  ours read {polled} active domains, Ceilometer's inspector {guests}: "
