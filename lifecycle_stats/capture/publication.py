@@ -11,8 +11,9 @@ leaves the spool only after that, so a crash before it redoes the accounting. Wh
 at start (a crash between capture and publication) is built and sent like any capture, so
 nothing captured is lost, and what was read as `final` stays `final`. A capture that cannot be
 published as captured is kept in the spool's rejects and published flagged
-(`capture.flagged`), as a capture that failed at the read is; a record that cannot be read at
-all moves to rejects (`spool.corrupt`), and senders wait for that.
+(`capture.flagged`), as a capture that failed at the read is, and its deletion is accounted all
+the same; a record that cannot be read at all, or neither built nor flagged, moves to rejects
+(`spool.corrupt`), and senders wait for that.
 """
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def flagged_samples(settings: Settings, trigger: StopAnnouncement, info: Instanc
 
 class _Built(NamedTuple):
     row: tuple  # capture_rows.Built's fields
-    capture: capture_record.Capture | None  # built as captured: its deletion is accounted
+    capture: capture_record.Capture | None  # decoded, built or flagged: its deletion is accounted
 
 
 class _Memo:
@@ -86,15 +87,14 @@ class _Memo:
         return len(self._entries)
 
     def get(self, waiting: capture_rows.Waiting) -> _Built:
-        with self._lock:
+        with self._lock:  # one hold: a swap between the two looks would leave an entry behind
             late = waiting.seq in self._swapped
-        if late:  # read before its swap, asked after: built again, never remembered
-            return self._build(waiting)
-        with self._lock:
-            entry = self._entries.get(waiting.seq)
-            mine = entry is None
+            entry = None if late else self._entries.get(waiting.seq)
+            mine = entry is None and not late
             if mine:
                 entry = self._entries[waiting.seq] = (threading.Event(), [])
+        if late:  # read before its swap, asked after: built again, never remembered
+            return self._build(waiting)
         done, result = entry
         if mine:
             try:
@@ -209,7 +209,13 @@ class Publication:
                 telemetry_secret=self._settings.telemetry_secret)
             payloads.validate(notification)
         except Exception as exc:  # this capture can never be published as it is
-            return self._flag(waiting, capture, notification, exc)
+            try:
+                return self._flag(waiting, capture, notification, exc)
+            except Exception as flag_exc:  # not even flagged: unusable as a record
+                LOG.exception("capture %s cannot be built nor flagged", waiting.message_id)
+                return _Built((waiting, None, waiting.body,
+                               f"{type(exc).__name__}: {exc}; flagging it: "
+                               f"{type(flag_exc).__name__}: {flag_exc}"), None)
         self._counters.incr("publication.built")
         return _Built((waiting, notification), capture)
 
@@ -221,4 +227,5 @@ class Publication:
         self._counters.incr("publication.flagged")
         LOG.error("delete of %s could not be published as captured (%s): kept in the spool's "
                   "rejects, published flagged", capture.trigger.instance_id, error)
-        return _Built((waiting, flagged, rejected or waiting.body, error), None)
+        # the delete happened all the same: its deletion is accounted (on_built) as any
+        return _Built((waiting, flagged, rejected or waiting.body, error), capture)
