@@ -162,6 +162,8 @@ class UsageAccounts(UsageSink, Protocol):
                          sent_by: datetime.datetime | None = None,
                          gone: bool = False) -> bool: ...
 
+    def stop_announced(self, instance_id: str, sent_by: datetime.datetime) -> bool: ...
+
 
 class NoUsage:
     """A UsageAccounts that keeps nothing (tests and tools that do not account usage)."""
@@ -170,6 +172,9 @@ class NoUsage:
         return None
 
     def delete_announced(self, instance_id, at, *, sent_by=None, gone=False) -> bool:
+        return False
+
+    def stop_announced(self, instance_id, sent_by) -> bool:
         return False
 
     def domain_gone(self, instance_id, at) -> bool:

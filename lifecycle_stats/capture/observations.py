@@ -102,6 +102,11 @@ class Observations:
         self._record_held(instance_id)
         self._ledger.delete_announced(instance_id, at, sent_by=sent_by, gone=gone)
 
+    def stop_announced(self, instance_id: str, sent_by: datetime.datetime) -> None:
+        """nova announced a stop other than a delete: a delete announced before it failed."""
+        self._record_held(instance_id)
+        self._ledger.stop_announced(instance_id, sent_by)
+
     def domain_gone(self, instance_id: str, at: datetime.datetime) -> None:
         """libvirt undefined the domain."""
         self._record_held(instance_id)

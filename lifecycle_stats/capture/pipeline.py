@@ -124,6 +124,9 @@ class Pipeline:
     def _announced(self, trigger: StopAnnouncement,
                    answer: Callable[[Outcome], None] | None) -> Outcome:
         if trigger.action != DELETE:  # reboot, power-off, shelve, ...: a closing reading
+            # and an earlier delete failed: a hard reboot's undefine must not end the instance
+            self.observations.stop_announced(trigger.instance_id,
+                                             trigger.announced_at or trigger.received_at)
             return self._closing.handle(trigger)
         with self._gate.working(f"flushing {trigger.instance_id}"):
             captured = self._flusher.capture(trigger)

@@ -83,6 +83,23 @@ class Ends:
         return self._ended([instance_id] if ended else [])
 
     @guarded
+    def stop_announced(self, instance_id: str, sent_by: datetime.datetime) -> bool:
+        """nova announced a stop other than a delete (a reboot, a rebuild, a power off, ...),
+        sent at sent_by: a delete it announced before then did not happen (nova's API refuses
+        those actions while a delete runs), so an undefine that follows (a hard reboot's, a
+        rebuild's) does not end the instance. True when a delete announcement was withdrawn."""
+        with self._tx() as db:
+            withdrawn = db.execute(
+                "UPDATE instances SET delete_announced_at = NULL, delete_sent_by = NULL "
+                "WHERE instance_id = ? AND deleted_at IS NULL AND delete_sent_by < ?",
+                (instance_id, _ts(sent_by))).rowcount
+        if withdrawn:
+            self.counters.incr("usage.deletes_withdrawn")
+            LOG.info("usage of %s: nova announced another stop after its delete: that delete "
+                     "failed, the instance goes on", instance_id)
+        return bool(withdrawn)
+
+    @guarded
     def domain_gone(self, instance_id: str, at: datetime.datetime) -> bool:
         """libvirt undefined the domain: its process is over; after a delete announcement,
         the instance is."""

@@ -247,6 +247,39 @@ def test_failed_delete_then_power_cycle_then_the_real_delete(world):
     assert world.billed() == 700 + 300
 
 
+def test_failed_delete_then_hard_reboot_does_not_end_the_instance(world):
+    """A hard reboot (nova's usual cure for an instance a failed delete left in ERROR)
+    destroys and undefines the domain, then defines and starts it again. The failed delete's
+    announcement ended the instance at that undefine: a false final exists, and everything
+    the new process used dropped (found by review)."""
+    world.poll(read(1, 1000, pid=1))
+    world.announce("delete", 2, live=read(2, 1200, pid=1))  # nova's delete then fails
+    world.poll(read(3, 1500, pid=1))
+    world.announce("reboot", 3.9, live=read(3.9, 1550, pid=1))  # hard reboot: closing read
+    world.ledger.process_ended(UUID, world.clock.at(4), stopped_event=True)
+    world.ledger.domain_gone(UUID, world.clock.at(4.01))  # undefined, defined again
+    world.poll(read(5, 300, pid=2))
+    world.poll(read(40, 5300, pid=2))
+    world.close_period_of(61)
+    assert [e for e in world.exists() if e["final"]] == []
+    assert world.billed() == 550 + 5300
+    assert world.counters.get("usage.deletes_withdrawn") == 1
+    world.announce("delete", 70, live=None)  # the real delete, its domain already gone
+    assert len([e for e in world.exists() if e["final"]]) == 1
+
+
+def test_a_stop_announced_before_the_delete_withdraws_nothing(world):
+    """A reboot.start sent before the delete.start (redelivered late) is no sign that the
+    delete failed: the delete still ends the instance at the undefine."""
+    world.poll(read(1, 1000, pid=1))
+    world.announce("delete", 3, live=read(3, 1200, pid=1))
+    world.clock.at(2)  # the late reboot.start was sent at minute 2
+    world.core.observations.stop_announced(UUID, world.clock.now)
+    world.ledger.domain_gone(UUID, world.clock.at(3.1))
+    assert len([e for e in world.exists() if e["final"]]) == 1
+    assert world.counters.get("usage.deletes_withdrawn") == 0
+
+
 def test_a_process_started_while_watched_bills_its_boot(world):
     """The issue's first scenario: a guest started while the agent watches is billed from its
     QEMU process's start (counters start at zero), not from the agent's first reading."""
