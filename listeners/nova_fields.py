@@ -24,8 +24,11 @@ def timestamp(value: object, key: str) -> datetime.datetime:
     except ValueError:
         raise RejectedMessage(f"{key} is not a date-time: {short(value)}") from None
     if moment.tzinfo is None:  # nova's naive datetimes are UTC
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.astimezone(datetime.timezone.utc)
+        return moment.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return moment.astimezone(datetime.timezone.utc)
+    except OverflowError:  # an offset that moves it past year 1 or 9999
+        raise RejectedMessage(f"{key} is out of range in UTC: {short(value)}") from None
 
 
 def mapping(value: object, where: str) -> Mapping[str, Any]:

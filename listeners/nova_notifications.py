@@ -75,11 +75,13 @@ def envelope_time(metadata: object) -> datetime.datetime | None:
         return None
     try:
         moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=datetime.timezone.utc)
+        # in UTC now: an offset that moves it past year 1 or 9999 cannot be stored (the
+        # capture record keeps seconds since the epoch), and would lose a captured delete
+        return moment.astimezone(datetime.timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment
 
 
 def parse(event_type: str, publisher_id: object, payload: object, *, host: str,

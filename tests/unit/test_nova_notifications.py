@@ -230,7 +230,13 @@ def test_bad_own_host_is_a_programming_error(host):
      datetime.datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=datetime.timezone.utc)),
     ({"timestamp": "2026-01-01T12:00:00+00:00"},
      datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)),
+    ({"timestamp": "2026-01-01T17:00:00+05:00"},
+     datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)),
     ({"timestamp": "yesterday"}, None),
+    # before year 1 / after 9999 in UTC: not stored in a capture record (before: the capture
+    # of a delete announced so was read, spooled, acknowledged, then lost to the rejects)
+    ({"timestamp": "0001-01-01T00:00:00+05:00"}, None),
+    ({"timestamp": "9999-12-31T23:59:59-05:00"}, None),
     ({"timestamp": 5}, None),
     ({}, None),
     (None, None),
@@ -306,6 +312,8 @@ def test_exists_from_anyone_but_nova_compute_is_not_nova_s():
     ("yesterday", "2026-11-22T02:00:00Z", "audit_period_beginning is not a date-time"),
     ("2026-11-22T03:00:00Z", "2026-11-22T02:00:00Z", "ends"),
     (None, "2026-11-22T02:00:00Z", "must be a date-time string"),
+    # before: OverflowError, counted as a handler error (the hook answered `error`)
+    ("0001-01-01T00:00:00+05:00", "2026-11-22T02:00:00Z", "out of range in UTC"),
 ])
 def test_a_malformed_exists_is_rejected_with_the_reason(begin, end, reason):
     with pytest.raises(RejectedMessage, match=reason):
