@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from lifecycle_stats.capture.observations import GONE, Observations, identify, read_live
+from lifecycle_stats.capture.observations import GONE, Observations, read_live
 from lifecycle_stats.counters import Counters
-from lifecycle_stats.exceptions import HypervisorError
+from lifecycle_stats.exceptions import DomainGone, HypervisorError
 from lifecycle_stats.interfaces import Outcome, Reader, Registry
 from lifecycle_stats.records import DomainReading, InstanceInfo
 
@@ -48,7 +48,7 @@ class DeleteReader:
             self._counters.incr("flush.read_errors")
             LOG.warning("live read of %s failed: %s", instance_id, exc)
             reading, read_error, state = None, exc, "unknown"
-        info = identify(self._registry, instance_id) if reading is not None else None
+        info = self._identify(instance_id, may_retry) if reading is not None else None
         state = reading.state if reading is not None else state
         if reading is not None and reading.active and info is not None:
             self._observations.observe_deletion(info, reading)  # the ledger's after nova's answer
@@ -61,6 +61,22 @@ class DeleteReader:
         if read_error is not None and may_retry:
             raise read_error
         return self._unread(instance_id, state)
+
+    def _identify(self, instance_id: str, may_retry: bool) -> InstanceInfo | None:
+        """Nova's identity of a domain just read live. A lookup that failed other than by
+        the domain being gone (a domain new to the registry, its metadata read now) is raised
+        while a later attempt may still read it: read live, the delete is `final` then, not
+        `unavailable`."""
+        try:
+            return self._registry.identify(instance_id)
+        except DomainGone:
+            return None
+        except HypervisorError as exc:
+            self._counters.incr("flush.read_errors")
+            LOG.warning("identifying %s failed: %s", instance_id, exc)
+            if may_retry:
+                raise
+            return None
 
     def _unread(self, instance_id: str, state: str) -> DeleteRead:
         if self._registry.unusable(instance_id) is not None:

@@ -328,6 +328,38 @@ def test_a_read_error_with_nothing_cached_redelivers_a_bounded_number_of_times(b
     assert inspector.reads == 2 + 2 + 1 and len(spooled(box)) == 1
 
 
+def test_a_live_read_whose_identity_lookup_fails_once_is_retried_to_final(box):
+    """A domain new to the registry is identified by reading its metadata then: a libvirt
+    error there threw the live reading away (`unavailable`, acknowledged), where every other
+    libvirt error that may pass is retried (found by review)."""
+    class FlakyRegistry(FakeRegistry):
+        lookups = 0
+
+        def identify(self, instance_id):
+            self.lookups += 1
+            if self.lookups == 1:
+                raise HypervisorError("cannot read metadata: connection reset")
+            return super().identify(instance_id)
+
+    registry = FlakyRegistry({UUID: make_info()})
+    flusher = box.make(FakeInspector({UUID: make_reading()}), registry)
+    assert flusher.handle(trigger()) is Outcome.FINAL
+    [note] = spooled(box)
+    assert note.payload["capture"]["kind"] == "final" and note.payload["samples"]
+    assert registry.lookups == 2 and box.counters.get("flush.read_errors") == 1
+
+
+def test_a_failing_identity_lookup_on_the_last_attempt_still_spools(box):
+    class BrokenRegistry(FakeRegistry):
+        def identify(self, instance_id):
+            raise HypervisorError("cannot read metadata")
+
+    flusher = box.make(FakeInspector({UUID: make_reading()}), BrokenRegistry({}),
+                       max_attempts=1)
+    assert flusher.handle(trigger()) is Outcome.UNAVAILABLE  # never silence
+    assert len(spooled(box)) == 1
+
+
 @pytest.mark.allow_error_logs
 def test_a_capture_that_breaks_the_schema_is_kept_and_published_flagged(box, caplog):
     bad = make_info(flavor=dataclasses.replace(make_info().flavor, vcpus=-1))
