@@ -33,16 +33,12 @@ from lifecycle_stats.records import DomainReading, InstanceInfo, LatestUsage, ut
 from lifecycle_stats.usage import arithmetic, codec, journal
 from lifecycle_stats.usage.books import Books, _dt, _ts
 from lifecycle_stats.usage.ends import Ends
-from lifecycle_stats.usage.identity import Relation, domain_id, relation
+from lifecycle_stats.usage.identity import LONGEST_READ_SECONDS, Relation, domain_id, relation
 from lifecycle_stats.usage.periods import AuditPeriod
 from lifecycle_stats.usage.store import guarded, open_ledger
 
 LOG = logging.getLogger(__name__)
 
-# A reading sampled before the held one yet stamped after it was stamped within the held
-# request's duration. Without start times to tell processes apart, a lower cpu later than
-# this is a new process that got the same domain id (libvirtd restarted), not a late sample.
-LONGEST_READ_SECONDS = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +121,8 @@ class UsageLedger(Ends, Books):
             self._open(db, iid, 1, reading, counters, closing, from_zero=from_zero)
             return
         found = relation(current.domain_id, current.started_at,
-                         current.series.get(arithmetic.CPU), reading)
+                         current.series.get(arithmetic.CPU), reading,
+                         held_latest=current.latest_at, held_ended=current.ended_at)
         if found is Relation.OLDER:
             self.counters.incr("usage.readings_of_ended_processes")
         elif found is Relation.SAME:

@@ -173,6 +173,62 @@ def test_a_lower_cpu_long_after_without_start_times_is_a_new_process_not_a_late_
     assert ledger.counters.get("usage.readings_out_of_order") == 0
 
 
+def test_the_same_id_with_a_later_start_well_before_its_read_is_a_new_process(tmp_path):
+    """Host reboot: ids restart at 1, so the new process may get the held one's id; its
+    start (hours later, read well before the reading) tells it apart even when its cpu is
+    already above the old process's last reading (before: SAME, its growth taken against the
+    old process's counters, found by review). The pid-file race pairs the held id with a
+    start no earlier than the read itself: that stays SAME (next test)."""
+    ledger = usage_ledger.UsageLedger(str(tmp_path / "usage.sqlite"), periods.parse("day"),
+                                      clock=lambda: T0 - datetime.timedelta(days=1))
+    first = (T0 + datetime.timedelta(minutes=0.5)).timestamp()
+    second = (T0 + datetime.timedelta(minutes=200)).timestamp()
+    for minutes, cpu, disk, started in ((1, 1000, 10, first), (2, 2000, 20, first),
+                                        (500, 9000, 90, second)):
+        ledger.record(INFO, dataclasses.replace(reading(minutes, cpu, domain_id=1, disk=disk),
+                                                process_started_at=started))
+    used = owed(ledger)
+    assert ledger.processes(IID) == 2
+    assert used.totals["cpu_time_ns"] == 2000 + 9000
+    assert used.totals["disk:vda:read_requests"] == 20 + 90
+    ledger.close()
+
+
+def test_the_same_id_with_a_start_read_after_the_stats_is_the_held_process(ledger):
+    """The pid-file race: the stats are the held process's, the start the next one's (it
+    began after the read did)."""
+    started = T0.timestamp()
+    ledger.record(INFO, dataclasses.replace(reading(1, 1000, domain_id=7),
+                                            process_started_at=started))
+    raced = (T0 + datetime.timedelta(minutes=2, seconds=0.3)).timestamp()
+    ledger.record(INFO, dataclasses.replace(reading(2, 5000, domain_id=7),
+                                            process_started_at=raced))
+    assert ledger.processes(IID) == 1
+    assert owed(ledger).totals["cpu_time_ns"] == 4000
+
+
+def test_without_start_times_a_lower_id_after_the_held_process_ended_is_a_new_process(ledger):
+    """A host reboot hands out ids from 1 again: a lower id read after the held process
+    ended is the new process (before: OLDER, every reading of it dropped, found by
+    review); a lower id read while the held one runs stays a late reading (test above)."""
+    ledger.record(INFO, reading(1, 1000, domain_id=9))
+    ledger.record(INFO, reading(2, 2000, domain_id=9))
+    ledger.record(INFO, reading(3, 0, domain_id=9, active=False))  # shut off: the host goes down
+    for minutes, cpu in ((30, 500), (60, 90000), (600, 9_000_000)):
+        ledger.record(INFO, reading(minutes, cpu, domain_id=1))
+    assert owed(ledger).totals["cpu_time_ns"] == 1000 + 9_000_000
+    assert ledger.processes(IID) == 2
+    assert ledger.counters.get("usage.readings_of_ended_processes") == 0
+
+
+def test_without_start_times_a_lower_id_long_after_the_last_reading_is_a_new_process(ledger):
+    ledger.record(INFO, reading(1, 1000, domain_id=9))
+    ledger.record(INFO, reading(2, 2000, domain_id=9))  # the host went down unseen
+    ledger.record(INFO, reading(40, 700, domain_id=2))
+    assert ledger.processes(IID) == 2
+    assert owed(ledger).totals["cpu_time_ns"] == 1000 + 700
+
+
 def test_with_the_same_start_known_a_lower_cpu_is_out_of_order_however_late(ledger):
     started = T0.timestamp()
     for minutes, cpu in ((1, 1000), (2, 5000), (10, 100)):
