@@ -9,9 +9,9 @@ once; a record being sent when stop() is called was either confirmed or stays sp
 next start.
 
 Poison records: a conduit that is down fails every record, a poison record fails alone, and
-both raise EmitError. So after every `poison_probe_attempts` failures of one record (counted in
-the spool, across restarts) the record behind it is tried once: if that one goes through, the
-failing record is poison and moves to the spool's rejects (ERROR log, counter
+both raise EmitError. So after every `poison_probe_attempts` failures of one record by this
+conduit (counted in the spool per conduit, across restarts) the record behind it is tried
+once: if that one goes through, the failing record is poison and moves to the spool's rejects (ERROR log, counter
 `sender.<conduit>.rejected`); the conduit goes on. A broker outage never rejects anything this
 way. `max_age_seconds` (off by default) also rejects a record still undelivered at that age.
 
@@ -201,7 +201,7 @@ class Sender:
                 raise earlier.pop()
             self._emit(notification)
         except EmitError as exc:
-            attempts, age = self._spool.note_failure(seq, str(exc))
+            attempts, age = self._spool.note_failure(seq, str(exc), self.conduit)
             if self._max_age and age >= self._max_age:
                 raise _Poison(f"undelivered after {age:.0f} s ({attempts} attempts): "
                               f"{exc}") from exc

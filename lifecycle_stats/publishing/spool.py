@@ -161,16 +161,21 @@ class Spool(SpoolReads):
                            "FROM records WHERE seq = ?", [(conduit, seq) for seq in seqs])
             return sum(self.retire_complete(db, seq) for seq in seqs)
 
-    def note_failure(self, seq: int, error: str) -> tuple[int, float]:
-        """Count a failed delivery of seq; (attempts so far, record age in seconds)."""
-        with self._tx() as db:
+    def note_failure(self, seq: int, error: str, conduit: str) -> tuple[int, float]:
+        """Count a failed delivery of seq by conduit; (that conduit's attempts so far, record
+        age in seconds). records.attempts keeps every conduit's, for the status."""
+        with self._tx() as db:  # (no RETURNING: SQLite before 3.35 is still about)
             db.execute("UPDATE records SET attempts = attempts + 1, last_error = ? "
                        "WHERE seq = ?", (error[:1000], seq))
-            row = db.execute("SELECT attempts, created_at FROM records WHERE seq = ?",
-                             (seq,)).fetchone()
-        if row is None:
-            return 0, 0.0
-        return row[0], max(0.0, self._now() - row[1])
+            row = db.execute("SELECT created_at FROM records WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return 0, 0.0
+            db.execute("INSERT INTO failures (seq, conduit, attempts) VALUES (?, ?, 1) "
+                       "ON CONFLICT (seq, conduit) DO UPDATE SET attempts = attempts + 1",
+                       (seq, conduit))
+            (attempts,) = db.execute("SELECT attempts FROM failures WHERE seq = ? AND "
+                                     "conduit = ?", (seq, conduit)).fetchone()
+        return attempts, max(0.0, self._now() - row[0])
 
     def reject(self, seq: int, conduit: str, reason: str) -> None:
         """conduit gives up on seq: keep a copy in rejects and move that conduit past it
@@ -206,6 +211,7 @@ class Spool(SpoolReads):
     def delete(db: sqlite3.Connection, seq: int) -> None:
         db.execute("DELETE FROM records WHERE seq = ?", (seq,))
         db.execute("DELETE FROM deliveries WHERE seq = ?", (seq,))
+        db.execute("DELETE FROM failures WHERE seq = ?", (seq,))
 
     def close(self) -> None:
         with self._lookups_lock:

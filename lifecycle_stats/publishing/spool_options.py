@@ -18,9 +18,9 @@ OPTS = [
     cfg.FloatOpt("retry_max_wait", default=30.0, min=0.001,
                  help="Longest wait between retries of one notification."),
     cfg.IntOpt("poison_probe_attempts", default=5, min=1,
-               help="After this many failed attempts of one notification, try the next one "
-                    "once: if that is delivered, the failing one is poison and moves to the "
-                    "spool's rejects table."),
+               help="After this many failed attempts of one notification by one conduit, "
+                    "try the next one once: if that is delivered, the failing one is poison "
+                    "and moves to the spool's rejects table (for that conduit)."),
     cfg.FloatOpt("max_age_seconds", default=0.0, min=0.0,
                  help="Move a notification a conduit still cannot deliver at this age (seconds "
                       "since it was spooled) to the rejects table. 0: never (a long broker "

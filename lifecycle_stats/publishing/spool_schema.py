@@ -9,6 +9,8 @@ Versions (PRAGMA user_version; record bodies carry their own ``v``):
   2  a record's delivery tier (final / periodic / capture) is the column `tier` of records
      and rejects (was `kind`; index records_tier_seq). Bodies carry ``v: 2`` and `tier`;
      older bodies (``kind``) decode alike, since decoding never reads either.
+  3  `failures`: a record's failed deliveries per conduit, which the poison probe counts (the
+     total stays in records.attempts). Counts from before the upgrade start again at 0.
 A file from a newer agent is refused with a clear error (a downgrade must not rewrite it); a
 file sqlite cannot read is quarantined (renamed with a timestamp) and a fresh one started.
 """
@@ -31,7 +33,7 @@ from lifecycle_stats.records import Notification, isotime
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BODY_VERSION = 2
 _FIELDS = tuple(f.name for f in dataclasses.fields(Notification))
 
@@ -83,7 +85,16 @@ CREATE INDEX records_tier_seq ON records (tier, seq);
 ALTER TABLE rejects RENAME COLUMN kind TO tier;
 """
 
-MIGRATIONS = {0: _V0_TO_V1, 1: _V1_TO_V2}  # from version N to N + 1
+# One conduit's outage must not count towards another's poison probe.
+_V2_TO_V3 = """
+CREATE TABLE failures (
+    seq INTEGER NOT NULL,
+    conduit TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (seq, conduit)) WITHOUT ROWID;
+"""
+
+MIGRATIONS = {0: _V0_TO_V1, 1: _V1_TO_V2, 2: _V2_TO_V3}  # from version N to N + 1
 
 
 class SpoolTooNew(LifecycleStatsError):

@@ -283,6 +283,45 @@ def test_attempts_are_counted_in_the_spool_across_restarts(spool, run):
     assert attempts[0] >= 3 and attempts[1] == "refused msg-0"
 
 
+@pytest.mark.allow_error_logs
+def test_another_conduit_s_outage_does_not_count_towards_this_one_s_poison_probe(tmp_path):
+    """One attempts count per record was shared by every conduit: four failures in one
+    conduit's outage and a single transient failure in another made the second one probe,
+    see the next record go through, and reject a record it would have delivered on its next
+    try (found by review)."""
+    sp = Spool(str(tmp_path / "two.sqlite"), conduits=["down", "flaky"])
+    try:
+        sp.put(note(0), "final")
+        sp.put(note(1), "final")
+        down = Sender(sp, "down", Refusing(down=True), probe_after=5)
+        waits = []
+
+        def outage(seconds):  # `down` fails msg-0 four times, then the agent stops
+            waits.append(seconds)
+            if len(waits) == 4:
+                down._stop.set()
+
+        down._retrying.sleep = outage
+        down._send_batch()
+        assert sp._db.execute("SELECT attempts FROM records WHERE seq = 1").fetchone() == (4,)
+        flaky = Refusing(refuse={"msg-0"})
+
+        def sleep(_seconds):  # its backoff: the transient failure has passed by then
+            flaky.refuse.clear()
+
+        sender = Sender(sp, "flaky", flaky, sleep=sleep, probe_after=5)
+        sender.start()
+        try:
+            assert sender.drain(timeout=10)
+        finally:
+            sender.stop(timeout=10)
+        assert [n.message_id for n in flaky.sent] == ["msg-0", "msg-1"]
+        assert rejects(sp) == []
+        assert sp._db.execute("SELECT attempts FROM records WHERE seq = 1").fetchone() == (5,)
+    finally:
+        sp.close()
+
+
 # -- batches: publish what is pending, retire what was confirmed in one transaction ----------
 
 class Batching(Refusing):

@@ -47,7 +47,7 @@ def test_a_spool_written_by_the_first_release_opens_and_keeps_everything(v0_copy
         rejects = sp._db.execute("SELECT seq, message_id, origin FROM rejects").fetchall()
         assert rejects == [(4, "bad", "spool")]
         assert sp.confirm(2, "messagingv2") is True  # completes with the old `log` delivery
-        assert sp.note_failure(3, "boom") == (1, 86400.0)  # written a day before T0
+        assert sp.note_failure(3, "boom", "log") == (1, 86400.0)  # written a day before T0
     finally:
         sp.close()
 
@@ -182,7 +182,7 @@ def test_a_version_1_spool_is_upgraded_to_tiers_keeping_every_record(v1_spool):
     sp = open_spool(v1_spool)
     try:
         db = sp._db
-        assert db.execute("PRAGMA user_version").fetchone()[0] == spool_schema.SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == spool_schema.SCHEMA_VERSION
         assert "tier" in columns(db, "records") and "kind" not in columns(db, "records")
         assert "tier" in columns(db, "rejects") and "kind" not in columns(db, "rejects")
         indexes = {name for (name,) in db.execute(
@@ -244,3 +244,27 @@ def test_the_spool_keeps_a_small_page_cache(tmp_path):
         assert spool._lookups.execute("PRAGMA cache_size").fetchone()[0] == -512
     finally:
         spool.close()
+
+
+def test_a_version_2_spool_gains_per_conduit_failures_keeping_every_record(tmp_path):
+    path = tmp_path / "spool.sqlite"
+    sp = open_spool(path)
+    try:
+        sp.put(Notification("e", "INFO", "p", {}, "m1", "t"), "final")
+    finally:
+        sp.close()
+    db = sqlite3.connect(path)  # back to layout 2, as an agent before it left the file
+    db.executescript("DROP TABLE failures; PRAGMA user_version = 2;")
+    db.close()
+    sp = open_spool(path)
+    try:
+        assert sp._db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert [n.message_id for _, n in sp.pending("messagingv2", 10)] == ["m1"]
+        assert sp.note_failure(1, "boom", "messagingv2")[0] == 1
+        assert sp.note_failure(1, "boom", "log")[0] == 1
+        assert sp.note_failure(1, "boom", "messagingv2")[0] == 2
+        assert sp._db.execute("SELECT attempts FROM records").fetchone() == (3,)
+        assert sp.confirm(1, "messagingv2") is False and sp.confirm(1, "log") is True
+        assert sp._db.execute("SELECT count(*) FROM failures").fetchone() == (0,)
+    finally:
+        sp.close()
