@@ -11,7 +11,9 @@ tells the ledger that the process's counters are gone.
 """
 from __future__ import annotations
 
+import datetime
 import logging
+from typing import Callable
 
 from lifecycle_stats.capture.observations import Observations
 from lifecycle_stats.counters import Counters
@@ -28,7 +30,8 @@ class DomainEventHandler:
     """Reads through its own connection (the reader it is given), never the flush's."""
 
     def __init__(self, *, reader: Reader, registry: Registry, observations: Observations,
-                 counters: Counters):
+                 counters: Counters, clock: Callable[[], datetime.datetime] = utcnow):
+        self._clock = clock  # the pipeline's: a replay runs on the recording's time
         self._reader = reader
         self._registry = registry
         self._observations = observations
@@ -57,7 +60,7 @@ class DomainEventHandler:
         domains, and cached readings of domains that vanished meanwhile start to expire; the
         ledger ends instances whose delete was announced and whose domain is gone."""
         present = self._registry.sync()
-        self._observations.domains_present(present, utcnow())
+        self._observations.domains_present(present, self._clock())
         self._readings.reconcile(present)
 
     def _refresh(self, instance_id: str) -> None:

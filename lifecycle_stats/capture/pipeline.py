@@ -100,7 +100,8 @@ class Pipeline:
                                        linger=settings.publication_linger)
         self._closing = closing_reads.ClosingReads(reader=readers.announced, clock=clock,
                                                    **seen)
-        self._events = domain_events.DomainEventHandler(reader=readers.events, **seen)
+        self._events = domain_events.DomainEventHandler(reader=readers.events, clock=clock,
+                                                        **seen)
         self.poller = poller.Poller(reader=readers.poll, interval=settings.poll_interval,
                                     clock=clock, on_polled=readers.learn_domains, **seen)
         self._readers = readers

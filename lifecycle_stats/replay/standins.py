@@ -79,9 +79,12 @@ class RecordedRegistry:
         self._host = host
         self._cache: dict[str, InstanceInfo | str] = {}
 
-    def sync(self) -> None:
-        """As DomainRegistry.sync at agent start: cache every domain the host has."""
+    def sync(self) -> set[str]:
+        """As DomainRegistry.sync at agent start: cache every domain the host has; the uuids
+        it has (the resync ends instances whose delete was announced and whose domain is
+        not among them)."""
         self._cache = dict(self._host.domains())
+        return set(self._cache)
 
     def get(self, instance_id: str) -> InstanceInfo | None:
         return _as_info(self._cache.get(instance_id))

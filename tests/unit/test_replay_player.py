@@ -166,6 +166,39 @@ def test_a_restart_empties_the_agents_memory_but_not_its_spool_nor_its_ledger(tm
     assert out[0]["payload"]["display_name"] == "web-1"  # from nova's payload
 
 
+def test_a_restart_after_a_live_capture_ends_the_instance_at_recording_time(tmp_path):
+    """Captured live, the agent stopped, the domain undefined meanwhile: the restarted agent's
+    resync ends the instance. The replay crashed there (the stand-in registry's sync returned
+    nothing) and, past that, stamped the end with the wall clock (found by review)."""
+    entries = known_then(
+        delete_start(),
+        (fmt.READING, {"cause": 2, "instance_id": GUEST.instance_id, "reading": reading(10.01)}),
+        (fmt.AGENT, {"state": "stopped"}),
+        (fmt.INSTANCE, {"instance_id": GUEST.instance_id, "gone": True, "info": None}),
+        (fmt.AGENT, {"state": "started"}),
+    )
+    times = [1.0, 1.0, 10.0, 10.01, 11.0, 12.0, 13.0]
+    outputs = []
+    for run in (1, 2):
+        path = tmp_path / f"r{run}.lsrec"
+        ticks = iter(itertools.chain([0.0], times))
+        with open(path, "wb") as stream:
+            writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
+                                         monotonic=lambda: next(ticks))
+            for source, fields in entries:
+                writer.write(source, **fields)
+        recording = fmt.read(str(path))
+        player.check(recording)
+        out = io.StringIO()
+        player.run(recording, out)
+        outputs.append(out.getvalue())
+    assert outputs[0] == outputs[1]
+    events = [json.loads(line) for line in outputs[0].splitlines()]
+    [final] = [e["payload"] for e in events if e["event_type"] == "compute.instance.exists"
+               and e["payload"]["final"]]
+    assert final["audit_period_ending"] == "2026-11-22 01:00:13"
+
+
 def test_without_the_restart_the_same_case_is_last_known(tmp_path):
     out = replay(tmp_path, known_then(
         delete_start(),
