@@ -183,12 +183,17 @@ def _root_disk(find: _Finder, root: ET.Element) -> tuple[str | None, str | None]
     return root_type, image_ref
 
 
+MAX_INT = 2**63 - 1  # nova's columns are 64-bit; more cannot be stored (msgpack, SQLite)
+
+
 def _non_negative_int(element: ET.Element, where: str) -> int:
     raw = _text(element).strip()
-    # str.isdigit alone would take "²" or "١٢"; int() alone would take "1_0", "+1" and "-1"
-    if not (raw.isascii() and raw.isdigit()):
+    # str.isdigit alone would take "²" or "١٢"; int() alone would take "1_0", "+1" and "-1";
+    # the length first: int() refuses more than 4300 digits with a ValueError of its own
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) <= MAX_INT):
         raise MetadataMalformed(
-            f"nova metadata: {where} is {raw!r}, expected a non-negative integer"
+            f"nova metadata: {where} is {raw[:40]!r}, expected a non-negative integer "
+            f"up to {MAX_INT}"
         )
     return int(raw)
 

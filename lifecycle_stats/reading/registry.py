@@ -25,6 +25,7 @@ from lifecycle_stats.exceptions import (
     DomainGone,
     HypervisorError,
     MetadataError,
+    MetadataMalformed,
     MetadataRejected,
 )
 from lifecycle_stats.records import InstanceInfo
@@ -159,6 +160,10 @@ class DomainRegistry:
                 info = nova_metadata.parse(xml, dom.name(), uuid, namespace=namespace)
             except MetadataError as exc:
                 return self._unusable(uuid, exc)
+            except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                # a document the parser did not foresee: this domain's, never every sync's
+                return self._unusable(uuid, MetadataMalformed(
+                    f"nova metadata unparsable: {type(exc).__name__}: {str(exc)[:200]}"))
             return self._with_domain_facts(dom, uuid, info)
         return NOT_NOVA
 

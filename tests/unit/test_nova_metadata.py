@@ -153,7 +153,11 @@ def test_empty_uuid_attribute_counts_as_missing():
 
 
 @pytest.mark.parametrize("element", ["memory", "disk", "swap", "ephemeral", "vcpus"])
-@pytest.mark.parametrize("bad", ["lots", "", "1.5", "-1", "+1", "1_0", "0x10", "²", "١٢"])
+@pytest.mark.parametrize("bad", ["lots", "", "1.5", "-1", "+1", "1_0", "0x10", "²", "١٢",
+                                 # no store takes it (before: accepted, then the capture and
+                                 # the ledger failed on it); int() refuses 4301 digits itself
+                                 # (before: a ValueError that stopped every resync)
+                                 str(2**63), "9" * 5000])
 def test_non_integer_flavor_number_is_malformed(element, bad):
     xml = re.sub(
         rf"<nova:{element}>\d+</nova:{element}>",
@@ -162,7 +166,8 @@ def test_non_integer_flavor_number_is_malformed(element, bad):
     )
     with pytest.raises(MetadataMalformed) as caught:
         nova_metadata.parse(xml, DOMAIN, UUID)
-    assert f"flavor/{element} is {bad!r}, expected a non-negative integer" in str(caught.value)
+    assert f"flavor/{element} is {bad[:40]!r}, expected a non-negative integer" in str(
+        caught.value)
 
 
 BILLION_LAUGHS = (
