@@ -51,12 +51,14 @@ class CeilometerConduit(MessagingConduit):
     name = "ceilometer"
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:
-        super().__init__(conf, transport)
         conf.register_opts(OPTS, group=GROUP)
         signing.register_opts(conf)
+        super().__init__(conf, transport)
         self._exchange = conf.ceilometer_emitter.exchange
-        self._topics = list(conf.ceilometer_emitter.topics)
         self._secret = conf.publisher.telemetry_secret
+
+    def _configured_topics(self, conf: cfg.ConfigOpts) -> tuple[str, list[str]]:
+        return f"[{GROUP.name}] topics", list(conf.ceilometer_emitter.topics)
 
     def emit(self, notification: Notification) -> None:
         messages = list(meter_messages.from_notification(notification, self._secret))

@@ -19,7 +19,7 @@ import oslo_messaging
 from oslo_config import cfg
 
 from lifecycle_stats.interfaces import Conduit
-from lifecycle_stats.exceptions import BatchEmitError, EmitError
+from lifecycle_stats.exceptions import BatchEmitError, ConfigError, EmitError
 from lifecycle_stats.records import Notification
 
 LOG = logging.getLogger(__name__)
@@ -37,10 +37,17 @@ class MessagingConduit(Conduit):
 
     def __init__(self, conf: cfg.ConfigOpts, transport=None) -> None:
         conf.register_opts(OPTS, group="messaging_emitter")
+        option, self._topics = self._configured_topics(conf)
+        if not self._topics:  # every emit would "succeed" with nothing sent
+            raise ConfigError(option, [], "no topic: this conduit would publish nothing")
         self._transport = transport or oslo_messaging.get_notification_transport(conf)
         self._owns_transport = transport is None
-        self._topics = list(conf.oslo_messaging_notifications.topics)
         self._retry = conf.messaging_emitter.send_retry
+
+    def _configured_topics(self, conf: cfg.ConfigOpts) -> tuple[str, list[str]]:
+        """(the option, the topics it names) this conduit publishes to."""
+        return ("[oslo_messaging_notifications] topics",
+                list(conf.oslo_messaging_notifications.topics))
 
     def emit_batch(self, notifications: Sequence[Notification]) -> None:
         """Publish in order; BatchEmitError (with how many went before) at the first failure."""

@@ -2,6 +2,7 @@
 oslo.messaging's in-memory transport, and lifecycle-stats-verify over both outputs."""
 import json
 import os
+import re
 import socket
 import threading
 
@@ -9,7 +10,7 @@ import msgpack
 import oslo_messaging
 import pytest
 
-from lifecycle_stats.emitters import ceilometer, file, udp
+from lifecycle_stats.emitters import ceilometer, file, messaging, udp
 from lifecycle_stats.publishing import payloads, signing
 from lifecycle_stats.cmd import verify
 from lifecycle_stats.exceptions import ConfigError, EmitError
@@ -126,6 +127,32 @@ def test_ceilometer_conduit_publishes_telemetry_polling_in_exchange_ceilometer()
     assert len(payload["samples"]) == len(sent.payload["samples"])
     for message, sample in zip(payload["samples"], sent.payload["samples"]):
         expect_fields(message, sample)
+
+
+@pytest.mark.parametrize("make, groups, option", [
+    (messaging.MessagingConduit, {"oslo_messaging_notifications": {"topics": []}},
+     "[oslo_messaging_notifications] topics"),
+    (ceilometer.CeilometerConduit, {"ceilometer_emitter": {"topics": []}},
+     "[ceilometer_emitter] topics"),
+])
+def test_a_messaging_conduit_without_a_topic_is_a_config_error(make, groups, option):
+    """With no topic every emit returned as if the broker confirmed, and the sender retired
+    records nobody had been sent (found by review)."""
+    conf = conf_with(**groups)
+    transport = oslo_messaging.get_notification_transport(conf, url="fake://")
+    try:
+        with pytest.raises(ConfigError, match=re.escape(option)):
+            make(conf, transport=transport)
+    finally:  # an override stays with the option group, which every ConfigOpts shares
+        for group, values in groups.items():
+            for name in values:
+                conf.clear_override(name, group=group)
+
+
+def test_the_ceilometer_conduit_needs_its_own_topics_not_nova_s():
+    conf = conf_with(oslo_messaging_notifications={"topics": []})
+    transport = oslo_messaging.get_notification_transport(conf, url="fake://")
+    assert ceilometer.CeilometerConduit(conf, transport=transport)._topics == ["notifications"]
 
 
 def test_verify_cli_counts_valid_invalid_and_unreadable_lines(tmp_path, capsys):
