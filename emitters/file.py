@@ -73,11 +73,18 @@ class FileConduit(Conduit):
             if os.path.exists(older):
                 os.replace(older, f"{self.path}.{n + 1}")
         os.replace(self.path, f"{self.path}.1")
+        fsync_directory(self.path)  # the renames on disk before the spool drops what follows
 
 
 def append_whole(path: str, data: bytes) -> None:
-    """Append data and fsync, or leave the file as it was and raise OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    """Append data and fsync, or leave the file as it was and raise OSError. A file created
+    here has its directory entry fsynced too (fsync(2): the file's own fsync does not)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        created = False
+    except FileNotFoundError:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        created = True
     try:
         start = os.fstat(fd).st_size
         try:
@@ -86,6 +93,17 @@ def append_whole(path: str, data: bytes) -> None:
         except OSError:
             os.ftruncate(fd, start)  # a partial line would corrupt the next one appended
             raise
+    finally:
+        os.close(fd)
+    if created:
+        fsync_directory(path)
+
+
+def fsync_directory(path: str) -> None:
+    """fsync the directory holding path: its entries (a create, a rename) reach the disk."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -82,6 +82,30 @@ def test_file_writes_signed_json_lines_and_rotates(tmp_path):
             expect_fields(json.loads(line), sample)
 
 
+def test_file_fsyncs_its_directory_after_a_create_and_a_rotation(tmp_path, monkeypatch):
+    """The file's fsync does not put a new directory entry or a rename on disk (fsync(2)):
+    before, a power cut right after a create or a rotation could lose lines the spool had
+    already dropped (found by review)."""
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "samples.jsonl"
+    sent = notification()
+    emitter = file.FileConduit(conf_with(file_emitter={
+        "path": str(path), "max_bytes": len(file.lines(sent, SECRET)) + 10, "backup_count": 2}))
+    emitter.emit(sent)  # created
+    assert synced == ["file", "dir"]
+    emitter.emit(sent)  # rotated, created again
+    assert synced == ["file", "dir", "dir", "file", "dir"]
+
+
 def test_file_without_path_or_with_unwritable_dir(tmp_path):
     with pytest.raises(ConfigError, match="file_emitter"):
         file.FileConduit(conf_with())
