@@ -2,8 +2,10 @@
 
 Every read here that senders and nova's wait make (seen, last_capture, pending) goes through
 the spool's read-only lookups connection (spool_schema.open_lookups), never waiting for the
-writers' lock, which a commit holds across its fsync; the counts for status and metrics use
-the writers' connection. A mixin of Spool (spool.py), which owns the connections.
+writers' lock, which a commit holds across its fsync; the counts for status, metrics and the
+senders' drain go through a read-only connection of their own (a count of a large backlog
+takes tens of ms: it must hold up neither). A mixin of Spool (spool.py), which owns the
+connections.
 """
 from __future__ import annotations
 
@@ -93,16 +95,16 @@ class SpoolReads:
                   seq, message_id, reason)
 
     def pending_count(self, conduit: str) -> int:
-        with self._lock:
-            return self._db.execute(
+        with self._counts_lock:
+            return self._counts.execute(
                 "SELECT count(*) FROM records r WHERE NOT EXISTS (SELECT 1 FROM deliveries d "
                 "WHERE d.seq = r.seq AND d.conduit = ?)", (conduit,)).fetchone()[0]
 
     def backlog(self) -> dict[str, tuple[int, float | None]]:
         """Per conduit: how many records it has not confirmed, and the oldest one's age (s)."""
         now = self._now()
-        with self._lock:
-            rows = {conduit: self._db.execute(
+        with self._counts_lock:
+            rows = {conduit: self._counts.execute(
                 "SELECT count(*), min(created_at) FROM records r WHERE NOT EXISTS (SELECT 1 "
                 "FROM deliveries d WHERE d.seq = r.seq AND d.conduit = ?)", (conduit,)).fetchone()
                 for conduit in self.conduits}
@@ -110,10 +112,10 @@ class SpoolReads:
                 for conduit, (count, oldest) in rows.items()}
 
     def depth(self) -> int:
-        with self._lock:
-            return self._db.execute("SELECT count(*) FROM records").fetchone()[0]
+        with self._counts_lock:
+            return self._counts.execute("SELECT count(*) FROM records").fetchone()[0]
 
     def oldest_age_seconds(self) -> float | None:
-        with self._lock:
-            oldest = self._db.execute("SELECT min(created_at) FROM records").fetchone()[0]
+        with self._counts_lock:
+            oldest = self._counts.execute("SELECT min(created_at) FROM records").fetchone()[0]
         return None if oldest is None else max(0.0, self._now() - oldest)
