@@ -249,9 +249,18 @@ class Agent:
         }
 
     def _apply_mutable_options(self, conf: cfg.ConfigOpts, _changed) -> None:
-        """oslo.config mutate hook (SIGHUP, reload.py): options marked mutable=True."""
-        self.poller.interval = conf.poller.interval
-        self.status.interval = conf.status_interval
+        """oslo.config mutate hook (SIGHUP, reload.py): options marked mutable=True. Every
+        value is read (and so checked) before any is applied: one bad value keeps them all;
+        the intervals count at once, from the last poll or write."""
+        try:
+            poll_interval, status_interval = conf.poller.interval, conf.status_interval
+            textfile = conf[exposition.GROUP].textfile
+        except (ValueError, cfg.Error) as exc:
+            LOG.error("reload: a mutable option has a bad value, running values kept: %s", exc)
+            return
+        self.poller.reschedule(poll_interval)
+        self.status.reschedule(status_interval)
+        self.metrics.textfile = textfile
 
     def thread_states(self) -> dict[str, str]:
         """Every long-lived thread: alive, stopped, dead (ended unasked) or not started; the

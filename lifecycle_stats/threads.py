@@ -1,8 +1,10 @@
-"""Long-lived threads: how one is doing, in the words the status file uses, and the loop the
-senders and the publication thread share (sleep until woken or stopped)."""
+"""Long-lived threads: how one is doing, in the words the status file uses, the loop the
+senders and the publication thread share (sleep until woken or stopped), and the periodic
+threads' wait (the poller's, the status writer's), whose interval a reload may change."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 NOT_STARTED = "not started"
@@ -49,3 +51,16 @@ class WakeableLoop:
             return True
         self.thread.join(timeout)
         return not self.thread.is_alive()
+
+
+def wait_interval(interval: Callable[[], float], began: float, stopping: threading.Event,
+                  changed: threading.Event) -> None:
+    """Return interval() seconds after `began` (time.monotonic()), or once stopping is set.
+    Setting `changed` makes a new interval count at once, still from `began` (a reload that
+    shortens a 60 s poll interval must not wait out the old one first)."""
+    while not stopping.is_set():
+        left = began + interval() - time.monotonic()
+        if left <= 0:
+            return
+        changed.wait(left)
+        changed.clear()

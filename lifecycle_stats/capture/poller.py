@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
+import time
 from typing import Callable
 
 from oslo_config import cfg
@@ -40,8 +41,14 @@ class Poller:
         self._counters = counters
         self._clock = clock
         self._stop = threading.Event()
+        self._rescheduled = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_success_at: datetime.datetime | None = None
+
+    def reschedule(self, interval: float) -> None:
+        """A new interval (a reload), counted from the last poll's start, at once."""
+        self.interval = interval
+        self._rescheduled.set()
 
     @property
     def thread_state(self) -> str:
@@ -69,13 +76,15 @@ class Poller:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._rescheduled.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             self.poll_logged()
-            self._stop.wait(self.interval)
+            threads.wait_interval(lambda: self.interval, began, self._stop, self._rescheduled)
 
     def poll_logged(self) -> None:
         """One poll whatever happens: a failure is logged and counted, never the thread's end."""

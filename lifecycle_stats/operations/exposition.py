@@ -62,6 +62,7 @@ class MetricsExporter:
     def __init__(self, conf: cfg.ConfigOpts, registry: CollectorRegistry) -> None:
         register_opts(conf)
         self._conf = conf
+        self.textfile = conf[GROUP].textfile  # mutable: the agent's reload hook sets it
         self.registry = registry
         self._server = None
         self._thread = None
@@ -92,7 +93,7 @@ class MetricsExporter:
 
     def write_textfile(self) -> None:
         """Never raises: a textfile that cannot be written must not stop the status file."""
-        path = self._conf[GROUP].textfile  # mutable: re-read at every write
+        path = self.textfile
         if not path:
             return
         try:

@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any, Callable
 
 from lifecycle_stats import threads
@@ -47,7 +48,13 @@ class StatusWriter:
         self._after_write = after_write  # e.g. the node_exporter textfile, same cadence
         self._counters = counters if counters is not None else Counters()
         self._stop = threading.Event()
+        self._rescheduled = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def reschedule(self, interval: float) -> None:
+        """A new interval (a reload), counted from the last write's start, at once."""
+        self.interval = interval
+        self._rescheduled.set()
 
     def write(self) -> None:
         doc = {"pid": os.getpid(), "host": self._host, "interval": self.interval}
@@ -68,14 +75,16 @@ class StatusWriter:
     def stop(self, timeout: float | None = None) -> None:
         """Stop the thread and write a last time."""
         self._stop.set()
+        self._rescheduled.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self._write_logged()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             self._write_logged()
-            self._stop.wait(self.interval)
+            threads.wait_interval(lambda: self.interval, began, self._stop, self._rescheduled)
 
     def _write_logged(self) -> None:
         try:
