@@ -121,8 +121,8 @@ class Player:
         # on disk beside the spool: like the spool, the ledger outlives an agent restart.
         # Periodic exists are not replayed (no period closer: a recording spans minutes);
         # the final exists at deletion is.
-        self.ledger = UsageLedger(usage_store.ledger_path(state_dir), self.replayed.period,
-                                  counters=self.counters, clock=self.clock)
+        self._ledger_path = usage_store.ledger_path(state_dir)
+        self.ledger = self._open_ledger()
         self.agent: AgentState | None = None
         self.waiting: list[fmt.Entry] = []  # nova messages queued while the agent is down
 
@@ -175,11 +175,19 @@ class Player:
         state = entry.data.get("state")
         if state == "stopped":
             self.agent = None
+            self.ledger.close()
         elif state == "started" and self.agent is None:
+            # reopened as a starting agent opens it: the ledger records the outage since its
+            # last write (incomplete_seconds), as the real agent's would
+            self.ledger = self._open_ledger()
             self._start_agent()
             waiting, self.waiting = self.waiting, []
             for queued in waiting:
                 self._nova(queued)
+
+    def _open_ledger(self) -> UsageLedger:
+        return UsageLedger(self._ledger_path, self.replayed.period, counters=self.counters,
+                           clock=self.clock)
 
     def _start_agent(self) -> None:
         self.agent = AgentState(self.host, self.spool, self.ledger, self.clock,

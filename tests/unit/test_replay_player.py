@@ -199,6 +199,37 @@ def test_a_restart_after_a_live_capture_ends_the_instance_at_recording_time(tmp_
     assert final["audit_period_ending"] == "2026-11-22 01:00:13"
 
 
+def test_a_replayed_restart_records_the_agent_s_downtime_as_the_agent_does(tmp_path):
+    """A real start reopens the usage ledger, which records the outage since its last write;
+    the player kept one ledger across the restart, so its final exists said `complete` where
+    the agent's says what went unseen (found by review)."""
+    entries = known_then(
+        (fmt.LIBVIRT, {"instance_id": GUEST.instance_id, "domain_name": GUEST.domain_name,
+                       "event": "shutdown", "detail": "host"}),
+        (fmt.READING, {"cause": 2, "instance_id": GUEST.instance_id,
+                       "reading": reading(3.0, cpu=7_000_000_000)}),  # the closing read
+        (fmt.AGENT, {"state": "stopped"}),
+        (fmt.INSTANCE, {"instance_id": GUEST.instance_id, "gone": True, "info": None}),
+        delete_start(),  # queued while the agent is down
+        (fmt.READING, {"cause": 6, "instance_id": GUEST.instance_id, "reading": None}),
+        (fmt.AGENT, {"state": "started"}),
+    )
+    path = tmp_path / "r.lsrec"
+    ticks = iter(itertools.chain([0.0], [1.0, 1.0, 3.0, 3.0, 4.0, 5.0, 5.5, 5.5, 60.0]))
+    with open(path, "wb") as stream:
+        writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
+                                     monotonic=lambda: next(ticks))
+        for source, fields in entries:
+            writer.write(source, **fields)
+    recording = fmt.read(str(path))
+    player.check(recording)
+    out = io.StringIO()
+    player.run(recording, out)
+    [usage] = [json.loads(line)["payload"]["usage"] for line in out.getvalue().splitlines()
+               if json.loads(line)["event_type"] == "compute.instance.exists"]
+    assert usage["complete"] is False and usage["incomplete_seconds"] > 0
+
+
 def test_without_the_restart_the_same_case_is_last_known(tmp_path):
     out = replay(tmp_path, known_then(
         delete_start(),
