@@ -148,6 +148,26 @@ def test_the_unit_starts_as_its_user_with_its_hardening_on_a_host_without_nova(b
         f"127.0.0.1:{port}"
 
 
+def test_the_agent_sees_the_processes_of_another_user_as_qemu_s(box):
+    """qemu_process.started_at reads /proc/<pid>/stat of the QEMU process, which runs as
+    libvirt-qemu, and /proc/uptime. With ProtectProc=invisible the unit hid every process of
+    another user: every instance started while the agent ran was booked
+    running_when_first_seen, its boot usage unbilled (found by review)."""
+    state = start(box)
+    box.run("systemctl", "stop", "lst-sleeper", check=False)
+    box.run("systemd-run", "--uid=65534", "--gid=65534", "--unit=lst-sleeper", "sleep", "600")
+    try:
+        sleeper = box.show("lst-sleeper.service", "MainPID")["MainPID"]
+        uid = box.run("id", "-u", "lifecycle-stats").stdout.strip()
+        seen = box.run("nsenter", f"--target={state['MainPID']}", "--mount", f"--setuid={uid}",
+                       f"--setgid={gid(box, 'lifecycle-stats')}", "cat", f"/proc/{sleeper}/stat",
+                       "/proc/uptime", check=False)
+        assert seen.returncode == 0, seen.stderr
+        assert seen.stdout.startswith(f"{sleeper} (sleep)")
+    finally:
+        box.run("systemctl", "stop", "lst-sleeper", check=False)
+
+
 def test_with_a_nova_group_the_hook_socket_is_nova_s(box):
     """A compute host: the install step adds the user to nova's group (README)."""
     box.run("groupadd", "--system", "nova")
