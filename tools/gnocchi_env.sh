@@ -6,7 +6,10 @@
 # on a fresh database and file storage per run, and drop both afterwards.
 # Idempotent; the venv is rebuilt only when this script changes (stamp), so CI pays the install
 # once per cache. GNOCCHI_VENV overrides the location. PostgreSQL is installed from Debian's
-# packages and started only where none answers (a fresh machine; needs root).
+# packages and started only where none answers (a fresh machine; needs root), and the role
+# created only where it cannot log in: both change the host's services, so only on a host
+# marked as a test host (CI=true or LIFECYCLE_STATS_TEST_HOST=1); elsewhere the script refuses
+# (exit 3) unless both are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GNOCCHI_VENV:-.gnocchi-venv}
@@ -34,6 +37,13 @@ build_venv() {
 }
 
 pg_up() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+test_host() { [ "${CI:-}" = "true" ] || [ "${LIFECYCLE_STATS_TEST_HOST:-}" = "1" ]; }
+needs_test_host() {
+  test_host && return 0
+  echo "gnocchi_env: refusing to $1: this host is not marked as a test host" \
+       "(CI=true or LIFECYCLE_STATS_TEST_HOST=1)" >&2
+  exit 3
+}
 
 start_postgresql() {
   if ! command -v psql >/dev/null; then  # the tests create and drop their databases with it
@@ -42,6 +52,7 @@ start_postgresql() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql-client
   fi
   pg_up && return 0
+  needs_test_host "install or start PostgreSQL"
   if ! command -v pg_ctlcluster >/dev/null; then
     say "installing postgresql from Debian's packages"
     apt-get update -q
@@ -67,6 +78,7 @@ ensure_role() {
   if PGPASSWORD=$ROLE psql -h "$PG_HOST" -p "$PG_PORT" -U "$ROLE" -w -d postgres -Atc \
       "select rolcreatedb from pg_roles where rolname = current_user" 2>/dev/null | grep -qx t
   then return 0; fi
+  needs_test_host "create the PostgreSQL role $ROLE"
   say "creating PostgreSQL role $ROLE (CREATEDB)"
   as_superuser -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$ROLE')
     THEN CREATE ROLE $ROLE LOGIN CREATEDB PASSWORD '$ROLE'; END IF; END \$\$;"

@@ -15,10 +15,12 @@ step "1/4 bootstrap: system headers + .venv with lifecycle-stats[test]"
 bash tools/bootstrap.sh
 step "1b/4 interop: .ceilometer-venv with the pinned Ceilometer (cached by a stamp)"
 bash tools/ceilometer_venv.sh
-step "1c/4 interop: .gnocchi-venv with the pinned Gnocchi + PostgreSQL for its indexer (cached by a stamp)"
-bash tools/gnocchi_env.sh
+# first of the steps that change services: it refuses (exit 3) on a host not marked as a test
+# host, before PostgreSQL is touched
 step "2/4 hypervisor: libvirtd + QEMU (qemu:///system)"
 CI=${CI:-} LIFECYCLE_STATS_TEST_HOST=${LIFECYCLE_STATS_TEST_HOST:-} bash tools/setup_hypervisor.sh
+step "2a/4 interop: .gnocchi-venv with the pinned Gnocchi + PostgreSQL for its indexer (cached by a stamp)"
+CI=${CI:-} LIFECYCLE_STATS_TEST_HOST=${LIFECYCLE_STATS_TEST_HOST:-} bash tools/gnocchi_env.sh
 if [ "${CI:-}" = true ] || [ "${LIFECYCLE_STATS_TEST_HOST:-}" = 1 ]; then
   step "2b/4 systemd rootfs: Debian for the unit test under systemd-nspawn (cached by a stamp)"
   bash tools/systemd_rootfs.sh >/dev/null

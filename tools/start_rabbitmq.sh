@@ -44,9 +44,6 @@ start_broker() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rabbitmq-server
   fi
   port_open && return 0  # the package's postinst may have started it
-  if [ -z "${RABBITMQ_NODENAME:-}" ] && ! getent hosts "$(hostname)" >/dev/null; then
-    export RABBITMQ_NODENAME=rabbit@localhost  # the default node name needs a resolvable host
-  fi
   say "starting rabbitmq-server -detached"
   RABBITMQ_NODE_PORT=$PORT rabbitmq-server -detached || { show_logs; die "rabbitmq-server -detached failed"; }
   for _ in $(seq "$WAIT"); do
@@ -57,6 +54,11 @@ start_broker() {
   die "RabbitMQ did not listen on $HOST:$PORT within ${WAIT}s"
 }
 
+# The default node name needs a resolvable host name; decided on every run, so that a second
+# run (the broker already up) asks the node this script started, not rabbit@<hostname>.
+if [ -z "${RABBITMQ_NODENAME:-}" ] && ! getent hosts "$(hostname)" >/dev/null; then
+  export RABBITMQ_NODENAME=rabbit@localhost
+fi
 port_open || start_broker
 ctl await_startup || die "rabbitmqctl await_startup failed (broker on $HOST:$PORT not booted)"
 if ! login_ok /; then
