@@ -10,6 +10,8 @@
 set -euo pipefail
 
 conf=${LIBVIRT_QEMU_CONF:-/etc/libvirt/qemu.conf}  # overridable for the script's own tests
+# the file the running libvirtd reads: a change to it needs a restart (a copy's does not)
+daemon_conf=${LIBVIRT_DAEMON_QEMU_CONF:-/etc/libvirt/qemu.conf}
 marker="# lifecycle-stats test hypervisor"
 test_host() { [ "${CI:-}" = "true" ] || [ "${LIFECYCLE_STATS_TEST_HOST:-}" = "1" ]; }
 already_set_up() { grep -qF "$marker" "$conf" 2>/dev/null; }
@@ -43,7 +45,9 @@ getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
 getent passwd libvirt-qemu >/dev/null || useradd --system --no-create-home -g kvm libvirt-qemu
 
 # No cgroups, namespaces or security driver inside a container; run guests as root.
+changed=0
 if ! already_set_up; then
+  changed=1
   before=$(mktemp)
   cp "$conf" "$before" 2>/dev/null || : >"$before"
   cat >>"$conf" <<CONF
@@ -61,10 +65,25 @@ else
   echo "setup_hypervisor: $conf already set up for tests (block '$marker'); unchanged"
 fi
 
+stop_libvirtd() {  # and wait until it is gone: a new one loses to the old pid file's lock
+  pkill -x libvirtd || return 0
+  for _ in $(seq 100); do
+    pgrep -x libvirtd >/dev/null || return 0
+    sleep 0.1
+  done
+  echo "setup_hypervisor: libvirtd did not stop" >&2
+  exit 1
+}
+
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/images /run/libvirt
 pgrep -x virtlogd >/dev/null || virtlogd -d
-if ! virsh -c qemu:///system version >/dev/null 2>&1; then
-  pgrep -x libvirtd >/dev/null && pkill -x libvirtd && sleep 1
+restart=0
+if [ "$changed" = 1 ] && [ "$conf" = "$daemon_conf" ] && pgrep -x libvirtd >/dev/null; then
+  echo "setup_hypervisor: restarting libvirtd: it reads $conf only at start"
+  restart=1
+fi
+if [ "$restart" = 1 ] || ! virsh -c qemu:///system version >/dev/null 2>&1; then
+  stop_libvirtd
   libvirtd -d
   for _ in $(seq 50); do
     virsh -c qemu:///system version >/dev/null 2>&1 && break

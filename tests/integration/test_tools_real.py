@@ -77,3 +77,40 @@ def test_start_rabbitmq_asks_its_own_node_again_where_the_host_name_does_not_res
     assert result.returncode == 0, result.stderr
     asked = calls.read_text().splitlines()
     assert asked and all(line.startswith("-n rabbit@localhost ") for line in asked), asked
+
+
+def test_setup_hypervisor_restarts_a_running_libvirtd_when_it_changed_its_qemu_conf(tmp_path):
+    """libvirtd reads qemu.conf only at start: the block was appended and printed as applied
+    while the running daemon went on without it, and the restart it did do (only when virsh
+    failed) did not wait for the old daemon to go (found by review). Stand-ins for the
+    daemon's tools record what the script does; no real daemon is touched."""
+    conf = tmp_path / "qemu.conf"
+    conf.write_text("# copy of a stock qemu.conf\n")
+    fake, log, running = tmp_path / "bin", tmp_path / "calls", tmp_path / "running"
+    fake.mkdir()
+    running.write_text("")
+    tools = {
+        "dpkg-query": 'printf "install ok installed"',
+        "getent": "exit 0",
+        "virsh": "exit 0",
+        "virtlogd": "exit 0",
+        "pgrep": f'[ "$2" = libvirtd ] || exit 0; [ -e {running} ]',
+        "pkill": f"rm -f {running}",
+        "libvirtd": f"touch {running}",
+    }
+    for name, body in tools.items():
+        (fake / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {log}\n{body}\n')
+        (fake / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "LIFECYCLE_STATS_TEST_HOST")}
+    env.update(PATH=f"{fake}:{env['PATH']}", LIBVIRT_QEMU_CONF=str(conf),
+               LIBVIRT_DAEMON_QEMU_CONF=str(conf), LIFECYCLE_STATS_TEST_HOST="1")
+    result = subprocess.run(["bash", str(ROOT / "tools/setup_hypervisor.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert "pkill -x libvirtd" in calls and "libvirtd -d" in calls
+    assert calls.index("libvirtd -d") > calls.index("pkill -x libvirtd")
+    log.write_text("")
+    again = subprocess.run(["bash", str(ROOT / "tools/setup_hypervisor.sh")], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "libvirtd -d" not in log.read_text()  # unchanged: kept
