@@ -166,18 +166,24 @@ def golden(path: pathlib.Path) -> pathlib.Path:
 
 
 def record_case(name: str, args) -> Case:
-    """One attempt at one case, on a fresh libvirt connection and transport."""
+    """One attempt at one case, on a fresh libvirt connection and transport. Recorded beside
+    the shipped recording and moved over it only once whole: a failed attempt leaves the
+    shipped one (and its golden) as they were."""
+    final = args.out / f"{name}.lsrec"
+    partial = final.with_name(final.name + ".partial")
     transport = oslo_messaging.get_notification_transport(cfg.ConfigOpts(), url=args.url)
     conn = libvirt.open(args.uri)
     try:
         with tempfile.TemporaryDirectory(prefix="lst-rec-") as workdir:
-            case = Case(conn, transport, workdir, args.out / f"{name}.lsrec", args.uri)
+            case = Case(conn, transport, workdir, partial, args.uri)
             try:
                 CASES[name](case)
             finally:
                 case.finish(args.url)
+        os.replace(partial, final)
         return case
     finally:
+        partial.unlink(missing_ok=True)
         conn.close()
         transport.cleanup()
 

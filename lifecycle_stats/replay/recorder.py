@@ -80,6 +80,7 @@ class Recorder:
                                         daemon=True)
         self.pools: list[str] = []
         self._listeners = []
+        self._started: list = []  # the listeners start() started
         topics = topics if topics is not None else {
             "legacy": "notifications", "versioned": "versioned_notifications"}
         for role, topic in topics.items():
@@ -95,15 +96,19 @@ class Recorder:
         self.poll()
         for listener in self._listeners:
             listener.start()
+            self._started.append(listener)
         self._poller.start()
 
     def stop(self) -> None:
-        for listener in self._listeners:
+        """Stop what start() started: also after a start that failed part-way, or none (an
+        oslo.messaging listener never started waits for ever in wait())."""
+        for listener in self._started:
             listener.stop()
-        for listener in self._listeners:
+        for listener in self._started:
             listener.wait()
         self._stop.set()
-        self._poller.join(10)
+        if self._poller.is_alive():
+            self._poller.join(10)
         self._events.stop()
         self._read_hv.close()
         self._meta_hv.close()

@@ -114,3 +114,29 @@ def test_setup_hypervisor_restarts_a_running_libvirtd_when_it_changed_its_qemu_c
     again = subprocess.run(["bash", str(ROOT / "tools/setup_hypervisor.sh")], env=env,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "libvirtd -d" not in log.read_text()  # unchanged: kept
+
+
+def test_a_failed_recording_leaves_the_shipped_one_as_it_was(libvirt_uri, rabbit_url, tmp_path,
+                                                             monkeypatch):
+    """make_recordings.py opened the shipped .lsrec for writing before recording: an attempt
+    that failed left it truncated beside its old golden (found by review)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("make_recordings",
+                                                  ROOT / "tools/make_recordings.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    def broken(case):
+        raise RuntimeError("the broker went away mid-case")
+
+    monkeypatch.setattr(tool, "CASES", {"single-delete": broken})
+    monkeypatch.setattr(tool, "SETTLE", 0.0)
+    shipped = tmp_path / "single-delete.lsrec"
+    shipped.write_bytes(b"the shipped recording")
+    args = types.SimpleNamespace(uri=libvirt_uri, url=rabbit_url, out=tmp_path)
+    with pytest.raises(RuntimeError, match="went away"):
+        tool.record_case("single-delete", args)
+    assert shipped.read_bytes() == b"the shipped recording"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["single-delete.lsrec"]
