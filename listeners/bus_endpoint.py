@@ -117,8 +117,11 @@ class DeleteStartEndpoint:
             LOG.exception("handling %s of %s failed", trigger.event_type, trigger.instance_id)
             self._counters.incr("bus.handler_errors")
             return self.failure_outcome()
-        # an audit (or a handler that answers no Outcome) is done too
-        return REPLY.get(outcome, oslo_messaging.NotificationResult.HANDLED)
+        # an audit (or a handler that answers no Outcome) is done too; an answer that is not
+        # an Outcome (unhashable, say) must not raise here: oslo would requeue it for ever
+        if isinstance(outcome, Outcome):
+            return REPLY[outcome]
+        return oslo_messaging.NotificationResult.HANDLED
 
     def failure_outcome(self):
         """REQUEUE (redeliver later) only when allowed; else HANDLED (acknowledge, drop)."""

@@ -418,6 +418,11 @@ def test_the_listener_handles_at_most_workers_messages_at_once_and_starts_no_mor
     time.sleep(0.2)  # nothing more starts while the three are busy
     assert most[0] == 3 and threading.active_count() - before <= 3 + 2  # + the poll thread(s)
     release.set()
-    wait_for(lambda: fake_bus.listeners[0].counters.snapshot().get(
-        "bus.triggers.legacy", 0) == 12, LOADED_WAIT)
+    counters = fake_bus.listeners[0].counters
+    wait_for(lambda: counters.snapshot().get("bus.triggers.legacy", 0) >= 12, LOADED_WAIT)
+    time.sleep(0.2)  # a message handled again would show here
+    # exactly once each: the handler's answer (not an Outcome, and unhashable) raised in the
+    # endpoint, oslo requeued every message and they came back for ever (a flake: == 12 held
+    # only when the poll caught the count on its way up)
+    assert counters.get("bus.triggers.legacy") == 12
     assert most[0] == 3
