@@ -33,8 +33,9 @@ OPTS = [
                 help="TCP port of the Prometheus endpoint (GET /metrics); 0 turns it off."),
     cfg.StrOpt("textfile", default=None, mutable=True,
                help="Also write the metrics to this file (node_exporter's textfile "
-                    "collector, e.g. /var/lib/node_exporter/textfile/lifecycle_stats.prom), "
-                    "at every status write. Unset: no file."),
+                    "collector, e.g. /var/lib/prometheus/node-exporter/lifecycle_stats.prom "
+                    "on Debian/Ubuntu: the shipped unit makes that folder writable), at every "
+                    "status write. Unset: no file."),
 ]
 
 
