@@ -30,7 +30,9 @@
 #   (lifecycle_stats_router_messages_total{outcome="parked"}). No message-ttl and no expires:
 #   either would drop events silently; delete a decommissioned host's queue by hand.
 #   Only one regular policy applies to a queue: if another one (with a higher priority)
-#   matches these queues, add "overflow": "reject-publish" to it.
+#   matches these queues, add "overflow": "reject-publish" to it; one with a lower priority
+#   (a site's ha-all, say) stops applying to them. The script lists the vhost's other regular
+#   policies on stderr so that either can be seen; merge what must stay into <name>-overflow.
 # An operator policy combines with whatever regular policy also matches (the lower limit
 # wins) instead of replacing it; RabbitMQ 3.10 refuses "overflow" in operator policies.
 set -eu
@@ -73,6 +75,14 @@ if [ "$MODE" = direct ]; then
   exec rabbitmqctl -q set_operator_policy -p "$VHOST" --apply-to queues "$NAME" "$PATTERN" \
     "{\"message-ttl\": $TTL, \"expires\": $EXPIRES}"
 fi
+# Only one regular policy applies to a queue: say which others could be replaced or win.
+ctl list_policies -p "$VHOST" | tail -n +2 | while IFS="$(printf '\t')" read -r _ other pattern _ \
+    definition priority; do
+  [ "$other" = "$NAME-overflow" ] && continue
+  echo "lifecycle-stats-queue-policy: regular policy $other (pattern $pattern, priority" \
+       "$priority, $definition): where it matches the same queues as $PATTERN, only the one" \
+       "of higher priority applies ($NAME-overflow has $PRIORITY)" >&2
+done
 ctl set_policy -p "$VHOST" --apply-to queues --priority "$PRIORITY" "$NAME-overflow" \
   "$PATTERN" '{"overflow": "reject-publish"}'
 exec rabbitmqctl -q set_operator_policy -p "$VHOST" --apply-to queues "$NAME" "$PATTERN" \

@@ -276,3 +276,23 @@ def test_policy_script_refuses_bounds_that_would_drop_events():
     assert result.returncode == 2 and "silently" in result.stderr
     result = run("--mode", "fanout")
     assert result.returncode == 2 and "direct or router" in result.stderr
+
+
+def test_router_mode_names_the_regular_policies_it_may_displace(rabbit_url):
+    """Only one regular policy applies to a queue: the router mode's overflow policy (priority
+    10) silently replaced a site's lower-priority one, an ha-all say, on the host queues (found
+    by review). The script now names every other regular policy of the vhost."""
+    name = f"lst-qp-{uuid.uuid4().hex[:8]}"
+    site_policy = f"lst-site-{uuid.uuid4().hex[:8]}"
+    pattern = only(f"lifecycle-stats.{name}")
+    subprocess.run(["rabbitmqctl", "-q", "set_policy", "-p", RABBIT_VHOST, "--priority", "0",
+                    site_policy, pattern, '{"max-length-bytes": 1000000000}'],
+                   capture_output=True, text=True, timeout=60, check=True)
+    try:
+        done = policy("--mode", "router", "--name", name, "--pattern", pattern)
+        assert f"regular policy {site_policy} (pattern {pattern}, priority 0" in done.stderr
+        assert f"regular policy {name}-overflow" not in done.stderr
+    finally:
+        policy("--mode", "router", "--name", name, "--clear")
+        subprocess.run(["rabbitmqctl", "-q", "clear_policy", "-p", RABBIT_VHOST, site_policy],
+                       capture_output=True, timeout=60)
