@@ -94,7 +94,12 @@ def delete_start(host: str = HOST) -> tuple[str, dict]:
 
 
 def replay(tmp_path, entries, times) -> list[dict]:
-    path = tmp_path / "r.lsrec"
+    return delete_samples(replayed(tmp_path, entries, times))
+
+
+def replayed(tmp_path, entries, times, name: str = "r.lsrec") -> str:
+    """The player's whole output for a recording of entries written at times."""
+    path = tmp_path / name
     ticks = iter(itertools.chain([0.0], times))
     with open(path, "wb") as stream:
         writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
@@ -105,7 +110,7 @@ def replay(tmp_path, entries, times) -> list[dict]:
     player.check(recording)
     out = io.StringIO()
     player.run(recording, out)
-    return delete_samples(out.getvalue())
+    return out.getvalue()
 
 
 def delete_samples(text: str) -> list[dict]:
@@ -178,20 +183,7 @@ def test_a_restart_after_a_live_capture_ends_the_instance_at_recording_time(tmp_
         (fmt.AGENT, {"state": "started"}),
     )
     times = [1.0, 1.0, 10.0, 10.01, 11.0, 12.0, 13.0]
-    outputs = []
-    for run in (1, 2):
-        path = tmp_path / f"r{run}.lsrec"
-        ticks = iter(itertools.chain([0.0], times))
-        with open(path, "wb") as stream:
-            writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
-                                         monotonic=lambda: next(ticks))
-            for source, fields in entries:
-                writer.write(source, **fields)
-        recording = fmt.read(str(path))
-        player.check(recording)
-        out = io.StringIO()
-        player.run(recording, out)
-        outputs.append(out.getvalue())
+    outputs = [replayed(tmp_path, entries, times, f"r{run}.lsrec") for run in (1, 2)]
     assert outputs[0] == outputs[1]
     events = [json.loads(line) for line in outputs[0].splitlines()]
     [final] = [e["payload"] for e in events if e["event_type"] == "compute.instance.exists"
@@ -214,18 +206,8 @@ def test_a_replayed_restart_records_the_agent_s_downtime_as_the_agent_does(tmp_p
         (fmt.READING, {"cause": 6, "instance_id": GUEST.instance_id, "reading": None}),
         (fmt.AGENT, {"state": "started"}),
     )
-    path = tmp_path / "r.lsrec"
-    ticks = iter(itertools.chain([0.0], [1.0, 1.0, 3.0, 3.0, 4.0, 5.0, 5.5, 5.5, 60.0]))
-    with open(path, "wb") as stream:
-        writer = fmt.RecordingWriter(stream, {"host": HOST, "started_at": START.isoformat()},
-                                     monotonic=lambda: next(ticks))
-        for source, fields in entries:
-            writer.write(source, **fields)
-    recording = fmt.read(str(path))
-    player.check(recording)
-    out = io.StringIO()
-    player.run(recording, out)
-    [usage] = [json.loads(line)["payload"]["usage"] for line in out.getvalue().splitlines()
+    out = replayed(tmp_path, entries, [1.0, 1.0, 3.0, 3.0, 4.0, 5.0, 5.5, 5.5, 60.0])
+    [usage] = [json.loads(line)["payload"]["usage"] for line in out.splitlines()
                if json.loads(line)["event_type"] == "compute.instance.exists"]
     assert usage["complete"] is False and usage["incomplete_seconds"] > 0
 
