@@ -96,7 +96,8 @@ KNOWN_COUNTERS = (
     "spool.shed", "status.write_errors", "usage.exists_duplicates", "usage.exists_incomplete",
     "usage.final_exists_errors", "usage.ledger_errors", "usage.nova_exists_after_final",
     "usage.nova_exists_unknown", "usage.period_errors", "usage.periods_closed",
-    "usage.pre_end_poll_errors", "usage.ends_withdrawn", "usage.deletes_withdrawn", "usage.exists_deferred",
+    "usage.pre_end_poll_errors", "usage.ends_withdrawn", "usage.deletes_withdrawn",
+    "usage.exists_deferred",
     "usage.instances_ended", "usage.ledger_moved_aside", "usage.readings_after_end",
     "usage.readings_of_ended_processes", "usage.readings_out_of_order", "usage.running_when_first_seen", "usage.series_resets",
 )

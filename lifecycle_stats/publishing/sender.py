@@ -11,8 +11,8 @@ next start.
 Poison records: a conduit that is down fails every record, a poison record fails alone, and
 both raise EmitError. So after every `poison_probe_attempts` failures of one record by this
 conduit (counted in the spool per conduit, across restarts) the record behind it is tried
-once: if that one goes through, the failing record is poison and moves to the spool's rejects (ERROR log, counter
-`sender.<conduit>.rejected`); the conduit goes on. A broker outage never rejects anything this
+once: if that one goes through, the failing record is poison and moves to the spool's rejects
+(ERROR log, counter `sender.<conduit>.rejected`); the conduit goes on. A broker outage never rejects anything this
 way. `max_age_seconds` (off by default) also rejects a record still undelivered at that age.
 
 `on_drained` runs on the sender's thread when it finds nothing left to send after it
