@@ -88,11 +88,14 @@ class Ends:
         sent at sent_by: a delete it announced before then did not happen (nova's API refuses
         those actions while a delete runs), so an undefine that follows (a hard reboot's, a
         rebuild's) does not end the instance. True when a delete announcement was withdrawn."""
+        pending = "WHERE instance_id = ? AND deleted_at IS NULL AND delete_sent_by < ?"
+        args = (instance_id, _ts(sent_by))
+        with self._lock:  # a read first: a closing read nova waits for commits nothing else
+            if self._db.execute(f"SELECT 1 FROM instances {pending}", args).fetchone() is None:
+                return False
         with self._tx() as db:
-            withdrawn = db.execute(
-                "UPDATE instances SET delete_announced_at = NULL, delete_sent_by = NULL "
-                "WHERE instance_id = ? AND deleted_at IS NULL AND delete_sent_by < ?",
-                (instance_id, _ts(sent_by))).rowcount
+            withdrawn = db.execute("UPDATE instances SET delete_announced_at = NULL, "
+                                   f"delete_sent_by = NULL {pending}", args).rowcount
         if withdrawn:
             self.counters.incr("usage.deletes_withdrawn")
             LOG.info("usage of %s: nova announced another stop after its delete: that delete "
